@@ -1,0 +1,187 @@
+//! What a user asks to run. `JobSpec` is the validated form; every field that can
+//! be wrong is checked by [`JobSpec::validate`], which names the offending field
+//! and a stable code, so the api can answer 422 precisely.
+
+use crate::ids::PoolName;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// How a job is executed. `process` runs argv; the built-ins exist for tests and
+/// benchmarks and never spawn anything.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutorKind {
+    #[default]
+    Process,
+    /// Succeeds at once.
+    Noop,
+    /// Sleeps for `command[0]` milliseconds, then succeeds.
+    Sleep,
+    /// Fails at once with exit code `command[0]` (default 1).
+    Fail,
+}
+
+/// A job as submitted and stored in `job_queued`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// argv; never passed through a shell unless `shell` is true.
+    pub command: Vec<String>,
+    /// Run `command` joined by spaces through `/bin/sh -c`.
+    #[serde(default)]
+    pub shell: bool,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Relative to the worker's job root.
+    #[serde(default)]
+    pub working_dir: Option<String>,
+    #[serde(default = "default_pool")]
+    pub pool: PoolName,
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// 1 (lowest) to 10 (highest).
+    #[serde(default = "default_priority")]
+    pub priority: u8,
+    #[serde(default)]
+    pub timeout_secs: Option<u64>,
+    #[serde(default)]
+    pub experiment: Option<String>,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default)]
+    pub executor: ExecutorKind,
+}
+
+pub fn default_pool() -> PoolName {
+    // "default" is a valid token; parsing cannot fail.
+    PoolName::parse("default").unwrap_or_else(|_| unreachable!("static pool name"))
+}
+
+pub fn default_priority() -> u8 {
+    5
+}
+
+/// Limits that keep one job's spec from bloating the log.
+pub const MAX_ARGS: usize = 1024;
+pub const MAX_ARG_BYTES: usize = 64 * 1024;
+pub const MAX_ENV: usize = 256;
+pub const MAX_TAGS: usize = 64;
+
+/// A spec field that is not acceptable.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct SpecError {
+    /// A stable machine-readable code, e.g. `command_empty`.
+    pub code: &'static str,
+    /// The offending field, e.g. `command` or `env.PATH`.
+    pub field: String,
+    pub message: String,
+}
+
+fn err(code: &'static str, field: impl Into<String>, message: impl Into<String>) -> SpecError {
+    SpecError { code, field: field.into(), message: message.into() }
+}
+
+impl JobSpec {
+    /// A spec running `command` with every other field at its default.
+    pub fn command<S: Into<String>>(argv: impl IntoIterator<Item = S>) -> Self {
+        Self {
+            command: argv.into_iter().map(Into::into).collect(),
+            shell: false,
+            env: BTreeMap::new(),
+            working_dir: None,
+            pool: default_pool(),
+            labels: Vec::new(),
+            priority: default_priority(),
+            timeout_secs: None,
+            experiment: None,
+            tags: BTreeMap::new(),
+            executor: ExecutorKind::Process,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), SpecError> {
+        if self.command.is_empty() && self.executor == ExecutorKind::Process {
+            return Err(err("command_empty", "command", "must name a program to run"));
+        }
+        if self.command.first().is_some_and(|c| c.is_empty()) {
+            return Err(err("command_empty", "command[0]", "program name is empty"));
+        }
+        if self.command.len() > MAX_ARGS {
+            return Err(err("too_large", "command", format!("at most {MAX_ARGS} arguments")));
+        }
+        let bytes: usize = self.command.iter().map(String::len).sum();
+        if bytes > MAX_ARG_BYTES {
+            return Err(err("too_large", "command", format!("at most {MAX_ARG_BYTES} bytes in all")));
+        }
+        if self.command.iter().any(|a| a.contains('\0')) {
+            return Err(err("invalid_argument", "command", "arguments may not contain NUL"));
+        }
+        if !(1..=10).contains(&self.priority) {
+            return Err(err("out_of_range", "priority", "must be between 1 and 10"));
+        }
+        if self.env.len() > MAX_ENV {
+            return Err(err("too_large", "env", format!("at most {MAX_ENV} variables")));
+        }
+        for (k, v) in &self.env {
+            let ok = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(err("invalid_env_name", format!("env.{k}"), "names are letters, digits and '_', not starting with a digit"));
+            }
+            if v.contains('\0') {
+                return Err(err("invalid_argument", format!("env.{k}"), "values may not contain NUL"));
+            }
+        }
+        if let Some(dir) = &self.working_dir {
+            let escapes = dir.starts_with('/')
+                || dir.contains('\0')
+                || std::path::Path::new(dir)
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir));
+            if escapes {
+                return Err(err("working_dir_escapes", "working_dir", "must be relative to the job root and may not contain '..'"));
+            }
+        }
+        if self.timeout_secs == Some(0) {
+            return Err(err("out_of_range", "timeout_secs", "must be at least 1"));
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(err("too_large", "tags", format!("at most {MAX_TAGS} tags")));
+        }
+        if self.experiment.as_ref().is_some_and(|e| e.is_empty() || e.len() > 128) {
+            return Err(err("out_of_range", "experiment", "must be 1-128 characters"));
+        }
+        if self.labels.iter().any(|l| l.is_empty() || l.len() > 64) {
+            return Err(err("out_of_range", "labels", "each label must be 1-64 characters"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validation_names_the_field() {
+        let mut s = JobSpec::command(["echo"]);
+        assert!(s.validate().is_ok());
+        s.priority = 11;
+        assert_eq!(s.validate().unwrap_err().field, "priority");
+        let mut s = JobSpec::command(["echo"]);
+        s.working_dir = Some("a/../../etc".into());
+        assert_eq!(s.validate().unwrap_err().code, "working_dir_escapes");
+        let mut s = JobSpec::command(["echo"]);
+        s.env.insert("1BAD".into(), "x".into());
+        assert_eq!(s.validate().unwrap_err().field, "env.1BAD");
+        assert_eq!(JobSpec::command(Vec::<String>::new()).validate().unwrap_err().code, "command_empty");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let r: Result<JobSpec, _> = serde_json::from_str(r#"{"command":["x"],"comand":1}"#);
+        assert!(r.is_err());
+    }
+}
