@@ -1,0 +1,162 @@
+//! Running Job commands against the log: load the job's history, decide, seal
+//! (hash-chained), append with the expected sequence, and on a concurrent
+//! change reload and decide again.
+
+use crate::error::StoreError;
+use crate::store::{EventStore, StoredEvent};
+use chrono::{DateTime, Utc};
+use fetchml_events::hash::GENESIS;
+use fetchml_events::job::{Job, JobCommand, JobEvent, JobRejection, evolve};
+use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent};
+use uuid::Uuid;
+
+/// Who asks, and which request this is.
+#[derive(Clone, Debug)]
+pub struct CommandContext {
+    /// The id of this request; a retry of the same request carries the same id.
+    pub command_id: CommandId,
+    pub correlation_id: Uuid,
+    pub actor: Actor,
+    pub now: DateTime<Utc>,
+}
+
+impl CommandContext {
+    pub fn new(actor: Actor) -> Self {
+        let command_id = CommandId::new();
+        Self { command_id, correlation_id: *command_id.as_uuid(), actor, now: Utc::now() }
+    }
+}
+
+/// A job's history as loaded from the log.
+#[derive(Clone, Debug)]
+pub struct LoadedJob {
+    pub id: JobId,
+    /// The job's subject; `None` if the job does not exist.
+    pub subject: Option<String>,
+    pub history: Vec<(u64, Envelope<JobEvent>)>,
+    pub state: Option<Job>,
+}
+
+impl LoadedJob {
+    /// The stream sequence of the job's last event, 0 if none.
+    pub fn last_seq(&self) -> u64 {
+        self.history.last().map(|(s, _)| *s).unwrap_or(0)
+    }
+    fn last_hash(&self) -> &str {
+        self.history.last().map(|(_, e)| e.hash.as_str()).unwrap_or(GENESIS)
+    }
+}
+
+/// What a successful command did.
+#[derive(Clone, Debug)]
+pub struct Executed {
+    /// Sequence of the last event the command stored (or had stored, if this
+    /// was a retry).
+    pub seq: u64,
+    /// The command had been stored before; nothing new was appended.
+    pub duplicate: bool,
+    pub state: Option<Job>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecuteError {
+    #[error(transparent)]
+    Rejected(#[from] JobRejection),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// How often a command is re-decided after losing a race before giving up.
+const MAX_CONFLICT_RETRIES: usize = 8;
+
+impl EventStore {
+    /// Loads a job's history and folds it.
+    pub async fn load_job(&self, id: JobId) -> Result<LoadedJob, StoreError> {
+        let stored = self.load(&self.subjects().job_by_id(id)).await?;
+        let subject = stored.first().map(|e| e.subject.clone());
+        let mut history = Vec::with_capacity(stored.len());
+        let mut state = None;
+        for ev in stored {
+            let StoredEvent { seq, .. } = ev;
+            let env = ev.decode::<JobEvent>()?;
+            state = evolve(state, &env.payload);
+            history.push((seq, env));
+        }
+        Ok(LoadedJob { id, subject, history, state })
+    }
+
+    /// Decides `cmd` against the job's current state and appends the result.
+    #[tracing::instrument(skip_all, fields(job = %id, command = %ctx.command_id))]
+    pub async fn execute_job(
+        &self,
+        id: JobId,
+        cmd: JobCommand,
+        ctx: &CommandContext,
+    ) -> Result<Executed, ExecuteError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let loaded = self.load_job(id).await?;
+            // A retried request whose events are already stored gets the
+            // original answer, however long ago it was first made.
+            let cause = *ctx.command_id.as_uuid();
+            if let Some((seq, _)) = loaded.history.iter().rev().find(|(_, e)| e.causation_id == cause) {
+                return Ok(Executed { seq: *seq, duplicate: true, state: loaded.state });
+            }
+            let subject = match (&loaded.subject, &cmd) {
+                (Some(s), _) => s.clone(),
+                (None, JobCommand::Queue { owner, spec }) => self.subjects().job(owner, &spec.pool, id),
+                (None, _) => return Err(JobRejection::NotFound.into()),
+            };
+            let events = fetchml_events::job::decide(loaded.state.as_ref(), cmd.clone())?;
+            match self.append_job_events(&loaded, &subject, events, ctx).await {
+                Ok(done) => return Ok(done),
+                Err(StoreError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => {
+                    tracing::debug!(attempt, "lost a race for the job; deciding again");
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn append_job_events(
+        &self,
+        loaded: &LoadedJob,
+        subject: &str,
+        events: Vec<JobEvent>,
+        ctx: &CommandContext,
+    ) -> Result<Executed, StoreError> {
+        let mut expected = loaded.last_seq();
+        let mut prev_hash = loaded.last_hash().to_owned();
+        let mut version = loaded.history.len() as u64;
+        let mut state = loaded.state.clone();
+        let mut duplicate = true;
+        for (i, payload) in events.into_iter().enumerate() {
+            version += 1;
+            state = evolve(state, &payload);
+            let env = Envelope::seal(
+                NewEvent {
+                    aggregate_id: loaded.id.to_string(),
+                    aggregate_version: version,
+                    occurred_at: ctx.now,
+                    actor: ctx.actor.clone(),
+                    command_id: ctx.command_id,
+                    correlation_id: ctx.correlation_id,
+                    payload,
+                },
+                &prev_hash,
+            )
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let bytes = env.to_bytes().map_err(|e| StoreError::Invalid(e.to_string()))?;
+            // Nats-Msg-Id: the command id, plus the event's index when a command
+            // yields several, so each event deduplicates on its own.
+            let msg_id = if i == 0 { ctx.command_id.to_string() } else { format!("{}-{i}", ctx.command_id) };
+            let appended = self.append(subject, expected, &msg_id, bytes).await?;
+            duplicate &= appended.duplicate;
+            expected = appended.seq;
+            prev_hash = env.hash;
+        }
+        Ok(Executed { seq: expected, duplicate, state })
+    }
+}

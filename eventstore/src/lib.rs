@@ -1,0 +1,29 @@
+//! The event store over NATS JetStream.
+//!
+//! JetStream *is* the event store: the EVENTS stream holds every event, one
+//! subject per aggregate instance. Guarantees:
+//!
+//! - **Optimistic concurrency per aggregate**: an append names the stream
+//!   sequence of the aggregate's last event it has seen
+//!   (`Nats-Expected-Last-Subject-Sequence`); if another append got there first
+//!   the server refuses and we return [`StoreError::Conflict`].
+//! - **Idempotency**: each append carries `Nats-Msg-Id` derived from the command
+//!   id, so a retried command within the stream's duplicate window is stored once
+//!   and the retry gets the original sequence back ([`Appended::duplicate`]).
+//!   Outside that window the aggregate's own rules (a job is queued once, an
+//!   attempt starts once) reject the repeat.
+//! - **Immutability**: EVENTS denies delete and purge.
+//! - **Reads**: one aggregate's history (direct gets, no consumer state on the
+//!   server), or everything from a sequence or time (an ordered consumer).
+
+mod connect;
+mod error;
+mod jobs;
+mod store;
+mod streams;
+
+pub use connect::{MIN_SERVER_VERSION, ServerVersion, connect, check_server_version};
+pub use error::StoreError;
+pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
+pub use store::{Appended, EventStore, StartAt, StoredEvent};
+pub use streams::{StreamSettings, ensure_streams};

@@ -1,0 +1,194 @@
+//! Appending to and reading from the EVENTS stream.
+
+use crate::error::StoreError;
+use crate::streams::{StreamSettings, ensure_streams};
+use async_nats::jetstream::{
+    self,
+    consumer::{DeliverPolicy, pull::OrderedConfig},
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::DirectGetErrorKind,
+};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use fetchml_events::envelope::{DomainEvent, Envelope};
+use fetchml_events::subject::Subjects;
+use futures::{Stream, StreamExt};
+use std::time::Duration;
+
+/// One event as stored: where it is and its bytes.
+#[derive(Clone, Debug)]
+pub struct StoredEvent {
+    /// The stream sequence: the event's global position in the log.
+    pub seq: u64,
+    pub subject: String,
+    pub payload: Bytes,
+}
+
+impl StoredEvent {
+    /// Decodes the envelope, upcasting old schema versions.
+    pub fn decode<P: DomainEvent>(&self) -> Result<Envelope<P>, StoreError> {
+        Envelope::<P>::decode(&self.payload)
+            .map_err(|e| StoreError::Invalid(format!("event at sequence {}: {e}", self.seq)))
+    }
+
+    /// The stored JSON, as written.
+    pub fn json(&self) -> Result<serde_json::Value, StoreError> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| StoreError::Invalid(format!("event at sequence {} is not JSON: {e}", self.seq)))
+    }
+}
+
+/// The result of an append.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// The stream sequence of the stored event.
+    pub seq: u64,
+    /// The message id had been seen: nothing new was stored and `seq` is the
+    /// original event's. A retried command is answered as if it were the first.
+    pub duplicate: bool,
+}
+
+/// Where a read of the log starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartAt {
+    Beginning,
+    /// From this stream sequence, inclusive.
+    Sequence(u64),
+    /// From the first event stored at or after this time.
+    Time(DateTime<Utc>),
+    /// Only events appended after the read starts.
+    New,
+}
+
+/// The event store of one namespace.
+#[derive(Clone)]
+pub struct EventStore {
+    js: jetstream::Context,
+    subjects: Subjects,
+    events: jetstream::stream::Stream<()>,
+}
+
+impl EventStore {
+    /// Ensures the namespace's streams exist (see [`ensure_streams`]) and opens
+    /// the store.
+    pub async fn open(
+        client: async_nats::Client,
+        subjects: Subjects,
+        settings: &StreamSettings,
+    ) -> Result<Self, StoreError> {
+        let js = jetstream::new(client);
+        ensure_streams(&js, &subjects, settings).await?;
+        let events = js
+            .get_stream_no_info(subjects.events_stream())
+            .await
+            .map_err(StoreError::unavailable)?;
+        Ok(Self { js, subjects, events })
+    }
+
+    pub fn subjects(&self) -> &Subjects {
+        &self.subjects
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// Appends one event to `subject`, expecting `expected_last_seq` to be the
+    /// stream sequence of the subject's last event (0: the subject is empty).
+    #[tracing::instrument(skip_all, fields(subject, expected_last_seq, msg_id))]
+    pub async fn append(
+        &self,
+        subject: &str,
+        expected_last_seq: u64,
+        msg_id: &str,
+        payload: Vec<u8>,
+    ) -> Result<Appended, StoreError> {
+        let msg = PublishMessage::build()
+            .payload(Bytes::from(payload))
+            .message_id(msg_id)
+            .expected_last_subject_sequence(expected_last_seq);
+        let ack_future = self
+            .js
+            .send_publish(subject.to_owned(), msg)
+            .await
+            .map_err(|e| publish_error(e, subject, expected_last_seq))?;
+        let ack = ack_future.await.map_err(|e| publish_error(e, subject, expected_last_seq))?;
+        Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate })
+    }
+
+    /// Every event on subjects matching `filter`, in stream order. Meant for one
+    /// aggregate's history (a handful of events): one direct get per event, no
+    /// consumer state on the server.
+    #[tracing::instrument(skip_all, fields(filter))]
+    pub async fn load(&self, filter: &str) -> Result<Vec<StoredEvent>, StoreError> {
+        let mut out = Vec::new();
+        let mut next = 1u64;
+        loop {
+            match self.events.direct_get_next_for_subject(filter, Some(next)).await {
+                Ok(m) => {
+                    next = m.sequence + 1;
+                    out.push(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload });
+                }
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(out),
+                Err(e) if matches!(e.kind(), DirectGetErrorKind::InvalidSubject) => {
+                    return Err(StoreError::Invalid(format!("invalid subject filter {filter:?}")));
+                }
+                Err(e) => return Err(StoreError::unavailable(e)),
+            }
+        }
+    }
+
+    /// Reads events matching `filter` from `start` on, then follows new ones.
+    /// The stream never ends by itself; drop it to stop. Ordered: no gaps and no
+    /// duplicates, recreated transparently by the client if the server restarts.
+    pub async fn read(
+        &self,
+        filter: &str,
+        start: StartAt,
+    ) -> Result<impl Stream<Item = Result<StoredEvent, StoreError>> + use<>, StoreError> {
+        let deliver_policy = match start {
+            StartAt::Beginning => DeliverPolicy::All,
+            StartAt::Sequence(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
+            StartAt::Time(t) => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    t.timestamp_nanos_opt().unwrap_or(0).into(),
+                )
+                .map_err(|e| StoreError::Invalid(format!("start time: {e}")))?,
+            },
+            StartAt::New => DeliverPolicy::New,
+        };
+        let consumer = self
+            .events
+            .create_consumer(OrderedConfig {
+                filter_subject: filter.to_owned(),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(StoreError::unavailable)?;
+        let messages = consumer.messages().await.map_err(StoreError::unavailable)?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(StoreError::unavailable)?;
+            let seq = m.info().map_err(StoreError::unavailable)?.stream_sequence;
+            Ok(StoredEvent { seq, subject: m.subject.to_string(), payload: m.payload.clone() })
+        }))
+    }
+
+    /// The sequence of the last event in the log (0 when empty). Readiness and
+    /// read-your-writes use it.
+    pub async fn last_sequence(&self) -> Result<u64, StoreError> {
+        let info = self.events.get_info().await.map_err(StoreError::unavailable)?;
+        Ok(info.state.last_sequence)
+    }
+}
+
+fn publish_error(e: jetstream::context::PublishError, subject: &str, expected: u64) -> StoreError {
+    match e.kind() {
+        PublishErrorKind::WrongLastSequence => StoreError::Conflict { subject: subject.to_owned(), expected },
+        PublishErrorKind::TimedOut => StoreError::TimedOut(Duration::from_secs(5)),
+        PublishErrorKind::MaxPayloadExceeded => StoreError::Invalid(format!("event too large: {e}")),
+        PublishErrorKind::StreamNotFound => StoreError::Unavailable(format!("no stream for {subject}")),
+        _ => StoreError::unavailable(e),
+    }
+}

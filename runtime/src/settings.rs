@@ -1,0 +1,276 @@
+//! Typed settings. Sources, later ones winning: built-in defaults → a YAML file
+//! → environment variables `FETCHML_<SECTION>__<KEY>` (for example
+//! `FETCHML_NATS__URL=nats://127.0.0.1:4333`, `FETCHML_WORKER__CONCURRENCY=4`)
+//! → command-line flags (applied by the binary). Everything is validated before
+//! any service starts.
+
+use fetchml_events::ids::{Namespace, PoolName};
+use fetchml_eventstore::StreamSettings;
+use serde::Deserialize;
+use serde_yaml_ng::{Mapping, Value};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error("cannot read config {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("config {path}: {source}")]
+    Parse { path: String, source: serde_yaml_ng::Error },
+    #[error("environment variable {var}: {message}")]
+    Env { var: String, message: String },
+    #[error("invalid setting {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+}
+
+/// The whole settings tree; each service reads its sections.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Settings {
+    pub nats: NatsSettings,
+    pub api: ApiSettings,
+    pub worker: WorkerSettings,
+    pub postgres: PostgresSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NatsSettings {
+    /// The pinned nats-server started by `./deploy/up` listens on 4333 (4222 is
+    /// often taken by an older system NATS).
+    pub url: String,
+    /// Prefix of every stream, subject and consumer name.
+    pub namespace: String,
+    /// How long retried messages are recognised as duplicates.
+    pub duplicate_window_secs: u64,
+    /// How long PROGRESS keeps logs and metrics.
+    pub progress_max_age_secs: u64,
+    /// How many bytes PROGRESS keeps at most.
+    pub progress_max_bytes: i64,
+    /// Replicas per stream (1 for a single server, 3 for a cluster).
+    pub replicas: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApiSettings {
+    /// Where the HTTP api listens.
+    pub listen: String,
+    /// Largest request body accepted.
+    pub max_body_bytes: usize,
+    /// Run the dispatcher (EVENTS → DISPATCH) inside the api process.
+    pub embedded_dispatcher: bool,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerSettings {
+    /// The pool this worker serves.
+    pub pool: String,
+    /// Labels this worker offers (e.g. `gpu`).
+    pub labels: Vec<String>,
+    /// Jobs run at once.
+    pub concurrency: usize,
+    /// Jobs run inside this directory (created if missing).
+    pub job_root: PathBuf,
+    /// Lease length: a worker that stops renewing for this long loses its job.
+    pub lease_secs: u64,
+    /// Between SIGTERM and SIGKILL when a job is cancelled or times out.
+    pub kill_grace_secs: u64,
+    /// On shutdown, how long running jobs may finish before they are handed back.
+    pub drain_secs: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresSettings {
+    /// Read models live here (from the identity/read-model issue on).
+    pub url: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            nats: NatsSettings::default(),
+            api: ApiSettings::default(),
+            worker: WorkerSettings::default(),
+            postgres: PostgresSettings::default(),
+        }
+    }
+}
+
+impl Default for NatsSettings {
+    fn default() -> Self {
+        let s = StreamSettings::default();
+        Self {
+            url: "nats://127.0.0.1:4333".into(),
+            namespace: "fetchml".into(),
+            duplicate_window_secs: s.duplicate_window.as_secs(),
+            progress_max_age_secs: s.progress_max_age.as_secs(),
+            progress_max_bytes: s.progress_max_bytes,
+            replicas: s.replicas,
+        }
+    }
+}
+
+impl Default for ApiSettings {
+    fn default() -> Self {
+        Self { listen: "127.0.0.1:9101".into(), max_body_bytes: 1 << 20, embedded_dispatcher: true }
+    }
+}
+
+impl Default for WorkerSettings {
+    fn default() -> Self {
+        Self {
+            pool: "default".into(),
+            labels: Vec::new(),
+            concurrency: 1,
+            job_root: PathBuf::from(".fetchml/jobs"),
+            lease_secs: 30,
+            kill_grace_secs: 10,
+            drain_secs: 30,
+        }
+    }
+}
+
+impl Default for PostgresSettings {
+    fn default() -> Self {
+        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into() }
+    }
+}
+
+impl Settings {
+    /// Defaults, then `path` (if given), then the process environment.
+    pub fn load(path: Option<&Path>) -> Result<Self, SettingsError> {
+        let vars: Vec<(String, String)> = std::env::vars().collect();
+        Self::load_from(path, &vars)
+    }
+
+    /// As [`Settings::load`], with the environment given explicitly (tests).
+    pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Self, SettingsError> {
+        let mut tree = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|source| SettingsError::Read { path: p.to_owned(), source })?;
+                serde_yaml_ng::from_str::<Value>(&text)
+                    .map_err(|source| SettingsError::Parse { path: p.display().to_string(), source })?
+            }
+            None => Value::Mapping(Mapping::new()),
+        };
+        if tree.is_null() {
+            tree = Value::Mapping(Mapping::new());
+        }
+        for (var, raw) in env {
+            let Some(rest) = var.strip_prefix("FETCHML_") else { continue };
+            if !rest.contains("__") {
+                continue; // FETCHML_HOME and friends belong to the scripts.
+            }
+            let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+            let value: Value = serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
+            set_path(&mut tree, &path, value)
+                .map_err(|message| SettingsError::Env { var: var.clone(), message })?;
+        }
+        let settings: Settings = serde_yaml_ng::from_value(tree).map_err(|source| SettingsError::Parse {
+            path: path.map(|p| p.display().to_string()).unwrap_or_else(|| "<environment>".into()),
+            source,
+        })?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks what serde cannot: names, addresses, ranges.
+    pub fn validate(&self) -> Result<(), SettingsError> {
+        let invalid = |field, message: String| SettingsError::Invalid { field, message };
+        Namespace::parse(&self.nats.namespace).map_err(|e| invalid("nats.namespace", e.to_string()))?;
+        if !self.nats.url.starts_with("nats://") && !self.nats.url.starts_with("tls://") {
+            return Err(invalid("nats.url", format!("{:?} must start with nats:// or tls://", self.nats.url)));
+        }
+        self.api_listen()?;
+        PoolName::parse(&self.worker.pool).map_err(|e| invalid("worker.pool", e.to_string()))?;
+        if self.worker.concurrency == 0 || self.worker.concurrency > 1024 {
+            return Err(invalid("worker.concurrency", "must be 1-1024".into()));
+        }
+        if self.worker.lease_secs < 3 {
+            return Err(invalid("worker.lease_secs", "must be at least 3".into()));
+        }
+        if self.api.max_body_bytes < 1024 {
+            return Err(invalid("api.max_body_bytes", "must be at least 1024".into()));
+        }
+        if self.nats.replicas == 0 || self.nats.replicas > 5 {
+            return Err(invalid("nats.replicas", "must be 1-5".into()));
+        }
+        Ok(())
+    }
+
+    pub fn api_listen(&self) -> Result<SocketAddr, SettingsError> {
+        self.api.listen.parse().map_err(|e| SettingsError::Invalid {
+            field: "api.listen",
+            message: format!("{:?} is not host:port: {e}", self.api.listen),
+        })
+    }
+
+    pub fn namespace(&self) -> Namespace {
+        // validate() has checked it; fall back to the default rather than panic.
+        Namespace::parse(&self.nats.namespace)
+            .unwrap_or_else(|_| Namespace::parse("fetchml").unwrap_or_else(|_| unreachable!()))
+    }
+
+    pub fn stream_settings(&self) -> StreamSettings {
+        StreamSettings {
+            duplicate_window: Duration::from_secs(self.nats.duplicate_window_secs),
+            progress_max_age: Duration::from_secs(self.nats.progress_max_age_secs),
+            progress_max_bytes: self.nats.progress_max_bytes,
+            replicas: self.nats.replicas,
+            ..StreamSettings::default()
+        }
+    }
+}
+
+fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
+    let Some((first, rest)) = path.split_first() else { return Err("empty key".into()) };
+    let Value::Mapping(map) = tree else { return Err(format!("{first} is not a section")) };
+    let key = Value::String(first.clone());
+    if rest.is_empty() {
+        map.insert(key, value);
+        return Ok(());
+    }
+    let child = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+    set_path(child, rest, value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+    }
+
+    #[test]
+    fn environment_overrides_file_and_defaults() {
+        let dir = std::env::temp_dir().join(format!("fetchml-settings-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("s.yaml");
+        std::fs::write(&file, "nats:\n  url: nats://127.0.0.1:1\nworker:\n  concurrency: 2\n").unwrap();
+        let s = Settings::load_from(
+            Some(&file),
+            &env(&[("FETCHML_NATS__URL", "nats://127.0.0.1:2"), ("FETCHML_HOME", "/x")]),
+        )
+        .unwrap();
+        assert_eq!(s.nats.url, "nats://127.0.0.1:2");
+        assert_eq!(s.worker.concurrency, 2);
+        assert_eq!(s.api.listen, "127.0.0.1:9101");
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_refused_precisely() {
+        let e = Settings::load_from(None, &env(&[("FETCHML_NATS__URLL", "x")])).unwrap_err();
+        assert!(e.to_string().contains("urll"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_NATS__NAMESPACE", "a.b")])).unwrap_err();
+        assert!(e.to_string().contains("nats.namespace"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_WORKER__CONCURRENCY", "0")])).unwrap_err();
+        assert!(e.to_string().contains("worker.concurrency"), "{e}");
+    }
+}
