@@ -113,8 +113,34 @@ impl EventStore {
             .send_publish(subject.to_owned(), msg)
             .await
             .map_err(|e| publish_error(e, subject, expected_last_seq))?;
-        let ack = ack_future.await.map_err(|e| publish_error(e, subject, expected_last_seq))?;
-        Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate })
+        match ack_future.await {
+            Ok(ack) => Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate }),
+            Err(e) => match publish_error(e, subject, expected_last_seq) {
+                // The server checks the expected sequence before deduplicating,
+                // so a retry whose first try was stored looks like a conflict.
+                // If the subject's last event carries our message id, it is ours.
+                StoreError::Conflict { .. } if self.last_msg_id_is(subject, msg_id).await? => {
+                    let last = self
+                        .events
+                        .direct_get_last_for_subject(subject)
+                        .await
+                        .map_err(StoreError::unavailable)?;
+                    Ok(Appended { seq: last.sequence, duplicate: true })
+                }
+                other => Err(other),
+            },
+        }
+    }
+
+    async fn last_msg_id_is(&self, subject: &str, msg_id: &str) -> Result<bool, StoreError> {
+        match self.events.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(m
+                .headers
+                .get(async_nats::header::NATS_MESSAGE_ID)
+                .is_some_and(|v| v.as_str() == msg_id)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
     }
 
     /// Every event on subjects matching `filter`, in stream order. Meant for one

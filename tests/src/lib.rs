@@ -1,0 +1,139 @@
+//! Helpers shared by fetchml's end-to-end tests.
+//!
+//! Tests talk to a real nats-server, never a mock. `./deploy/test` starts one
+//! throwaway server (the pinned release, store in a temp dir) and exports
+//! `FETCHML_TEST_NATS_URL`; each test then works in its own namespace, so tests
+//! run in parallel without seeing each other. Tests that must stop or restart
+//! NATS start their own server with [`NatsProcess`], killed on drop.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
+
+use fetchml_events::ids::Namespace;
+use fetchml_events::subject::Subjects;
+use fetchml_eventstore::{EventStore, StreamSettings};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned()
+}
+
+/// The shared test server's URL, from `./deploy/test`.
+pub fn nats_url() -> String {
+    std::env::var("FETCHML_TEST_NATS_URL").unwrap_or_else(|_| {
+        panic!("FETCHML_TEST_NATS_URL is not set: run the suite with ./deploy/test, which starts the pinned nats-server")
+    })
+}
+
+/// A namespace no other test uses.
+pub fn unique_namespace() -> Namespace {
+    let id = uuid::Uuid::now_v7().simple().to_string();
+    Namespace::parse(format!("t{}", &id[id.len() - 16..])).unwrap()
+}
+
+/// An event store in a fresh namespace on the shared server.
+pub async fn fresh_store() -> EventStore {
+    store_at(&nats_url(), unique_namespace()).await
+}
+
+pub async fn store_at(url: &str, ns: Namespace) -> EventStore {
+    let client = fetchml_eventstore::connect(url, "fetchml-test").await.unwrap();
+    EventStore::open(client, Subjects::new(ns), &StreamSettings::default()).await.unwrap()
+}
+
+/// The pinned nats-server binary installed by the deploy scripts.
+pub fn nats_server_binary() -> PathBuf {
+    if let Ok(p) = std::env::var("FETCHML_NATS_SERVER") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join(".fetchml/nats/bin/nats-server");
+    assert!(p.exists(), "{} is missing: run ./deploy/test (it installs the pinned nats-server)", p.display());
+    p
+}
+
+/// A free loopback port (bound and released; good enough for tests).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Waits until `addr` accepts TCP connections, bounded.
+pub fn wait_for_port(port: u16, within: Duration) {
+    let deadline = Instant::now() + within;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on 127.0.0.1:{port} after {within:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A nats-server of this test's own, with its store in a temp dir. Killed (and
+/// its store removed) on drop.
+pub struct NatsProcess {
+    child: Option<Child>,
+    pub port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsProcess {
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().unwrap();
+        let mut me = Self { child: None, port: free_port(), store };
+        me.spawn();
+        me
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(nats_server_binary())
+            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
+            .arg(self.store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server with SIGKILL and waits for it to exit.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it again on the same port and store.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+}
+
+impl Drop for NatsProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `f` until it returns `Some`, bounded. For conditions that have no
+/// event to await (a process's state as seen from outside).
+pub async fn eventually<T, F, Fut>(within: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "condition not met within {within:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
