@@ -5,6 +5,7 @@
 //! no async runtime. Adapters (the JetStream event store, the api, the worker) sit
 //! beside it and depend on it, never the other way round.
 
+pub mod dispatch;
 pub mod envelope;
 pub mod hash;
 pub mod ids;

@@ -27,6 +27,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Wraps any transport error as [`StoreError::Unavailable`].
+    pub fn unavailable_from(e: impl std::fmt::Display) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+
     pub(crate) fn unavailable(e: impl std::fmt::Display) -> Self {
         StoreError::Unavailable(e.to_string())
     }

@@ -1,0 +1,79 @@
+//! The one error type at the HTTP edge. Every error has a status and a stable
+//! machine-readable `code`; 5xx bodies say nothing internal (the cause is
+//! logged instead).
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use fetchml_events::job::{JobRejection, SpecError};
+use fetchml_eventstore::{ExecuteError, StoreError};
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("{0}")]
+    InvalidSpec(SpecError),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    Rejected(JobRejection),
+    #[error("the event store is unavailable")]
+    Unavailable(#[source] StoreError),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest { code, message: message.into() }
+    }
+
+    fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::InvalidSpec(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
+            ApiError::NotFound(code) => (StatusCode::NOT_FOUND, code),
+            ApiError::Rejected(JobRejection::NotFound) => (StatusCode::NOT_FOUND, "job_not_found"),
+            ApiError::Rejected(JobRejection::InvalidSpec(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
+            ApiError::Rejected(r) => (StatusCode::CONFLICT, r.code()),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "event_store_unavailable"),
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Invalid(_) => ApiError::Internal(anyhow::Error::new(e)),
+            other => ApiError::Unavailable(other),
+        }
+    }
+}
+
+impl From<ExecuteError> for ApiError {
+    fn from(e: ExecuteError) -> Self {
+        match e {
+            ExecuteError::Rejected(JobRejection::InvalidSpec(s)) => ApiError::InvalidSpec(s),
+            ExecuteError::Rejected(r) => ApiError::Rejected(r),
+            ExecuteError::Store(s) => s.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let mut error = json!({ "code": code, "message": self.to_string() });
+        if let ApiError::InvalidSpec(e) | ApiError::Rejected(JobRejection::InvalidSpec(e)) = &self {
+            error["field"] = json!(e.field);
+            error["message"] = json!(e.message);
+        }
+        if status.is_server_error() {
+            tracing::error!(code, error = ?self, "request failed");
+        }
+        (status, Json(json!({ "error": error }))).into_response()
+    }
+}

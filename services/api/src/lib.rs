@@ -1,0 +1,100 @@
+//! The fetchml HTTP api.
+//!
+//! Commands (`POST /v1/jobs`) are validated here, decided by the pure domain
+//! code and appended to the event log; a 202 means the event is stored in
+//! JetStream. Reads of one job (`GET /v1/jobs/{id}`, `/events`) fold the job's
+//! own events, so they are strongly consistent with every acknowledged command.
+
+mod error;
+mod routes;
+
+pub use error::ApiError;
+
+use axum::Router;
+use fetchml_events::subject::Subjects;
+use fetchml_eventstore::EventStore;
+use fetchml_runtime::Settings;
+use std::future::Future;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: EventStore,
+    pub nats: async_nats::Client,
+}
+
+/// The router, a plain function of the state (tests build it without a socket).
+pub fn router(state: AppState, max_body_bytes: usize) -> Router {
+    routes::router(max_body_bytes).with_state(state)
+}
+
+/// A built api: listener bound, NATS connected, streams in place.
+pub struct Application {
+    listener: TcpListener,
+    state: AppState,
+    settings: Settings,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Settings(#[from] fetchml_runtime::SettingsError),
+    #[error(transparent)]
+    Store(#[from] fetchml_eventstore::StoreError),
+    #[error("cannot listen on {addr}: {source} (is another fetchml api running? set api.listen)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+}
+
+impl Application {
+    /// Connects to NATS, ensures the streams and binds the listener (port 0
+    /// picks a free one; see [`Application::local_addr`]).
+    pub async fn build(settings: Settings) -> Result<Self, BuildError> {
+        let addr = settings.api_listen()?;
+        // Bind first: a taken port is the most common start-up mistake and
+        // should be reported before we touch anything else.
+        let listener = TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source })?;
+        let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-api").await?;
+        let store = EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
+        Ok(Self { listener, state: AppState { store, nats }, settings })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains open requests. Runs the
+    /// dispatcher alongside when `api.embedded_dispatcher` is set.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let dispatcher = self.settings.api.embedded_dispatcher.then(|| {
+            let store = self.state.store.clone();
+            let stop = stop.clone();
+            tokio::spawn(async move { fetchml_dispatcher::run(store, stop).await })
+        });
+        let app = router(self.state, self.settings.api.max_body_bytes);
+        tracing::info!(addr = %self.listener.local_addr()?, "api listening");
+        let stop_serving = stop.clone();
+        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+            .with_graceful_shutdown(async move {
+                shutdown.await;
+                stop_serving.cancel();
+            })
+            .await;
+        stop.cancel();
+        if let Some(d) = dispatcher {
+            match d.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "dispatcher ended with an error"),
+                Err(e) => tracing::error!(error = %e, "dispatcher task failed"),
+            }
+        }
+        served.map_err(Into::into)
+    }
+}

@@ -1,0 +1,138 @@
+//! The dispatcher: follows job events on EVENTS with a durable consumer and
+//! publishes a ticket to DISPATCH for every job that needs a worker.
+//!
+//! Crash safety: the EVENTS message is acknowledged only after DISPATCH has
+//! acknowledged the ticket. A dispatcher killed in between sees the event again
+//! and republishes; the ticket's `Nats-Msg-Id` (job id + causing sequence)
+//! makes the repeat a no-op within the duplicate window, and beyond it the
+//! worker's `Start` is fenced by the job's own history. So once `job_queued` is
+//! in the log, the job reaches the work queue even if any process dies at any
+//! instant. Any number of dispatchers may run: they share the durable consumer.
+
+use async_nats::jetstream::{
+    self,
+    consumer::{AckPolicy, DeliverPolicy, pull},
+    message::PublishMessage,
+};
+use bytes::Bytes;
+use fetchml_events::dispatch::DispatchTicket;
+use fetchml_events::job::JobEvent;
+use fetchml_eventstore::{EventStore, StoreError, StoredEvent};
+use futures::StreamExt;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The durable consumer's name (per namespace: the streams are per namespace).
+pub const CONSUMER: &str = "dispatcher";
+
+#[derive(Debug, thiserror::Error)]
+pub enum DispatchError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("dispatcher consumer: {0}")]
+    Consumer(String),
+}
+
+/// Runs until `stop` is cancelled. Transient NATS errors are retried with
+/// backoff; the loop only returns on shutdown or a setup error.
+pub async fn run(store: EventStore, stop: CancellationToken) -> Result<(), DispatchError> {
+    let js = store.jetstream().clone();
+    let subjects = store.subjects().clone();
+    let stream = js
+        .get_stream(subjects.events_stream())
+        .await
+        .map_err(|e| DispatchError::Consumer(e.to_string()))?;
+    let consumer: jetstream::consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            CONSUMER,
+            pull::Config {
+                durable_name: Some(CONSUMER.into()),
+                description: Some("EVENTS → DISPATCH".into()),
+                filter_subject: subjects.all_job_events(),
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                max_ack_pending: 10_000,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| DispatchError::Consumer(e.to_string()))?;
+    tracing::info!(stream = %subjects.events_stream(), "dispatcher running");
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let mut messages = match consumer.messages().await {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot pull from EVENTS; retrying");
+                tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                n = messages.next() => n,
+            };
+            let Some(msg) = next else { break };
+            let msg = match msg {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!(error = %e, "pull failed; resubscribing");
+                    break;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            let seq = match msg.info() {
+                Ok(i) => i.stream_sequence,
+                Err(e) => {
+                    tracing::warn!(error = %e, "message without metadata; skipping");
+                    continue;
+                }
+            };
+            let stored = StoredEvent { seq, subject: msg.subject.to_string(), payload: msg.payload.clone() };
+            match handle(&js, &store, &stored).await {
+                Ok(()) => {
+                    if let Err(e) = msg.ack().await {
+                        // Redelivered later; the ticket id makes that harmless.
+                        tracing::warn!(error = %e, seq, "ack to EVENTS failed");
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, seq, "dispatch failed; will be redelivered");
+                    let _ = msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Publishes a ticket for `event` if it asks for a worker.
+async fn handle(js: &jetstream::Context, store: &EventStore, event: &StoredEvent) -> Result<(), StoreError> {
+    let envelope = match event.decode::<JobEvent>() {
+        Ok(e) => e,
+        Err(e) => {
+            // A malformed event cannot become valid by retrying; it is in the
+            // audit log for a human to see.
+            tracing::error!(error = %e, seq = event.seq, "undecodable job event; not dispatched");
+            return Ok(());
+        }
+    };
+    let JobEvent::JobQueued { spec, .. } = &envelope.payload else { return Ok(()) };
+    let job_id = envelope
+        .aggregate_id
+        .parse()
+        .map_err(|e| StoreError::Invalid(format!("job id {:?}: {e}", envelope.aggregate_id)))?;
+    let ticket = DispatchTicket { job_id, job_subject: event.subject.clone(), cause_seq: event.seq };
+    let body = serde_json::to_vec(&ticket).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let subject = store.subjects().dispatch(&spec.pool, spec.priority);
+    let ack = js
+        .send_publish(subject, PublishMessage::build().payload(Bytes::from(body)).message_id(ticket.msg_id()))
+        .await
+        .map_err(StoreError::unavailable_from)?;
+    ack.await.map_err(StoreError::unavailable_from)?;
+    tracing::debug!(job = %job_id, seq = event.seq, "dispatched");
+    Ok(())
+}

@@ -1,0 +1,258 @@
+//! Executors run one attempt of a job. They sit behind one trait so the worker
+//! does not care whether a job is a real process or a built-in used by tests and
+//! benchmarks.
+
+use fetchml_events::JobId;
+use fetchml_events::job::{ExecutorKind, FailureClass, JobSpec, Outcome};
+use futures::future::BoxFuture;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::Command;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Which output stream a line came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// One line of a job's output.
+#[derive(Clone, Debug)]
+pub struct LogLine {
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// Longest log line kept; the rest is cut (and marked) so one runaway line
+/// cannot exceed the stream's message size.
+pub const MAX_LINE_BYTES: usize = 16 * 1024;
+
+/// What an executor is asked to run.
+#[derive(Clone, Debug)]
+pub struct ExecRequest {
+    pub job_id: JobId,
+    pub attempt: u32,
+    pub spec: JobSpec,
+    /// The directory jobs run in; `spec.working_dir` is relative to it.
+    pub job_root: PathBuf,
+    pub kill_grace: Duration,
+}
+
+/// What an executor may use while it runs.
+pub struct ExecIo {
+    pub logs: mpsc::Sender<LogLine>,
+    /// Cancelled when the job is cancelled or the worker must stop at once.
+    pub cancel: CancellationToken,
+}
+
+pub trait Executor: Send + Sync {
+    fn run<'a>(&'a self, req: &'a ExecRequest, io: ExecIo) -> BoxFuture<'a, Outcome>;
+}
+
+/// Picks the executor a spec asks for.
+pub fn for_spec(kind: ExecutorKind) -> &'static dyn Executor {
+    match kind {
+        ExecutorKind::Process => &ProcessExecutor,
+        ExecutorKind::Noop => &NoopExecutor,
+        ExecutorKind::Sleep => &SleepExecutor,
+        ExecutorKind::Fail => &FailExecutor,
+    }
+}
+
+fn failed(class: FailureClass, exit_code: Option<i32>, signal: Option<i32>, reason: impl Into<String>) -> Outcome {
+    Outcome::Failed { exit_code, signal, class, reason: reason.into() }
+}
+
+/// Succeeds at once.
+pub struct NoopExecutor;
+impl Executor for NoopExecutor {
+    fn run<'a>(&'a self, _req: &'a ExecRequest, _io: ExecIo) -> BoxFuture<'a, Outcome> {
+        Box::pin(async { Outcome::Succeeded })
+    }
+}
+
+/// Sleeps `command[0]` milliseconds (default 1000), honouring cancel.
+pub struct SleepExecutor;
+impl Executor for SleepExecutor {
+    fn run<'a>(&'a self, req: &'a ExecRequest, io: ExecIo) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let ms = req.spec.command.first().and_then(|s| s.parse().ok()).unwrap_or(1000);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(ms)) => Outcome::Succeeded,
+                _ = io.cancel.cancelled() => failed(FailureClass::Unknown, None, None, "cancelled"),
+            }
+        })
+    }
+}
+
+/// Fails at once with exit code `command[0]` (default 1).
+pub struct FailExecutor;
+impl Executor for FailExecutor {
+    fn run<'a>(&'a self, req: &'a ExecRequest, _io: ExecIo) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let code = req.spec.command.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+            failed(FailureClass::Code, Some(code), None, format!("exit status {code}"))
+        })
+    }
+}
+
+/// Runs argv as a child process in its own process group, so that cancel and
+/// timeout reach every process it started.
+pub struct ProcessExecutor;
+
+impl Executor for ProcessExecutor {
+    fn run<'a>(&'a self, req: &'a ExecRequest, io: ExecIo) -> BoxFuture<'a, Outcome> {
+        Box::pin(run_process(req, io))
+    }
+}
+
+/// Resolves the working directory inside the job root; refuses escapes through
+/// `..` or symlinks.
+fn working_dir(root: &Path, rel: Option<&str>) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(root).map_err(|e| format!("cannot create job root {}: {e}", root.display()))?;
+    let root = root.canonicalize().map_err(|e| format!("job root {}: {e}", root.display()))?;
+    let Some(rel) = rel else { return Ok(root) };
+    let dir = root.join(rel);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create working dir {rel}: {e}"))?;
+    let dir = dir.canonicalize().map_err(|e| format!("working dir {rel}: {e}"))?;
+    if !dir.starts_with(&root) {
+        return Err(format!("working dir {rel} leaves the job root"));
+    }
+    Ok(dir)
+}
+
+async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
+    let cwd = match working_dir(&req.job_root, req.spec.working_dir.as_deref()) {
+        Ok(d) => d,
+        Err(reason) => return failed(FailureClass::Infrastructure, None, None, reason),
+    };
+    let mut cmd = if req.spec.shell {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(req.spec.command.join(" "));
+        c
+    } else {
+        let Some((program, args)) = req.spec.command.split_first() else {
+            return failed(FailureClass::Code, None, None, "empty command");
+        };
+        let mut c = Command::new(program);
+        c.args(args);
+        c
+    };
+    cmd.envs(&req.spec.env)
+        .env("FETCHML_JOB_ID", req.job_id.to_string())
+        .env("FETCHML_ATTEMPT", req.attempt.to_string())
+        .current_dir(&cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return failed(FailureClass::Code, None, None, format!("command not found: {}", req.spec.command[0]));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return failed(FailureClass::Code, None, None, format!("permission denied: {}", req.spec.command[0]));
+        }
+        Err(e) => return failed(FailureClass::Infrastructure, None, None, format!("cannot start: {e}")),
+    };
+    // With process_group(0) the child's pid is its process group id.
+    let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
+    let out = child.stdout.take().map(|s| tokio::spawn(forward(s, LogStream::Stdout, io.logs.clone())));
+    let err = child.stderr.take().map(|s| tokio::spawn(forward(s, LogStream::Stderr, io.logs.clone())));
+    let timeout = req.spec.timeout_secs.map(Duration::from_secs);
+    let deadline = async {
+        match timeout {
+            Some(t) => tokio::time::sleep(t).await,
+            None => std::future::pending().await,
+        }
+    };
+    enum Ended {
+        Exited(std::io::Result<std::process::ExitStatus>),
+        Cancelled,
+        TimedOut,
+    }
+    let ended = tokio::select! {
+        s = child.wait() => Ended::Exited(s),
+        _ = io.cancel.cancelled() => Ended::Cancelled,
+        _ = deadline => Ended::TimedOut,
+    };
+    let outcome = match ended {
+        Ended::Exited(Ok(status)) => classify(status),
+        Ended::Exited(Err(e)) => failed(FailureClass::Infrastructure, None, None, format!("wait failed: {e}")),
+        Ended::Cancelled => {
+            stop_group(&mut child, pgid, req.kill_grace).await;
+            failed(FailureClass::Unknown, None, None, "cancelled")
+        }
+        Ended::TimedOut => {
+            stop_group(&mut child, pgid, req.kill_grace).await;
+            failed(FailureClass::Resource, None, None, "timed out")
+        }
+    };
+    // Whatever the group left running now must not outlive the attempt.
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+    for task in [out, err].into_iter().flatten() {
+        let _ = task.await;
+    }
+    outcome
+}
+
+fn classify(status: std::process::ExitStatus) -> Outcome {
+    match (status.code(), status.signal()) {
+        (Some(0), _) => Outcome::Succeeded,
+        (Some(code), _) => failed(FailureClass::Code, Some(code), None, format!("exit status {code}")),
+        (None, Some(sig)) => failed(FailureClass::Infrastructure, None, Some(sig), format!("killed by signal {sig}")),
+        (None, None) => failed(FailureClass::Unknown, None, None, "ended without status"),
+    }
+}
+
+/// SIGTERM to the whole group, then SIGKILL after the grace period.
+async fn stop_group(child: &mut tokio::process::Child, pgid: Option<Pid>, grace: Duration) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGTERM);
+    }
+    if tokio::time::timeout(grace, child.wait()).await.is_err() {
+        if let Some(pgid) = pgid {
+            let _ = killpg(pgid, Signal::SIGKILL);
+        }
+        let _ = child.wait().await;
+    }
+}
+
+async fn forward(pipe: impl AsyncRead + Unpin, stream: LogStream, logs: mpsc::Sender<LogLine>) {
+    let mut reader = BufReader::new(pipe);
+    let mut buf = Vec::with_capacity(256);
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+        while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
+            buf.pop();
+        }
+        let mut line = String::from_utf8_lossy(&buf).into_owned();
+        if line.len() > MAX_LINE_BYTES {
+            let mut cut = MAX_LINE_BYTES;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" …[truncated]");
+        }
+        // A closed receiver means nobody forwards logs any more; keep draining
+        // the pipe so the child never blocks on a full pipe.
+        let _ = logs.send(LogLine { stream, line }).await;
+    }
+}
