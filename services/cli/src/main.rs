@@ -1,0 +1,188 @@
+//! `ml`: queue jobs and read them back. Data goes to stdout (JSON with
+//! `--json`, else a short summary); diagnostics go to stderr.
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "ml", version, about = "fetchml command-line client")]
+struct Cli {
+    /// The fetchml api.
+    #[arg(long, global = true, env = "FETCHML_API", default_value = "http://127.0.0.1:9101")]
+    api: String,
+    /// Print the api's JSON answers as they are.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Queue a job: `ml submit [options] -- python train.py --lr 0.1`.
+    Submit {
+        #[arg(long)]
+        pool: Option<String>,
+        /// 1 (lowest) to 10 (highest).
+        #[arg(long)]
+        priority: Option<u8>,
+        #[arg(long)]
+        timeout_secs: Option<u64>,
+        #[arg(long)]
+        experiment: Option<String>,
+        /// KEY=VALUE, repeatable.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// Run the command through /bin/sh -c.
+        #[arg(long)]
+        shell: bool,
+        /// Makes a retried submit name the same job.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+        /// Wait until the job ends; exit with its exit code.
+        #[arg(long)]
+        wait: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Show a job.
+    Status { id: String },
+    /// Show a job's history.
+    Events { id: String },
+    /// Wait until a job ends; exit with its exit code.
+    Wait { id: String },
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ml: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+struct Api {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Api {
+    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+        let resp = req.send().await.with_context(|| format!("cannot reach the fetchml api at {}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            let code = body["error"]["code"].as_str().unwrap_or("unknown");
+            let msg = body["error"]["message"].as_str().unwrap_or("");
+            let field = body["error"]["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default();
+            bail!("{status}: {code}: {msg}{field}");
+        }
+        Ok(body)
+    }
+
+    async fn job(&self, id: &str) -> anyhow::Result<Value> {
+        self.call(self.http.get(format!("{}/v1/jobs/{id}", self.base))).await
+    }
+}
+
+const TERMINAL: [&str; 5] = ["succeeded", "failed", "cancelled", "timed_out", "dead_lettered"];
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let api = Api {
+        base: cli.api.trim_end_matches('/').to_owned(),
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+    };
+    match cli.command {
+        Command::Submit { pool, priority, timeout_secs, experiment, env, shell, idempotency_key, wait, command } => {
+            let mut spec = json!({ "command": command, "shell": shell });
+            if let Some(p) = pool {
+                spec["pool"] = json!(p);
+            }
+            if let Some(p) = priority {
+                spec["priority"] = json!(p);
+            }
+            if let Some(t) = timeout_secs {
+                spec["timeout_secs"] = json!(t);
+            }
+            if let Some(e) = experiment {
+                spec["experiment"] = json!(e);
+            }
+            let mut vars = BTreeMap::new();
+            for kv in env {
+                let (k, v) = kv.split_once('=').with_context(|| format!("--env {kv:?} is not KEY=VALUE"))?;
+                vars.insert(k.to_owned(), v.to_owned());
+            }
+            spec["env"] = json!(vars);
+            let mut req = api.http.post(format!("{}/v1/jobs", api.base)).json(&spec);
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            let out = api.call(req).await?;
+            let id = out["id"].as_str().unwrap_or_default().to_owned();
+            if cli.json {
+                println!("{out}");
+            } else {
+                println!("{id}");
+            }
+            if wait {
+                return wait_for(&api, &id, cli.json).await;
+            }
+        }
+        Command::Status { id } => {
+            let job = api.job(&id).await?;
+            if cli.json {
+                println!("{job}");
+            } else {
+                println!(
+                    "{}  {}  attempt {}  exit {}  {}",
+                    job["id"].as_str().unwrap_or(""),
+                    job["state"].as_str().unwrap_or(""),
+                    job["attempt"],
+                    job["exit_code"],
+                    job["reason"].as_str().unwrap_or("")
+                );
+            }
+        }
+        Command::Events { id } => {
+            let events = api.call(api.http.get(format!("{}/v1/jobs/{id}/events", api.base))).await?;
+            if cli.json {
+                println!("{events}");
+            } else {
+                for e in events["items"].as_array().into_iter().flatten() {
+                    println!("{:>8}  {}  {}", e["seq"], e["occurred_at"].as_str().unwrap_or(""), e["type"].as_str().unwrap_or(""));
+                }
+            }
+        }
+        Command::Wait { id } => return wait_for(&api, &id, cli.json).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Polls the job until it ends (the streams issue replaces this with a
+/// WebSocket subscription); exits with the job's exit code, or 1.
+async fn wait_for(api: &Api, id: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let job = api.job(id).await?;
+        let state = job["state"].as_str().unwrap_or("");
+        if TERMINAL.contains(&state) {
+            if json {
+                println!("{job}");
+            } else {
+                eprintln!("{id}: {state}");
+            }
+            let code = job["exit_code"].as_i64().unwrap_or(if state == "succeeded" { 0 } else { 1 });
+            return Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}

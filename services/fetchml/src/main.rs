@@ -1,0 +1,147 @@
+//! `fetchml`: the server-side binary. Each subcommand is a thin shell around a
+//! library (`fetchml-api`, `fetchml-worker`, `fetchml-dispatcher`).
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use fetchml_events::hash::ChainVerifier;
+use fetchml_events::subject::Subjects;
+use fetchml_eventstore::{EventStore, StartAt};
+use fetchml_runtime::Settings;
+use futures::StreamExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "fetchml", version, about = "fetchml: event-sourced ML jobs over NATS JetStream")]
+struct Cli {
+    /// YAML settings file; `FETCHML_<SECTION>__<KEY>` variables override it.
+    #[arg(long, short, global = true, env = "FETCHML_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the HTTP api (and, by default, the dispatcher).
+    Api {
+        /// Listen address, overriding api.listen.
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run a worker.
+    Worker {
+        #[arg(long)]
+        pool: Option<String>,
+        /// A label this worker offers (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Run a standalone dispatcher (EVENTS → DISPATCH).
+    Dispatcher,
+    /// Replay the whole event log and check every hash link; names the first
+    /// broken one.
+    Verify,
+}
+
+fn main() -> ExitCode {
+    fetchml_runtime::telemetry::init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("fetchml: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("fetchml: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The first signal starts a graceful stop; a second one exits at once.
+fn stop_on_signal() -> CancellationToken {
+    let stop = CancellationToken::new();
+    let token = stop.clone();
+    tokio::spawn(async move {
+        fetchml_runtime::shutdown_signal().await;
+        token.cancel();
+        fetchml_runtime::shutdown_signal().await;
+        tracing::warn!("second signal: exiting now");
+        std::process::exit(130);
+    });
+    stop
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
+    match cli.command {
+        Command::Api { listen } => {
+            if let Some(l) = listen {
+                settings.api.listen = l;
+            }
+            settings.validate()?;
+            let app = fetchml_api::Application::build(settings).await?;
+            let stop = stop_on_signal();
+            app.run_until_stopped(async move { stop.cancelled().await }).await?;
+            tracing::info!("api stopped");
+        }
+        Command::Worker { pool, labels, concurrency } => {
+            if let Some(p) = pool {
+                settings.worker.pool = p;
+            }
+            if !labels.is_empty() {
+                settings.worker.labels = labels;
+            }
+            if let Some(c) = concurrency {
+                settings.worker.concurrency = c;
+            }
+            settings.validate()?;
+            let worker = fetchml_worker::Worker::build(&settings).await?;
+            worker.run(stop_on_signal()).await?;
+            tracing::info!("worker stopped");
+        }
+        Command::Dispatcher => {
+            let store = open_store(&settings).await?;
+            fetchml_dispatcher::run(store, stop_on_signal()).await?;
+            tracing::info!("dispatcher stopped");
+        }
+        Command::Verify => return verify(&settings).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
+    let client = fetchml_eventstore::connect(&settings.nats.url, "fetchml-cli").await?;
+    Ok(EventStore::open(client, Subjects::new(settings.namespace()), &settings.stream_settings()).await?)
+}
+
+async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
+    let store = open_store(settings).await?;
+    let last = store.last_sequence().await?;
+    let mut verifier = ChainVerifier::new();
+    if last > 0 {
+        let mut events = store.read(&store.subjects().all_events(), StartAt::Beginning).await?;
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            let json = ev.json()?;
+            if let Err(broken) = verifier.check(ev.seq, &json) {
+                println!("BROKEN: {broken}");
+                return Ok(ExitCode::from(2));
+            }
+            if ev.seq >= last {
+                break;
+            }
+        }
+    }
+    println!("ok: {} events verified up to sequence {last}", verifier.checked());
+    Ok(ExitCode::SUCCESS)
+}
