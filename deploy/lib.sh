@@ -13,7 +13,7 @@ LOG_DIR="$FETCHML_HOME/logs"
 
 # The pinned nats-server release (fetchml needs 2.11 or newer; Debian ships 2.9).
 NATS_VERSION="2.14.6"
-NATS_DIR="$FETCHML_HOME/nats"
+NATS_DIR="${FETCHML_NATS_DIR:-$FETCHML_HOME/nats}"
 NATS_BIN="$NATS_DIR/bin/nats-server"
 NATS_PORT="${FETCHML_NATS_PORT:-4333}"
 API_PORT="${FETCHML_API_PORT:-9101}"

@@ -34,8 +34,7 @@ macro_rules! uuid_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                // The simple (dash-less) form is subject-safe and short.
-                write!(f, "{}", self.0.simple())
+                write!(f, "{}", self.0)
             }
         }
 

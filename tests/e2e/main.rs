@@ -1,1 +1,193 @@
-fn main(){}
+//! The thin path end to end over HTTP, with a real worker process, real NATS.
+
+mod helpers;
+
+use helpers::{spawn_app, spawn_worker};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_queued_command_runs_on_a_worker_and_its_history_reads_back_in_order() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let (status, body) = app.submit(json!({"command": ["echo", "hi"]})).await;
+    assert_eq!(status, 202, "{body}");
+    let id = body["id"].as_str().unwrap().to_owned();
+    assert!(body["seq"].as_u64().unwrap() >= 1);
+
+    let job = app.until_terminal(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(job["exit_code"], 0);
+    assert_eq!(job["attempt"], 1);
+    assert_eq!(job["owner"], "anonymous");
+    assert_eq!(job["id"], id.as_str());
+
+    let (status, events) = app.get(&format!("/v1/jobs/{id}/events")).await;
+    assert_eq!(status, 200);
+    let items = events["items"].as_array().unwrap();
+    let types: Vec<_> = items.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["job_queued", "job_started", "job_succeeded"]);
+    let seqs: Vec<u64> = items.iter().map(|e| e["seq"].as_u64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+    // Each event links to its predecessor.
+    for w in items.windows(2) {
+        assert_eq!(w[1]["prev_hash"], w[0]["hash"]);
+    }
+
+    // The output line reached PROGRESS.
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let js = store.jetstream();
+    let stream = js.get_stream(store.subjects().progress_stream()).await.unwrap();
+    let job_id: fetchml_events::JobId = id.parse().unwrap();
+    let msg = stream.direct_get_first_for_subject(store.subjects().job_progress(job_id)).await.unwrap();
+    let line: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
+    assert_eq!(line["line"], "hi");
+    assert_eq!(line["stream"], "stdout");
+}
+
+#[tokio::test]
+async fn a_command_that_exits_non_zero_fails_with_its_exit_code() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let (_, body) = app.submit(json!({"command": ["sh", "-c", "exit 3"]})).await;
+    let job = app.until_terminal(body["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["exit_code"], 3);
+    assert_eq!(job["failure_class"], "code");
+}
+
+#[tokio::test]
+async fn a_command_that_does_not_exist_fails_clearly() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let (_, body) = app.submit(json!({"command": ["fetchml-no-such-program-xyz"]})).await;
+    let job = app.until_terminal(body["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["exit_code"].is_null());
+    assert!(job["reason"].as_str().unwrap().contains("command not found"), "{job}");
+}
+
+#[tokio::test]
+async fn arguments_are_passed_without_a_shell() {
+    let app = spawn_app().await;
+    let w = spawn_worker(&app.settings);
+    let marker = w.job_root.path().join("out.txt");
+    // With a shell, `;` would run a second command; as argv it is just text.
+    let (_, body) = app
+        .submit(json!({"command": ["sh", "-c", "printf %s \"$1\" > out.txt", "x", "a; touch pwned"]}))
+        .await;
+    let job = app.until_terminal(body["id"].as_str().unwrap()).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    assert_eq!(std::fs::read_to_string(marker).unwrap(), "a; touch pwned");
+    assert!(!w.job_root.path().join("pwned").exists());
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_stable_code_and_changes_nothing() {
+    let app = spawn_app().await;
+    let (s, b) = app.submit(json!({"command": ["x"], "priority": 11})).await;
+    assert_eq!((s, b["error"]["code"].as_str(), b["error"]["field"].as_str()), (422, Some("out_of_range"), Some("priority")));
+    let (s, b) = app.submit(json!({"command": []})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (422, Some("command_empty")));
+    let (s, b) = app.submit(json!({"comand": ["x"]})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_body")), "{b}");
+    let r = app.http.post(app.url("/v1/jobs")).body("{not json").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let big = "x".repeat(2 << 20);
+    let r = app.http.post(app.url("/v1/jobs")).body(big).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let (s, b) = app.get("/v1/jobs/not-a-uuid").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_job_id")));
+    let (s, b) = app.get(&format!("/v1/jobs/{}", uuid::Uuid::now_v7())).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("job_not_found")));
+    let (s, _) = app.get(&format!("/v1/jobs/{}/events", uuid::Uuid::now_v7())).await;
+    assert_eq!(s, 404);
+    let (s, b) = app.get("/v1/nothing").await;
+    assert_eq!((s, b["error"]["code"].as_str()), (404, Some("route_not_found")));
+    // Nothing of the above reached the log.
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    assert_eq!(store.last_sequence().await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn the_same_idempotency_key_names_the_same_job_once() {
+    let app = spawn_app().await;
+    let send = || async {
+        let r = app
+            .http
+            .post(app.url("/v1/jobs"))
+            .header("Idempotency-Key", "train-run-7")
+            .json(&json!({"command": ["true"]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 202);
+        r.json::<serde_json::Value>().await.unwrap()
+    };
+    let (a, b) = (send().await, send().await);
+    assert_eq!(a["id"], b["id"]);
+    assert_eq!(a["seq"], b["seq"]);
+    let (_, events) = app.get(&format!("/v1/jobs/{}/events", a["id"].as_str().unwrap())).await;
+    assert_eq!(events["items"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn health_and_readiness_answer() {
+    let app = spawn_app().await;
+    let (s, b) = app.get("/healthz").await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("ok")));
+    let (s, b) = app.get("/readyz").await;
+    assert_eq!((s, b["status"].as_str()), (200, Some("ready")), "{b}");
+}
+
+#[tokio::test]
+async fn readiness_says_503_while_nats_is_down_and_recovers() {
+    let mut nats = fetchml_tests::NatsProcess::start();
+    let mut settings = fetchml_runtime::Settings::default();
+    settings.nats.url = nats.url();
+    settings.api.listen = "127.0.0.1:0".into();
+    let app = fetchml_api::Application::build(settings).await.unwrap();
+    let url = format!("http://{}/readyz", app.local_addr());
+    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    let http = reqwest::Client::new();
+    assert_eq!(http.get(&url).send().await.unwrap().status().as_u16(), 200);
+    nats.kill();
+    let body: serde_json::Value = fetchml_tests::eventually(std::time::Duration::from_secs(20), || async {
+        let r = http.get(&url).send().await.ok()?;
+        (r.status().as_u16() == 503).then_some(())?;
+        r.json().await.ok()
+    })
+    .await;
+    assert_eq!(body["error"]["code"], "not_ready");
+    nats.restart();
+    fetchml_tests::eventually(std::time::Duration::from_secs(30), || async {
+        let r = http.get(&url).send().await.ok()?;
+        (r.status().as_u16() == 200).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_older_nats_server_is_refused_with_a_clear_message() {
+    // Debian's nats-server 2.9, where the machine has it; a fresh machine may not.
+    let old = std::path::Path::new("/usr/sbin/nats-server");
+    if !old.exists() {
+        eprintln!("skipped: no Debian nats-server at {} to test against", old.display());
+        return;
+    }
+    let port = fetchml_tests::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(old)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    fetchml_tests::wait_for_port(port, std::time::Duration::from_secs(10));
+    let err = fetchml_eventstore::connect(&format!("nats://127.0.0.1:{port}"), "t").await.err();
+    let _ = child.kill();
+    let _ = child.wait();
+    let err = err.expect("an old server must be refused");
+    assert!(matches!(err, fetchml_eventstore::StoreError::ServerTooOld { .. }), "{err}");
+    assert!(err.to_string().contains("too old"), "{err}");
+}

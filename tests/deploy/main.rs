@@ -1,0 +1,64 @@
+//! `./deploy/up` then `./deploy/down` in a scratch FETCHML_HOME, on free ports:
+//! fetchml comes up ready, a second `up` changes nothing, and `down` leaves no
+//! process of ours running.
+
+use fetchml_tests::{free_port, repo_root};
+use std::path::Path;
+use std::process::Command;
+
+fn script(name: &str, home: &Path, api_port: u16, nats_port: u16) -> std::process::Output {
+    let nats_dir = fetchml_tests::nats_server_binary().parent().unwrap().parent().unwrap().to_owned();
+    Command::new(repo_root().join("deploy").join(name))
+        .env("FETCHML_HOME", home)
+        .env("FETCHML_NATS_DIR", nats_dir)
+        .env("FETCHML_API_PORT", api_port.to_string())
+        .env("FETCHML_NATS_PORT", nats_port.to_string())
+        .env("FETCHML_PROFILE", "dev")
+        // deploy/test built the binaries; cargo's lock is held by this run.
+        .env("FETCHML_SKIP_BUILD", "1")
+        .output()
+        .unwrap()
+}
+
+fn pids(home: &Path) -> Vec<u32> {
+    ["api", "worker", "nats"]
+        .iter()
+        .filter_map(|s| std::fs::read_to_string(home.join("run").join(format!("{s}.pid"))).ok())
+        .map(|p| p.trim().parse().unwrap())
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie is gone for our purposes; /proc/PID/stat's state is 'Z' then.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn up_then_down_leaves_nothing_of_ours_running() {
+    let home = tempfile::tempdir().unwrap();
+    let (api_port, nats_port) = (free_port(), free_port());
+    let up = script("up", home.path(), api_port, nats_port);
+    assert!(up.status.success(), "up failed: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(String::from_utf8_lossy(&up.stdout).contains(&format!("http://127.0.0.1:{api_port}")));
+
+    let started = pids(home.path());
+    assert_eq!(started.len(), 3, "pid files: {started:?}");
+    assert!(started.iter().all(|p| alive(*p)));
+
+    let ready = reqwest::get(format!("http://127.0.0.1:{api_port}/readyz")).await.unwrap();
+    assert_eq!(ready.status().as_u16(), 200);
+
+    let again = script("up", home.path(), api_port, nats_port);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
+    assert_eq!(pids(home.path()), started, "a second up changed something");
+
+    let down = script("down", home.path(), api_port, nats_port);
+    assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
+    for pid in &started {
+        assert!(!alive(*pid), "pid {pid} still runs after down");
+    }
+    assert!(pids(home.path()).is_empty());
+}
