@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a test failure
+
 //! The Job aggregate, tested given/when/then without any I/O, plus the stored-v1
 //! fixture that pins the upcast path and the hash chain.
 

@@ -129,11 +129,11 @@ impl EventStore {
     ) -> Result<Executed, StoreError> {
         let mut expected = loaded.last_seq();
         let mut prev_hash = loaded.last_hash().to_owned();
-        let mut version = loaded.history.len() as u64;
         let mut state = loaded.state.clone();
         let mut duplicate = true;
+        let first_version = loaded.history.len() as u64 + 1;
         for (i, payload) in events.into_iter().enumerate() {
-            version += 1;
+            let version = first_version + i as u64;
             state = evolve(state, &payload);
             let env = Envelope::seal(
                 NewEvent {

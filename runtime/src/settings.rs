@@ -25,7 +25,7 @@ pub enum SettingsError {
 }
 
 /// The whole settings tree; each service reads its sections.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Settings {
     pub nats: NatsSettings,
@@ -87,17 +87,6 @@ pub struct WorkerSettings {
 pub struct PostgresSettings {
     /// Read models live here (from the identity/read-model issue on).
     pub url: String,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            nats: NatsSettings::default(),
-            api: ApiSettings::default(),
-            worker: WorkerSettings::default(),
-            postgres: PostgresSettings::default(),
-        }
-    }
 }
 
 impl Default for NatsSettings {

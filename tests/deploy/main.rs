@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a test failure
+
 //! `./deploy/up` then `./deploy/down` in a scratch FETCHML_HOME, on free ports:
 //! fetchml comes up ready, a second `up` changes nothing, and `down` leaves no
 //! process of ours running.

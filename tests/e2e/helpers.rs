@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
+
 //! spawn_app: the real api on port 0 in a fresh namespace; spawn_worker: the
 //! real `fetchml worker` binary as a child process, killed on drop.
 

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a test failure
+
 //! The thin path end to end over HTTP, with a real worker process, real NATS.
 
 mod helpers;

@@ -1,3 +1,5 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a test failure
+
 //! The event store against a real nats-server, each test in its own namespace.
 
 use fetchml_events::hash::ChainVerifier;

@@ -260,12 +260,12 @@ impl Worker {
                 return;
             };
             while let Some(Ok(ev)) = events.next().await {
-                if let Ok(env) = ev.decode::<JobEvent>() {
-                    if matches!(env.payload, JobEvent::JobCancelled { .. }) {
-                        tracing::info!(job = %job, "cancel requested; stopping the attempt");
-                        cancel.cancel();
-                        return;
-                    }
+                if let Ok(env) = ev.decode::<JobEvent>()
+                    && matches!(env.payload, JobEvent::JobCancelled { .. })
+                {
+                    tracing::info!(job = %job, "cancel requested; stopping the attempt");
+                    cancel.cancel();
+                    return;
                 }
             }
         })
