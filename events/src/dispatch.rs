@@ -4,6 +4,7 @@
 //! harmless: the aggregate fences it out).
 
 use crate::ids::JobId;
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -13,6 +14,13 @@ pub struct DispatchTicket {
     pub job_subject: String,
     /// The stream sequence of the event that asked for this dispatch.
     pub cause_seq: u64,
+    /// The attempt may not start before this time (retry backoff).
+    #[serde(default)]
+    pub not_before: Option<DateTime<Utc>>,
+    /// Set by the reconciler for a running job whose worker is gone and whose
+    /// ticket was lost: the receiving worker treats the attempt's lease as expired.
+    #[serde(default)]
+    pub takeover: bool,
 }
 
 impl DispatchTicket {

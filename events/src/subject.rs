@@ -64,14 +64,28 @@ impl Subjects {
     pub fn all_dispatch(&self) -> String {
         format!("{}.dispatch.>", self.ns)
     }
-    /// Where a pool's work is queued, by priority so that consumers can prefer
-    /// higher priorities.
-    pub fn dispatch(&self, pool: &PoolName, priority: u8) -> String {
-        format!("{}.dispatch.{pool}.{priority}", self.ns)
+    /// Where a job's ticket is queued: by pool, priority and the exact set of
+    /// labels it needs, so that each (pool, priority, label set) is one queue
+    /// that workers can prefer by priority and match by labels.
+    pub fn dispatch(&self, pool: &PoolName, priority: u8, label_key: &str, job: JobId) -> String {
+        format!("{}.dispatch.{pool}.{priority}.{label_key}.{job}", self.ns)
     }
-    /// All of one pool's work.
+    /// One queue: every ticket of a pool, priority and label set.
+    pub fn dispatch_queue(&self, pool: &PoolName, priority: u8, label_key: &str) -> String {
+        format!("{}.dispatch.{pool}.{priority}.{label_key}.*", self.ns)
+    }
+    /// All of one pool's tickets.
     pub fn dispatch_pool(&self, pool: &PoolName) -> String {
-        format!("{}.dispatch.{pool}.*", self.ns)
+        format!("{}.dispatch.{pool}.>", self.ns)
+    }
+    /// A filter matching one job's ticket wherever it is queued.
+    pub fn dispatch_for_job(&self, job: JobId) -> String {
+        format!("{}.dispatch.*.*.*.{job}", self.ns)
+    }
+
+    /// The key-value bucket of live workers.
+    pub fn workers_bucket(&self) -> String {
+        format!("{}_workers", self.ns)
     }
 
     /// All progress subjects.
@@ -88,8 +102,41 @@ impl Subjects {
     }
 }
 
+/// The token naming a set of labels in dispatch subjects: the sorted, distinct
+/// labels joined by `+`, or `_` for none.
+pub fn label_key<S: AsRef<str>>(labels: &[S]) -> String {
+    let mut v: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
+    v.sort_unstable();
+    v.dedup();
+    if v.is_empty() { "_".to_owned() } else { v.join("+") }
+}
+
+/// Every label set a worker offering `labels` can serve (all subsets), as
+/// label keys. Bounded: specs allow at most 8 labels, workers at most 6.
+pub fn served_label_keys<S: AsRef<str>>(labels: &[S]) -> Vec<String> {
+    let mut v: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
+    v.sort_unstable();
+    v.dedup();
+    let n = v.len().min(6);
+    (0u32..(1 << n))
+        .map(|mask| {
+            let subset: Vec<&str> = (0..n).filter(|i| mask & (1 << i) != 0).map(|i| v[i]).collect();
+            label_key(&subset)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn label_keys_are_canonical_and_workers_serve_every_subset() {
+        assert_eq!(super::label_key::<&str>(&[]), "_");
+        assert_eq!(super::label_key(&["gpu", "a100", "gpu"]), "a100+gpu");
+        let mut served = super::served_label_keys(&["gpu", "a100"]);
+        served.sort();
+        assert_eq!(served, ["_", "a100", "a100+gpu", "gpu"]);
+    }
+
     use super::*;
 
     #[test]

@@ -4,8 +4,9 @@
 //! fixture that pins the upcast path and the hash chain.
 
 use fetchml_events::hash::{BrokenLink, ChainVerifier, GENESIS};
+use chrono::{DateTime, Utc};
 use fetchml_events::job::{
-    FailureClass, Job, JobCommand, JobEvent, JobRejection, JobSpec, JobStatus, Outcome, decide, evolve, fold,
+    FailureClass, Job, JobCommand, JobEvent, JobRejection, JobSpec, JobStatus, Metrics, Outcome, decide, evolve, fold,
 };
 use fetchml_events::{Actor, CommandId, Envelope, NewEvent, UserName, WorkerId};
 use proptest::prelude::*;
@@ -36,6 +37,26 @@ fn started(attempt: u32, w: WorkerId) -> JobEvent {
     JobEvent::JobStarted { attempt, worker: w }
 }
 
+fn t0() -> DateTime<Utc> {
+    DateTime::from_timestamp(1_800_000_000, 0).unwrap()
+}
+
+fn start(attempt: u32, worker: WorkerId) -> JobCommand {
+    JobCommand::Start { attempt, worker, at: t0() }
+}
+
+fn finish(attempt: u32, outcome: Outcome) -> JobCommand {
+    JobCommand::Finish { attempt, outcome, metrics: Metrics::new(), at: t0(), jitter_permille: 500 }
+}
+
+fn fail(class: FailureClass) -> Outcome {
+    Outcome::Failed { exit_code: None, signal: Some(9), class, reason: "x".into() }
+}
+
+fn succeeded(attempt: u32) -> JobEvent {
+    JobEvent::JobSucceeded { attempt, exit_code: 0, metrics: Metrics::new() }
+}
+
 #[test]
 fn queueing_a_new_job_records_it() {
     let spec = JobSpec::command(["echo", "hi"]);
@@ -60,9 +81,9 @@ fn queueing_an_invalid_spec_is_rejected_with_its_code() {
 #[test]
 fn the_first_start_must_be_attempt_one() {
     let w = WorkerId::new();
-    assert_eq!(given([queued()]).when(JobCommand::Start { attempt: 1, worker: w }).unwrap(), vec![started(1, w)]);
+    assert_eq!(given([queued()]).when(start(1, w)).unwrap(), vec![started(1, w)]);
     assert!(matches!(
-        given([queued()]).when(JobCommand::Start { attempt: 2, worker: w }),
+        given([queued()]).when(start(2, w)),
         Err(JobRejection::StaleAttempt { current: 0, got: 2 })
     ));
 }
@@ -70,7 +91,7 @@ fn the_first_start_must_be_attempt_one() {
 #[test]
 fn a_running_job_cannot_start_again() {
     let w = WorkerId::new();
-    let r = given([queued(), started(1, w)]).when(JobCommand::Start { attempt: 2, worker: w });
+    let r = given([queued(), started(1, w)]).when(start(2, w));
     assert!(matches!(r, Err(JobRejection::NotStartable { status: JobStatus::Running, .. })));
 }
 
@@ -80,16 +101,16 @@ fn a_late_report_from_an_old_attempt_is_fenced_out() {
     // Attempt 2 is the current one (as if attempt 1 had been superseded).
     let mut state = fold(&[queued(), started(1, w)]).unwrap();
     state.attempt = 2;
-    let r = decide(Some(&state), JobCommand::Finish { attempt: 1, outcome: Outcome::Succeeded });
+    let r = decide(Some(&state), finish(1, Outcome::Succeeded));
     assert_eq!(r, Err(JobRejection::StaleAttempt { current: 2, got: 1 }));
 }
 
 #[test]
 fn a_finished_job_takes_no_second_terminal_event() {
     let w = WorkerId::new();
-    let h = [queued(), started(1, w), JobEvent::JobSucceeded { attempt: 1, exit_code: 0 }];
+    let h = [queued(), started(1, w), succeeded(1)];
     assert_eq!(
-        given(h.clone()).when(JobCommand::Finish { attempt: 1, outcome: Outcome::Succeeded }),
+        given(h.clone()).when(finish(1, Outcome::Succeeded)),
         Err(JobRejection::AlreadyTerminal(JobStatus::Succeeded))
     );
     assert_eq!(
@@ -101,7 +122,7 @@ fn a_finished_job_takes_no_second_terminal_event() {
 #[test]
 fn a_cancelled_job_never_starts() {
     let r = given([queued(), JobEvent::JobCancelled { reason: "user".into() }])
-        .when(JobCommand::Start { attempt: 1, worker: WorkerId::new() });
+        .when(start(1, WorkerId::new()));
     assert_eq!(r, Err(JobRejection::AlreadyTerminal(JobStatus::Cancelled)));
 }
 
@@ -114,6 +135,7 @@ fn a_failure_keeps_exit_code_and_class() {
         signal: None,
         class: FailureClass::Code,
         reason: "exit status 3".into(),
+        metrics: Metrics::new(),
     };
     let job = fold(&[queued(), started(1, w), failed]).unwrap();
     assert_eq!((job.status, job.exit_code, job.failure_class), (JobStatus::Failed, Some(3), Some(FailureClass::Code)));
@@ -124,57 +146,179 @@ fn a_failure_keeps_exit_code_and_class() {
 
 fn arb_command() -> impl Strategy<Value = JobCommand> {
     let w = WorkerId::from_uuid(uuid::Uuid::from_u128(7));
+    let class = prop_oneof![
+        Just(FailureClass::Infrastructure),
+        Just(FailureClass::Code),
+        Just(FailureClass::Resource),
+        Just(FailureClass::Unknown)
+    ];
     prop_oneof![
         Just(JobCommand::Queue { owner: UserName::parse("alice").unwrap(), spec: JobSpec::command(["true"]) }),
-        (0u32..4).prop_map(move |a| JobCommand::Start { attempt: a, worker: w }),
-        (0u32..4, any::<bool>()).prop_map(|(a, ok)| JobCommand::Finish {
+        (0u32..6, 0i64..200).prop_map(move |(a, dt)| JobCommand::Start {
             attempt: a,
-            outcome: if ok {
-                Outcome::Succeeded
-            } else {
-                Outcome::Failed { exit_code: Some(1), signal: None, class: FailureClass::Code, reason: "x".into() }
-            },
+            worker: w,
+            at: t0() + chrono::Duration::seconds(dt)
+        }),
+        (0u32..6, proptest::option::of(class), 0u16..=1000).prop_map(|(a, c, j)| JobCommand::Finish {
+            attempt: a,
+            outcome: c.map(fail).unwrap_or(Outcome::Succeeded),
+            metrics: Metrics::new(),
+            at: t0(),
+            jitter_permille: j,
         }),
         Just(JobCommand::Cancel { reason: "r".into() }),
+        Just(JobCommand::Retry { reason: "r".into() }),
     ]
 }
 
 fn legal(before: Option<&Job>, event: &JobEvent) -> bool {
-    match (before, event) {
-        (None, JobEvent::JobQueued { .. }) => true,
-        (None, _) | (Some(_), JobEvent::JobQueued { .. }) => false,
-        (Some(j), _) if j.status.is_terminal() => false,
-        (Some(j), JobEvent::JobStarted { attempt, .. }) => j.status == JobStatus::Queued && *attempt == j.attempt + 1,
-        (Some(j), JobEvent::JobSucceeded { attempt, .. } | JobEvent::JobFailed { attempt, .. }) => {
-            j.status == JobStatus::Running && *attempt == j.attempt
-        }
-        (Some(_), JobEvent::JobCancelled { .. }) => true,
+    let Some(j) = before else { return matches!(event, JobEvent::JobQueued { .. }) };
+    match event {
+        JobEvent::JobQueued { .. } => false,
+        JobEvent::JobRequeued { .. } => j.status.is_terminal() && j.status != JobStatus::Succeeded,
+        _ if j.status.is_terminal() => false,
+        JobEvent::JobStarted { attempt, .. } => j.status.is_waiting() && *attempt == j.attempt + 1,
+        JobEvent::JobCancelled { .. } => true,
+        JobEvent::JobSucceeded { attempt, .. }
+        | JobEvent::JobRetryScheduled { attempt, .. }
+        | JobEvent::JobFailed { attempt, .. }
+        | JobEvent::JobTimedOut { attempt, .. }
+        | JobEvent::JobDeadLettered { attempt, .. } => j.status == JobStatus::Running && *attempt == j.attempt,
     }
 }
 
 proptest! {
     #[test]
-    fn no_command_sequence_makes_an_illegal_history(cmds in proptest::collection::vec(arb_command(), 0..40)) {
+    fn no_command_sequence_makes_an_illegal_history(cmds in proptest::collection::vec(arb_command(), 0..60)) {
         let mut state: Option<Job> = None;
         let mut history: Vec<JobEvent> = Vec::new();
-        let mut terminal_events = 0;
+        let mut terminal_in_run = 0;
         for cmd in cmds {
             if let Ok(events) = decide(state.as_ref(), cmd) {
+                prop_assert_eq!(events.len(), 1, "one event per decision");
                 for e in &events {
-                    prop_assert!(legal(state.as_ref(), e), "illegal {e:?} after {state:?}");
-                    let before = state.as_ref().map(|j| j.status.is_terminal()).unwrap_or(false);
+                    prop_assert!(legal(state.as_ref(), e), "illegal {:?} after {:?}", e, state);
+                    if matches!(e, JobEvent::JobRequeued { .. }) { terminal_in_run = 0; }
+                    if e.is_terminal() { terminal_in_run += 1; }
+                    prop_assert!(terminal_in_run <= 1, "two terminal events in one run");
                     state = evolve(state, e);
-                    let after = state.as_ref().map(|j| j.status.is_terminal()).unwrap_or(false);
-                    if !before && after { terminal_events += 1; }
+                    let j = state.as_ref().unwrap();
+                    prop_assert!(j.attempts_in_run <= j.spec.retry.max_attempts);
                     history.push(e.clone());
                 }
             }
         }
-        prop_assert!(terminal_events <= 1);
         // evolve after decide is consistent: refolding the history gives the same state.
         prop_assert_eq!(fold(&history), state.clone());
         if let Some(j) = &state { prop_assert_eq!(j.version as usize, history.len()); }
     }
+}
+
+// ---- retries, timeouts, dead letters, manual retry
+
+fn running(attempts: u32) -> Vec<JobEvent> {
+    let w = WorkerId::new();
+    let mut h = vec![queued()];
+    for a in 1..=attempts {
+        h.push(started(a, w));
+        if a < attempts {
+            h.push(JobEvent::JobRetryScheduled {
+                attempt: a,
+                exit_code: None,
+                signal: Some(9),
+                class: FailureClass::Infrastructure,
+                reason: "lost".into(),
+                not_before: t0(),
+                metrics: Metrics::new(),
+            });
+        }
+    }
+    h
+}
+
+#[test]
+fn an_infrastructure_failure_is_retried_after_a_backoff() {
+    let out = given(running(1)).when(finish(1, fail(FailureClass::Infrastructure))).unwrap();
+    match &out[0] {
+        JobEvent::JobRetryScheduled { attempt: 1, not_before, .. } => {
+            assert_eq!(*not_before, t0() + chrono::Duration::milliseconds(1000));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_retry_cannot_start_before_its_time() {
+    let mut h = running(1);
+    h.push(JobEvent::JobRetryScheduled {
+        attempt: 1,
+        exit_code: None,
+        signal: None,
+        class: FailureClass::Infrastructure,
+        reason: "x".into(),
+        not_before: t0() + chrono::Duration::seconds(5),
+        metrics: Metrics::new(),
+    });
+    let w = WorkerId::new();
+    assert!(matches!(given(h.clone()).when(start(2, w)), Err(JobRejection::NotYet(_))));
+    let later = JobCommand::Start { attempt: 2, worker: w, at: t0() + chrono::Duration::seconds(5) };
+    assert_eq!(given(h).when(later).unwrap(), vec![started(2, w)]);
+}
+
+#[test]
+fn exhausted_retries_dead_letter_the_job() {
+    let out = given(running(3)).when(finish(3, fail(FailureClass::Infrastructure))).unwrap();
+    assert!(matches!(out[0], JobEvent::JobDeadLettered { attempt: 3, class: FailureClass::Infrastructure, .. }));
+}
+
+#[test]
+fn a_code_failure_is_not_retried_by_default() {
+    let out = given(running(1)).when(finish(1, fail(FailureClass::Code))).unwrap();
+    assert!(matches!(out[0], JobEvent::JobFailed { attempt: 1, class: FailureClass::Code, .. }));
+}
+
+#[test]
+fn a_timeout_ends_as_timed_out() {
+    let out = given(running(1)).when(finish(1, fail(FailureClass::Resource))).unwrap();
+    assert!(matches!(out[0], JobEvent::JobTimedOut { attempt: 1, .. }));
+}
+
+#[test]
+fn a_dead_lettered_job_can_be_retried_and_gets_a_fresh_budget() {
+    let mut h = running(3);
+    h.push(JobEvent::JobDeadLettered {
+        attempt: 3,
+        exit_code: None,
+        signal: None,
+        class: FailureClass::Infrastructure,
+        reason: "x".into(),
+        metrics: Metrics::new(),
+    });
+    let out = given(h.clone()).when(JobCommand::Retry { reason: "by hand".into() }).unwrap();
+    h.extend(out);
+    let job = fold(&h).unwrap();
+    assert_eq!((job.status, job.attempts_in_run, job.attempt), (JobStatus::Queued, 0, 3));
+    let w = WorkerId::new();
+    assert_eq!(given(h).when(start(4, w)).unwrap(), vec![started(4, w)]);
+}
+
+#[test]
+fn a_succeeded_or_running_job_cannot_be_retried() {
+    let w = WorkerId::new();
+    let r = given([queued(), started(1, w), succeeded(1)]).when(JobCommand::Retry { reason: "x".into() });
+    assert_eq!(r, Err(JobRejection::NotRetryable(JobStatus::Succeeded)));
+    let r = given([queued(), started(1, w)]).when(JobCommand::Retry { reason: "x".into() });
+    assert_eq!(r, Err(JobRejection::NotRetryable(JobStatus::Running)));
+}
+
+#[test]
+fn the_last_metric_values_land_in_the_state() {
+    let mut metrics = Metrics::new();
+    metrics.insert("loss".into(), fetchml_events::job::Metric { value: 0.25, step: Some(100) });
+    let cmd = JobCommand::Finish { attempt: 1, outcome: Outcome::Succeeded, metrics, at: t0(), jitter_permille: 0 };
+    let mut h = running(1);
+    h.extend(given(h.clone()).when(cmd).unwrap());
+    assert_eq!(fold(&h).unwrap().metrics["loss"].value, 0.25);
 }
 
 // ---- stored fixtures: the upcast path and the hash chain
@@ -206,7 +350,7 @@ fn sealed_chain(n: usize) -> Vec<serde_json::Value> {
     let mut prev = GENESIS.to_owned();
     let mut out = Vec::new();
     let w = WorkerId::new();
-    let events = [queued(), started(1, w), JobEvent::JobSucceeded { attempt: 1, exit_code: 0 }];
+    let events = [queued(), started(1, w), succeeded(1)];
     for (i, e) in events.into_iter().cycle().take(n).enumerate() {
         let env = Envelope::seal(
             NewEvent {

@@ -3,10 +3,11 @@
 //! change reload and decide again.
 
 use crate::error::StoreError;
-use crate::store::{EventStore, StoredEvent};
+use crate::store::{Appended, EventStore, StoredEvent};
 use chrono::{DateTime, Utc};
 use fetchml_events::hash::GENESIS;
 use fetchml_events::job::{Job, JobCommand, JobEvent, JobRejection, evolve};
+use fetchml_events::envelope::DomainEvent;
 use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent};
 use uuid::Uuid;
 
@@ -118,6 +119,38 @@ impl EventStore {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+
+    /// Seals `payload` as event `version` of `aggregate_id` (linked to
+    /// `prev_hash`) and appends it to `subject` expecting `expected_last_seq`.
+    /// For aggregates other than jobs, whose owners keep their own head.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn append_event<P: DomainEvent>(
+        &self,
+        subject: &str,
+        aggregate_id: &str,
+        expected_last_seq: u64,
+        version: u64,
+        prev_hash: &str,
+        payload: P,
+        ctx: &CommandContext,
+    ) -> Result<(Appended, String), StoreError> {
+        let env = Envelope::seal(
+            NewEvent {
+                aggregate_id: aggregate_id.to_owned(),
+                aggregate_version: version,
+                occurred_at: ctx.now,
+                actor: ctx.actor.clone(),
+                command_id: ctx.command_id,
+                correlation_id: ctx.correlation_id,
+                payload,
+            },
+            prev_hash,
+        )
+        .map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let bytes = env.to_bytes().map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let appended = self.append(subject, expected_last_seq, &ctx.command_id.to_string(), bytes).await?;
+        Ok((appended, env.hash))
     }
 
     async fn append_job_events(

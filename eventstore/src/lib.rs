@@ -18,12 +18,16 @@
 
 mod connect;
 mod error;
+mod index;
 mod jobs;
+mod registry;
 mod store;
 mod streams;
 
 pub use connect::{MIN_SERVER_VERSION, ServerVersion, connect, check_server_version};
 pub use error::StoreError;
+pub use index::{IndexedJob, JobIndex};
+pub use registry::{HEARTBEAT, WorkerRecord, list_workers, open_registry};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
 pub use store::{Appended, EventStore, StartAt, StoredEvent};
 pub use streams::{StreamSettings, ensure_streams};

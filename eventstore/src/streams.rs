@@ -79,6 +79,8 @@ fn dispatch_config(s: &Subjects, st: &StreamSettings) -> Config {
         subjects: vec![s.all_dispatch()],
         storage: StorageType::File,
         retention: RetentionPolicy::WorkQueue,
+        // The reconciler looks up one job's ticket by subject.
+        allow_direct: true,
         duplicate_window: st.duplicate_window,
         max_message_size: st.max_message_size,
         num_replicas: st.replicas,
@@ -132,6 +134,19 @@ pub async fn ensure_streams(
             Ok(mut stream) => {
                 let info = stream.info().await.map_err(StoreError::unavailable)?;
                 check(&info.config, &wanted)?;
+                if needs_safe_update(&info.config, &wanted) {
+                    // Only tunables differ (limits, direct get): apply ours.
+                    let mut updated = info.config.clone();
+                    updated.allow_direct = wanted.allow_direct;
+                    updated.duplicate_window = wanted.duplicate_window;
+                    updated.max_message_size = wanted.max_message_size;
+                    updated.max_bytes = wanted.max_bytes;
+                    if !wanted.deny_purge {
+                        updated.max_age = wanted.max_age;
+                    }
+                    js.update_stream(updated).await.map_err(StoreError::unavailable)?;
+                    tracing::info!(stream = %wanted.name, "updated stream limits");
+                }
             }
             Err(e) if is_stream_not_found(&e) => {
                 match js.create_stream(wanted.clone()).await {
@@ -150,6 +165,14 @@ pub async fn ensure_streams(
         }
     }
     Ok(())
+}
+
+fn needs_safe_update(existing: &Config, wanted: &Config) -> bool {
+    existing.allow_direct != wanted.allow_direct
+        || existing.duplicate_window != wanted.duplicate_window
+        || existing.max_message_size != wanted.max_message_size
+        || existing.max_bytes != wanted.max_bytes
+        || (!wanted.deny_purge && existing.max_age != wanted.max_age)
 }
 
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {

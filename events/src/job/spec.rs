@@ -3,8 +3,63 @@
 //! and a stable code, so the api can answer 422 precisely.
 
 use crate::ids::PoolName;
+use crate::job::FailureClass;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
+
+/// What a job needs from the machine it runs on. Workers advertise capacity;
+/// matching on them beyond pool and labels is left to the pool's operator.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    #[serde(default)]
+    pub cpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub gpus: u32,
+}
+
+/// When a failed attempt is tried again.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (1 = never retry).
+    pub max_attempts: u32,
+    /// Delay before the second attempt; doubled for each further one.
+    pub backoff_initial_ms: u64,
+    pub backoff_max_ms: u64,
+    /// Random spread of each delay, in percent (0-100), so that many jobs
+    /// failing together do not come back together.
+    pub jitter_percent: u8,
+    /// Which failure classes are retried.
+    pub retry_on: Vec<FailureClass>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 3,
+            backoff_initial_ms: 1000,
+            backoff_max_ms: 60_000,
+            jitter_percent: 20,
+            retry_on: vec![FailureClass::Infrastructure],
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// The delay before attempt `failed_attempt + 1`, given a random draw
+    /// `jitter_permille` in 0..=1000 (the caller brings randomness; this stays pure).
+    pub fn backoff_ms(&self, failed_attempt: u32, jitter_permille: u16) -> u64 {
+        let exp = failed_attempt.saturating_sub(1).min(32);
+        let base = self.backoff_initial_ms.saturating_mul(1u64 << exp).min(self.backoff_max_ms);
+        let spread = base.saturating_mul(u64::from(self.jitter_percent)) / 100;
+        // Map 0..=1000 onto -spread..=+spread.
+        let j = u64::from(jitter_permille.min(1000));
+        (base + spread * j / 500).saturating_sub(spread)
+    }
+}
 
 /// How a job is executed. `process` runs argv; the built-ins exist for tests and
 /// benchmarks and never spawn anything.
@@ -50,6 +105,10 @@ pub struct JobSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub executor: ExecutorKind,
+    #[serde(default)]
+    pub resources: Resources,
+    #[serde(default)]
+    pub retry: RetryPolicy,
 }
 
 pub fn default_pool() -> PoolName {
@@ -66,6 +125,7 @@ pub const MAX_ARGS: usize = 1024;
 pub const MAX_ARG_BYTES: usize = 64 * 1024;
 pub const MAX_ENV: usize = 256;
 pub const MAX_TAGS: usize = 64;
+pub const MAX_LABELS: usize = 8;
 
 /// A spec field that is not acceptable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +157,8 @@ impl JobSpec {
             experiment: None,
             tags: BTreeMap::new(),
             executor: ExecutorKind::Process,
+            resources: Resources::default(),
+            retry: RetryPolicy::default(),
         }
     }
 
@@ -153,8 +215,26 @@ impl JobSpec {
         if self.experiment.as_ref().is_some_and(|e| e.is_empty() || e.len() > 128) {
             return Err(err("out_of_range", "experiment", "must be 1-128 characters"));
         }
-        if self.labels.iter().any(|l| l.is_empty() || l.len() > 64) {
-            return Err(err("out_of_range", "labels", "each label must be 1-64 characters"));
+        if self.labels.len() > MAX_LABELS {
+            return Err(err("too_large", "labels", format!("at most {MAX_LABELS} labels")));
+        }
+        for l in &self.labels {
+            // Labels become one token of a dispatch subject.
+            if crate::ids::PoolName::parse(l.as_str()).is_err() || l.contains('+') {
+                return Err(err("invalid_label", format!("labels.{l}"), "labels are 1-64 letters, digits, '_' or '-'"));
+            }
+        }
+        if !(1..=100).contains(&self.retry.max_attempts) {
+            return Err(err("out_of_range", "retry.max_attempts", "must be between 1 and 100"));
+        }
+        if self.retry.jitter_percent > 100 {
+            return Err(err("out_of_range", "retry.jitter_percent", "must be between 0 and 100"));
+        }
+        if self.retry.backoff_max_ms < self.retry.backoff_initial_ms {
+            return Err(err("out_of_range", "retry.backoff_max_ms", "must be at least backoff_initial_ms"));
+        }
+        if self.resources.gpus > 64 {
+            return Err(err("out_of_range", "resources.gpus", "must be at most 64"));
         }
         Ok(())
     }
@@ -177,6 +257,24 @@ mod tests {
         s.env.insert("1BAD".into(), "x".into());
         assert_eq!(s.validate().unwrap_err().field, "env.1BAD");
         assert_eq!(JobSpec::command(Vec::<String>::new()).validate().unwrap_err().code, "command_empty");
+    }
+
+    #[test]
+    fn backoff_grows_is_capped_and_jitters_within_bounds() {
+        let p = RetryPolicy { jitter_percent: 0, ..RetryPolicy::default() };
+        assert_eq!([1, 2, 3].map(|a| p.backoff_ms(a, 500)), [1000, 2000, 4000]);
+        assert_eq!(p.backoff_ms(30, 500), 60_000);
+        let j = RetryPolicy::default();
+        assert_eq!(j.backoff_ms(1, 0), 800);
+        assert_eq!(j.backoff_ms(1, 500), 1000);
+        assert_eq!(j.backoff_ms(1, 1000), 1200);
+    }
+
+    #[test]
+    fn labels_must_be_subject_tokens() {
+        let mut s = JobSpec::command(["x"]);
+        s.labels = vec!["gpu".into(), "a.b".into()];
+        assert_eq!(s.validate().unwrap_err().code, "invalid_label");
     }
 
     #[test]
