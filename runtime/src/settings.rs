@@ -59,8 +59,12 @@ pub struct ApiSettings {
     pub listen: String,
     /// Largest request body accepted.
     pub max_body_bytes: usize,
-    /// Run the dispatcher (EVENTS → DISPATCH) inside the api process.
+    /// Run the dispatcher (EVENTS → DISPATCH) and its reconciler inside the api process.
     pub embedded_dispatcher: bool,
+    /// How often the reconciler compares the log with the work queue.
+    pub reconcile_every_secs: u64,
+    /// Jobs changed more recently than this are left to the dispatcher.
+    pub reconcile_grace_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -105,7 +109,13 @@ impl Default for NatsSettings {
 
 impl Default for ApiSettings {
     fn default() -> Self {
-        Self { listen: "127.0.0.1:9101".into(), max_body_bytes: 1 << 20, embedded_dispatcher: true }
+        Self {
+            listen: "127.0.0.1:9101".into(),
+            max_body_bytes: 1 << 20,
+            embedded_dispatcher: true,
+            reconcile_every_secs: 10,
+            reconcile_grace_secs: 10,
+        }
     }
 }
 
@@ -179,6 +189,9 @@ impl Settings {
         PoolName::parse(&self.worker.pool).map_err(|e| invalid("worker.pool", e.to_string()))?;
         if self.worker.concurrency == 0 || self.worker.concurrency > 1024 {
             return Err(invalid("worker.concurrency", "must be 1-1024".into()));
+        }
+        if self.api.reconcile_every_secs == 0 {
+            return Err(invalid("api.reconcile_every_secs", "must be at least 1".into()));
         }
         if self.worker.lease_secs < 3 {
             return Err(invalid("worker.lease_secs", "must be at least 3".into()));

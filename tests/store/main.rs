@@ -83,8 +83,8 @@ async fn concurrent_commands_on_one_job_are_serialised_by_the_aggregate() {
     let w2 = fetchml_events::WorkerId::new();
     let (c1, c2) = (ctx(), ctx());
     let (a, b) = tokio::join!(
-        store.execute_job(id, JobCommand::Start { attempt: 1, worker: w1 }, &c1),
-        store.execute_job(id, JobCommand::Start { attempt: 1, worker: w2 }, &c2),
+        store.execute_job(id, JobCommand::Start { attempt: 1, worker: w1, at: chrono::Utc::now() }, &c1),
+        store.execute_job(id, JobCommand::Start { attempt: 1, worker: w2, at: chrono::Utc::now() }, &c2),
     );
     // Exactly one start; the loser re-decided and was refused by the aggregate.
     let rejected = [&a, &b].iter().filter(|r| matches!(r, Err(ExecuteError::Rejected(JobRejection::NotStartable { .. })))).count();
@@ -180,7 +180,7 @@ async fn every_appended_event_links_to_its_predecessor() {
     let store = fresh_store().await;
     let (id, _) = queue(&store, &["true"]).await;
     store
-        .execute_job(id, JobCommand::Start { attempt: 1, worker: fetchml_events::WorkerId::new() }, &ctx())
+        .execute_job(id, JobCommand::Start { attempt: 1, worker: fetchml_events::WorkerId::new(), at: chrono::Utc::now() }, &ctx())
         .await
         .unwrap();
     store.execute_job(id, JobCommand::Cancel { reason: "test".into() }, &ctx()).await.unwrap();

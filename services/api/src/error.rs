@@ -19,6 +19,8 @@ pub enum ApiError {
     NotFound(&'static str),
     #[error("{0}")]
     Rejected(JobRejection),
+    #[error("the job list has not caught up with sequence {0} yet; retry shortly")]
+    NotCaughtUp(u64),
     #[error("the event store is unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
@@ -38,6 +40,7 @@ impl ApiError {
             ApiError::Rejected(JobRejection::NotFound) => (StatusCode::NOT_FOUND, "job_not_found"),
             ApiError::Rejected(JobRejection::InvalidSpec(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::Rejected(r) => (StatusCode::CONFLICT, r.code()),
+            ApiError::NotCaughtUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_caught_up"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "event_store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }

@@ -12,7 +12,8 @@ pub use error::ApiError;
 
 use axum::Router;
 use fetchml_events::subject::Subjects;
-use fetchml_eventstore::EventStore;
+use fetchml_eventstore::{EventStore, JobIndex};
+use std::time::Duration;
 use fetchml_runtime::Settings;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -24,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 pub struct AppState {
     pub store: EventStore,
     pub nats: async_nats::Client,
+    /// Every job, folded from the log in memory (lists, filters, read-your-writes).
+    pub index: JobIndex,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -36,6 +39,7 @@ pub struct Application {
     listener: TcpListener,
     state: AppState,
     settings: Settings,
+    stop: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +62,9 @@ impl Application {
         let listener = TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source })?;
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-api").await?;
         let store = EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
-        Ok(Self { listener, state: AppState { store, nats }, settings })
+        let stop = CancellationToken::new();
+        let index = JobIndex::spawn(store.clone(), stop.clone());
+        Ok(Self { listener, state: AppState { store, nats, index }, settings, stop })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -72,12 +78,21 @@ impl Application {
     /// Serves until `shutdown` resolves, then drains open requests. Runs the
     /// dispatcher alongside when `api.embedded_dispatcher` is set.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
-        let stop = CancellationToken::new();
+        let stop = self.stop.clone();
         let dispatcher = self.settings.api.embedded_dispatcher.then(|| {
             let store = self.state.store.clone();
             let stop = stop.clone();
             tokio::spawn(async move { fetchml_dispatcher::run(store, stop).await })
         });
+        if self.settings.api.embedded_dispatcher {
+            tokio::spawn(fetchml_dispatcher::run_reconciler(
+                self.state.store.clone(),
+                self.state.index.clone(),
+                Duration::from_secs(self.settings.api.reconcile_every_secs),
+                Duration::from_secs(self.settings.api.reconcile_grace_secs),
+                stop.clone(),
+            ));
+        }
         let app = router(self.state, self.settings.api.max_body_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();

@@ -8,6 +8,11 @@
 //! worker's `Start` is fenced by the job's own history. So once `job_queued` is
 //! in the log, the job reaches the work queue even if any process dies at any
 //! instant. Any number of dispatchers may run: they share the durable consumer.
+//!
+//! The work queue is an index derived from the log, and [`reconcile_once`]
+//! rebuilds what is missing from it: a waiting job with no ticket gets one, and
+//! a running job whose worker is gone and whose ticket was lost gets a takeover
+//! ticket.
 
 use async_nats::jetstream::{
     self,
@@ -15,12 +20,17 @@ use async_nats::jetstream::{
     message::PublishMessage,
 };
 use bytes::Bytes;
+use fetchml_events::JobId;
 use fetchml_events::dispatch::DispatchTicket;
-use fetchml_events::job::JobEvent;
+use fetchml_events::job::{JobEvent, JobSpec};
+use fetchml_events::subject::{Subjects, label_key};
 use fetchml_eventstore::{EventStore, StoreError, StoredEvent};
 use futures::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+
+mod reconcile;
+pub use reconcile::{ReconcileReport, reconcile_once, run_reconciler};
 
 /// The durable consumer's name (per namespace: the streams are per namespace).
 pub const CONSUMER: &str = "dispatcher";
@@ -120,19 +130,48 @@ async fn handle(js: &jetstream::Context, store: &EventStore, event: &StoredEvent
             return Ok(());
         }
     };
-    let JobEvent::JobQueued { spec, .. } = &envelope.payload else { return Ok(()) };
-    let job_id = envelope
+    let job_id: JobId = envelope
         .aggregate_id
         .parse()
         .map_err(|e| StoreError::Invalid(format!("job id {:?}: {e}", envelope.aggregate_id)))?;
-    let ticket = DispatchTicket { job_id, job_subject: event.subject.clone(), cause_seq: event.seq };
-    let body = serde_json::to_vec(&ticket).map_err(|e| StoreError::Invalid(e.to_string()))?;
-    let subject = store.subjects().dispatch(&spec.pool, spec.priority);
-    let ack = js
-        .send_publish(subject, PublishMessage::build().payload(Bytes::from(body)).message_id(ticket.msg_id()))
-        .await
-        .map_err(StoreError::unavailable_from)?;
-    ack.await.map_err(StoreError::unavailable_from)?;
+    let (spec, not_before) = match &envelope.payload {
+        JobEvent::JobQueued { spec, .. } => (spec.clone(), None),
+        JobEvent::JobRetryScheduled { .. } | JobEvent::JobRequeued { .. } => {
+            let nb = match &envelope.payload {
+                JobEvent::JobRetryScheduled { not_before, .. } => Some(*not_before),
+                _ => None,
+            };
+            let loaded = store.load_job(job_id).await?;
+            let last_seq = loaded.last_seq();
+            let Some(job) = loaded.state else { return Ok(()) };
+            // A later event already moved the job on (cancelled, started):
+            // the ticket would only be acknowledged unused.
+            if last_seq != event.seq && !job.status.is_waiting() {
+                return Ok(());
+            }
+            (job.spec, nb.or(job.not_before))
+        }
+        _ => return Ok(()),
+    };
+    let ticket = DispatchTicket { job_id, job_subject: event.subject.clone(), cause_seq: event.seq, not_before, takeover: false };
+    publish_ticket(js, store.subjects(), &spec, &ticket, &ticket.msg_id()).await?;
     tracing::debug!(job = %job_id, seq = event.seq, "dispatched");
     Ok(())
+}
+
+/// Stores `ticket` on the job's queue subject, deduplicated by `msg_id`.
+pub async fn publish_ticket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    spec: &JobSpec,
+    ticket: &DispatchTicket,
+    msg_id: &str,
+) -> Result<u64, StoreError> {
+    let body = serde_json::to_vec(ticket).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let subject = subjects.dispatch(&spec.pool, spec.priority, &label_key(&spec.labels), ticket.job_id);
+    let ack = js
+        .send_publish(subject, PublishMessage::build().payload(Bytes::from(body)).message_id(msg_id))
+        .await
+        .map_err(StoreError::unavailable_from)?;
+    Ok(ack.await.map_err(StoreError::unavailable_from)?.sequence)
 }

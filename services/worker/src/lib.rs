@@ -1,33 +1,52 @@
-//! The stateless worker. It pulls tickets from its pool's DISPATCH consumer,
-//! claims the job's next attempt in the event log (`job_started`, fenced by the
-//! attempt number), runs it, streams its output to PROGRESS, and records how it
-//! ended. It keeps nothing of its own: kill it at any moment and the log and the
-//! work queue still say everything.
+//! The stateless worker. It pulls tickets for its pool and labels from DISPATCH,
+//! highest priority first, claims the job's next attempt in the event log
+//! (`job_started`, fenced by the attempt number), runs it, streams output and
+//! progress to PROGRESS, and records how it ended. It keeps nothing of its own:
+//! kill it at any moment and the log and the work queue still say everything.
 //!
-//! Lease: the ticket stays unacknowledged while the attempt runs, and the worker
-//! renews it with in-progress acks every third of the lease. We chose this over
-//! an ack-at-claim plus a KV lease because JetStream then does the expiry and
-//! redelivery itself (no reconciler of our own to get wrong), and because a live
+//! **Lease.** The ticket stays unacknowledged while the attempt runs, and the
+//! worker renews it with in-progress acks every third of the lease. We chose this
+//! over an ack-at-claim plus a KV lease because JetStream then does the expiry
+//! and redelivery itself (no second source of truth to get wrong), and a live
 //! worker renews for as long as the job runs, hours if need be. A worker that
-//! dies stops renewing, and the ticket is redelivered after one lease.
+//! dies stops renewing; the ticket is redelivered after one lease to another
+//! worker, which records the lost attempt (`infrastructure` failure, so the
+//! retry policy decides) and the job comes back as attempt n+1.
+//!
+//! **Fencing.** A worker that only *seems* dead (a partition) may come back: its
+//! late `Finish` names an attempt that is no longer current and is rejected by
+//! the aggregate, and it stops its process as soon as it sees any event on the
+//! job it did not write.
+//!
+//! **Priorities and labels.** Each (pool, priority, label set) is one durable
+//! queue. A worker serves every label set that is a subset of its labels, asks
+//! the highest-priority non-empty queue first, and learns which queues have work
+//! from a plain subscription on the pool's dispatch subjects (no polling while
+//! idle, apart from a slow sweep that catches redeliveries).
 
 pub mod executor;
+mod progress;
 
 use async_nats::jetstream::{
     self, AckKind,
     consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull},
 };
-use bytes::Bytes;
-use executor::{ExecIo, ExecRequest, LogLine};
+use executor::{ExecIo, ExecRequest};
 use fetchml_events::dispatch::DispatchTicket;
+use fetchml_events::hash::GENESIS;
 use fetchml_events::ids::PoolName;
-use fetchml_events::job::{JobCommand, JobEvent, JobRejection, Outcome};
-use fetchml_events::{Actor, JobId, UserName, WorkerId};
-use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, StartAt, StoreError};
+use fetchml_events::job::{FailureClass, JobCommand, JobRejection, JobStatus, Metrics, Outcome};
+use fetchml_events::subject::served_label_keys;
+use fetchml_events::worker::WorkerEvent;
+use fetchml_events::{Actor, JobId, WorkerId};
+use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, HEARTBEAT, StartAt, StoreError, WorkerRecord, open_registry};
 use fetchml_runtime::Settings;
 use fetchml_runtime::settings::WorkerSettings;
 use futures::StreamExt;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -43,33 +62,58 @@ pub enum WorkerError {
     Consumer(String),
 }
 
+/// Longest a worker may advertise labels for (subsets grow as 2^n).
+pub const MAX_WORKER_LABELS: usize = 6;
+
+/// How often an idle worker sweeps all its queues (redeliveries and delayed
+/// retries publish nothing it could be woken by).
+const SWEEP: Duration = Duration::from_secs(1);
+
 pub struct Worker {
     store: EventStore,
+    nats: async_nats::Client,
     settings: WorkerSettings,
     pool: PoolName,
     id: WorkerId,
+    running: Arc<AtomicUsize>,
 }
+
+/// One (priority, label set) queue, ordered so that higher priorities come first.
+type QueueKey = (Reverse<u8>, String);
 
 impl Worker {
     /// Connects to NATS (refusing a server that is too old) and opens the
     /// namespace's streams.
     pub async fn build(settings: &Settings) -> Result<Self, WorkerError> {
         let pool = PoolName::parse(&settings.worker.pool).map_err(|e| WorkerError::Settings(e.to_string()))?;
-        let client = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
+        if settings.worker.labels.len() > MAX_WORKER_LABELS {
+            return Err(WorkerError::Settings(format!("at most {MAX_WORKER_LABELS} labels per worker")));
+        }
+        for l in &settings.worker.labels {
+            PoolName::parse(l.as_str()).map_err(|e| WorkerError::Settings(format!("label {l:?}: {e}")))?;
+        }
+        let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
         let store = EventStore::open(
-            client,
+            nats.clone(),
             fetchml_events::subject::Subjects::new(settings.namespace()),
             &settings.stream_settings(),
         )
         .await?;
-        Ok(Self { store, settings: settings.worker.clone(), pool, id: WorkerId::new() })
+        Ok(Self {
+            store,
+            nats,
+            settings: settings.worker.clone(),
+            pool,
+            id: WorkerId::new(),
+            running: Arc::new(AtomicUsize::new(0)),
+        })
     }
 
     pub fn id(&self) -> WorkerId {
         self.id
     }
 
-    async fn consumer(&self) -> Result<PullConsumer, WorkerError> {
+    async fn queues(&self) -> Result<BTreeMap<QueueKey, PullConsumer>, WorkerError> {
         let subjects = self.store.subjects();
         let stream = self
             .store
@@ -77,83 +121,178 @@ impl Worker {
             .get_stream(subjects.dispatch_stream())
             .await
             .map_err(|e| WorkerError::Consumer(e.to_string()))?;
-        let name = format!("worker-{}", self.pool);
-        stream
-            .get_or_create_consumer(
-                &name,
-                pull::Config {
-                    durable_name: Some(name.clone()),
-                    description: Some(format!("workers of pool {}", self.pool)),
-                    filter_subject: subjects.dispatch_pool(&self.pool),
-                    deliver_policy: DeliverPolicy::All,
-                    ack_policy: AckPolicy::Explicit,
-                    ack_wait: Duration::from_secs(self.settings.lease_secs),
-                    max_deliver: -1,
-                    max_ack_pending: 100_000,
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| WorkerError::Consumer(e.to_string()))
+        let mut out = BTreeMap::new();
+        for lk in served_label_keys(&self.settings.labels) {
+            for prio in 1..=10u8 {
+                let name = format!("q-{}-{prio}-{lk}", self.pool);
+                let consumer = stream
+                    .get_or_create_consumer(
+                        &name,
+                        pull::Config {
+                            durable_name: Some(name.clone()),
+                            filter_subject: subjects.dispatch_queue(&self.pool, prio, &lk),
+                            deliver_policy: DeliverPolicy::All,
+                            ack_policy: AckPolicy::Explicit,
+                            ack_wait: Duration::from_secs(self.settings.lease_secs),
+                            max_deliver: -1,
+                            max_ack_pending: 100_000,
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| WorkerError::Consumer(format!("{name}: {e}")))?;
+                out.insert((Reverse(prio), lk.clone()), consumer);
+            }
+        }
+        Ok(out)
     }
 
     /// Pulls and runs jobs until `stop` is cancelled, then lets running jobs
-    /// finish for up to `drain_secs` before stopping them.
+    /// finish for up to `drain_secs`, and hands the rest back.
     pub async fn run(self, stop: CancellationToken) -> Result<(), WorkerError> {
-        let consumer = self.consumer().await?;
-        let slots = Arc::new(Semaphore::new(self.settings.concurrency));
+        let queues = self.queues().await?;
+        let served: BTreeSet<String> = served_label_keys(&self.settings.labels).into_iter().collect();
+        let mut wake = self
+            .nats
+            .subscribe(self.store.subjects().dispatch_pool(&self.pool))
+            .await
+            .map_err(|e| WorkerError::Consumer(e.to_string()))?;
+        let this = Arc::new(self);
+        let head = this.announce_start().await?;
+        let heartbeat = this.clone().heartbeat(stop.clone());
+
+        let slots = Arc::new(Semaphore::new(this.settings.concurrency));
         let kill_all = CancellationToken::new();
         let mut running = JoinSet::new();
-        let this = Arc::new(self);
-        tracing::info!(worker = %this.id, pool = %this.pool, concurrency = this.settings.concurrency, "worker running");
-        let mut backoff = Duration::from_millis(100);
+        // Every queue is hot at start: tickets may have waited for us.
+        let mut hot: BTreeSet<QueueKey> = queues.keys().cloned().collect();
+        let mut sweep = tokio::time::interval(SWEEP);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tracing::info!(worker = %this.id, pool = %this.pool, labels = ?this.settings.labels,
+            concurrency = this.settings.concurrency, "worker running");
         'pull: loop {
             let permit = tokio::select! {
                 _ = stop.cancelled() => break 'pull,
                 p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break 'pull },
             };
-            // Fetch only what we have room for, so no ticket waits in our buffer
-            // while its lease runs out.
-            let batch = consumer.fetch().max_messages(1).expires(Duration::from_secs(5)).messages();
-            let mut batch = tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                b = batch => match b {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "fetch failed; retrying");
-                        tokio::select! { _ = stop.cancelled() => break 'pull, _ = tokio::time::sleep(backoff) => {} }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+            let msg = loop {
+                // Highest priority first; a queue found empty cools down until
+                // a wake-up or the next sweep says otherwise.
+                let mut found = None;
+                while let Some(key) = hot.first().cloned() {
+                    let Some(consumer) = queues.get(&key) else {
+                        hot.remove(&key);
                         continue;
+                    };
+                    match fetch_one(consumer).await {
+                        Ok(Some(m)) => {
+                            found = Some(m);
+                            break;
+                        }
+                        Ok(None) => {
+                            hot.remove(&key);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fetch failed; backing off");
+                            break;
+                        }
                     }
-                },
-            };
-            let msg = tokio::select! {
-                _ = stop.cancelled() => break 'pull,
-                m = batch.next() => m,
-            };
-            match msg {
-                Some(Ok(msg)) => {
-                    backoff = Duration::from_millis(100);
-                    let this = this.clone();
-                    let kill = kill_all.child_token();
-                    running.spawn(async move {
-                        this.handle(msg, kill).await;
-                        drop(permit);
-                    });
                 }
-                Some(Err(e)) => tracing::debug!(error = %e, "fetch ended with a status"),
-                None => {}
-            }
+                if let Some(m) = found {
+                    break m;
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break 'pull,
+                    w = wake.next() => {
+                        if let Some(w) = w
+                            && let Some(key) = queue_of(&w.subject, &served)
+                        {
+                            hot.insert(key);
+                        }
+                    }
+                    _ = sweep.tick() => hot.extend(queues.keys().cloned()),
+                }
+            };
+            let this2 = this.clone();
+            let kill = kill_all.child_token();
+            running.spawn(async move {
+                this2.running.fetch_add(1, Ordering::Relaxed);
+                this2.handle(msg, kill).await;
+                this2.running.fetch_sub(1, Ordering::Relaxed);
+                drop(permit);
+            });
             while running.try_join_next().is_some() {}
         }
         tracing::info!(running = running.len(), "stopping: no new jobs; waiting for running ones");
         let drain = Duration::from_secs(this.settings.drain_secs);
         if tokio::time::timeout(drain, async { while running.join_next().await.is_some() {} }).await.is_err() {
-            tracing::warn!(running = running.len(), "drain deadline passed; stopping running jobs");
+            tracing::warn!(running = running.len(), "drain deadline passed; handing the remaining jobs back");
             kill_all.cancel();
             while running.join_next().await.is_some() {}
         }
+        heartbeat.abort();
+        this.announce_stop(head).await;
         Ok(())
+    }
+
+    /// WorkerStarted in the log; returns the head (seq, hash) for WorkerStopped.
+    async fn announce_start(&self) -> Result<(u64, String), WorkerError> {
+        let event = WorkerEvent::WorkerStarted {
+            pool: self.pool.to_string(),
+            labels: self.settings.labels.clone(),
+            concurrency: self.settings.concurrency,
+            host: hostname(),
+            pid: std::process::id(),
+        };
+        let ctx = CommandContext::new(Actor::Worker { id: self.id });
+        let subject = self.store.subjects().worker(self.id);
+        let (appended, hash) =
+            self.store.append_event(&subject, &self.id.to_string(), 0, 1, GENESIS, event, &ctx).await?;
+        Ok((appended.seq, hash))
+    }
+
+    async fn announce_stop(&self, (seq, hash): (u64, String)) {
+        let ctx = CommandContext::new(Actor::Worker { id: self.id });
+        let subject = self.store.subjects().worker(self.id);
+        let event = WorkerEvent::WorkerStopped { reason: "shutdown".into() };
+        if let Err(e) = self.store.append_event(&subject, &self.id.to_string(), seq, 2, &hash, event, &ctx).await {
+            tracing::warn!(error = %e, "could not record worker_stopped");
+        }
+        if let Ok(kv) = open_registry(self.store.jetstream(), self.store.subjects()).await {
+            let _ = kv.delete(self.id.to_string()).await;
+        }
+    }
+
+    /// Keeps this worker's registry entry fresh.
+    fn heartbeat(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let started_at = chrono::Utc::now();
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            loop {
+                tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
+                let record = WorkerRecord {
+                    id: self.id.to_string(),
+                    pool: self.pool.to_string(),
+                    labels: self.settings.labels.clone(),
+                    concurrency: self.settings.concurrency,
+                    running: self.running.load(Ordering::Relaxed),
+                    host: hostname(),
+                    pid: std::process::id(),
+                    started_at,
+                    seen_at: chrono::Utc::now(),
+                };
+                let result = match open_registry(self.store.jetstream(), self.store.subjects()).await {
+                    Ok(kv) => match serde_json::to_vec(&record) {
+                        Ok(body) => kv.put(self.id.to_string(), body.into()).await.map(|_| ()).map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "registry heartbeat failed");
+                }
+            }
+        })
     }
 
     #[tracing::instrument(skip_all, fields(worker = %self.id))]
@@ -166,11 +305,15 @@ impl Worker {
                 return;
             }
         };
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
         let job_id = ticket.job_id;
+        let retry_later = |why: &str, e: &dyn std::fmt::Display| {
+            tracing::warn!(job = %job_id, error = %e, "{why}; retrying later");
+        };
         let loaded = match self.store.load_job(job_id).await {
             Ok(l) => l,
             Err(e) => {
-                tracing::warn!(job = %job_id, error = %e, "cannot load job; retrying later");
+                retry_later("cannot load job", &e);
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return;
             }
@@ -180,34 +323,70 @@ impl Worker {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };
-        let attempt = state.attempt + 1;
         let actor = Actor::Worker { id: self.id };
-        let started = match self
-            .store
-            .execute_job(job_id, JobCommand::Start { attempt, worker: self.id }, &CommandContext::new(actor.clone()))
-            .await
-        {
+        if state.status == JobStatus::Running {
+            if delivered > 1 || ticket.takeover {
+                // The ticket came back: whoever ran this attempt stopped
+                // renewing its lease. Record the loss; the retry policy decides.
+                let outcome = Outcome::Failed {
+                    exit_code: None,
+                    signal: None,
+                    class: FailureClass::Infrastructure,
+                    reason: format!("worker lost: lease of attempt {} expired", state.attempt),
+                };
+                tracing::warn!(job = %job_id, attempt = state.attempt, "lease expired; recording the lost attempt");
+                self.record_outcome(job_id, state.attempt, outcome, Metrics::new(), &actor).await;
+            }
+            // Otherwise a duplicate ticket while the attempt runs elsewhere.
+            let _ = msg.double_ack().await;
+            return;
+        }
+        if state.status.is_terminal() {
+            let _ = msg.double_ack().await;
+            return;
+        }
+        if let Some(nb) = state.not_before {
+            let wait = (nb - chrono::Utc::now()).to_std().unwrap_or_default();
+            if !wait.is_zero() {
+                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                return;
+            }
+        }
+        let attempt = state.attempt + 1;
+        let start = JobCommand::Start { attempt, worker: self.id, at: chrono::Utc::now() };
+        let started = match self.store.execute_job(job_id, start, &CommandContext::new(actor.clone())).await {
             Ok(done) => done,
+            Err(ExecuteError::Rejected(JobRejection::NotYet(nb))) => {
+                let wait = (nb - chrono::Utc::now()).to_std().unwrap_or(Duration::from_millis(100));
+                let _ = msg.ack_with(AckKind::Nak(Some(wait))).await;
+                return;
+            }
             Err(ExecuteError::Rejected(r)) => {
-                // Terminal, cancelled, or another attempt holds it: this ticket
-                // has nothing left to do.
                 tracing::info!(job = %job_id, reason = %r, "ticket not startable; acknowledging");
                 let _ = msg.double_ack().await;
                 return;
             }
             Err(ExecuteError::Store(e)) => {
-                tracing::warn!(job = %job_id, error = %e, "cannot claim job; retrying later");
+                retry_later("cannot claim job", &e);
                 let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
                 return;
             }
         };
         tracing::info!(job = %job_id, attempt, "started");
 
+        let fenced = CancellationToken::new();
         let cancel = kill.child_token();
-        let lease = self.keep_lease(&msg, cancel.clone());
-        let watch = self.watch_for_cancel(job_id, started.seq, cancel.clone());
+        let lease = keep_lease(msg.clone(), Duration::from_secs(self.settings.lease_secs) / 3, cancel.clone());
+        let watch = self.watch_job(job_id, started.seq, fenced.clone(), cancel.clone());
         let (log_tx, log_rx) = mpsc::channel(1024);
-        let forward = self.forward_logs(state.owner.clone(), job_id, attempt, log_rx);
+        let forward = progress::forward(
+            self.store.jetstream().clone(),
+            self.store.subjects().clone(),
+            state.owner.clone(),
+            job_id,
+            attempt,
+            log_rx,
+        );
 
         let req = ExecRequest {
             job_id,
@@ -217,41 +396,37 @@ impl Worker {
             kill_grace: Duration::from_secs(self.settings.kill_grace_secs),
         };
         let exec = executor::for_spec(req.spec.executor);
-        let outcome = exec.run(&req, ExecIo { logs: log_tx, cancel: cancel.clone() }).await;
-        let _ = forward.await;
+        let mut outcome = exec.run(&req, ExecIo { logs: log_tx, cancel: cancel.clone() }).await;
+        let metrics = forward.await.unwrap_or_default();
         watch.abort();
 
-        self.record_outcome(job_id, attempt, outcome, &actor).await;
+        if fenced.is_cancelled() {
+            // Someone else moved the job on (cancel, or a takeover after our
+            // lease was thought lost): nothing of ours to record.
+            tracing::info!(job = %job_id, attempt, "attempt ended by another party");
+        } else {
+            if kill.is_cancelled() {
+                outcome = Outcome::Failed {
+                    exit_code: None,
+                    signal: None,
+                    class: FailureClass::Infrastructure,
+                    reason: "worker stopped before the job finished".into(),
+                };
+            }
+            self.record_outcome(job_id, attempt, outcome, metrics, &actor).await;
+        }
+        cancel.cancel();
         lease.abort();
         if let Err(e) = msg.double_ack().await {
-            // The ticket comes back after the lease; the job is terminal by
+            // The ticket comes back after the lease; the job has moved on by
             // then, so the next worker just acknowledges it.
             tracing::warn!(job = %job_id, error = %e, "ack of finished ticket failed");
         }
     }
 
-    /// Renews the ticket's lease until the attempt ends.
-    fn keep_lease(&self, msg: &jetstream::Message, done: CancellationToken) -> tokio::task::JoinHandle<()> {
-        let every = Duration::from_secs(self.settings.lease_secs) / 3;
-        let msg = msg.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(every);
-            tick.tick().await;
-            loop {
-                tokio::select! {
-                    _ = done.cancelled() => return,
-                    _ = tick.tick() => {
-                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                            tracing::warn!(error = %e, "lease renewal failed");
-                        }
-                    }
-                }
-            }
-        })
-    }
-
-    /// Cancels the attempt when the job's log records a cancel.
-    fn watch_for_cancel(&self, job: JobId, after_seq: u64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Stops the attempt as soon as the job's log shows an event this attempt
+    /// did not write (a cancel, or a takeover): it is fenced out.
+    fn watch_job(&self, job: JobId, after_seq: u64, fenced: CancellationToken, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
         let store = self.store.clone();
         tokio::spawn(async move {
             let filter = store.subjects().job_by_id(job);
@@ -259,67 +434,36 @@ impl Worker {
                 tracing::warn!(job = %job, "cannot watch job for cancel");
                 return;
             };
-            while let Some(Ok(ev)) = events.next().await {
-                if let Ok(env) = ev.decode::<JobEvent>()
-                    && matches!(env.payload, JobEvent::JobCancelled { .. })
-                {
-                    tracing::info!(job = %job, "cancel requested; stopping the attempt");
-                    cancel.cancel();
-                    return;
-                }
-            }
-        })
-    }
-
-    /// Publishes output lines to PROGRESS, in order.
-    fn forward_logs(
-        &self,
-        owner: UserName,
-        job: JobId,
-        attempt: u32,
-        mut rx: mpsc::Receiver<LogLine>,
-    ) -> tokio::task::JoinHandle<()> {
-        let js = self.store.jetstream().clone();
-        let subject = self.store.subjects().progress(&owner, job, "log");
-        tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
-                let body = serde_json::json!({
-                    "job_id": job,
-                    "attempt": attempt,
-                    "stream": line.stream,
-                    "line": line.line,
-                    "at": chrono::Utc::now(),
-                });
-                let bytes = Bytes::from(body.to_string());
-                match js.publish(subject.clone(), bytes).await {
-                    Ok(ack) => {
-                        if let Err(e) = ack.await {
-                            tracing::debug!(error = %e, "log line not acknowledged");
-                        }
-                    }
-                    Err(e) => tracing::debug!(error = %e, "log line not published"),
-                }
+            if let Some(Ok(ev)) = events.next().await {
+                tracing::info!(job = %job, seq = ev.seq, "job changed under the running attempt; stopping it");
+                fenced.cancel();
+                cancel.cancel();
             }
         })
     }
 
     /// Records how the attempt ended, retrying while NATS is unreachable. The
     /// command id stays the same across retries, so it is stored once.
-    async fn record_outcome(&self, job: JobId, attempt: u32, outcome: Outcome, actor: &Actor) {
+    async fn record_outcome(&self, job: JobId, attempt: u32, outcome: Outcome, metrics: Metrics, actor: &Actor) {
         let ctx = CommandContext::new(actor.clone());
+        let jitter = jitter_permille();
         let mut backoff = Duration::from_millis(100);
-        for _ in 0..60 {
-            match self.store.execute_job(job, JobCommand::Finish { attempt, outcome: outcome.clone() }, &ctx).await {
-                Ok(_) => {
-                    tracing::info!(job = %job, attempt, ?outcome, "finished");
-                    return;
-                }
-                Err(ExecuteError::Rejected(JobRejection::AlreadyTerminal(status))) => {
-                    tracing::info!(job = %job, ?status, "job ended elsewhere (e.g. cancelled); outcome not recorded");
+        for _ in 0..120 {
+            let cmd = JobCommand::Finish {
+                attempt,
+                outcome: outcome.clone(),
+                metrics: metrics.clone(),
+                at: ctx.now,
+                jitter_permille: jitter,
+            };
+            match self.store.execute_job(job, cmd, &ctx).await {
+                Ok(done) => {
+                    let status = done.state.map(|s| s.status.as_str()).unwrap_or("?");
+                    tracing::info!(job = %job, attempt, status, "finished");
                     return;
                 }
                 Err(ExecuteError::Rejected(r)) => {
-                    tracing::warn!(job = %job, attempt, reason = %r, "outcome refused (fenced out)");
+                    tracing::info!(job = %job, attempt, reason = %r, "outcome not recorded (the job moved on)");
                     return;
                 }
                 Err(ExecuteError::Store(e)) => {
@@ -330,5 +474,64 @@ impl Worker {
             }
         }
         tracing::error!(job = %job, attempt, "gave up recording the outcome; the lease will expire and the job be retried");
+    }
+}
+
+/// One message from `consumer` if it has one now (no wait).
+async fn fetch_one(consumer: &PullConsumer) -> Result<Option<jetstream::Message>, String> {
+    let mut batch = consumer.fetch().max_messages(1).messages().await.map_err(|e| e.to_string())?;
+    match batch.next().await {
+        Some(Ok(m)) => Ok(Some(m)),
+        Some(Err(e)) => Err(e.to_string()),
+        None => Ok(None),
+    }
+}
+
+/// The queue a dispatch subject `<ns>.dispatch.<pool>.<prio>.<labels>.<job>` belongs to.
+fn queue_of(subject: &str, served: &BTreeSet<String>) -> Option<QueueKey> {
+    let mut it = subject.rsplit('.');
+    let _job = it.next()?;
+    let lk = it.next()?;
+    let prio: u8 = it.next()?.parse().ok()?;
+    served.contains(lk).then(|| (Reverse(prio), lk.to_owned()))
+}
+
+/// Renews the ticket's lease until `done`.
+fn keep_lease(msg: jetstream::Message, every: Duration, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = done.cancelled() => return,
+                _ = tick.tick() => {
+                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                        tracing::warn!(error = %e, "lease renewal failed");
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+}
+
+/// A random draw in 0..=1000 for retry jitter (uuid v4 bits; no extra crate).
+fn jitter_permille() -> u16 {
+    (uuid::Uuid::new_v4().as_u128() % 1001) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wake_subjects_map_to_served_queues_only() {
+        let served: BTreeSet<String> = ["_".to_string(), "gpu".to_string()].into();
+        assert_eq!(queue_of("ns.dispatch.default.7.gpu.abc", &served), Some((Reverse(7), "gpu".into())));
+        assert_eq!(queue_of("ns.dispatch.default.7.a100+gpu.abc", &served), None);
+        assert_eq!(queue_of("garbage", &served), None);
     }
 }

@@ -4,12 +4,16 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use fetchml_events::job::{JobCommand, JobEvent, JobSpec};
+use chrono::{DateTime, Utc};
+use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
 use fetchml_events::{Actor, CommandId, JobId, UserName};
-use fetchml_eventstore::{CommandContext, LoadedJob};
+use fetchml_eventstore::{CommandContext, IndexedJob, LoadedJob};
+use serde::Deserialize;
 use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
 
 /// Until authentication lands (identity issue), every caller acts as this user.
 fn caller() -> UserName {
@@ -84,6 +88,160 @@ pub async fn job_events(State(state): State<AppState>, Path(raw_id): Path<String
     Ok(Json(json!({ "items": items })))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(default)]
+pub struct ReasonBody {
+    reason: Option<String>,
+}
+
+fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
+    if body.is_empty() {
+        return Ok(default.to_owned());
+    }
+    let b: ReasonBody = serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"reason\": \"...\"}}: {e}")))?;
+    let reason = b.reason.unwrap_or_else(|| default.to_owned());
+    if reason.len() > 1024 {
+        return Err(ApiError::bad_request("invalid_body", "reason is longer than 1024 bytes"));
+    }
+    Ok(reason)
+}
+
+/// `POST /v1/jobs/{id}/cancel`: a queued job never starts afterwards; a
+/// running one's process group gets SIGTERM, then SIGKILL after the grace.
+#[tracing::instrument(skip_all, fields(job = %raw_id))]
+pub async fn cancel(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_job_id(&raw_id)?;
+    let reason = reason_from(&body, "cancelled by user")?;
+    let ctx = CommandContext::new(Actor::User { name: caller() });
+    let done = state.store.execute_job(id, JobCommand::Cancel { reason }, &ctx).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
+}
+
+/// `POST /v1/jobs/{id}/retry`: queue a failed, timed-out, dead-lettered or
+/// cancelled job again as a new attempt.
+#[tracing::instrument(skip_all, fields(job = %raw_id))]
+pub async fn retry(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_job_id(&raw_id)?;
+    let reason = reason_from(&body, "retried by user")?;
+    let ctx = CommandContext::new(Actor::User { name: caller() });
+    let done = state.store.execute_job(id, JobCommand::Retry { reason }, &ctx).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
+}
+
+/// Longest a list waits for `after_seq` before answering 503.
+const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 500;
+
+/// `GET /v1/jobs`: filters `state`, `owner`, `pool`, `experiment`, `tag`
+/// (`key=value`), `created_after`, `created_before`; `sort` (`-created_at`,
+/// the default, or `created_at`); `limit`; `cursor` (from `next`);
+/// `after_seq` (wait until the list includes that write).
+#[tracing::instrument(skip_all)]
+pub async fn list(
+    State(state): State<AppState>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let known = ["state", "owner", "pool", "experiment", "tag", "created_after", "created_before", "sort", "limit", "cursor", "after_seq"];
+    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
+        return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}")));
+    }
+    let bad = |field: &str, msg: &str| ApiError::bad_request("invalid_parameter", format!("{field}: {msg}"));
+    if let Some(seq) = q.get("after_seq") {
+        let seq: u64 = seq.parse().map_err(|_| bad("after_seq", "not a sequence number"))?;
+        if !state.index.wait_for(seq, READ_YOUR_WRITES_WAIT).await {
+            return Err(ApiError::NotCaughtUp(seq));
+        }
+    }
+    let status = q
+        .get("state")
+        .map(|s| JobStatus::parse(s).ok_or_else(|| bad("state", "unknown state")))
+        .transpose()?;
+    let time = |k: &str| {
+        q.get(k)
+            .map(|t| t.parse::<DateTime<Utc>>().map_err(|_| bad(k, "not an RFC 3339 time")))
+            .transpose()
+    };
+    let (after, before) = (time("created_after")?, time("created_before")?);
+    let tag = q
+        .get("tag")
+        .map(|t| t.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| bad("tag", "expected key=value")))
+        .transpose()?;
+    let ascending = match q.get("sort").map(String::as_str) {
+        None | Some("-created_at") => false,
+        Some("created_at") => true,
+        Some(_) => return Err(bad("sort", "created_at or -created_at")),
+    };
+    let limit = match q.get("limit") {
+        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| bad("limit", "1-500"))?,
+        None => DEFAULT_LIMIT,
+    };
+    let cursor = q.get("cursor").map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`"))).transpose()?;
+
+    let mut jobs = state.index.select(|j| {
+        let s = &j.state;
+        status.is_none_or(|st| s.status == st)
+            && q.get("owner").is_none_or(|o| s.owner.as_str() == o)
+            && q.get("pool").is_none_or(|p| s.spec.pool.as_str() == p)
+            && q.get("experiment").is_none_or(|e| s.spec.experiment.as_deref() == Some(e.as_str()))
+            && tag.as_ref().is_none_or(|(k, v)| s.spec.tags.get(k) == Some(v))
+            && after.is_none_or(|t| j.created_at >= t)
+            && before.is_none_or(|t| j.created_at < t)
+    });
+    let key = |j: &IndexedJob| (j.created_at, j.id);
+    jobs.sort_by_key(key);
+    if !ascending {
+        jobs.reverse();
+    }
+    let start = match cursor {
+        Some(c) => jobs.iter().position(|j| if ascending { key(j) > c } else { key(j) < c }).unwrap_or(jobs.len()),
+        None => 0,
+    };
+    let page: Vec<&IndexedJob> = jobs.iter().skip(start).take(limit).collect();
+    let next = (start + page.len() < jobs.len()).then(|| page.last().map(|j| make_cursor(key(j)))).flatten();
+    let items: Vec<Value> = page.iter().map(|j| summary(j)).collect();
+    Ok(Json(json!({ "items": items, "next": next, "seen_seq": state.index.seen() })))
+}
+
+fn make_cursor((t, id): (DateTime<Utc>, JobId)) -> String {
+    format!("{}_{id}", t.timestamp_micros())
+}
+
+fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, JobId)> {
+    let (t, id) = c.split_once('_')?;
+    Some((DateTime::from_timestamp_micros(t.parse().ok()?)?, id.parse().ok()?))
+}
+
+fn summary(j: &IndexedJob) -> Value {
+    let s = &j.state;
+    json!({
+        "id": j.id,
+        "state": s.status,
+        "attempt": s.attempt,
+        "exit_code": s.exit_code,
+        "failure_class": s.failure_class,
+        "reason": s.reason,
+        "owner": s.owner,
+        "pool": s.spec.pool,
+        "priority": s.spec.priority,
+        "labels": s.spec.labels,
+        "experiment": s.spec.experiment,
+        "tags": s.spec.tags,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+        "seq": j.last_seq,
+    })
+}
+
 fn job_view(loaded: &LoadedJob) -> Option<Value> {
     let job = loaded.state.as_ref()?;
     let first = loaded.history.first().map(|(_, e)| e.occurred_at);
@@ -102,6 +260,9 @@ fn job_view(loaded: &LoadedJob) -> Option<Value> {
         "signal": job.signal,
         "failure_class": job.failure_class,
         "reason": job.reason,
+        "not_before": job.not_before,
+        "attempts_in_run": job.attempts_in_run,
+        "metrics": job.metrics,
         "owner": job.owner,
         "worker": job.worker,
         "spec": job.spec,

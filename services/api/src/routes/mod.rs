@@ -1,5 +1,6 @@
 mod health;
 mod jobs;
+mod workers;
 
 use crate::AppState;
 use crate::error::ApiError;
@@ -11,9 +12,12 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/v1/jobs", post(jobs::submit))
+        .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
+        .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/workers", get(workers::list))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
         .layer(DefaultBodyLimit::max(max_body_bytes))
         .layer(tower_http::trace::TraceLayer::new_for_http())
