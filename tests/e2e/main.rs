@@ -2,9 +2,7 @@
 
 //! The thin path end to end over HTTP, with a real worker process, real NATS.
 
-mod helpers;
-
-use helpers::{spawn_app, spawn_worker};
+use fetchml_tests::app::{spawn_app, spawn_worker};
 use serde_json::json;
 
 #[tokio::test]

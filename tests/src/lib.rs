@@ -8,6 +8,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
+pub mod app;
+
+pub use tokio_util::sync::CancellationToken;
+
 use fetchml_events::ids::Namespace;
 use fetchml_events::subject::Subjects;
 use fetchml_eventstore::{EventStore, StreamSettings};
@@ -98,6 +102,17 @@ impl NatsProcess {
 
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server gracefully (SIGTERM: JetStream flushes to disk) and
+    /// starts it again on the same port and store.
+    pub fn graceful_restart(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            let _ = c.wait();
+        }
+        self.spawn();
     }
 
     /// Kills the server with SIGKILL and waits for it to exit.

@@ -45,11 +45,26 @@ enum Command {
     /// Replay the whole event log and check every hash link; names the first
     /// broken one.
     Verify,
+    /// (internal) Run a job's argv as the leader of its process group, stopping
+    /// the group if the worker dies. Started by the worker.
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        parent: u32,
+        #[arg(long, default_value_t = 10)]
+        grace: u64,
+        #[arg(last = true, required = true)]
+        argv: Vec<String>,
+    },
 }
 
 fn main() -> ExitCode {
-    fetchml_runtime::telemetry::init();
     let cli = Cli::parse();
+    // The supervisor sits between the worker and a job: no logging, no config.
+    if let Command::Supervise { parent, grace, argv } = &cli.command {
+        return fetchml_worker::supervise::supervise(*parent, std::time::Duration::from_secs(*grace), argv);
+    }
+    fetchml_runtime::telemetry::init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -115,6 +130,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("dispatcher stopped");
         }
         Command::Verify => return verify(&settings).await,
+        Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -129,22 +129,44 @@ fn working_dir(root: &Path, rel: Option<&str>) -> Result<PathBuf, String> {
     Ok(dir)
 }
 
+/// The program that runs a job's argv under supervision (see [`crate::supervise`]):
+/// this process's own executable when it is the `fetchml` binary.
+fn supervisor() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    (exe.file_name()? == "fetchml").then_some(exe)
+}
+
 async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
     let cwd = match working_dir(&req.job_root, req.spec.working_dir.as_deref()) {
         Ok(d) => d,
         Err(reason) => return failed(FailureClass::Infrastructure, None, None, reason),
     };
-    let mut cmd = if req.spec.shell {
-        let mut c = Command::new("/bin/sh");
-        c.arg("-c").arg(req.spec.command.join(" "));
-        c
+    let argv: Vec<String> = if req.spec.shell {
+        vec!["/bin/sh".into(), "-c".into(), req.spec.command.join(" ")]
     } else {
-        let Some((program, args)) = req.spec.command.split_first() else {
-            return failed(FailureClass::Code, None, None, "empty command");
-        };
-        let mut c = Command::new(program);
-        c.args(args);
-        c
+        req.spec.command.clone()
+    };
+    if argv.is_empty() {
+        return failed(FailureClass::Code, None, None, "empty command");
+    }
+    let supervised = supervisor();
+    let mut cmd = match &supervised {
+        Some(exe) => {
+            let mut c = Command::new(exe);
+            c.arg("supervise")
+                .arg("--parent")
+                .arg(std::process::id().to_string())
+                .arg("--grace")
+                .arg(req.kill_grace.as_secs().max(1).to_string())
+                .arg("--")
+                .args(&argv);
+            c
+        }
+        None => {
+            let mut c = Command::new(&argv[0]);
+            c.args(&argv[1..]);
+            c
+        }
     };
     cmd.envs(&req.spec.env)
         .env("FETCHML_JOB_ID", req.job_id.to_string())
@@ -158,10 +180,10 @@ async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return failed(FailureClass::Code, None, None, format!("command not found: {}", req.spec.command[0]));
+            return failed(FailureClass::Code, None, None, format!("command not found: {}", argv[0]));
         }
         Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-            return failed(FailureClass::Code, None, None, format!("permission denied: {}", req.spec.command[0]));
+            return failed(FailureClass::Code, None, None, format!("permission denied: {}", argv[0]));
         }
         Err(e) => return failed(FailureClass::Infrastructure, None, None, format!("cannot start: {e}")),
     };
@@ -187,6 +209,12 @@ async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
         _ = deadline => Ended::TimedOut,
     };
     let outcome = match ended {
+        Ended::Exited(Ok(status)) if supervised.is_some() && status.code() == Some(127) => {
+            failed(FailureClass::Code, None, None, format!("command not found: {}", argv[0]))
+        }
+        Ended::Exited(Ok(status)) if supervised.is_some() && status.code() == Some(126) => {
+            failed(FailureClass::Code, None, None, format!("permission denied: {}", argv[0]))
+        }
         Ended::Exited(Ok(status)) => classify(status),
         Ended::Exited(Err(e)) => failed(FailureClass::Infrastructure, None, None, format!("wait failed: {e}")),
         Ended::Cancelled => {

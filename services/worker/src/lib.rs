@@ -26,6 +26,7 @@
 
 pub mod executor;
 mod progress;
+pub mod supervise;
 
 use async_nats::jetstream::{
     self, AckKind,

@@ -1,0 +1,181 @@
+//! spawn_app: the real api on port 0 in a fresh namespace; spawn_worker: the
+//! real `fetchml worker` binary as a child process, killed on drop.
+
+use crate::{nats_url, unique_namespace};
+use fetchml_runtime::Settings;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+pub struct TestApp {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+    pub settings: Settings,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// The api with settings adjusted by `tune` (NATS url and namespace are set first).
+pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = Settings::default();
+    settings.nats.url = nats_url();
+    settings.nats.namespace = unique_namespace().to_string();
+    settings.api.listen = "127.0.0.1:0".into();
+    settings.api.reconcile_every_secs = 1;
+    settings.api.reconcile_grace_secs = 2;
+    tune(&mut settings);
+    let app = fetchml_api::Application::build(settings.clone()).await.expect("api builds");
+    let addr = app.local_addr();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(app.run_until_stopped(async move {
+        let _ = rx.await;
+    }));
+    TestApp { addr, http: reqwest::Client::new(), settings, _stop: tx }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn submit(&self, body: Value) -> (u16, Value) {
+        let r = self.http.post(self.url("/v1/jobs")).json(&body).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str) -> (u16, Value) {
+        let r = self.http.post(self.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let r = self.http.get(self.url(path)).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the job is in `state` (bounded).
+    pub async fn until_state(&self, id: &str, state: &str) -> Value {
+        crate::eventually(Duration::from_secs(60), || async {
+            let (_, job) = self.get(&format!("/v1/jobs/{id}")).await;
+            (job["state"] == state).then_some(job)
+        })
+        .await
+    }
+
+    /// The types of the job's events, in order.
+    pub async fn event_types(&self, id: &str) -> Vec<String> {
+        let (_, events) = self.get(&format!("/v1/jobs/{id}/events")).await;
+        events["items"].as_array().unwrap().iter().map(|e| e["type"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// Waits until the job reaches a terminal state (bounded).
+    pub async fn until_terminal(&self, id: &str) -> Value {
+        crate::eventually(Duration::from_secs(90), || async {
+            let (_, job) = self.get(&format!("/v1/jobs/{id}")).await;
+            let terminal = ["succeeded", "failed", "cancelled", "timed_out", "dead_lettered"];
+            terminal.contains(&job["state"].as_str().unwrap_or("")).then_some(job)
+        })
+        .await
+    }
+}
+
+/// The built `fetchml` binary next to this test's executable.
+pub fn fetchml_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("fetchml");
+    assert!(bin.exists(), "{} is missing: run ./deploy/test (it builds the binaries first)", bin.display());
+    bin
+}
+
+/// A `fetchml worker` process serving the app's namespace.
+pub struct WorkerProcess {
+    child: Child,
+    pub job_root: tempfile::TempDir,
+}
+
+pub fn spawn_worker(settings: &Settings) -> WorkerProcess {
+    spawn_worker_with(settings, &[], &[])
+}
+
+/// A worker with extra flags (`--label gpu`) and `FETCHML_WORKER__*` variables.
+/// The lease is 3 s unless `env` says otherwise, so fault tests stay short.
+pub fn spawn_worker_with(settings: &Settings, args: &[&str], env: &[(&str, &str)]) -> WorkerProcess {
+    let job_root = tempfile::tempdir().unwrap();
+    let quiet = std::env::var("TEST_LOG").is_err();
+    let mut cmd = Command::new(fetchml_binary());
+    cmd.arg("worker")
+        .args(args)
+        .env("FETCHML_NATS__URL", &settings.nats.url)
+        .env("FETCHML_NATS__NAMESPACE", &settings.nats.namespace)
+        .env("FETCHML_WORKER__JOB_ROOT", job_root.path())
+        .env("FETCHML_WORKER__KILL_GRACE_SECS", "2")
+        .env("FETCHML_WORKER__LEASE_SECS", "3")
+        .env("FETCHML_WORKER__CONCURRENCY", "4");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+        .spawn()
+        .unwrap();
+    WorkerProcess { child, job_root }
+}
+
+impl WorkerProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM (graceful stop); waits for the process to exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        self.child.wait().unwrap()
+    }
+}
+
+impl Drop for WorkerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Processes whose command line contains `marker` (a unique string a test put
+/// in a job's argv), to check that a job's processes are gone.
+pub fn processes_with(marker: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(marker))
+                .unwrap_or(false)
+        })
+        .filter(|pid| {
+            // Zombies are gone for our purposes.
+            std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+/// A unique `sleep` duration usable as a process marker: `sleep 300.<digits>`.
+pub fn unique_sleep() -> String {
+    format!("300.{}", uuid::Uuid::new_v4().as_u128() % 1_000_000_000)
+}
