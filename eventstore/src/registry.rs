@@ -39,7 +39,7 @@ pub async fn open_registry(js: &jetstream::Context, subjects: &Subjects) -> Resu
                 ..Default::default()
             })
             .await
-            .or_else(|e| Err(StoreError::Unavailable(format!("worker registry {bucket}: {e}")))),
+            .map_err(|e| StoreError::Unavailable(format!("worker registry {bucket}: {e}"))),
     }
 }
 

@@ -410,3 +410,27 @@ async fn listing_jobs_filters_and_pages_with_a_cursor() {
     let (s, b) = app.get("/v1/jobs?colour=red").await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("unknown_parameter")));
 }
+
+#[tokio::test]
+async fn the_podman_executor_runs_a_job_in_a_container_where_podman_is_installed() {
+    let has_podman = std::process::Command::new("podman")
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_podman {
+        eprintln!("skipped: podman is not installed on this machine");
+        return;
+    }
+    // No image registry is reachable from CI: the image must already be local.
+    let Ok(image) = std::env::var("FETCHML_TEST_PODMAN_IMAGE") else {
+        eprintln!("skipped: set FETCHML_TEST_PODMAN_IMAGE to a locally available image to test podman");
+        return;
+    };
+    let app = spawn_app().await;
+    let _w = spawn_worker(&app.settings);
+    let id = submit(&app, json!({"executor": "podman", "image": image, "command": ["sh", "-c", "exit 4"]})).await;
+    let job = app.until_terminal(&id).await;
+    assert_eq!((job["state"].as_str(), job["exit_code"].as_i64()), (Some("failed"), Some(4)), "{job}");
+}

@@ -40,6 +40,9 @@ pub struct Metric {
 pub type Metrics = BTreeMap<String, Metric>;
 
 /// A request to change a job.
+// Commands and events are built once per request and serialised; boxing the
+// spec would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobCommand {
     Queue { owner: UserName, spec: JobSpec },
@@ -81,6 +84,7 @@ pub enum FailureClass {
 }
 
 /// A fact about a job. Internally tagged: `{"type": "job_started", ...}`.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum JobEvent {

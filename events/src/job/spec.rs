@@ -74,6 +74,8 @@ pub enum ExecutorKind {
     Sleep,
     /// Fails at once with exit code `command[0]` (default 1).
     Fail,
+    /// Runs `command` inside a container of `image` with podman.
+    Podman,
 }
 
 /// A job as submitted and stored in `job_queued`.
@@ -105,6 +107,9 @@ pub struct JobSpec {
     pub tags: BTreeMap<String, String>,
     #[serde(default)]
     pub executor: ExecutorKind,
+    /// The container image, for the `podman` executor.
+    #[serde(default)]
+    pub image: Option<String>,
     #[serde(default)]
     pub resources: Resources,
     #[serde(default)]
@@ -157,13 +162,22 @@ impl JobSpec {
             experiment: None,
             tags: BTreeMap::new(),
             executor: ExecutorKind::Process,
+            image: None,
             resources: Resources::default(),
             retry: RetryPolicy::default(),
         }
     }
 
     pub fn validate(&self) -> Result<(), SpecError> {
-        if self.command.is_empty() && self.executor == ExecutorKind::Process {
+        match (&self.executor, &self.image) {
+            (ExecutorKind::Podman, None) => return Err(err("image_required", "image", "the podman executor needs an image")),
+            (ExecutorKind::Podman, Some(i)) if i.is_empty() || i.len() > 256 || i.starts_with('-') || i.contains(char::is_whitespace) => {
+                return Err(err("invalid_image", "image", "not an image reference"));
+            }
+            (ExecutorKind::Podman, _) | (_, None) => {}
+            (_, Some(_)) => return Err(err("image_without_podman", "image", "only the podman executor takes an image")),
+        }
+        if self.command.is_empty() && matches!(self.executor, ExecutorKind::Process | ExecutorKind::Podman) {
             return Err(err("command_empty", "command", "must name a program to run"));
         }
         if self.command.first().is_some_and(|c| c.is_empty()) {

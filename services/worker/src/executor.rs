@@ -64,6 +64,7 @@ pub fn for_spec(kind: ExecutorKind) -> &'static dyn Executor {
         ExecutorKind::Noop => &NoopExecutor,
         ExecutorKind::Sleep => &SleepExecutor,
         ExecutorKind::Fail => &FailExecutor,
+        ExecutorKind::Podman => &PodmanExecutor,
     }
 }
 
@@ -111,6 +112,67 @@ pub struct ProcessExecutor;
 impl Executor for ProcessExecutor {
     fn run<'a>(&'a self, req: &'a ExecRequest, io: ExecIo) -> BoxFuture<'a, Outcome> {
         Box::pin(run_process(req, io))
+    }
+}
+
+/// Runs `command` in a container (`podman run --rm --init`), under the same
+/// supervision as a process. The container is named after the job and attempt,
+/// so that a cancel or timeout can remove it even if the podman client is gone.
+pub struct PodmanExecutor;
+
+impl PodmanExecutor {
+    fn container_name(req: &ExecRequest) -> String {
+        format!("fetchml-{}-{}", req.job_id, req.attempt)
+    }
+
+    /// The podman command line for `req`.
+    pub fn argv(req: &ExecRequest) -> Vec<String> {
+        let spec = &req.spec;
+        let mut argv: Vec<String> = ["podman", "run", "--rm", "--init", "--name"].map(String::from).to_vec();
+        argv.push(Self::container_name(req));
+        for (k, v) in &spec.env {
+            argv.push("--env".into());
+            argv.push(format!("{k}={v}"));
+        }
+        argv.push("--env".into());
+        argv.push(format!("FETCHML_JOB_ID={}", req.job_id));
+        argv.push("--env".into());
+        argv.push(format!("FETCHML_ATTEMPT={}", req.attempt));
+        if let Some(c) = spec.resources.cpus {
+            argv.push(format!("--cpus={c}"));
+        }
+        if let Some(m) = spec.resources.memory_mb {
+            argv.push(format!("--memory={m}m"));
+        }
+        argv.push(spec.image.clone().unwrap_or_default());
+        if spec.shell {
+            argv.extend(["/bin/sh".into(), "-c".into(), spec.command.join(" ")]);
+        } else {
+            argv.extend(spec.command.iter().cloned());
+        }
+        argv
+    }
+}
+
+impl Executor for PodmanExecutor {
+    fn run<'a>(&'a self, req: &'a ExecRequest, io: ExecIo) -> BoxFuture<'a, Outcome> {
+        Box::pin(async move {
+            let mut inner = req.clone();
+            inner.spec.command = Self::argv(req);
+            inner.spec.shell = false;
+            inner.spec.env.clear();
+            let outcome = run_process(&inner, io).await;
+            if outcome != Outcome::Succeeded {
+                // Stopping the client does not always stop the container.
+                let _ = Command::new("podman")
+                    .args(["rm", "--force", "--ignore", &Self::container_name(req)])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .await;
+            }
+            outcome
+        })
     }
 }
 
@@ -282,5 +344,31 @@ async fn forward(pipe: impl AsyncRead + Unpin, stream: LogStream, logs: mpsc::Se
         // A closed receiver means nobody forwards logs any more; keep draining
         // the pipe so the child never blocks on a full pipe.
         let _ = logs.send(LogLine { stream, line }).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fetchml_events::job::JobSpec;
+
+    #[test]
+    fn podman_runs_the_argv_in_a_named_container_without_a_shell() {
+        let mut spec = JobSpec::command(["python", "train.py", "a; b"]);
+        spec.executor = ExecutorKind::Podman;
+        spec.image = Some("docker.io/library/python:3.12".into());
+        spec.resources.memory_mb = Some(512);
+        let req = ExecRequest {
+            job_id: JobId::new(),
+            attempt: 2,
+            spec,
+            job_root: PathBuf::from("/tmp"),
+            kill_grace: Duration::from_secs(1),
+        };
+        let argv = PodmanExecutor::argv(&req);
+        assert_eq!(&argv[..5], ["podman", "run", "--rm", "--init", "--name"]);
+        assert_eq!(argv[5], format!("fetchml-{}-2", req.job_id));
+        assert!(argv.contains(&"--memory=512m".to_string()));
+        assert_eq!(&argv[argv.len() - 4..], ["docker.io/library/python:3.12", "python", "train.py", "a; b"]);
     }
 }
