@@ -1,0 +1,506 @@
+//! `bench`: fetchml's figures next to the broker's own limit, measured in the
+//! same run on the same machine (these machines are shared and noisy, so only
+//! ratios within one run mean much).
+//!
+//! It starts its own nats-server (temp store), the `fetchml` api and workers as
+//! separate processes (so their memory can be read), drives them over HTTP and
+//! reads the results back from the event log. See BENCHMARKS.md for the command
+//! and the latest results.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark harness: failing loudly is the point
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use clap::Parser;
+use futures::{StreamExt, stream::FuturesUnordered};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+#[derive(Parser)]
+#[command(about = "fetchml benchmarks, as ratios to the broker's limit in the same run")]
+struct Args {
+    /// Where the `fetchml` binary is (build with --release first).
+    #[arg(long, default_value = "target/release")]
+    bin_dir: PathBuf,
+    /// The nats-server to start.
+    #[arg(long, default_value = ".fetchml/nats/bin/nats-server")]
+    nats_server: PathBuf,
+    /// Write results as JSON here.
+    #[arg(long, default_value = "bench-results.json")]
+    out: PathBuf,
+    /// Smaller counts, for a quick look.
+    #[arg(long)]
+    quick: bool,
+}
+
+/// A child process killed on drop.
+struct Proc(Child);
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+impl Proc {
+    fn rss_kib(&self) -> u64 {
+        rss_kib(self.0.id())
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        .unwrap_or(0)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn wait_port(port: u16) {
+    for _ in 0..500 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("nothing listens on {port}");
+}
+
+fn pct(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+/// Everything the run found, printed as a table and written as JSON.
+#[derive(Default)]
+struct Report {
+    rows: Vec<(String, f64, String, Option<(String, f64)>)>,
+    json: serde_json::Map<String, Value>,
+}
+
+impl Report {
+    fn add(&mut self, key: &str, value: f64, unit: &str, limit: Option<(&str, f64)>) {
+        println!(
+            "{key:<48} {value:>12.2} {unit:<8} {}",
+            limit.map(|(n, l)| format!("{:>6.1}% of {n}", 100.0 * value / l)).unwrap_or_default()
+        );
+        self.json.insert(key.to_owned(), json!({"value": value, "unit": unit, "ratio_to": limit.map(|(n, l)| json!({"limit": n, "ratio": value / l}))}));
+        self.rows.push((key.into(), value, unit.into(), limit.map(|(n, l)| (n.to_owned(), l))));
+    }
+}
+
+struct Env {
+    args: Args,
+    nats_url: String,
+    _nats: Proc,
+    _store: tempfile::TempDir,
+    client: async_nats::Client,
+}
+
+impl Env {
+    fn fetchml(&self) -> PathBuf {
+        self.args.bin_dir.join("fetchml")
+    }
+
+    /// An api process on a free port in namespace `ns`.
+    async fn api(&self, ns: &str) -> (Proc, String) {
+        let port = free_port();
+        let child = Command::new(self.fetchml())
+            .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+            .env("FETCHML_NATS__URL", &self.nats_url)
+            .env("FETCHML_NATS__NAMESPACE", ns)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the api")
+            .unwrap();
+        wait_port(port).await;
+        let url = format!("http://127.0.0.1:{port}");
+        let http = reqwest::Client::new();
+        for _ in 0..500 {
+            if http.get(format!("{url}/readyz")).send().await.is_ok_and(|r| r.status().is_success()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (Proc(child), url)
+    }
+
+    fn worker(&self, ns: &str, concurrency: usize, job_root: &Path) -> Proc {
+        let child = Command::new(self.fetchml())
+            .args(["worker", "--concurrency", &concurrency.to_string()])
+            .env("FETCHML_NATS__URL", &self.nats_url)
+            .env("FETCHML_NATS__NAMESPACE", ns)
+            .env("FETCHML_WORKER__JOB_ROOT", job_root)
+            .env("FETCHML_WORKER__KILL_GRACE_SECS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    if !args.bin_dir.join("fetchml").exists() {
+        bail!("{} missing: run `cargo build --release --bins` first", args.bin_dir.join("fetchml").display());
+    }
+    let store = tempfile::tempdir()?;
+    let port = free_port();
+    let nats = Proc(
+        Command::new(&args.nats_server)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", args.nats_server.display()))?,
+    );
+    wait_port(port).await;
+    let nats_url = format!("nats://127.0.0.1:{port}");
+    let client = async_nats::connect(&nats_url).await?;
+    let env = Env { args, nats_url, _nats: nats, _store: store, client };
+    let mut r = Report::default();
+    let quick = env.args.quick;
+    println!("machine: {} cores; nats-server {}", num_cpus(), env.client.server_info().version);
+    println!("{:<48} {:>12} {:<8} ratio", "figure", "value", "unit");
+
+    // ---- 1. The limit: raw JetStream with fetchml-sized messages.
+    let (seq_rate, pipe_rate, consume_rate) = raw_jetstream(&env, if quick { 20_000 } else { 100_000 }).await?;
+    r.add("limit: raw publish, one at a time", seq_rate, "msg/s", None);
+    r.add("limit: raw publish, pipelined", pipe_rate, "msg/s", None);
+    r.add("limit: raw pull-consume with acks", consume_rate, "msg/s", None);
+
+    // ---- 2. Submit throughput, 64 keep-alive clients, no workers.
+    let (api, url) = env.api("bsubmit").await;
+    let idle_api = api.rss_kib();
+    let n_submit = if quick { 5_000 } else { 20_000 };
+    let (submit_rate, _) = submit_many(&url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
+    r.add("submit: POST /v1/jobs, 64 clients", submit_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+    r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
+    r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
+    drop(api);
+
+    // ---- 4. End to end, noop jobs, 1 and 4 worker processes.
+    let root = tempfile::tempdir()?;
+    let mut e2e_max: f64 = 0.0;
+    for workers in [1usize, 4] {
+        let ns = format!("be2e{workers}");
+        let (api, url) = env.api(&ns).await;
+        let ws: Vec<Proc> = (0..workers).map(|_| env.worker(&ns, 32, root.path())).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if workers == 1 {
+            r.add("memory: worker RSS idle", ws[0].rss_kib() as f64 / 1024.0, "MiB", None);
+        }
+        let n = if quick { 2_000 } else { 10_000 };
+        let done = count_events(&env.client, &ns, "job_succeeded", n);
+        let t0 = Instant::now();
+        let peak = Arc::new(AtomicU64::new(0));
+        let sampling = Arc::new(AtomicBool::new(true));
+        let sampler = {
+            let (peak, sampling, pid) = (peak.clone(), sampling.clone(), ws[0].0.id());
+            tokio::spawn(async move {
+                while sampling.load(Ordering::Relaxed) {
+                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            })
+        };
+        submit_many(&url, n, 64, json!({"executor": "noop", "command": []})).await;
+        done.await??;
+        let rate = n as f64 / t0.elapsed().as_secs_f64();
+        sampling.store(false, Ordering::Relaxed);
+        let _ = sampler.await;
+        e2e_max = e2e_max.max(rate);
+        r.add(&format!("end to end: noop jobs, {workers} worker(s)"), rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        if workers == 1 {
+            r.add("memory: worker RSS under load (peak)", peak.load(Ordering::Relaxed) as f64 / 1024.0, "MiB", None);
+        }
+        drop(ws);
+        drop(api);
+    }
+
+    // ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
+    for (label, rate) in [("500/s", 500.0), ("80% of max", (e2e_max * 0.8).max(1.0))] {
+        let ns = format!("blat{}", rate as u64);
+        let (api, url) = env.api(&ns).await;
+        let ws: Vec<Proc> = (0..2).map(|_| env.worker(&ns, 64, root.path())).collect();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let secs = if quick { 4.0 } else { 10.0 };
+        let lat = queue_to_start(&env.client, &ns, &url, rate, secs).await?;
+        r.add(&format!("queue-to-start p50 at {label}"), pct(&lat, 0.5), "ms", None);
+        r.add(&format!("queue-to-start p99 at {label}"), pct(&lat, 0.99), "ms", None);
+        r.add(&format!("queue-to-start p999 at {label}"), pct(&lat, 0.999), "ms", None);
+        drop(ws);
+        drop(api);
+    }
+
+    // ---- 8. Cancel: request to process gone.
+    {
+        let ns = "bcancel";
+        let (api, url) = env.api(ns).await;
+        let _w = env.worker(ns, 4, root.path());
+        let lat = cancel_latency(&url, if quick { 10 } else { 40 }).await?;
+        r.add("cancel: request to process gone p50", pct(&lat, 0.5), "ms", None);
+        r.add("cancel: request to process gone p99", pct(&lat, 0.99), "ms", None);
+        drop(api);
+    }
+
+    let out = json!({
+        "date": chrono::Utc::now(),
+        "cores": num_cpus(),
+        "nats_server": env.client.server_info().version,
+        "quick": quick,
+        "results": r.json,
+    });
+    std::fs::write(&env.args.out, serde_json::to_string_pretty(&out)?)?;
+    println!("results written to {}", env.args.out.display());
+    Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// A payload the size of a typical fetchml event envelope.
+fn event_sized_payload() -> Bytes {
+    let v = json!({
+        "event_id": uuid::Uuid::now_v7(), "type": "job_queued", "schema_version": 2, "aggregate_kind": "job",
+        "aggregate_id": uuid::Uuid::now_v7(), "aggregate_version": 1, "occurred_at": chrono::Utc::now(),
+        "actor": {"kind": "user", "name": "researcher1"}, "correlation_id": uuid::Uuid::now_v7(),
+        "causation_id": uuid::Uuid::now_v7(),
+        "payload": {"type": "job_queued", "owner": "researcher1", "spec": {"command": [], "env": {}, "executor": "noop",
+            "experiment": null, "labels": [], "pool": "default", "priority": 5, "shell": false, "tags": {},
+            "timeout_secs": null, "working_dir": null, "image": null,
+            "resources": {"cpus": null, "memory_mb": null, "gpus": 0},
+            "retry": {"max_attempts": 3, "backoff_initial_ms": 1000, "backoff_max_ms": 60000, "jitter_percent": 20, "retry_on": ["infrastructure"]}}},
+        "prev_hash": "0".repeat(64), "hash": "f".repeat(64),
+    });
+    Bytes::from(v.to_string())
+}
+
+async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+    let js = jetstream::new(env.client.clone());
+    let s = js
+        .create_stream(stream::Config {
+            name: "RAW".into(),
+            subjects: vec!["raw.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    let payload = event_sized_payload();
+    let seq_n = n / 10;
+    let t0 = Instant::now();
+    for i in 0..seq_n {
+        js.publish(format!("raw.a.{}", i % 1000), payload.clone()).await?.await?;
+    }
+    let seq_rate = seq_n as f64 / t0.elapsed().as_secs_f64();
+
+    let t0 = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..n {
+        inflight.push(std::future::IntoFuture::into_future(js.publish(format!("raw.b.{}", i % 1000), payload.clone()).await?));
+        if inflight.len() >= 1024 {
+            inflight.next().await.unwrap()?;
+        }
+    }
+    while let Some(a) = inflight.next().await {
+        a?;
+    }
+    let pipe_rate = n as f64 / t0.elapsed().as_secs_f64();
+
+    let consumer: jetstream::consumer::PullConsumer = s
+        .create_consumer(pull::Config {
+            durable_name: Some("rawc".into()),
+            filter_subject: "raw.b.>".into(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await?;
+    let t0 = Instant::now();
+    let mut msgs = consumer.messages().await?;
+    let mut got = 0;
+    while got < n {
+        let m = msgs.next().await.unwrap().map_err(|e| anyhow::anyhow!("{e}"))?;
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        got += 1;
+    }
+    let consume_rate = n as f64 / t0.elapsed().as_secs_f64();
+    js.delete_stream("RAW").await?;
+    Ok((seq_rate, pipe_rate, consume_rate))
+}
+
+/// Submits `n` jobs from `clients` concurrent keep-alive clients; returns
+/// jobs/s and the ids.
+async fn submit_many(url: &str, n: usize, clients: usize, spec: Value) -> (f64, Vec<String>) {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+    let next = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, next, url, spec) = (http.clone(), next.clone(), url.to_owned(), spec.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < n {
+                let r = http.post(format!("{url}/v1/jobs")).json(&spec).send().await.unwrap();
+                assert_eq!(r.status().as_u16(), 202);
+                ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::with_capacity(n);
+    for t in tasks {
+        ids.extend(t.await.unwrap());
+    }
+    (n as f64 / t0.elapsed().as_secs_f64(), ids)
+}
+
+/// Resolves when `n` events of `kind` have been stored in namespace `ns`.
+fn count_events(client: &async_nats::Client, ns: &str, kind: &'static str, n: usize) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+    let client = client.clone();
+    let ns = ns.to_owned();
+    tokio::spawn(async move {
+        let js = jetstream::new(client);
+        let s = loop {
+            if let Ok(s) = js.get_stream(format!("{ns}_EVENTS")).await {
+                break s;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let c = s
+            .create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() })
+            .await?;
+        let mut msgs = c.messages().await?;
+        let needle = format!("\"type\":\"{kind}\"");
+        let mut seen = 0;
+        while seen < n {
+            let m = msgs.next().await.unwrap()?;
+            if memfind(&m.payload, needle.as_bytes()) {
+                seen += 1;
+            }
+        }
+        Ok(())
+    })
+}
+
+fn memfind(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Submits at `rate` jobs/s for `secs`, then reads every job's `job_queued`
+/// and `job_started` times from the log: the latency is between the two
+/// events' `occurred_at` (api clock and worker clock: the same machine).
+async fn queue_to_start(client: &async_nats::Client, ns: &str, url: &str, rate: f64, secs: f64) -> anyhow::Result<Vec<f64>> {
+    let n = (rate * secs) as usize;
+    let started = count_events(client, ns, "job_started", n);
+    let http = reqwest::Client::new();
+    let spec = json!({"executor": "noop", "command": []});
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let t0 = tokio::time::Instant::now();
+    let mut tasks = FuturesUnordered::new();
+    for i in 0..n {
+        tokio::time::sleep_until(t0 + interval * i as u32).await;
+        let (http, url, spec) = (http.clone(), url.to_owned(), spec.clone());
+        tasks.push(tokio::spawn(async move { http.post(format!("{url}/v1/jobs")).json(&spec).send().await.map(|r| r.status()) }));
+        while let Some(Some(done)) = futures::FutureExt::now_or_never(tasks.next()) {
+            done??;
+        }
+    }
+    while let Some(done) = tasks.next().await {
+        done??;
+    }
+    started.await??;
+    // Read both events of every job back.
+    let js = jetstream::new(client.clone());
+    let s = js.get_stream(format!("{ns}_EVENTS")).await?;
+    let last = s.get_info().await?.state.last_sequence;
+    let c = s.create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() }).await?;
+    let mut msgs = c.messages().await?;
+    let mut queued: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
+    let mut lat = Vec::with_capacity(n);
+    loop {
+        let m = msgs.next().await.unwrap()?;
+        let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+        let v: Value = serde_json::from_slice(&m.payload)?;
+        let at: chrono::DateTime<chrono::Utc> = v["occurred_at"].as_str().unwrap().parse()?;
+        let id = v["aggregate_id"].as_str().unwrap().to_owned();
+        match v["type"].as_str() {
+            Some("job_queued") => {
+                queued.insert(id, at);
+            }
+            Some("job_started") => {
+                if let Some(q) = queued.get(&id) {
+                    lat.push((at - *q).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                }
+            }
+            _ => {}
+        }
+        if seq >= last {
+            break;
+        }
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok(lat)
+}
+
+/// For `n` running `sleep` jobs: time from the cancel request to the moment
+/// no process of the job is left.
+async fn cancel_latency(url: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let http = reqwest::Client::new();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        let marker = format!("300.{}{}", std::process::id(), i);
+        let r = http.post(format!("{url}/v1/jobs")).json(&json!({"command": ["sleep", marker]})).send().await?;
+        let id = r.json::<Value>().await?["id"].as_str().unwrap().to_owned();
+        // Wait until the process runs.
+        let t_wait = Instant::now();
+        while processes_with(&marker) == 0 {
+            if t_wait.elapsed() > Duration::from_secs(20) {
+                bail!("job {id} did not start");
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let t0 = Instant::now();
+        let r = http.post(format!("{url}/v1/jobs/{id}/cancel")).send().await?;
+        assert_eq!(r.status().as_u16(), 202);
+        while processes_with(&marker) > 0 {
+            if t0.elapsed() > Duration::from_secs(30) {
+                bail!("job {id} survived its cancel");
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    Ok(out)
+}
+
+fn processes_with(marker: &str) -> usize {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0 };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()))
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| memfind(&c, marker.as_bytes()))
+                && std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        })
+        .count()
+}
