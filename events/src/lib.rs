@@ -11,6 +11,7 @@ pub mod hash;
 pub mod ids;
 pub mod job;
 pub mod subject;
+pub mod user;
 pub mod worker;
 
 pub use envelope::{Actor, AggregateKind, Envelope, EnvelopeError, NewEvent};

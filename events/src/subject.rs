@@ -55,6 +55,15 @@ impl Subjects {
     pub fn job_by_id(&self, id: JobId) -> String {
         format!("{}.ev.job.*.*.{id}", self.ns)
     }
+    /// Authentication and authorization facts about one user (or `_unknown`).
+    pub fn user(&self, token: &str) -> String {
+        format!("{}.ev.user.{token}", self.ns)
+    }
+    /// The key-value bucket of session tokens (stored hashed).
+    pub fn sessions_bucket(&self) -> String {
+        format!("{}_sessions", self.ns)
+    }
+
     /// The events of one worker (registration, stop).
     pub fn worker(&self, id: WorkerId) -> String {
         format!("{}.ev.worker.{id}", self.ns)

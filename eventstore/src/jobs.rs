@@ -153,6 +153,35 @@ impl EventStore {
         Ok((appended, env.hash))
     }
 
+    /// Appends `payload` to the chain on `subject`, whose head this process
+    /// does not track: reads the subject's last event for the link, and retries
+    /// if another append wins. For audit facts (logins, denials) that never
+    /// need a decision.
+    pub async fn append_to_chain<P: DomainEvent + Clone>(
+        &self,
+        subject: &str,
+        aggregate_id: &str,
+        payload: P,
+        ctx: &CommandContext,
+    ) -> Result<Appended, StoreError> {
+        for _ in 0..MAX_CONFLICT_RETRIES {
+            let (seq, hash, version) = match self.last_on_subject(subject).await? {
+                Some(last) => {
+                    let v = last.json()?;
+                    let hash = v["hash"].as_str().unwrap_or(GENESIS).to_owned();
+                    (last.seq, hash, v["aggregate_version"].as_u64().unwrap_or(0))
+                }
+                None => (0, GENESIS.to_owned(), 0),
+            };
+            match self.append_event(subject, aggregate_id, seq, version + 1, &hash, payload.clone(), ctx).await {
+                Ok((appended, _)) => return Ok(appended),
+                Err(StoreError::Conflict { .. }) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(StoreError::Conflict { subject: subject.to_owned(), expected: 0 })
+    }
+
     async fn append_job_events(
         &self,
         loaded: &LoadedJob,

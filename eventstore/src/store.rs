@@ -201,6 +201,15 @@ impl EventStore {
         }))
     }
 
+    /// The last event stored on exactly `subject`, if any.
+    pub async fn last_on_subject(&self, subject: &str) -> Result<Option<StoredEvent>, StoreError> {
+        match self.events.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload })),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
     /// The sequence of the last event in the log (0 when empty). Readiness and
     /// read-your-writes use it.
     pub async fn last_sequence(&self) -> Result<u64, StoreError> {

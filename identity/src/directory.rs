@@ -116,8 +116,11 @@ impl Directory {
         for u in file.users {
             let name = UserName::parse(&u.name)
                 .map_err(|e| DirectoryError::InvalidUser { user: u.name.clone(), message: e.to_string() })?;
-            if name.as_str() == "anonymous" {
-                return Err(DirectoryError::InvalidUser { user: u.name, message: "the name is reserved".into() });
+            if name.as_str() == "anonymous" || name.as_str().starts_with(['_', '-']) {
+                return Err(DirectoryError::InvalidUser {
+                    user: u.name,
+                    message: "the name is reserved (\"anonymous\", or starting with '_' or '-')".into(),
+                });
             }
             if dir.users.contains_key(&name) {
                 return Err(DirectoryError::DuplicateUser(u.name));

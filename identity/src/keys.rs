@@ -54,6 +54,11 @@ fn random_hex(n: usize) -> String {
     hex::encode(buf)
 }
 
+/// A new session token (256 random bits).
+pub fn new_session_token() -> String {
+    format!("fms_{}", random_hex(32))
+}
+
 /// Hashes a secret with argon2id and a fresh salt.
 pub fn hash_secret(secret: &str) -> Result<String, KeyError> {
     let salt = SaltString::generate(&mut OsRng);

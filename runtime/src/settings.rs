@@ -32,6 +32,31 @@ pub struct Settings {
     pub api: ApiSettings,
     pub worker: WorkerSettings,
     pub postgres: PostgresSettings,
+    pub auth: AuthSettings,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSettings {
+    /// Users, roles and API key hashes; re-read on SIGHUP and when it changes.
+    pub users_file: PathBuf,
+    /// Lifetime of a token from `POST /v1/auth/login`.
+    pub session_ttl_secs: u64,
+    /// Failed authentications allowed per source address, and per user, per minute.
+    pub max_failures_per_minute: usize,
+    /// How long a verified API key is served from memory before argon2 runs again.
+    pub key_cache_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            users_file: PathBuf::from("configs/users.yaml"),
+            session_ttl_secs: 3600,
+            max_failures_per_minute: 10,
+            key_cache_secs: 600,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -189,6 +214,9 @@ impl Settings {
         PoolName::parse(&self.worker.pool).map_err(|e| invalid("worker.pool", e.to_string()))?;
         if self.worker.concurrency == 0 || self.worker.concurrency > 1024 {
             return Err(invalid("worker.concurrency", "must be 1-1024".into()));
+        }
+        if self.auth.session_ttl_secs < 60 {
+            return Err(invalid("auth.session_ttl_secs", "must be at least 60".into()));
         }
         if self.api.reconcile_every_secs == 0 {
             return Err(invalid("api.reconcile_every_secs", "must be at least 1".into()));

@@ -67,12 +67,13 @@ async fn a_job_acknowledged_by_an_api_that_is_killed_at_once_still_runs() {
         .args(["api", "--listen", &format!("127.0.0.1:{port}")])
         .env("FETCHML_NATS__URL", &base.settings.nats.url)
         .env("FETCHML_NATS__NAMESPACE", &base.settings.nats.namespace)
+        .env("FETCHML_AUTH__USERS_FILE", fetchml_tests::app::users_file())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     fetchml_tests::wait_for_port(port, Duration::from_secs(20));
-    let http = reqwest::Client::new();
+    let http = fetchml_tests::app::client_with_key(&fetchml_tests::app::key_of("alice"));
     let url = format!("http://127.0.0.1:{port}");
     eventually(Duration::from_secs(20), || async {
         let r = http.get(format!("{url}/readyz")).send().await.ok()?;
@@ -304,7 +305,7 @@ async fn a_job_needing_a_label_waits_for_a_worker_that_offers_it() {
     let gpu_worker = spawn_worker_with(&app.settings, &["--label", "gpu"], &[]);
     let job = app.until_terminal(&gpu).await;
     assert_eq!(job["state"], "succeeded");
-    let (_, workers) = app.get("/v1/workers").await;
+    let workers: Value = app.http.get(app.url("/v1/workers")).send().await.unwrap().json().await.unwrap();
     let items = workers["items"].as_array().unwrap();
     let w = items.iter().find(|w| w["id"] == job["worker"]).expect("the gpu worker is registered");
     assert_eq!(w["labels"], json!(["gpu"]));
@@ -360,7 +361,7 @@ async fn progress_lines_become_metrics_in_the_job_state() {
     let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
     let progress = store.jetstream().get_stream(store.subjects().progress_stream()).await.unwrap();
     let job_id: fetchml_events::JobId = id.parse().unwrap();
-    let owner = fetchml_events::UserName::parse("anonymous").unwrap();
+    let owner = fetchml_events::UserName::parse("alice").unwrap();
     let pct = progress.direct_get_last_for_subject(store.subjects().progress(&owner, job_id, "percent")).await.unwrap();
     assert_eq!(serde_json::from_slice::<Value>(&pct.payload).unwrap()["percent"], 50.0);
     let log = progress.direct_get_last_for_subject(store.subjects().progress(&owner, job_id, "log")).await.unwrap();

@@ -11,9 +11,69 @@ use std::time::Duration;
 
 pub struct TestApp {
     pub addr: SocketAddr,
+    /// A client that authenticates as `alice` (a researcher).
     pub http: reqwest::Client,
     pub settings: Settings,
     _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        crate::delete_namespace(&self.settings.nats.url, &self.settings.nats.namespace);
+    }
+}
+
+/// The test users: name, role, groups. Keys are generated once per test binary.
+pub const USERS: &[(&str, &str, &[&str])] = &[
+    ("root", "admin", &[]),
+    ("alice", "researcher", &["vision"]),
+    ("bob", "researcher", &["nlp"]),
+    ("carol", "groupie", &["vision"]),
+    ("ana", "analyst", &[]),
+];
+
+struct TestUsers {
+    file: tempfile::NamedTempFile,
+    keys: std::collections::HashMap<&'static str, String>,
+}
+
+fn test_users() -> &'static TestUsers {
+    static USERS_FILE: std::sync::OnceLock<TestUsers> = std::sync::OnceLock::new();
+    USERS_FILE.get_or_init(|| {
+        let mut keys = std::collections::HashMap::new();
+        // carol's custom role reads her group's jobs and creates her own.
+        let mut yaml = String::from("roles:\n  groupie: [jobs:create, jobs:read, jobs:read:group]\nusers:\n");
+        for (name, role, groups) in USERS {
+            let k = fetchml_identity::generate_key().unwrap();
+            yaml.push_str(&format!(
+                "  - name: {name}\n    role: {role}\n    groups: [{}]\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n",
+                groups.join(", "),
+                k.key_id,
+                k.hash
+            ));
+            keys.insert(*name, k.key);
+        }
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), yaml).unwrap();
+        TestUsers { file, keys }
+    })
+}
+
+/// The API key of a test user.
+pub fn key_of(user: &str) -> String {
+    test_users().keys[user].clone()
+}
+
+/// A users file with the test users (shared by the tests of one binary).
+pub fn users_file() -> PathBuf {
+    test_users().file.path().to_owned()
+}
+
+/// An HTTP client that sends `key` as its bearer credential.
+pub fn client_with_key(key: &str) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+    reqwest::Client::builder().default_headers(h).build().unwrap()
 }
 
 pub async fn spawn_app() -> TestApp {
@@ -28,6 +88,8 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     settings.api.listen = "127.0.0.1:0".into();
     settings.api.reconcile_every_secs = 1;
     settings.api.reconcile_grace_secs = 2;
+    settings.auth.users_file = users_file();
+    settings.nats.progress_max_bytes = crate::TEST_PROGRESS_BYTES;
     tune(&mut settings);
     let app = fetchml_api::Application::build(settings.clone()).await.expect("api builds");
     let addr = app.local_addr();
@@ -35,12 +97,17 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, http: reqwest::Client::new(), settings, _stop: tx }
+    TestApp { addr, http: client_with_key(&key_of("alice")), settings, _stop: tx }
 }
 
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// A client authenticated as one of [`USERS`].
+    pub fn as_user(&self, user: &str) -> reqwest::Client {
+        client_with_key(&key_of(user))
     }
 
     pub async fn submit(&self, body: Value) -> (u16, Value) {

@@ -45,7 +45,47 @@ pub async fn fresh_store() -> EventStore {
 
 pub async fn store_at(url: &str, ns: Namespace) -> EventStore {
     let client = fetchml_eventstore::connect(url, "fetchml-test").await.unwrap();
-    EventStore::open(client, Subjects::new(ns), &StreamSettings::default()).await.unwrap()
+    EventStore::open(client, Subjects::new(ns), &test_stream_settings()).await.unwrap()
+}
+
+/// PROGRESS reserves its byte limit on the server's disk: keep test namespaces
+/// small so that many fit side by side.
+pub const TEST_PROGRESS_BYTES: i64 = 16 << 20;
+
+pub fn test_stream_settings() -> StreamSettings {
+    StreamSettings { progress_max_bytes: TEST_PROGRESS_BYTES, ..StreamSettings::default() }
+}
+
+/// Deletes a namespace's streams and buckets (tests leave nothing behind).
+/// Blocking, so that it can run from `Drop`.
+pub fn delete_namespace(url: &str, ns: &str) {
+    let (url, ns) = (url.to_owned(), ns.to_owned());
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let Ok(client) = async_nats::connect(&url).await else { return };
+            let js = async_nats::jetstream::new(client);
+            for s in ["EVENTS", "PROGRESS", "DISPATCH"] {
+                let _ = js.delete_stream(format!("{ns}_{s}")).await;
+            }
+            for b in ["workers", "sessions"] {
+                let _ = js.delete_key_value(format!("{ns}_{b}")).await;
+            }
+        });
+    })
+    .join();
+}
+
+/// Deletes its namespace when dropped.
+pub struct NamespaceGuard {
+    pub url: String,
+    pub ns: String,
+}
+
+impl Drop for NamespaceGuard {
+    fn drop(&mut self) {
+        delete_namespace(&self.url, &self.ns);
+    }
 }
 
 /// The pinned nats-server binary installed by the deploy scripts.

@@ -6,7 +6,7 @@ use fetchml_events::hash::ChainVerifier;
 use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec, JobStatus};
 use fetchml_events::subject::Subjects;
 use fetchml_events::{Actor, JobId, UserName};
-use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, StartAt, StoreError, StreamSettings};
+use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, StartAt, StoreError};
 use fetchml_tests::{fresh_store, nats_url, unique_namespace};
 use futures::StreamExt;
 
@@ -133,7 +133,7 @@ async fn the_events_stream_refuses_delete_and_purge() {
 async fn opening_twice_is_idempotent_and_a_conflicting_stream_is_reported() {
     let store = fresh_store().await;
     let client = fetchml_eventstore::connect(&nats_url(), "t").await.unwrap();
-    EventStore::open(client.clone(), store.subjects().clone(), &StreamSettings::default()).await.unwrap();
+    EventStore::open(client.clone(), store.subjects().clone(), &fetchml_tests::test_stream_settings()).await.unwrap();
 
     let ns = unique_namespace();
     let subjects = Subjects::new(ns);
@@ -145,7 +145,7 @@ async fn opening_twice_is_idempotent_and_a_conflicting_stream_is_reported() {
     })
     .await
     .unwrap();
-    let err = EventStore::open(client, subjects.clone(), &StreamSettings::default()).await.err().unwrap();
+    let err = EventStore::open(client, subjects.clone(), &fetchml_tests::test_stream_settings()).await.err().unwrap();
     assert!(matches!(err, StoreError::StreamConflict { field: "deny_delete/deny_purge", .. }), "{err}");
     // It was reported, not changed.
     let info = js.get_stream(subjects.events_stream()).await.unwrap().get_info().await.unwrap();

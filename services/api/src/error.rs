@@ -18,6 +18,12 @@ pub enum ApiError {
     #[error("{0}")]
     NotFound(&'static str),
     #[error("{0}")]
+    Unauthenticated(&'static str),
+    #[error("too many failed attempts; retry in {} s", .0.as_secs())]
+    Throttled(std::time::Duration),
+    #[error("you lack the permission {0}")]
+    Forbidden(&'static str),
+    #[error("{0}")]
     Rejected(JobRejection),
     #[error("the job list has not caught up with sequence {0} yet; retry shortly")]
     NotCaughtUp(u64),
@@ -37,6 +43,9 @@ impl ApiError {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::InvalidSpec(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::NotFound(code) => (StatusCode::NOT_FOUND, code),
+            ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Throttled(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::Rejected(JobRejection::NotFound) => (StatusCode::NOT_FOUND, "job_not_found"),
             ApiError::Rejected(JobRejection::InvalidSpec(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::Rejected(r) => (StatusCode::CONFLICT, r.code()),
@@ -77,6 +86,17 @@ impl IntoResponse for ApiError {
         if status.is_server_error() {
             tracing::error!(code, error = ?self, "request failed");
         }
-        (status, Json(json!({ "error": error }))).into_response()
+        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        if let ApiError::Throttled(wait) = &self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
+        {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, v);
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(axum::http::header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+        }
+        response
     }
 }

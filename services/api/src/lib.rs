@@ -5,6 +5,7 @@
 //! JetStream. Reads of one job (`GET /v1/jobs/{id}`, `/events`) fold the job's
 //! own events, so they are strongly consistent with every acknowledged command.
 
+pub mod auth;
 mod error;
 mod routes;
 
@@ -27,6 +28,7 @@ pub struct AppState {
     pub nats: async_nats::Client,
     /// Every job, folded from the log in memory (lists, filters, read-your-writes).
     pub index: JobIndex,
+    pub auth: std::sync::Arc<auth::Auth>,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -48,6 +50,8 @@ pub enum BuildError {
     Settings(#[from] fetchml_runtime::SettingsError),
     #[error(transparent)]
     Store(#[from] fetchml_eventstore::StoreError),
+    #[error(transparent)]
+    Auth(#[from] auth::AuthSetupError),
     #[error("cannot listen on {addr}: {source} (is another fetchml api running? set api.listen)")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -64,7 +68,8 @@ impl Application {
         let store = EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
         let index = JobIndex::spawn(store.clone(), stop.clone());
-        Ok(Self { listener, state: AppState { store, nats, index }, settings, stop })
+        let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
+        Ok(Self { listener, state: AppState { store, nats, index, auth }, settings, stop })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -93,6 +98,8 @@ impl Application {
                 stop.clone(),
             ));
         }
+        // The users file is re-read on SIGHUP and whenever it changes on disk.
+        tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));
         let app = router(self.state, self.settings.api.max_body_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();
@@ -111,5 +118,30 @@ impl Application {
             }
         }
         served.map_err(Into::into)
+    }
+}
+
+/// Reloads the users file on SIGHUP, and when its modification time changes
+/// (checked every second), until `stop`.
+async fn watch_users(auth: std::sync::Arc<auth::Auth>, stop: CancellationToken) {
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        let hup_recv = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hup_recv => {
+                tracing::info!("SIGHUP: reloading users");
+                auth.reload();
+            }
+            _ = tick.tick() => auth.reload_if_changed(),
+        }
     }
 }

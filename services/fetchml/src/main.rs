@@ -45,6 +45,17 @@ enum Command {
     /// Replay the whole event log and check every hash link; names the first
     /// broken one.
     Verify,
+    /// Print a new random API key (once) and the lines for users.yaml.
+    Keygen {
+        /// The user the key is for (only used to print the YAML snippet).
+        #[arg(long, default_value = "USER")]
+        user: String,
+    },
+    /// Check a users file and report the first mistake precisely.
+    CheckUsers {
+        #[arg(default_value = "configs/users.yaml")]
+        file: PathBuf,
+    },
     /// (internal) Run a job's argv as the leader of its process group, stopping
     /// the group if the worker dies. Started by the worker.
     #[command(hide = true)]
@@ -65,6 +76,22 @@ fn main() -> ExitCode {
         return fetchml_worker::supervise::supervise(*parent, std::time::Duration::from_secs(*grace), argv);
     }
     fetchml_runtime::telemetry::init();
+    match &cli.command {
+        Command::Keygen { user } => return keygen(user),
+        Command::CheckUsers { file } => {
+            return match fetchml_identity::Directory::load(file) {
+                Ok(d) => {
+                    println!("ok: {} users", d.len());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fetchml: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -130,9 +157,26 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             tracing::info!("dispatcher stopped");
         }
         Command::Verify => return verify(&settings).await,
-        Command::Supervise { .. } => unreachable!("handled before the runtime starts"),
+        Command::Supervise { .. } | Command::Keygen { .. } | Command::CheckUsers { .. } => {
+            unreachable!("handled before the runtime starts")
+        }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn keygen(user: &str) -> ExitCode {
+    match fetchml_identity::generate_key() {
+        Ok(k) => {
+            println!("API key (shown once; give it to {user} and keep no copy):\n\n  {}\n", k.key);
+            println!("Add to the user's entry in users.yaml:\n");
+            println!("  - name: {user}\n    keys:\n      - id: {}\n        hash: \"{}\"", k.key_id, k.hash);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fetchml: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {

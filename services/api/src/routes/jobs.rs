@@ -1,6 +1,7 @@
 //! Job commands and the reads folded from a job's own events.
 
 use crate::AppState;
+use crate::auth::Caller;
 use crate::error::ApiError;
 use axum::Json;
 use axum::body::Bytes;
@@ -15,9 +16,53 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
 
-/// Until authentication lands (identity issue), every caller acts as this user.
-fn caller() -> UserName {
-    UserName::parse("anonymous").unwrap_or_else(|_| unreachable!("static user name"))
+/// How much of a job the caller may see.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Access {
+    /// Everything: command line, environment, logs, history.
+    Full,
+    /// State, timing, pool and metrics only (analysts).
+    Summary,
+    None,
+}
+
+fn access(state: &AppState, caller: &Caller, owner: &UserName) -> Access {
+    let p = &caller.principal;
+    let group = || p.may("jobs:read:group") && state.auth.user(owner).is_some_and(|o| p.shares_group_with(&o));
+    if p.may("jobs:read:all") || (p.may("jobs:read") && &p.name == owner) || group() {
+        Access::Full
+    } else if p.may("jobs:read:summary") {
+        Access::Summary
+    } else {
+        Access::None
+    }
+}
+
+/// The answer to a job the caller may not see: 404 (existence is not
+/// revealed) for callers who read jobs at all, else 403. Recorded either way.
+fn hidden(state: &AppState, caller: &Caller, id: JobId) -> ApiError {
+    let reads = ["jobs:read", "jobs:read:all", "jobs:read:group", "jobs:read:summary"].iter().any(|p| caller.may(p));
+    let answer = if reads { ApiError::NotFound("job_not_found") } else { ApiError::Forbidden("jobs:read") };
+    state.auth.deny(caller, "jobs:read", &format!("job/{id}"), answer)
+}
+
+/// Loads a job the caller may act on with `own`/`all` permissions.
+async fn authorize_command(
+    state: &AppState,
+    caller: &Caller,
+    id: JobId,
+    own: &'static str,
+    all: &'static str,
+) -> Result<(), ApiError> {
+    let loaded = state.store.load_job(id).await?;
+    let Some(job) = loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
+    if caller.may(all) || (caller.may(own) && caller.name() == &job.owner) {
+        return Ok(());
+    }
+    if access(state, caller, &job.owner) == Access::None {
+        return Err(hidden(state, caller, id));
+    }
+    Err(state.auth.deny(caller, own, &format!("job/{id}"), ApiError::Forbidden(own)))
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -42,12 +87,14 @@ fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
 #[tracing::instrument(skip_all)]
 pub async fn submit(
     State(state): State<AppState>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.auth.require(&caller, "jobs:create", "jobs")?;
     let spec: JobSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not a job spec: {e}")))?;
-    let owner = caller();
+    let owner = caller.name().clone();
     let mut ctx = CommandContext::new(Actor::User { name: owner.clone() });
     // The same owner and key always mean the same job and the same command,
     // so a retried submit is stored once and answered the same.
@@ -65,20 +112,62 @@ pub async fn submit(
 
 /// `GET /v1/jobs/{id}`: the job folded from its own events (strongly consistent).
 #[tracing::instrument(skip_all, fields(job = %raw_id))]
-pub async fn get_job(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn get_job(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&raw_id)?;
     let loaded = state.store.load_job(id).await?;
-    job_view(&loaded).map(Json).ok_or(ApiError::NotFound("job_not_found"))
+    let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
+    let view = match access(&state, &caller, &job.owner) {
+        Access::Full => job_view(&loaded),
+        Access::Summary => job_view(&loaded).map(summary_only),
+        Access::None => return Err(hidden(&state, &caller, id)),
+    };
+    view.map(Json).ok_or(ApiError::NotFound("job_not_found"))
+}
+
+/// What an analyst may see of a job: no command line, environment, working
+/// directory, owner or free-text reason (which can quote the command).
+fn summary_only(full: Value) -> Value {
+    let keep = [
+        "id", "state", "attempt", "exit_code", "signal", "failure_class", "created_at", "started_at", "finished_at",
+        "metrics", "seq", "version",
+    ];
+    let mut out = serde_json::Map::new();
+    for k in keep {
+        if let Some(v) = full.get(k) {
+            out.insert(k.to_owned(), v.clone());
+        }
+    }
+    for k in ["pool", "priority", "labels", "experiment", "resources"] {
+        if let Some(v) = full.get("spec").and_then(|s| s.get(k)) {
+            out.insert(k.to_owned(), v.clone());
+        }
+    }
+    Value::Object(out)
 }
 
 /// `GET /v1/jobs/{id}/events`: the job's history, in order, as stored.
 #[tracing::instrument(skip_all, fields(job = %raw_id))]
-pub async fn job_events(State(state): State<AppState>, Path(raw_id): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn job_events(
+    State(state): State<AppState>,
+    caller: Caller,
+    Path(raw_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&raw_id)?;
-    let stored = state.store.load(&state.store.subjects().job_by_id(id)).await?;
-    if stored.is_empty() {
-        return Err(ApiError::NotFound("job_not_found"));
+    let loaded = state.store.load_job(id).await?;
+    let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
+    match access(&state, &caller, &job.owner) {
+        Access::Full => {}
+        // The history holds the command line and environment.
+        Access::Summary => {
+            return Err(state.auth.deny(&caller, "jobs:read", &format!("job/{id}/events"), ApiError::Forbidden("jobs:read")));
+        }
+        Access::None => return Err(hidden(&state, &caller, id)),
     }
+    let stored = state.store.load(&state.store.subjects().job_by_id(id)).await?;
     let mut items = Vec::with_capacity(stored.len());
     for ev in &stored {
         let mut v = ev.json()?;
@@ -112,12 +201,14 @@ fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
 #[tracing::instrument(skip_all, fields(job = %raw_id))]
 pub async fn cancel(
     State(state): State<AppState>,
+    caller: Caller,
     Path(raw_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_job_id(&raw_id)?;
     let reason = reason_from(&body, "cancelled by user")?;
-    let ctx = CommandContext::new(Actor::User { name: caller() });
+    authorize_command(&state, &caller, id, "jobs:cancel", "jobs:cancel:all").await?;
+    let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
     let done = state.store.execute_job(id, JobCommand::Cancel { reason }, &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
 }
@@ -127,12 +218,14 @@ pub async fn cancel(
 #[tracing::instrument(skip_all, fields(job = %raw_id))]
 pub async fn retry(
     State(state): State<AppState>,
+    caller: Caller,
     Path(raw_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_job_id(&raw_id)?;
     let reason = reason_from(&body, "retried by user")?;
-    let ctx = CommandContext::new(Actor::User { name: caller() });
+    authorize_command(&state, &caller, id, "jobs:retry", "jobs:retry:all").await?;
+    let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
     let done = state.store.execute_job(id, JobCommand::Retry { reason }, &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
 }
@@ -149,8 +242,23 @@ const MAX_LIMIT: usize = 500;
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    let scope = if caller.may("jobs:read:all") {
+        Access::Full
+    } else if caller.may("jobs:read") || caller.may("jobs:read:group") {
+        Access::Full // narrowed to visible owners below
+    } else if caller.may("jobs:read:summary") {
+        Access::Summary
+    } else {
+        return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
+    };
+    let sees_all = caller.may("jobs:read:all") || scope == Access::Summary;
+    if scope == Access::Summary && q.contains_key("owner") {
+        // Analysts see no owners, so they may not select by one either.
+        return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
+    }
     let known = ["state", "owner", "pool", "experiment", "tag", "created_after", "created_before", "sort", "limit", "cursor", "after_seq"];
     if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}")));
@@ -189,7 +297,8 @@ pub async fn list(
 
     let mut jobs = state.index.select(|j| {
         let s = &j.state;
-        status.is_none_or(|st| s.status == st)
+        (sees_all || access(&state, &caller, &s.owner) == Access::Full)
+            && status.is_none_or(|st| s.status == st)
             && q.get("owner").is_none_or(|o| s.owner.as_str() == o)
             && q.get("pool").is_none_or(|p| s.spec.pool.as_str() == p)
             && q.get("experiment").is_none_or(|e| s.spec.experiment.as_deref() == Some(e.as_str()))
@@ -208,7 +317,10 @@ pub async fn list(
     };
     let page: Vec<&IndexedJob> = jobs.iter().skip(start).take(limit).collect();
     let next = (start + page.len() < jobs.len()).then(|| page.last().map(|j| make_cursor(key(j)))).flatten();
-    let items: Vec<Value> = page.iter().map(|j| summary(j)).collect();
+    let items: Vec<Value> = page
+        .iter()
+        .map(|j| if scope == Access::Summary { analyst_summary(j) } else { summary(j) })
+        .collect();
     Ok(Json(json!({ "items": items, "next": next, "seen_seq": state.index.seen() })))
 }
 
@@ -238,6 +350,25 @@ fn summary(j: &IndexedJob) -> Value {
         "tags": s.spec.tags,
         "created_at": j.created_at,
         "updated_at": j.updated_at,
+        "seq": j.last_seq,
+    })
+}
+
+/// A list item for analysts: no owner, tags or reason.
+fn analyst_summary(j: &IndexedJob) -> Value {
+    let s = &j.state;
+    json!({
+        "id": j.id,
+        "state": s.status,
+        "attempt": s.attempt,
+        "exit_code": s.exit_code,
+        "failure_class": s.failure_class,
+        "pool": s.spec.pool,
+        "priority": s.spec.priority,
+        "experiment": s.spec.experiment,
+        "created_at": j.created_at,
+        "updated_at": j.updated_at,
+        "metrics": s.metrics,
         "seq": j.last_seq,
     })
 }

@@ -1,3 +1,4 @@
+mod auth;
 mod health;
 mod jobs;
 mod workers;
@@ -12,6 +13,8 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/v1/auth/login", post(auth::login))
+        .route("/v1/auth/whoami", get(auth::whoami))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))

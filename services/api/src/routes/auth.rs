@@ -1,0 +1,29 @@
+use crate::AppState;
+use crate::auth::{Caller, Source};
+use crate::error::ApiError;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    api_key: String,
+}
+
+/// `POST /v1/auth/login` with `{"api_key": "fml_..."}`: a short-lived bearer
+/// token, so that argon2 is paid once per session rather than per request.
+pub async fn login(State(state): State<AppState>, Source(source): Source, body: Bytes) -> Result<Json<Value>, ApiError> {
+    let b: LoginBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"api_key\": \"...\"}}: {e}")))?;
+    let (token, expires_at, p) = state.auth.login(&b.api_key, &source).await?;
+    Ok(Json(json!({ "token": token, "expires_at": expires_at, "user": p.name, "role": p.role })))
+}
+
+/// `GET /v1/auth/whoami`: who the credentials belong to.
+pub async fn whoami(caller: Caller) -> Json<Value> {
+    let p = &caller.principal;
+    Json(json!({ "user": p.name, "role": p.role, "groups": p.groups, "permissions": p.permissions }))
+}
