@@ -80,6 +80,15 @@ ensure_postgres() {
   say "postgres: started our own cluster on $PG_HOST:$PG_PORT"
 }
 
+# Creates database $1 on our PostgreSQL unless it exists.
+ensure_database() {
+  local db="$1"
+  if ! psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$db'" postgres | grep -q 1; then
+    psql -h "$PG_HOST" -p "$PG_PORT" -U postgres -qc "CREATE DATABASE $db" postgres
+    say "postgres: created database $db"
+  fi
+}
+
 # Prints a free loopback TCP port.
 free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'

@@ -103,6 +103,9 @@ impl Report {
 
 struct Env {
     args: Args,
+    /// A researcher's API key and the users file that holds it.
+    key: String,
+    users_file: tempfile::NamedTempFile,
     nats_url: String,
     _nats: Proc,
     _store: tempfile::TempDir,
@@ -121,6 +124,7 @@ impl Env {
             .args(["api", "--listen", &format!("127.0.0.1:{port}")])
             .env("FETCHML_NATS__URL", &self.nats_url)
             .env("FETCHML_NATS__NAMESPACE", ns)
+            .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -175,7 +179,13 @@ async fn main() -> anyhow::Result<()> {
     wait_port(port).await;
     let nats_url = format!("nats://127.0.0.1:{port}");
     let client = async_nats::connect(&nats_url).await?;
-    let env = Env { args, nats_url, _nats: nats, _store: store, client };
+    let k = fetchml_identity::generate_key()?;
+    let users_file = tempfile::NamedTempFile::new()?;
+    std::fs::write(
+        users_file.path(),
+        format!("users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n", k.key_id, k.hash),
+    )?;
+    let env = Env { args, key: k.key, users_file, nats_url, _nats: nats, _store: store, client };
     let mut r = Report::default();
     let quick = env.args.quick;
     println!("machine: {} cores; nats-server {}", num_cpus(), env.client.server_info().version);
@@ -191,7 +201,7 @@ async fn main() -> anyhow::Result<()> {
     let (api, url) = env.api("bsubmit").await;
     let idle_api = api.rss_kib();
     let n_submit = if quick { 5_000 } else { 20_000 };
-    let (submit_rate, _) = submit_many(&url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
+    let (submit_rate, _) = submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
     r.add("submit: POST /v1/jobs, 64 clients", submit_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
     r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
     r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
@@ -222,7 +232,7 @@ async fn main() -> anyhow::Result<()> {
                 }
             })
         };
-        submit_many(&url, n, 64, json!({"executor": "noop", "command": []})).await;
+        submit_many(&env.key, &url, n, 64, json!({"executor": "noop", "command": []})).await;
         done.await??;
         let rate = n as f64 / t0.elapsed().as_secs_f64();
         sampling.store(false, Ordering::Relaxed);
@@ -243,7 +253,7 @@ async fn main() -> anyhow::Result<()> {
         let ws: Vec<Proc> = (0..2).map(|_| env.worker(&ns, 64, root.path())).collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let secs = if quick { 4.0 } else { 10.0 };
-        let lat = queue_to_start(&env.client, &ns, &url, rate, secs).await?;
+        let lat = queue_to_start(&env, &ns, &url, rate, secs).await?;
         r.add(&format!("queue-to-start p50 at {label}"), pct(&lat, 0.5), "ms", None);
         r.add(&format!("queue-to-start p99 at {label}"), pct(&lat, 0.99), "ms", None);
         r.add(&format!("queue-to-start p999 at {label}"), pct(&lat, 0.999), "ms", None);
@@ -256,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
         let ns = "bcancel";
         let (api, url) = env.api(ns).await;
         let _w = env.worker(ns, 4, root.path());
-        let lat = cancel_latency(&url, if quick { 10 } else { 40 }).await?;
+        let lat = cancel_latency(&env.key, &url, if quick { 10 } else { 40 }).await?;
         r.add("cancel: request to process gone p50", pct(&lat, 0.5), "ms", None);
         r.add("cancel: request to process gone p99", pct(&lat, 0.99), "ms", None);
         drop(api);
@@ -349,8 +359,14 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
 
 /// Submits `n` jobs from `clients` concurrent keep-alive clients; returns
 /// jobs/s and the ids.
-async fn submit_many(url: &str, n: usize, clients: usize, spec: Value) -> (f64, Vec<String>) {
-    let http = reqwest::Client::builder().pool_max_idle_per_host(clients).build().unwrap();
+fn client(key: &str, pool: usize) -> reqwest::Client {
+    let mut h = reqwest::header::HeaderMap::new();
+    h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());
+    reqwest::Client::builder().default_headers(h).pool_max_idle_per_host(pool).build().unwrap()
+}
+
+async fn submit_many(key: &str, url: &str, n: usize, clients: usize, spec: Value) -> (f64, Vec<String>) {
+    let http = client(key, clients);
     let next = Arc::new(AtomicU64::new(0));
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -408,10 +424,11 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
 /// Submits at `rate` jobs/s for `secs`, then reads every job's `job_queued`
 /// and `job_started` times from the log: the latency is between the two
 /// events' `occurred_at` (api clock and worker clock: the same machine).
-async fn queue_to_start(client: &async_nats::Client, ns: &str, url: &str, rate: f64, secs: f64) -> anyhow::Result<Vec<f64>> {
+async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) -> anyhow::Result<Vec<f64>> {
+    let client = &env.client;
     let n = (rate * secs) as usize;
     let started = count_events(client, ns, "job_started", n);
-    let http = reqwest::Client::new();
+    let http = self::client(&env.key, 64);
     let spec = json!({"executor": "noop", "command": []});
     let interval = Duration::from_secs_f64(1.0 / rate);
     let t0 = tokio::time::Instant::now();
@@ -463,8 +480,8 @@ async fn queue_to_start(client: &async_nats::Client, ns: &str, url: &str, rate: 
 
 /// For `n` running `sleep` jobs: time from the cancel request to the moment
 /// no process of the job is left.
-async fn cancel_latency(url: &str, n: usize) -> anyhow::Result<Vec<f64>> {
-    let http = reqwest::Client::new();
+async fn cancel_latency(key: &str, url: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let http = client(key, 1);
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let marker = format!("300.{}{}", std::process::id(), i);

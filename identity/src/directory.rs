@@ -161,6 +161,13 @@ impl Directory {
         self.keys.get(key_id).map(|(u, h)| (u, h.as_str()))
     }
 
+    /// Every user who shares at least one group with `p` (`p` included).
+    pub fn group_mates(&self, p: &Principal) -> Vec<UserName> {
+        let mut v: Vec<UserName> = self.users.values().filter(|u| u.name == p.name || p.shares_group_with(u)).map(|u| u.name.clone()).collect();
+        v.sort();
+        v
+    }
+
     pub fn len(&self) -> usize {
         self.users.len()
     }

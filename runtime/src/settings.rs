@@ -86,6 +86,10 @@ pub struct ApiSettings {
     pub max_body_bytes: usize,
     /// Run the dispatcher (EVENTS → DISPATCH) and its reconciler inside the api process.
     pub embedded_dispatcher: bool,
+    /// Run the projector (event log → Postgres read models) inside the api process.
+    pub embedded_projector: bool,
+    /// How long a query with `after_seq` waits for the read models.
+    pub read_your_writes_ms: u64,
     /// How often the reconciler compares the log with the work queue.
     pub reconcile_every_secs: u64,
     /// Jobs changed more recently than this are left to the dispatcher.
@@ -138,6 +142,8 @@ impl Default for ApiSettings {
             listen: "127.0.0.1:9101".into(),
             max_body_bytes: 1 << 20,
             embedded_dispatcher: true,
+            embedded_projector: true,
+            read_your_writes_ms: 5000,
             reconcile_every_secs: 10,
             reconcile_grace_secs: 10,
         }

@@ -146,6 +146,8 @@ async fn readiness_says_503_while_nats_is_down_and_recovers() {
     settings.nats.url = nats.url();
     settings.api.listen = "127.0.0.1:0".into();
     settings.auth.users_file = fetchml_tests::app::users_file();
+    let db = fetchml_tests::fresh_database();
+    settings.postgres.url = db.url.clone();
     let app = fetchml_api::Application::build(settings).await.unwrap();
     let url = format!("http://{}/readyz", app.local_addr());
     tokio::spawn(app.run_until_stopped(std::future::pending()));

@@ -15,6 +15,7 @@ pub struct TestApp {
     pub http: reqwest::Client,
     pub settings: Settings,
     _stop: tokio::sync::oneshot::Sender<()>,
+    pub db: Option<crate::TestDatabase>,
 }
 
 impl Drop for TestApp {
@@ -90,6 +91,8 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     settings.api.reconcile_grace_secs = 2;
     settings.auth.users_file = users_file();
     settings.nats.progress_max_bytes = crate::TEST_PROGRESS_BYTES;
+    let db = crate::fresh_database();
+    settings.postgres.url = db.url.clone();
     tune(&mut settings);
     let app = fetchml_api::Application::build(settings.clone()).await.expect("api builds");
     let addr = app.local_addr();
@@ -97,7 +100,7 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, http: client_with_key(&key_of("alice")), settings, _stop: tx }
+    TestApp { addr, http: client_with_key(&key_of("alice")), settings, _stop: tx, db: Some(db) }
 }
 
 impl TestApp {

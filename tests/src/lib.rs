@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 pub mod app;
+pub mod pg;
 
 pub use tokio_util::sync::CancellationToken;
 
@@ -72,6 +73,60 @@ pub fn delete_namespace(url: &str, ns: &str) {
                 let _ = js.delete_key_value(format!("{ns}_{b}")).await;
             }
         });
+    })
+    .join();
+}
+
+/// The test PostgreSQL server (`./deploy/test` exports it), without a database.
+pub fn pg_server_url() -> String {
+    std::env::var("FETCHML_TEST_PG_URL").unwrap_or_else(|_| {
+        panic!("FETCHML_TEST_PG_URL is not set: run the suite with ./deploy/test, which provides PostgreSQL")
+    })
+}
+
+/// A database of this test's own, dropped (with its connections) on drop.
+pub struct TestDatabase {
+    pub url: String,
+    server: String,
+    name: String,
+}
+
+/// Creates an empty database on `server` (a URL without a database).
+pub fn fresh_database_on(server: &str) -> TestDatabase {
+    let name = format!("fetchml_{}", unique_namespace().as_str().to_ascii_lowercase());
+    let server = server.trim_end_matches('/').to_owned();
+    let admin = format!("{server}/postgres");
+    let create = format!("CREATE DATABASE {name}");
+    run_blocking(async move {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(create)).execute(&mut c).await.unwrap();
+    });
+    TestDatabase { url: format!("{server}/{name}"), server, name }
+}
+
+pub fn fresh_database() -> TestDatabase {
+    fresh_database_on(&pg_server_url())
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let admin = format!("{}/postgres", self.server);
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        run_blocking(async move {
+            use sqlx::Connection;
+            if let Ok(mut c) = sqlx::PgConnection::connect(&admin).await {
+                let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&mut c).await;
+            }
+        });
+    }
+}
+
+/// Runs `f` to completion on a runtime of its own (usable from `Drop`).
+fn run_blocking<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(f);
     })
     .join();
 }

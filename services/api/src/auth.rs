@@ -276,6 +276,20 @@ impl Auth {
         }
     }
 
+    /// The owners whose jobs `p` may read in full (besides `jobs:read:all`).
+    pub fn visible_owners(&self, p: &Principal) -> Vec<String> {
+        let mut owners = Vec::new();
+        if p.may("jobs:read") {
+            owners.push(p.name.to_string());
+        }
+        if p.may("jobs:read:group") {
+            owners.extend(self.directory().group_mates(p).into_iter().map(|u| u.to_string()));
+        }
+        owners.sort();
+        owners.dedup();
+        owners
+    }
+
     /// The configured principal of `name`, if any (for group checks).
     pub fn user(&self, name: &UserName) -> Option<Principal> {
         self.directory().user(name).cloned()

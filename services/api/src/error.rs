@@ -27,6 +27,8 @@ pub enum ApiError {
     Rejected(JobRejection),
     #[error("the job list has not caught up with sequence {0} yet; retry shortly")]
     NotCaughtUp(u64),
+    #[error("the read models are unavailable (Postgres); commands still work, retry reads shortly")]
+    ReadModel(#[source] fetchml_projections::ProjectionError),
     #[error("the event store is unavailable")]
     Unavailable(#[source] StoreError),
     #[error("internal error")]
@@ -50,6 +52,8 @@ impl ApiError {
             ApiError::Rejected(JobRejection::InvalidSpec(e)) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::Rejected(r) => (StatusCode::CONFLICT, r.code()),
             ApiError::NotCaughtUp(_) => (StatusCode::SERVICE_UNAVAILABLE, "not_caught_up"),
+            ApiError::ReadModel(e) if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable"),
+            ApiError::ReadModel(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "event_store_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -62,6 +66,12 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(_) => ApiError::Internal(anyhow::Error::new(e)),
             other => ApiError::Unavailable(other),
         }
+    }
+}
+
+impl From<fetchml_projections::ProjectionError> for ApiError {
+    fn from(e: fetchml_projections::ProjectionError) -> Self {
+        ApiError::ReadModel(e)
     }
 }
 

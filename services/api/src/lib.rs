@@ -29,6 +29,9 @@ pub struct AppState {
     /// Every job, folded from the log in memory (lists, filters, read-your-writes).
     pub index: JobIndex,
     pub auth: std::sync::Arc<auth::Auth>,
+    /// The read models (connects lazily: commands work while Postgres is down).
+    pub pg: sqlx::PgPool,
+    pub read_your_writes: Duration,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -52,6 +55,8 @@ pub enum BuildError {
     Store(#[from] fetchml_eventstore::StoreError),
     #[error(transparent)]
     Auth(#[from] auth::AuthSetupError),
+    #[error("postgres settings: {0}")]
+    Postgres(#[from] fetchml_projections::ProjectionError),
     #[error("cannot listen on {addr}: {source} (is another fetchml api running? set api.listen)")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -69,7 +74,9 @@ impl Application {
         let stop = CancellationToken::new();
         let index = JobIndex::spawn(store.clone(), stop.clone());
         let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
-        Ok(Self { listener, state: AppState { store, nats, index, auth }, settings, stop })
+        let pg = fetchml_projections::pool(&settings.postgres.url)?;
+        let read_your_writes = Duration::from_millis(settings.api.read_your_writes_ms);
+        Ok(Self { listener, state: AppState { store, nats, index, auth, pg, read_your_writes }, settings, stop })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -97,6 +104,14 @@ impl Application {
                 Duration::from_secs(self.settings.api.reconcile_grace_secs),
                 stop.clone(),
             ));
+        }
+        if self.settings.api.embedded_projector {
+            let projector = fetchml_projections::Projector::new(
+                self.state.pg.clone(),
+                self.state.store.clone(),
+                fetchml_projections::Batching::default(),
+            );
+            tokio::spawn(projector.run(stop.clone()));
         }
         // The users file is re-read on SIGHUP and whenever it changes on disk.
         tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));

@@ -14,6 +14,9 @@ struct Cli {
     /// The fetchml api.
     #[arg(long, global = true, env = "FETCHML_API", default_value = "http://127.0.0.1:9101")]
     api: String,
+    /// API key or session token (sent as `Authorization: Bearer`).
+    #[arg(long, global = true, env = "FETCHML_API_KEY", hide_env_values = true)]
+    key: Option<String>,
     /// Print the api's JSON answers as they are.
     #[arg(long, global = true)]
     json: bool,
@@ -98,7 +101,16 @@ const TERMINAL: [&str; 5] = ["succeeded", "failed", "cancelled", "timed_out", "d
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let api = Api {
         base: cli.api.trim_end_matches('/').to_owned(),
-        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?,
+        http: {
+            let mut headers = reqwest::header::HeaderMap::new();
+            if let Some(k) = &cli.key {
+                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
+                    .context("the API key contains characters a header cannot carry")?;
+                v.set_sensitive(true);
+                headers.insert(reqwest::header::AUTHORIZATION, v);
+            }
+            reqwest::Client::builder().timeout(Duration::from_secs(30)).default_headers(headers).build()?
+        },
     };
     match cli.command {
         Command::Submit { pool, priority, timeout_secs, experiment, env, shell, idempotency_key, wait, command } => {

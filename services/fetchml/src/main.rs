@@ -42,6 +42,13 @@ enum Command {
     },
     /// Run a standalone dispatcher (EVENTS → DISPATCH).
     Dispatcher,
+    /// Run a standalone projector (event log → Postgres read models).
+    Projector,
+    /// Manage the read models.
+    Projections {
+        #[command(subcommand)]
+        action: ProjectionsAction,
+    },
     /// Replay the whole event log and check every hash link; names the first
     /// broken one.
     Verify,
@@ -67,6 +74,17 @@ enum Command {
         #[arg(last = true, required = true)]
         argv: Vec<String>,
     },
+}
+
+#[derive(Subcommand)]
+enum ProjectionsAction {
+    /// Rebuild NAME from sequence 1 into fresh tables and swap them in.
+    Rebuild {
+        /// The projection (`jobs` feeds every read model).
+        name: String,
+    },
+    /// Print the checksum of every projected table.
+    Checksums,
 }
 
 fn main() -> ExitCode {
@@ -155,6 +173,33 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             let store = open_store(&settings).await?;
             fetchml_dispatcher::run(store, stop_on_signal()).await?;
             tracing::info!("dispatcher stopped");
+        }
+        Command::Projector => {
+            let store = open_store(&settings).await?;
+            let pool = fetchml_projections::pool(&settings.postgres.url)?;
+            fetchml_projections::Projector::new(pool, store, fetchml_projections::Batching::default())
+                .run(stop_on_signal())
+                .await;
+            tracing::info!("projector stopped");
+        }
+        Command::Projections { action } => {
+            let pool = fetchml_projections::pool(&settings.postgres.url)?;
+            match action {
+                ProjectionsAction::Rebuild { name } => {
+                    if name != fetchml_projections::JOBS {
+                        anyhow::bail!("unknown projection {name:?}; the projections are: {}", fetchml_projections::JOBS);
+                    }
+                    let store = open_store(&settings).await?;
+                    let started = std::time::Instant::now();
+                    let seq = fetchml_projections::rebuild(&pool, &store).await?;
+                    println!("rebuilt {name} up to sequence {seq} in {:.1} s", started.elapsed().as_secs_f64());
+                }
+                ProjectionsAction::Checksums => {
+                    for (table, sum) in fetchml_projections::checksums(&pool).await? {
+                        println!("{table} {sum}");
+                    }
+                }
+            }
         }
         Command::Verify => return verify(&settings).await,
         Command::Supervise { .. } | Command::Keygen { .. } | Command::CheckUsers { .. } => {

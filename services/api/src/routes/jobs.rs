@@ -10,11 +10,11 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
 use fetchml_events::{Actor, CommandId, JobId, UserName};
-use fetchml_eventstore::{CommandContext, IndexedJob, LoadedJob};
+use fetchml_eventstore::{CommandContext, LoadedJob};
+use fetchml_projections::queries::{JobFilter, Scope};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::time::Duration;
 
 /// How much of a job the caller may see.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -230,56 +230,67 @@ pub async fn retry(
     Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
 }
 
-/// Longest a list waits for `after_seq` before answering 503.
-const READ_YOUR_WRITES_WAIT: Duration = Duration::from_secs(5);
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 
-/// `GET /v1/jobs`: filters `state`, `owner`, `pool`, `experiment`, `tag`
-/// (`key=value`), `created_after`, `created_before`; `sort` (`-created_at`,
-/// the default, or `created_at`); `limit`; `cursor` (from `next`);
-/// `after_seq` (wait until the list includes that write).
+/// The read model a caller's queries go to.
+pub fn scope_of(state: &AppState, caller: &Caller) -> Option<Scope> {
+    if caller.may("jobs:read:all") {
+        Some(Scope::All)
+    } else if caller.may("jobs:read") || caller.may("jobs:read:group") {
+        Some(Scope::Owners(state.auth.visible_owners(&caller.principal)))
+    } else if caller.may("jobs:read:summary") {
+        Some(Scope::Summary)
+    } else {
+        None
+    }
+}
+
+/// `?after_seq=N`: waits (bounded) until the read models include write N.
+pub async fn read_your_writes(state: &AppState, q: &HashMap<String, String>) -> Result<(), ApiError> {
+    if let Some(seq) = q.get("after_seq") {
+        let seq: u64 = seq
+            .parse()
+            .map_err(|_| ApiError::bad_request("invalid_parameter", "after_seq: not a sequence number"))?;
+        if !fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes).await? {
+            return Err(ApiError::NotCaughtUp(seq));
+        }
+    }
+    Ok(())
+}
+
+/// `GET /v1/jobs`, from the caller's own read model in Postgres: filters
+/// `state`, `owner`, `pool`, `experiment`, `tag` (`key=value`), `created_after`,
+/// `created_before`; `sort` (`-created_at`, the default, or `created_at`);
+/// `limit`; `cursor` (from `next`); `after_seq` (wait until the list includes
+/// that write).
 #[tracing::instrument(skip_all)]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let scope = if caller.may("jobs:read:all") {
-        Access::Full
-    } else if caller.may("jobs:read") || caller.may("jobs:read:group") {
-        Access::Full // narrowed to visible owners below
-    } else if caller.may("jobs:read:summary") {
-        Access::Summary
-    } else {
-        return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
-    };
-    let sees_all = caller.may("jobs:read:all") || scope == Access::Summary;
-    if scope == Access::Summary && q.contains_key("owner") {
-        // Analysts see no owners, so they may not select by one either.
-        return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
-    }
     let known = ["state", "owner", "pool", "experiment", "tag", "created_after", "created_before", "sort", "limit", "cursor", "after_seq"];
     if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}")));
     }
-    let bad = |field: &str, msg: &str| ApiError::bad_request("invalid_parameter", format!("{field}: {msg}"));
-    if let Some(seq) = q.get("after_seq") {
-        let seq: u64 = seq.parse().map_err(|_| bad("after_seq", "not a sequence number"))?;
-        if !state.index.wait_for(seq, READ_YOUR_WRITES_WAIT).await {
-            return Err(ApiError::NotCaughtUp(seq));
-        }
+    let Some(scope) = scope_of(&state, &caller) else {
+        return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
+    };
+    if matches!(scope, Scope::Summary) && q.contains_key("owner") {
+        // Analysts see no owners, so they may not select by one either.
+        return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
     }
-    let status = q
+    let bad = |field: &str, msg: &str| ApiError::bad_request("invalid_parameter", format!("{field}: {msg}"));
+    let state_filter = q
         .get("state")
-        .map(|s| JobStatus::parse(s).ok_or_else(|| bad("state", "unknown state")))
+        .map(|s| JobStatus::parse(s).map(|st| st.as_str().to_owned()).ok_or_else(|| bad("state", "unknown state")))
         .transpose()?;
     let time = |k: &str| {
         q.get(k)
             .map(|t| t.parse::<DateTime<Utc>>().map_err(|_| bad(k, "not an RFC 3339 time")))
             .transpose()
     };
-    let (after, before) = (time("created_after")?, time("created_before")?);
     let tag = q
         .get("tag")
         .map(|t| t.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| bad("tag", "expected key=value")))
@@ -293,35 +304,23 @@ pub async fn list(
         Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| bad("limit", "1-500"))?,
         None => DEFAULT_LIMIT,
     };
-    let cursor = q.get("cursor").map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`"))).transpose()?;
-
-    let mut jobs = state.index.select(|j| {
-        let s = &j.state;
-        (sees_all || access(&state, &caller, &s.owner) == Access::Full)
-            && status.is_none_or(|st| s.status == st)
-            && q.get("owner").is_none_or(|o| s.owner.as_str() == o)
-            && q.get("pool").is_none_or(|p| s.spec.pool.as_str() == p)
-            && q.get("experiment").is_none_or(|e| s.spec.experiment.as_deref() == Some(e.as_str()))
-            && tag.as_ref().is_none_or(|(k, v)| s.spec.tags.get(k) == Some(v))
-            && after.is_none_or(|t| j.created_at >= t)
-            && before.is_none_or(|t| j.created_at < t)
-    });
-    let key = |j: &IndexedJob| (j.created_at, j.id);
-    jobs.sort_by_key(key);
-    if !ascending {
-        jobs.reverse();
-    }
-    let start = match cursor {
-        Some(c) => jobs.iter().position(|j| if ascending { key(j) > c } else { key(j) < c }).unwrap_or(jobs.len()),
-        None => 0,
+    let after = q.get("cursor").map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`"))).transpose()?;
+    let filter = JobFilter {
+        state: state_filter,
+        owner: q.get("owner").cloned(),
+        pool: q.get("pool").cloned(),
+        experiment: q.get("experiment").cloned(),
+        tag,
+        created_after: time("created_after")?,
+        created_before: time("created_before")?,
+        ascending,
+        limit,
+        after: after.map(|(t, id)| (t, *id.as_uuid())),
     };
-    let page: Vec<&IndexedJob> = jobs.iter().skip(start).take(limit).collect();
-    let next = (start + page.len() < jobs.len()).then(|| page.last().map(|j| make_cursor(key(j)))).flatten();
-    let items: Vec<Value> = page
-        .iter()
-        .map(|j| if scope == Access::Summary { analyst_summary(j) } else { summary(j) })
-        .collect();
-    Ok(Json(json!({ "items": items, "next": next, "seen_seq": state.index.seen() })))
+    read_your_writes(&state, &q).await?;
+    let (items, next) = fetchml_projections::queries::list_jobs(&state.pg, &scope, &filter).await?;
+    let next = next.map(|(t, id)| make_cursor((t, JobId::from_uuid(id))));
+    Ok(Json(json!({ "items": items, "next": next })))
 }
 
 fn make_cursor((t, id): (DateTime<Utc>, JobId)) -> String {
@@ -331,46 +330,6 @@ fn make_cursor((t, id): (DateTime<Utc>, JobId)) -> String {
 fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, JobId)> {
     let (t, id) = c.split_once('_')?;
     Some((DateTime::from_timestamp_micros(t.parse().ok()?)?, id.parse().ok()?))
-}
-
-fn summary(j: &IndexedJob) -> Value {
-    let s = &j.state;
-    json!({
-        "id": j.id,
-        "state": s.status,
-        "attempt": s.attempt,
-        "exit_code": s.exit_code,
-        "failure_class": s.failure_class,
-        "reason": s.reason,
-        "owner": s.owner,
-        "pool": s.spec.pool,
-        "priority": s.spec.priority,
-        "labels": s.spec.labels,
-        "experiment": s.spec.experiment,
-        "tags": s.spec.tags,
-        "created_at": j.created_at,
-        "updated_at": j.updated_at,
-        "seq": j.last_seq,
-    })
-}
-
-/// A list item for analysts: no owner, tags or reason.
-fn analyst_summary(j: &IndexedJob) -> Value {
-    let s = &j.state;
-    json!({
-        "id": j.id,
-        "state": s.status,
-        "attempt": s.attempt,
-        "exit_code": s.exit_code,
-        "failure_class": s.failure_class,
-        "pool": s.spec.pool,
-        "priority": s.spec.priority,
-        "experiment": s.spec.experiment,
-        "created_at": j.created_at,
-        "updated_at": j.updated_at,
-        "metrics": s.metrics,
-        "seq": j.last_seq,
-    })
 }
 
 fn job_view(loaded: &LoadedJob) -> Option<Value> {

@@ -1,6 +1,7 @@
 mod auth;
+mod experiments;
 mod health;
-mod jobs;
+pub(crate) mod jobs;
 mod workers;
 
 use crate::AppState;
@@ -20,6 +21,8 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/cancel", post(jobs::cancel))
         .route("/v1/jobs/{id}/retry", post(jobs::retry))
+        .route("/v1/experiments", get(experiments::list))
+        .route("/v1/experiments/{name}", get(experiments::get))
         .route("/v1/workers", get(workers::list))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
         .layer(DefaultBodyLimit::max(max_body_bytes))

@@ -1,0 +1,299 @@
+//! The read models in Postgres and the projector that keeps them.
+//!
+//! Guarantees:
+//! - **Exactly once in effect.** Events are applied in batches; each batch and
+//!   the checkpoint (the last stream sequence applied) commit in one Postgres
+//!   transaction, and every row update is guarded by the row's own `last_seq`.
+//!   Kill the projector anywhere: it resumes from the checkpoint, and a rebuild
+//!   from sequence 1 yields the same tables.
+//! - **One writer.** A replica runs the projection only while it holds a
+//!   Postgres advisory lock on the connection it writes with; others wait.
+//! - **Postgres down.** Commands do not need Postgres; the projector retries
+//!   with backoff and catches up on its own when it returns.
+//! - **Rebuild without a gap.** `rebuild` fills fresh tables in a shadow schema
+//!   from sequence 1, then, holding exclusive locks, catches up to the live
+//!   checkpoint and swaps the tables in one transaction: readers wait for the
+//!   swap for a moment, but never see empty or half-built tables.
+
+mod apply;
+pub mod queries;
+
+use fetchml_eventstore::{EventStore, StartAt, StoreError};
+use futures::StreamExt;
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::str::FromStr;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The projection's name in `projection_checkpoints` (it feeds every table).
+pub const JOBS: &str = "jobs";
+/// Advisory lock key of the jobs projection ("fetchmlj").
+const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
+/// Transaction-level advisory lock between projector batches (shared) and the
+/// rebuild's swap (exclusive): taken before any table lock, so the two never
+/// deadlock on table locks taken in different orders.
+const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
+/// The tables a rebuild replaces.
+pub const TABLES: [&str; 7] =
+    ["projection_checkpoints", "admin_jobs", "researcher_jobs", "analyst_jobs", "experiment_metrics", "workers", "job_timeline"];
+const SHADOW: &str = "fetchml_rebuild";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectionError {
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl ProjectionError {
+    /// Postgres cannot be reached (as opposed to a query that is wrong).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ProjectionError::Postgres(
+                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+            )
+        ) || matches!(self, ProjectionError::Postgres(sqlx::Error::Database(e))
+            // 57P: shutting down; 08: connection; 42P01: tables not created yet.
+            if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "42P01"))
+    }
+}
+
+/// A pool that connects lazily: the api starts (and accepts commands) while
+/// Postgres is down.
+pub fn pool(url: &str) -> Result<PgPool, ProjectionError> {
+    let opts = PgConnectOptions::from_str(url)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(8)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_lazy_with(opts))
+}
+
+/// Applies the migrations owned by this crate.
+pub async fn migrate(pool: &PgPool) -> Result<(), ProjectionError> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// The last sequence the read models include (0 if none).
+pub async fn checkpoint(pool: &PgPool) -> Result<u64, ProjectionError> {
+    let v: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = $1")
+        .bind(JOBS)
+        .fetch_optional(pool)
+        .await;
+    match v {
+        Ok(v) => Ok(v.unwrap_or(0) as u64),
+        // Not migrated yet: the projector has not started; nothing is projected.
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("42P01") => Ok(0),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn checkpoint_on(conn: &mut PgConnection) -> Result<u64, ProjectionError> {
+    let v: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = $1")
+        .bind(JOBS)
+        .fetch_optional(&mut *conn)
+        .await?;
+    Ok(v.unwrap_or(0) as u64)
+}
+
+/// Applies `batch` and moves the checkpoint, in one transaction.
+async fn commit_batch(conn: &mut PgConnection, batch: &[fetchml_eventstore::StoredEvent]) -> Result<(), ProjectionError> {
+    let Some(last) = batch.last() else { return Ok(()) };
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
+    for ev in batch {
+        apply::apply(&mut tx, ev).await?;
+    }
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())
+         ON CONFLICT (name) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
+         WHERE projection_checkpoints.last_seq < EXCLUDED.last_seq",
+    )
+    .bind(JOBS)
+    .bind(last.seq as i64)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Batching: up to `max` events, or whatever arrived within `wait` of the
+/// first one; large batches when catching up, small ones (low latency) live.
+#[derive(Clone, Copy, Debug)]
+pub struct Batching {
+    pub max: usize,
+    pub wait: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Self { max: 1000, wait: Duration::from_millis(5) }
+    }
+}
+
+pub struct Projector {
+    pool: PgPool,
+    store: EventStore,
+    batching: Batching,
+}
+
+impl Projector {
+    pub fn new(pool: PgPool, store: EventStore, batching: Batching) -> Self {
+        Self { pool, store, batching }
+    }
+
+    /// Projects until `stop`, surviving Postgres and NATS outages.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Duration::from_millis(200);
+        while !stop.is_cancelled() {
+            match self.run_once(&stop).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "projector stopped; retrying");
+                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn run_once(&self, stop: &CancellationToken) -> Result<(), ProjectionError> {
+        migrate(&self.pool).await?;
+        // A connection of our own: the advisory lock lives as long as it, and
+        // it closes (releasing the lock) when dropped.
+        let mut conn = self.pool.acquire().await?.detach();
+        loop {
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut conn).await?;
+            if got {
+                break;
+            }
+            tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+        }
+        let from = checkpoint_on(&mut conn).await? + 1;
+        tracing::info!(from, "projector running");
+        let mut events = self.store.read(&self.store.subjects().all_events(), StartAt::Sequence(from)).await?;
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                e = events.next() => e,
+            };
+            let Some(first) = first else { return Err(StoreError::Unavailable("event stream ended".into()).into()) };
+            let mut batch = vec![first?];
+            let deadline = tokio::time::Instant::now() + self.batching.wait;
+            while batch.len() < self.batching.max {
+                match tokio::time::timeout_at(deadline, events.next()).await {
+                    Ok(Some(Ok(e))) => batch.push(e),
+                    Ok(Some(Err(e))) => return Err(e.into()),
+                    _ => break,
+                }
+            }
+            commit_batch(&mut conn, &batch).await?;
+        }
+    }
+}
+
+/// Waits (bounded) until the read models include sequence `seq`.
+pub async fn wait_for(pool: &PgPool, seq: u64, within: Duration) -> Result<bool, ProjectionError> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if checkpoint(pool).await? >= seq {
+            return Ok(true);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Rebuilds every read model from sequence 1 into a shadow schema and swaps it
+/// in. Returns the sequence the new tables include.
+pub async fn rebuild(pool: &PgPool, store: &EventStore) -> Result<u64, ProjectionError> {
+    migrate(pool).await?;
+    let mut conn = pool.acquire().await?.detach();
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {SHADOW} CASCADE"))).execute(&mut conn).await?;
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {SHADOW}"))).execute(&mut conn).await?;
+    for t in TABLES {
+        sqlx::query(AssertSqlSafe(format!("CREATE TABLE {SHADOW}.{t} (LIKE public.{t} INCLUDING ALL)"))).execute(&mut conn).await?;
+    }
+    // Unqualified names now mean the shadow tables on this connection.
+    sqlx::query(AssertSqlSafe(format!("SET search_path TO {SHADOW}"))).execute(&mut conn).await?;
+    let head = store.last_sequence().await?;
+    let mut done = 0u64;
+    if head > 0 {
+        done = project_range(&mut conn, store, 1, head).await?;
+    }
+    // Swap: lock the live tables (the live projector's next batch waits), catch
+    // up to whatever it committed meanwhile, and exchange the tables.
+    let mut tx = conn.begin().await?;
+    sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
+    let live: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
+    sqlx::query(AssertSqlSafe(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.join(", ")))).execute(&mut *tx).await?;
+    let live_cp: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM public.projection_checkpoints WHERE name = $1")
+        .bind(JOBS)
+        .fetch_optional(&mut *tx)
+        .await?;
+    let target = (live_cp.unwrap_or(0) as u64).max(done);
+    if target > done {
+        done = project_range(&mut *tx, store, done + 1, target).await?;
+    }
+    for t in TABLES {
+        sqlx::query(AssertSqlSafe(format!("DROP TABLE public.{t}"))).execute(&mut *tx).await?;
+        sqlx::query(AssertSqlSafe(format!("ALTER TABLE {SHADOW}.{t} SET SCHEMA public"))).execute(&mut *tx).await?;
+    }
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {SHADOW}"))).execute(&mut *tx).await?;
+    tx.commit().await?;
+    Ok(done)
+}
+
+/// Applies events `from..=to` on `conn` in batches; returns the last applied.
+async fn project_range(conn: &mut PgConnection, store: &EventStore, from: u64, to: u64) -> Result<u64, ProjectionError> {
+    let mut events = store.read(&store.subjects().all_events(), StartAt::Sequence(from)).await?;
+    let mut batch = Vec::with_capacity(1000);
+    let mut last = from.saturating_sub(1);
+    while last < to {
+        let Some(ev) = events.next().await else { break };
+        let ev = ev?;
+        if ev.seq > to {
+            break;
+        }
+        last = ev.seq;
+        batch.push(ev);
+        if batch.len() >= 1000 || last >= to {
+            commit_batch(conn, &batch).await?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        commit_batch(conn, &batch).await?;
+    }
+    Ok(last)
+}
+
+/// A checksum of every projected table's content (ordered by key), for tests
+/// and operators comparing a live model with a rebuild.
+pub async fn checksums(pool: &PgPool) -> Result<Vec<(String, String)>, ProjectionError> {
+    let mut out = Vec::new();
+    for (t, order) in [
+        ("admin_jobs", "id"),
+        ("researcher_jobs", "owner, id"),
+        ("analyst_jobs", "id"),
+        ("experiment_metrics", "experiment, owner, metric"),
+        ("workers", "id"),
+        ("job_timeline", "job_id, seq"),
+    ] {
+        let sum: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+            "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) FROM {t} t"
+        )))
+        .fetch_one(pool)
+        .await?;
+        out.push((t.to_owned(), sum.unwrap_or_default()));
+    }
+    Ok(out)
+}

@@ -1,0 +1,199 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a test failure
+
+//! The Postgres read models: one per role, exactly-once in effect under a
+//! killed projector, rebuilt identically, and writes available while Postgres
+//! is down.
+
+use fetchml_tests::app::{TestApp, spawn_app, spawn_app_with, spawn_worker};
+use fetchml_tests::eventually;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+async fn submit(app: &TestApp, client: &reqwest::Client, spec: Value) -> Value {
+    let r = client.post(app.url("/v1/jobs")).json(&spec).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    r.json().await.unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
+    let r = client.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn each_role_reads_its_own_model_and_reads_its_writes() {
+    let app = spawn_app().await;
+    let a = submit(&app, &app.http, json!({"executor": "noop", "command": ["train.py"], "env": {"TOKEN": "t0p"}})).await;
+    let b = submit(&app, &app.as_user("bob"), json!({"executor": "noop", "command": []})).await;
+    let seq = b["seq"].as_u64().unwrap().max(a["seq"].as_u64().unwrap());
+
+    // Read your writes: the list waits until the model has the job.
+    let (s, mine) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={seq}"))).await;
+    assert_eq!(s, 200, "{mine}");
+    let ids: Vec<_> = mine["items"].as_array().unwrap().iter().map(|j| j["id"].clone()).collect();
+    assert_eq!(ids, [a["id"].clone()]);
+    let (_, all) = get(&app.as_user("root"), app.url(&format!("/v1/jobs?after_seq={seq}"))).await;
+    assert_eq!(all["items"].as_array().unwrap().len(), 2);
+    let (_, summary) = get(&app.as_user("ana"), app.url(&format!("/v1/jobs?after_seq={seq}"))).await;
+    let text = summary.to_string();
+    assert_eq!(summary["items"].as_array().unwrap().len(), 2);
+    for leak in ["t0p", "TOKEN", "train.py", "alice", "bob", "owner"] {
+        assert!(!text.contains(leak), "analyst sees {leak}: {text}");
+    }
+    let (s, b) = get(&app.http, app.url("/v1/jobs?after_seq=999999")).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (503, Some("not_caught_up")));
+}
+
+#[tokio::test]
+async fn the_analyst_tables_hold_no_command_line_environment_or_log() {
+    let app = spawn_app().await;
+    let _w = spawn_worker(&app.settings);
+    let r = submit(&app, &app.http, json!({"command": ["sh", "-c", "echo l0gline; exit 3"], "env": {"API_TOKEN": "hunter2"}, "experiment": "e1"})).await;
+    let id = r["id"].as_str().unwrap();
+    let job = app.until_terminal(id).await;
+    let (_, _) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", job["seq"]))).await;
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+    let cols: Vec<String> = sqlx::query_scalar("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'analyst_jobs'")
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+    for forbidden in ["command", "env", "working_dir", "spec", "owner", "reason", "tags", "worker"] {
+        assert!(!cols.iter().any(|c| c == forbidden), "analyst_jobs has a {forbidden} column");
+    }
+    let rows: Vec<String> = sqlx::query_scalar("SELECT t::text FROM analyst_jobs t").fetch_all(&pool).await.unwrap();
+    assert_eq!(rows.len(), 1);
+    for leak in ["hunter2", "API_TOKEN", "l0gline", "exit 3", "alice"] {
+        assert!(!rows[0].contains(leak), "analyst row holds {leak}: {}", rows[0]);
+    }
+    // The admin model does hold them (so the test above can fail).
+    let admin: String = sqlx::query_scalar("SELECT t::text FROM admin_jobs t").fetch_one(&pool).await.unwrap();
+    assert!(admin.contains("hunter2") && admin.contains("exit 3"));
+}
+
+#[tokio::test]
+async fn experiments_group_jobs_and_keep_the_last_and_best_metric_values() {
+    let app = spawn_app().await;
+    let _w = spawn_worker(&app.settings);
+    let mut last = Value::Null;
+    for loss in ["0.5", "0.2", "0.4"] {
+        let script = format!(r###"echo '##fetchml {{"metric": "loss", "value": {loss}, "step": 1}}'"###);
+        let r = submit(&app, &app.http, json!({"command": ["sh", "-c", script], "experiment": "resnet"})).await;
+        last = app.until_terminal(r["id"].as_str().unwrap()).await;
+    }
+    let (s, e) = get(&app.http, app.url(&format!("/v1/experiments/resnet?after_seq={}", last["seq"]))).await;
+    assert_eq!(s, 200, "{e}");
+    assert_eq!((e["jobs"].as_i64(), e["succeeded"].as_i64()), (Some(3), Some(3)));
+    assert_eq!(e["metrics"]["loss"], json!({"last": 0.4, "min": 0.2, "max": 0.5}));
+    let (_, list) = get(&app.as_user("bob"), app.url("/v1/experiments")).await;
+    assert!(list["items"].as_array().unwrap().is_empty(), "bob sees alice's experiment: {list}");
+    let (s, _) = get(&app.http, app.url("/v1/experiments/nope")).await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
+    let app = spawn_app_with(|s| s.api.embedded_projector = false).await;
+    let w = spawn_worker(&app.settings);
+    let mut last = Value::Null;
+    for i in 0..150 {
+        last = submit(&app, &app.http, json!({"executor": if i % 3 == 0 { "fail" } else { "noop" }, "command": [], "experiment": "x"})).await;
+    }
+    app.until_terminal(last["id"].as_str().unwrap()).await;
+    drop(w);
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let head = store.last_sequence().await.unwrap();
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+
+    let projector = || {
+        std::process::Command::new(fetchml_tests::app::fetchml_binary())
+            .arg("projector")
+            .env("FETCHML_NATS__URL", &app.settings.nats.url)
+            .env("FETCHML_NATS__NAMESPACE", &app.settings.nats.namespace)
+            .env("FETCHML_POSTGRES__URL", &app.settings.postgres.url)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap()
+    };
+    // Kill it as soon as it has committed something, before it is done.
+    let mut p = projector();
+    let at_kill = eventually(Duration::from_secs(30), || async {
+        let cp = fetchml_projections::checkpoint(&pool).await.unwrap_or(0);
+        (cp > 0).then_some(cp)
+    })
+    .await;
+    p.kill().unwrap();
+    p.wait().unwrap();
+    assert!(at_kill <= head);
+    let mut p = projector();
+    eventually(Duration::from_secs(60), || async {
+        (fetchml_projections::checkpoint(&pool).await.unwrap_or(0) >= head).then_some(())
+    })
+    .await;
+    p.kill().unwrap();
+    p.wait().unwrap();
+    let live = fetchml_projections::checksums(&pool).await.unwrap();
+    let rebuilt_to = fetchml_projections::rebuild(&pool, &store).await.unwrap();
+    assert_eq!(rebuilt_to, head);
+    let rebuilt = fetchml_projections::checksums(&pool).await.unwrap();
+    assert_eq!(live, rebuilt);
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_jobs").fetch_one(&pool).await.unwrap();
+    assert_eq!(n, 150);
+}
+
+#[tokio::test]
+async fn a_rebuild_under_a_live_projector_swaps_in_complete_tables() {
+    let app = spawn_app().await;
+    let mut last = Value::Null;
+    for _ in 0..30 {
+        last = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    }
+    let (_, _) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", last["seq"]))).await;
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+    let before = fetchml_projections::checksums(&pool).await.unwrap();
+    let (rebuilt, _) = tokio::join!(fetchml_projections::rebuild(&pool, &store), async {
+        // Keep writing while the rebuild runs.
+        for _ in 0..10 {
+            submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+        }
+    });
+    rebuilt.unwrap();
+    let last = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    let (s, list) = get(&app.as_user("root"), app.url(&format!("/v1/jobs?limit=500&after_seq={}", last["seq"]))).await;
+    assert_eq!(s, 200);
+    assert_eq!(list["items"].as_array().unwrap().len(), 41);
+    assert_ne!(before, fetchml_projections::checksums(&pool).await.unwrap());
+}
+
+#[tokio::test]
+async fn commands_are_accepted_while_postgres_is_down_and_reads_catch_up() {
+    let Some(pg) = fetchml_tests::pg::PgProcess::start() else { return };
+    let db = fetchml_tests::fresh_database_on(&pg.url());
+    let url = db.url.clone();
+    let app = spawn_app_with(|s| s.postgres.url = url.clone()).await;
+    let first = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    let (s, _) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", first["seq"]))).await;
+    assert_eq!(s, 200);
+
+    pg.stop_server();
+    let mut last = Value::Null;
+    for _ in 0..10 {
+        last = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    }
+    let (s, b) = get(&app.http, app.url("/v1/jobs")).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (503, Some("read_model_unavailable")), "{b}");
+    // The job itself is still readable: it is folded from the log.
+    let (s, _) = get(&app.http, app.url(&format!("/v1/jobs/{}", last["id"].as_str().unwrap()))).await;
+    assert_eq!(s, 200);
+
+    pg.start_server();
+    let list = eventually(Duration::from_secs(60), || async {
+        let (s, b) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", last["seq"]))).await;
+        (s == 200).then_some(b)
+    })
+    .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 11);
+    drop(app);
+    drop(db);
+}
