@@ -39,6 +39,18 @@ pub struct LoadedJob {
 }
 
 impl LoadedJob {
+    /// The history of a job id nobody has used (a fresh UUIDv7): no events.
+    pub fn new_job(id: JobId) -> Self {
+        Self { id, subject: None, history: Vec::new(), state: None }
+    }
+
+    /// This history with `event`, just appended at `seq`, folded in.
+    pub fn with(mut self, seq: u64, event: Envelope<JobEvent>) -> Self {
+        self.state = evolve(self.state.take(), &event.payload);
+        self.history.push((seq, event));
+        self
+    }
+
     /// The stream sequence of the job's last event, 0 if none.
     pub fn last_seq(&self) -> u64 {
         self.history.last().map(|(s, _)| *s).unwrap_or(0)
@@ -57,6 +69,8 @@ pub struct Executed {
     /// The command had been stored before; nothing new was appended.
     pub duplicate: bool,
     pub state: Option<Job>,
+    /// What this call appended, with sequences (empty for a duplicate).
+    pub appended: Vec<(u64, Envelope<JobEvent>)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -94,15 +108,34 @@ impl EventStore {
         cmd: JobCommand,
         ctx: &CommandContext,
     ) -> Result<Executed, ExecuteError> {
+        self.execute_job_on(id, None, cmd, ctx).await
+    }
+
+    /// As [`EventStore::execute_job`], deciding first against `known` (a history
+    /// the caller just loaded or built) instead of reading it again; a
+    /// concurrent change is detected by the expected sequence as always, and
+    /// then the job is reloaded. Saves the reads on the hot path (a new job, a
+    /// worker's start and finish).
+    pub async fn execute_job_on(
+        &self,
+        id: JobId,
+        known: Option<LoadedJob>,
+        cmd: JobCommand,
+        ctx: &CommandContext,
+    ) -> Result<Executed, ExecuteError> {
+        let mut known = known;
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let loaded = self.load_job(id).await?;
+            let loaded = match known.take() {
+                Some(l) => l,
+                None => self.load_job(id).await?,
+            };
             // A retried request whose events are already stored gets the
             // original answer, however long ago it was first made.
             let cause = *ctx.command_id.as_uuid();
             if let Some((seq, _)) = loaded.history.iter().rev().find(|(_, e)| e.causation_id == cause) {
-                return Ok(Executed { seq: *seq, duplicate: true, state: loaded.state });
+                return Ok(Executed { seq: *seq, duplicate: true, state: loaded.state, appended: Vec::new() });
             }
             let subject = match (&loaded.subject, &cmd) {
                 (Some(s), _) => s.clone(),
@@ -193,6 +226,7 @@ impl EventStore {
         let mut prev_hash = loaded.last_hash().to_owned();
         let mut state = loaded.state.clone();
         let mut duplicate = true;
+        let mut appended_events = Vec::new();
         let first_version = loaded.history.len() as u64 + 1;
         for (i, payload) in events.into_iter().enumerate() {
             let version = first_version + i as u64;
@@ -217,8 +251,9 @@ impl EventStore {
             let appended = self.append(subject, expected, &msg_id, bytes).await?;
             duplicate &= appended.duplicate;
             expected = appended.seq;
-            prev_hash = env.hash;
+            prev_hash = env.hash.clone();
+            appended_events.push((appended.seq, env));
         }
-        Ok(Executed { seq: expected, duplicate, state })
+        Ok(Executed { seq: expected, duplicate, state, appended: appended_events })
     }
 }

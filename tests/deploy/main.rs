@@ -8,7 +8,7 @@ use fetchml_tests::{free_port, repo_root};
 use std::path::Path;
 use std::process::Command;
 
-fn script(name: &str, home: &Path, api_port: u16, nats_port: u16) -> std::process::Output {
+fn script(name: &str, home: &Path, api_port: u16, nats_port: u16, db: &str) -> std::process::Output {
     let nats_dir = fetchml_tests::nats_server_binary().parent().unwrap().parent().unwrap().to_owned();
     Command::new(repo_root().join("deploy").join(name))
         .env("FETCHML_HOME", home)
@@ -18,6 +18,7 @@ fn script(name: &str, home: &Path, api_port: u16, nats_port: u16) -> std::proces
         .env("FETCHML_PROFILE", "dev")
         // deploy/test built the binaries; cargo's lock is held by this run.
         .env("FETCHML_SKIP_BUILD", "1")
+        .env("FETCHML_PG_DATABASE", db)
         .output()
         .unwrap()
 }
@@ -37,11 +38,23 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// Runs `down` if the test ends early, so a failed test leaves nothing running.
+struct DownOnDrop<'a>(&'a Path, u16, u16, &'a str);
+
+impl Drop for DownOnDrop<'_> {
+    fn drop(&mut self) {
+        let _ = script("down", self.0, self.1, self.2, self.3);
+    }
+}
+
 #[tokio::test]
 async fn up_then_down_leaves_nothing_of_ours_running() {
     let home = tempfile::tempdir().unwrap();
     let (api_port, nats_port) = (free_port(), free_port());
-    let up = script("up", home.path(), api_port, nats_port);
+    // A database of the test's own (up creates one if missing; this one is dropped after).
+    let db = fetchml_tests::fresh_database();
+    let _down = DownOnDrop(home.path(), api_port, nats_port, &db.name);
+    let up = script("up", home.path(), api_port, nats_port, &db.name);
     assert!(up.status.success(), "up failed: {}", String::from_utf8_lossy(&up.stderr));
     assert!(String::from_utf8_lossy(&up.stdout).contains(&format!("http://127.0.0.1:{api_port}")));
 
@@ -52,12 +65,12 @@ async fn up_then_down_leaves_nothing_of_ours_running() {
     let ready = reqwest::get(format!("http://127.0.0.1:{api_port}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
 
-    let again = script("up", home.path(), api_port, nats_port);
+    let again = script("up", home.path(), api_port, nats_port, &db.name);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
     assert_eq!(pids(home.path()), started, "a second up changed something");
 
-    let down = script("down", home.path(), api_port, nats_port);
+    let down = script("down", home.path(), api_port, nats_port, &db.name);
     assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
     for pid in &started {
         assert!(!alive(*pid), "pid {pid} still runs after down");

@@ -88,7 +88,7 @@ pub fn pg_server_url() -> String {
 pub struct TestDatabase {
     pub url: String,
     server: String,
-    name: String,
+    pub name: String,
 }
 
 /// Creates an empty database on `server` (a URL without a database).

@@ -70,6 +70,9 @@ pub struct Auth {
     throttle: Throttle,
     dummy: String,
     store: EventStore,
+    /// Bounds concurrent argon2 verifications (19 MiB and a core each): a burst
+    /// of first requests must not allocate gigabytes or starve the api.
+    verify_gate: tokio::sync::Semaphore,
 }
 
 impl Auth {
@@ -104,6 +107,9 @@ impl Auth {
             throttle: Throttle::new(settings.max_failures_per_minute, Duration::from_secs(60)),
             dummy,
             store,
+            verify_gate: tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4),
+            ),
         })
     }
 
@@ -172,16 +178,31 @@ impl Auth {
     }
 
     /// Verifies an API key (argon2 on a blocking thread, unless cached).
+    fn cached(&self, dir: &Directory, digest: &str) -> Option<Principal> {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let c = cache.get(digest)?;
+        if c.until > Instant::now() && dir.key(&c.key_id).is_some_and(|(u, _)| *u == c.user) {
+            dir.user(&c.user).cloned()
+        } else {
+            None
+        }
+    }
+
     async fn verify_key(&self, key: &str, source: &str, method: &str) -> Result<Principal, ApiError> {
         let dir = self.directory();
         let digest = sha256_hex(key);
-        if let Some(c) = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&digest)
-            && c.until > Instant::now()
-            && method == "api_key"
-            && dir.key(&c.key_id).is_some_and(|(u, _)| *u == c.user)
-            && let Some(p) = dir.user(&c.user)
+        if method == "api_key"
+            && let Some(p) = self.cached(&dir, &digest)
         {
-            return Ok(p.clone());
+            return Ok(p);
+        }
+        // One verification per core at a time; whoever waited re-checks the
+        // cache, so a burst of requests with one new key costs one argon2 run.
+        let _permit = self.verify_gate.acquire().await.map_err(|e| ApiError::Internal(e.into()))?;
+        if method == "api_key"
+            && let Some(p) = self.cached(&dir, &digest)
+        {
+            return Ok(p);
         }
         let Some(parsed) = ParsedKey::parse(key) else {
             return Err(self.fail(None, method, source, "malformed key"));

@@ -75,6 +75,14 @@ impl Application {
         let index = JobIndex::spawn(store.clone(), stop.clone());
         let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
         let pg = fetchml_projections::pool(&settings.postgres.url)?;
+        // Create the read-model tables now if Postgres answers, so the first
+        // queries do not race the projector; if it does not, the projector
+        // migrates when it comes back (commands never wait for Postgres).
+        match tokio::time::timeout(Duration::from_secs(5), fetchml_projections::migrate(&pg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "read models not migrated yet (Postgres unavailable?)"),
+            Err(_) => tracing::warn!("read models not migrated yet: Postgres did not answer within 5 s"),
+        }
         let read_your_writes = Duration::from_millis(settings.api.read_your_writes_ms);
         Ok(Self { listener, state: AppState { store, nats, index, auth, pg, read_your_writes }, settings, stop })
     }

@@ -85,49 +85,83 @@ pub async fn run(store: EventStore, stop: CancellationToken) -> Result<(), Dispa
                 _ = stop.cancelled() => return Ok(()),
                 n = messages.next() => n,
             };
-            let Some(msg) = next else { break };
-            let msg = match msg {
-                Ok(m) => m,
-                Err(e) => {
-                    tracing::warn!(error = %e, "pull failed; resubscribing");
-                    break;
+            let Some(first) = next else { break };
+            // Take whatever else is already here, so that tickets are published
+            // pipelined (in order) and their acks awaited together.
+            let mut batch = vec![first];
+            while batch.len() < 256 {
+                match futures::FutureExt::now_or_never(messages.next()) {
+                    Some(Some(m)) => batch.push(m),
+                    _ => break,
                 }
-            };
+            }
+            let mut ok_msgs = Vec::with_capacity(batch.len());
+            let mut failed = false;
+            for m in batch {
+                match m {
+                    Ok(m) => ok_msgs.push(m),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "pull failed; resubscribing");
+                        failed = true;
+                    }
+                }
+            }
             backoff = Duration::from_millis(100);
-            let seq = match msg.info() {
-                Ok(i) => i.stream_sequence,
-                Err(e) => {
-                    tracing::warn!(error = %e, "message without metadata; skipping");
-                    continue;
-                }
-            };
-            let stored = StoredEvent { seq, subject: msg.subject.to_string(), payload: msg.payload.clone() };
-            match handle(&js, &store, &stored).await {
+            match dispatch_batch(&js, &store, &ok_msgs).await {
                 Ok(()) => {
-                    if let Err(e) = msg.ack().await {
-                        // Redelivered later; the ticket id makes that harmless.
-                        tracing::warn!(error = %e, seq, "ack to EVENTS failed");
+                    for m in &ok_msgs {
+                        if let Err(e) = m.ack().await {
+                            // Redelivered later; the ticket id makes that harmless.
+                            tracing::warn!(error = %e, "ack to EVENTS failed");
+                        }
                     }
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, seq, "dispatch failed; will be redelivered");
-                    let _ = msg.ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                    tracing::warn!(error = %e, "dispatch failed; the batch will be redelivered");
+                    for m in &ok_msgs {
+                        let _ = m.ack_with(jetstream::AckKind::Nak(Some(Duration::from_millis(500)))).await;
+                    }
                 }
+            }
+            if failed {
+                break;
             }
         }
     }
     Ok(())
 }
 
-/// Publishes a ticket for `event` if it asks for a worker.
-async fn handle(js: &jetstream::Context, store: &EventStore, event: &StoredEvent) -> Result<(), StoreError> {
+/// Publishes the tickets a batch of events asks for, in order, pipelined.
+async fn dispatch_batch(js: &jetstream::Context, store: &EventStore, msgs: &[jetstream::Message]) -> Result<(), StoreError> {
+    let mut acks = Vec::new();
+    for msg in msgs {
+        let seq = match msg.info() {
+            Ok(i) => i.stream_sequence,
+            Err(e) => {
+                tracing::warn!(error = %e, "message without metadata; skipping");
+                continue;
+            }
+        };
+        let stored = StoredEvent { seq, subject: msg.subject.to_string(), payload: msg.payload.clone() };
+        if let Some((spec, ticket)) = ticket_for(store, &stored).await? {
+            acks.push(send_ticket(js, store.subjects(), &spec, &ticket, &ticket.msg_id()).await?);
+        }
+    }
+    for ack in acks {
+        ack.await.map_err(StoreError::unavailable_from)?;
+    }
+    Ok(())
+}
+
+/// The ticket `event` asks for, if any.
+async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(JobSpec, DispatchTicket)>, StoreError> {
     let envelope = match event.decode::<JobEvent>() {
         Ok(e) => e,
         Err(e) => {
             // A malformed event cannot become valid by retrying; it is in the
             // audit log for a human to see.
             tracing::error!(error = %e, seq = event.seq, "undecodable job event; not dispatched");
-            return Ok(());
+            return Ok(None);
         }
     };
     let job_id: JobId = envelope
@@ -143,20 +177,34 @@ async fn handle(js: &jetstream::Context, store: &EventStore, event: &StoredEvent
             };
             let loaded = store.load_job(job_id).await?;
             let last_seq = loaded.last_seq();
-            let Some(job) = loaded.state else { return Ok(()) };
+            let Some(job) = loaded.state else { return Ok(None) };
             // A later event already moved the job on (cancelled, started):
             // the ticket would only be acknowledged unused.
             if last_seq != event.seq && !job.status.is_waiting() {
-                return Ok(());
+                return Ok(None);
             }
             (job.spec, nb.or(job.not_before))
         }
-        _ => return Ok(()),
+        _ => return Ok(None),
     };
     let ticket = DispatchTicket { job_id, job_subject: event.subject.clone(), cause_seq: event.seq, not_before, takeover: false };
-    publish_ticket(js, store.subjects(), &spec, &ticket, &ticket.msg_id()).await?;
-    tracing::debug!(job = %job_id, seq = event.seq, "dispatched");
-    Ok(())
+    Ok(Some((spec, ticket)))
+}
+
+/// Sends `ticket` to the job's queue subject, deduplicated by `msg_id`; the
+/// returned future resolves when JetStream has stored it.
+async fn send_ticket(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    spec: &JobSpec,
+    ticket: &DispatchTicket,
+    msg_id: &str,
+) -> Result<jetstream::context::PublishAckFuture, StoreError> {
+    let body = serde_json::to_vec(ticket).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let subject = subjects.dispatch(&spec.pool, spec.priority, &label_key(&spec.labels), ticket.job_id);
+    js.send_publish(subject, PublishMessage::build().payload(Bytes::from(body)).message_id(msg_id))
+        .await
+        .map_err(StoreError::unavailable_from)
 }
 
 /// Stores `ticket` on the job's queue subject, deduplicated by `msg_id`.

@@ -40,7 +40,7 @@ use fetchml_events::job::{FailureClass, JobCommand, JobRejection, JobStatus, Met
 use fetchml_events::subject::served_label_keys;
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, JobId, WorkerId};
-use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, HEARTBEAT, StartAt, StoreError, WorkerRecord, open_registry};
+use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, HEARTBEAT, StoreError, WorkerRecord, open_registry};
 use fetchml_runtime::Settings;
 use fetchml_runtime::settings::WorkerSettings;
 use futures::StreamExt;
@@ -319,7 +319,7 @@ impl Worker {
                 return;
             }
         };
-        let Some(state) = loaded.state else {
+        let Some(state) = loaded.state.clone() else {
             tracing::error!(job = %job_id, "ticket for a job with no history; dropping it");
             let _ = msg.ack_with(AckKind::Term).await;
             return;
@@ -336,7 +336,7 @@ impl Worker {
                     reason: format!("worker lost: lease of attempt {} expired", state.attempt),
                 };
                 tracing::warn!(job = %job_id, attempt = state.attempt, "lease expired; recording the lost attempt");
-                self.record_outcome(job_id, state.attempt, outcome, Metrics::new(), &actor).await;
+                self.record_outcome(job_id, state.attempt, outcome, Metrics::new(), &actor, Some(loaded)).await;
             }
             // Otherwise a duplicate ticket while the attempt runs elsewhere.
             let _ = msg.double_ack().await;
@@ -354,8 +354,20 @@ impl Worker {
             }
         }
         let attempt = state.attempt + 1;
+        let Some(subject) = loaded.subject.clone() else { return };
+        // Watch the job's subject before claiming it, so that no event after
+        // our start can slip by unseen (a core subscription: no server state).
+        let watch_sub = match self.nats.subscribe(subject.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                retry_later("cannot watch job", &e);
+                let _ = msg.ack_with(AckKind::Nak(Some(Duration::from_secs(1)))).await;
+                return;
+            }
+        };
         let start = JobCommand::Start { attempt, worker: self.id, at: chrono::Utc::now() };
-        let started = match self.store.execute_job(job_id, start, &CommandContext::new(actor.clone())).await {
+        let ctx = CommandContext::new(actor.clone());
+        let started = match self.store.execute_job_on(job_id, Some(loaded.clone()), start, &ctx).await {
             Ok(done) => done,
             Err(ExecuteError::Rejected(JobRejection::NotYet(nb))) => {
                 let wait = (nb - chrono::Utc::now()).to_std().unwrap_or(Duration::from_millis(100));
@@ -374,11 +386,15 @@ impl Worker {
             }
         };
         tracing::info!(job = %job_id, attempt, "started");
+        let mut current = loaded;
+        for (seq, env) in started.appended {
+            current = current.with(seq, env);
+        }
 
         let fenced = CancellationToken::new();
         let cancel = kill.child_token();
-        let lease = keep_lease(msg.clone(), Duration::from_secs(self.settings.lease_secs) / 3, cancel.clone());
-        let watch = self.watch_job(job_id, started.seq, fenced.clone(), cancel.clone());
+        let lease = self.keep_lease(msg.clone(), subject.clone(), started.seq, fenced.clone(), cancel.clone());
+        let watch = watch_job(watch_sub, job_id, ctx.command_id, fenced.clone(), cancel.clone());
         let (log_tx, log_rx) = mpsc::channel(1024);
         let forward = progress::forward(
             self.store.jetstream().clone(),
@@ -414,7 +430,7 @@ impl Worker {
                     reason: "worker stopped before the job finished".into(),
                 };
             }
-            self.record_outcome(job_id, attempt, outcome, metrics, &actor).await;
+            self.record_outcome(job_id, attempt, outcome, metrics, &actor, Some(current)).await;
         }
         cancel.cancel();
         lease.abort();
@@ -425,27 +441,54 @@ impl Worker {
         }
     }
 
-    /// Stops the attempt as soon as the job's log shows an event this attempt
-    /// did not write (a cancel, or a takeover): it is fenced out.
-    fn watch_job(&self, job: JobId, after_seq: u64, fenced: CancellationToken, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Renews the ticket's lease every third of it until `done`; at each
+    /// renewal also checks that the job's subject has nothing newer than our
+    /// start (a backstop for a watch message lost in a reconnect).
+    fn keep_lease(
+        &self,
+        msg: jetstream::Message,
+        subject: String,
+        started_seq: u64,
+        fenced: CancellationToken,
+        done: CancellationToken,
+    ) -> tokio::task::JoinHandle<()> {
+        let every = Duration::from_secs(self.settings.lease_secs) / 3;
         let store = self.store.clone();
         tokio::spawn(async move {
-            let filter = store.subjects().job_by_id(job);
-            let Ok(mut events) = store.read(&filter, StartAt::Sequence(after_seq + 1)).await else {
-                tracing::warn!(job = %job, "cannot watch job for cancel");
-                return;
-            };
-            if let Some(Ok(ev)) = events.next().await {
-                tracing::info!(job = %job, seq = ev.seq, "job changed under the running attempt; stopping it");
-                fenced.cancel();
-                cancel.cancel();
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = done.cancelled() => return,
+                    _ = tick.tick() => {
+                        if let Err(e) = msg.ack_with(AckKind::Progress).await {
+                            tracing::warn!(error = %e, "lease renewal failed");
+                        }
+                        if let Ok(Some(last)) = store.last_on_subject(&subject).await
+                            && last.seq > started_seq
+                        {
+                            tracing::info!(subject, seq = last.seq, "job changed under the running attempt; stopping it");
+                            fenced.cancel();
+                            done.cancel();
+                            return;
+                        }
+                    }
+                }
             }
         })
     }
 
     /// Records how the attempt ended, retrying while NATS is unreachable. The
     /// command id stays the same across retries, so it is stored once.
-    async fn record_outcome(&self, job: JobId, attempt: u32, outcome: Outcome, metrics: Metrics, actor: &Actor) {
+    async fn record_outcome(
+        &self,
+        job: JobId,
+        attempt: u32,
+        outcome: Outcome,
+        metrics: Metrics,
+        actor: &Actor,
+        mut known: Option<fetchml_eventstore::LoadedJob>,
+    ) {
         let ctx = CommandContext::new(actor.clone());
         let jitter = jitter_permille();
         let mut backoff = Duration::from_millis(100);
@@ -457,7 +500,7 @@ impl Worker {
                 at: ctx.now,
                 jitter_permille: jitter,
             };
-            match self.store.execute_job(job, cmd, &ctx).await {
+            match self.store.execute_job_on(job, known.take(), cmd, &ctx).await {
                 Ok(done) => {
                     let status = done.state.map(|s| s.status.as_str()).unwrap_or("?");
                     tracing::info!(job = %job, attempt, status, "finished");
@@ -497,19 +540,28 @@ fn queue_of(subject: &str, served: &BTreeSet<String>) -> Option<QueueKey> {
     served.contains(lk).then(|| (Reverse(prio), lk.to_owned()))
 }
 
-/// Renews the ticket's lease until `done`.
-fn keep_lease(msg: jetstream::Message, every: Duration, done: CancellationToken) -> tokio::task::JoinHandle<()> {
+/// Stops the attempt at the first event on the job's subject that is not our
+/// own start: a cancel, or a takeover. Our own `Finish` comes after this watch
+/// is gone.
+fn watch_job(
+    mut sub: async_nats::Subscriber,
+    job: JobId,
+    our_start: fetchml_events::CommandId,
+    fenced: CancellationToken,
+    cancel: CancellationToken,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                _ = done.cancelled() => return,
-                _ = tick.tick() => {
-                    if let Err(e) = msg.ack_with(AckKind::Progress).await {
-                        tracing::warn!(error = %e, "lease renewal failed");
-                    }
-                }
+        let ours = our_start.to_string();
+        while let Some(m) = sub.next().await {
+            let mine = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                .ok()
+                .and_then(|v| v.get("causation_id").and_then(|c| c.as_str()).map(|c| c.replace('-', "") == ours.replace('-', "")))
+                .unwrap_or(false);
+            if !mine {
+                tracing::info!(job = %job, "job changed under the running attempt; stopping it");
+                fenced.cancel();
+                cancel.cancel();
+                return;
             }
         }
     })

@@ -98,15 +98,19 @@ pub async fn submit(
     let mut ctx = CommandContext::new(Actor::User { name: owner.clone() });
     // The same owner and key always mean the same job and the same command,
     // so a retried submit is stored once and answered the same.
-    let id = match idempotency_key(&headers)? {
+    let (id, known) = match idempotency_key(&headers)? {
         Some(key) => {
             let id = JobId::from_idempotency_key(&owner, &key);
             ctx.command_id = CommandId::from_uuid(*id.as_uuid());
-            id
+            (id, None)
         }
-        None => JobId::new(),
+        // A fresh UUIDv7 has no history: no need to read it.
+        None => {
+            let id = JobId::new();
+            (id, Some(LoadedJob::new_job(id)))
+        }
     };
-    let done = state.store.execute_job(id, JobCommand::Queue { owner, spec }, &ctx).await?;
+    let done = state.store.execute_job_on(id, known, JobCommand::Queue { owner, spec }, &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
 }
 
