@@ -37,6 +37,12 @@ struct Args {
     /// Smaller counts, for a quick look.
     #[arg(long)]
     quick: bool,
+    /// A PostgreSQL server (no database: the bench creates and drops its own).
+    #[arg(long, default_value = "postgres://postgres@127.0.0.1:5432")]
+    pg: String,
+    /// Events to rebuild the read models from (default 1,000,000; 100,000 with --quick).
+    #[arg(long)]
+    rebuild_events: Option<usize>,
 }
 
 /// A child process killed on drop.
@@ -86,7 +92,6 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
 /// Everything the run found, printed as a table and written as JSON.
 #[derive(Default)]
 struct Report {
-    rows: Vec<(String, f64, String, Option<(String, f64)>)>,
     json: serde_json::Map<String, Value>,
 }
 
@@ -97,12 +102,13 @@ impl Report {
             limit.map(|(n, l)| format!("{:>6.1}% of {n}", 100.0 * value / l)).unwrap_or_default()
         );
         self.json.insert(key.to_owned(), json!({"value": value, "unit": unit, "ratio_to": limit.map(|(n, l)| json!({"limit": n, "ratio": value / l}))}));
-        self.rows.push((key.into(), value, unit.into(), limit.map(|(n, l)| (n.to_owned(), l))));
     }
 }
 
 struct Env {
     args: Args,
+    /// The bench's own database.
+    pg_url: String,
     /// A researcher's API key and the users file that holds it.
     key: String,
     users_file: tempfile::NamedTempFile,
@@ -125,6 +131,7 @@ impl Env {
             .env("FETCHML_NATS__URL", &self.nats_url)
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
+            .env("FETCHML_POSTGRES__URL", &self.pg_url)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -185,14 +192,31 @@ async fn main() -> anyhow::Result<()> {
         users_file.path(),
         format!("users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n", k.key_id, k.hash),
     )?;
-    let env = Env { args, key: k.key, users_file, nats_url, _nats: nats, _store: store, client };
+    let db_name = format!("fetchml_bench_{}", std::process::id());
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg)).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut c).await?;
+    }
+    let pg_url = format!("{}/{db_name}", args.pg);
+    let env = Env { pg_url, args, key: k.key, users_file, nats_url, _nats: nats, _store: store, client };
+    let result = run(&env).await;
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.args.pg)).await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))).execute(&mut c).await?;
+    }
+    result
+}
+
+async fn run(env: &Env) -> anyhow::Result<()> {
     let mut r = Report::default();
     let quick = env.args.quick;
     println!("machine: {} cores; nats-server {}", num_cpus(), env.client.server_info().version);
     println!("{:<48} {:>12} {:<8} ratio", "figure", "value", "unit");
 
     // ---- 1. The limit: raw JetStream with fetchml-sized messages.
-    let (seq_rate, pipe_rate, consume_rate) = raw_jetstream(&env, if quick { 20_000 } else { 100_000 }).await?;
+    let (seq_rate, pipe_rate, consume_rate) = raw_jetstream(env, if quick { 20_000 } else { 100_000 }).await?;
     r.add("limit: raw publish, one at a time", seq_rate, "msg/s", None);
     r.add("limit: raw publish, pipelined", pipe_rate, "msg/s", None);
     r.add("limit: raw pull-consume with acks", consume_rate, "msg/s", None);
@@ -253,13 +277,22 @@ async fn main() -> anyhow::Result<()> {
         let ws: Vec<Proc> = (0..2).map(|_| env.worker(&ns, 64, root.path())).collect();
         tokio::time::sleep(Duration::from_millis(500)).await;
         let secs = if quick { 4.0 } else { 10.0 };
-        let lat = queue_to_start(&env, &ns, &url, rate, secs).await?;
+        let lat = queue_to_start(env, &ns, &url, rate, secs).await?;
         r.add(&format!("queue-to-start p50 at {label}"), pct(&lat, 0.5), "ms", None);
         r.add(&format!("queue-to-start p99 at {label}"), pct(&lat, 0.99), "ms", None);
         r.add(&format!("queue-to-start p999 at {label}"), pct(&lat, 0.999), "ms", None);
         drop(ws);
         drop(api);
     }
+
+    // ---- 5. Projection: raw COPY (the limit) and a rebuild from sequence 1.
+    let copy_rows = if quick { 100_000 } else { 500_000 };
+    let copy_rate = raw_copy(&env.pg_url, copy_rows).await?;
+    r.add("limit: raw Postgres COPY, job-sized rows", copy_rate, "rows/s", None);
+    let n_events = env.args.rebuild_events.unwrap_or(if quick { 100_000 } else { 1_000_000 });
+    let (append_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
+    r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
+    r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
 
     // ---- 8. Cancel: request to process gone.
     {
@@ -520,4 +553,95 @@ fn processes_with(marker: &str) -> usize {
                     .is_ok_and(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
         })
         .count()
+}
+
+/// COPY of `n` rows shaped like `admin_jobs` rows into a scratch table.
+async fn raw_copy(pg_url: &str, n: usize) -> anyhow::Result<f64> {
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(pg_url).await?;
+    sqlx::query(
+        "CREATE TABLE bench_copy (id uuid, owner text, state text, attempt int, pool text, priority smallint,
+            labels text[], experiment text, tags jsonb, command jsonb, env jsonb, spec jsonb, metrics jsonb,
+            created_at timestamptz, updated_at timestamptz, last_seq bigint)",
+    )
+    .execute(&mut c)
+    .await?;
+    let now = chrono::Utc::now().to_rfc3339();
+    let mut buf = String::with_capacity(n * 400);
+    for i in 0..n {
+        buf.push_str(&format!(
+            "{}\tresearcher1\tsucceeded\t1\tdefault\t5\t{{}}\t\\N\t{{}}\t[\"python\",\"train.py\"]\t{{}}\t{{\"command\":[\"python\",\"train.py\"],\"pool\":\"default\",\"priority\":5}}\t{{}}\t{now}\t{now}\t{i}\n",
+            uuid::Uuid::now_v7()
+        ));
+    }
+    let t0 = Instant::now();
+    let mut copy = c.copy_in_raw("COPY bench_copy FROM STDIN").await?;
+    copy.send(buf.into_bytes()).await?;
+    copy.finish().await?;
+    let rate = n as f64 / t0.elapsed().as_secs_f64();
+    sqlx::query("DROP TABLE bench_copy").execute(&mut c).await?;
+    Ok(rate)
+}
+
+/// Appends `n` sealed job events (queued, started, succeeded per job) to a
+/// namespace, pipelined, then rebuilds the read models from sequence 1.
+async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
+    use fetchml_events::job::{JobEvent, JobSpec, Metrics};
+    use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent, UserName, WorkerId};
+    let ns = fetchml_events::ids::Namespace::parse("brebuild")?;
+    let subjects = fetchml_events::subject::Subjects::new(ns);
+    let store = fetchml_eventstore::EventStore::open(env.client.clone(), subjects.clone(), &fetchml_eventstore::StreamSettings::default()).await?;
+    let js = store.jetstream().clone();
+    let owner = UserName::parse("researcher1")?;
+    let worker = WorkerId::new();
+    let mut spec = JobSpec::command(["python", "train.py"]);
+    spec.experiment = Some("bench".into());
+    let t0 = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    let mut written = 0;
+    while written < n {
+        let id = JobId::new();
+        let subject = subjects.job(&owner, &spec.pool, id);
+        let mut prev = fetchml_events::hash::GENESIS.to_owned();
+        let events = [
+            JobEvent::JobQueued { owner: owner.clone(), spec: spec.clone() },
+            JobEvent::JobStarted { attempt: 1, worker },
+            JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: Metrics::new() },
+        ];
+        for (i, payload) in events.into_iter().enumerate() {
+            if written >= n {
+                break;
+            }
+            let env = Envelope::seal(
+                NewEvent {
+                    aggregate_id: id.to_string(),
+                    aggregate_version: i as u64 + 1,
+                    occurred_at: chrono::Utc::now(),
+                    actor: Actor::User { name: owner.clone() },
+                    command_id: CommandId::new(),
+                    correlation_id: uuid::Uuid::nil(),
+                    payload,
+                },
+                &prev,
+            )?;
+            prev = env.hash.clone();
+            // No expected-sequence header: the bench owns the subject.
+            inflight.push(std::future::IntoFuture::into_future(js.publish(subject.clone(), Bytes::from(env.to_bytes()?)).await?));
+            if inflight.len() >= 1024 {
+                inflight.next().await.unwrap()?;
+            }
+            written += 1;
+        }
+    }
+    while let Some(a) = inflight.next().await {
+        a?;
+    }
+    let append_rate = n as f64 / t0.elapsed().as_secs_f64();
+    // The earlier figures' apis used this database too; the rebuild replaces
+    // their tables with this namespace's, which is fine for a benchmark.
+    let pool = sqlx::PgPool::connect(&env.pg_url).await?;
+    let t0 = Instant::now();
+    let done = fetchml_projections::rebuild(&pool, &store).await?;
+    let rebuild_rate = done as f64 / t0.elapsed().as_secs_f64();
+    Ok((append_rate, rebuild_rate))
 }

@@ -241,7 +241,7 @@ pub async fn rebuild(pool: &PgPool, store: &EventStore) -> Result<u64, Projectio
         .await?;
     let target = (live_cp.unwrap_or(0) as u64).max(done);
     if target > done {
-        done = project_range(&mut *tx, store, done + 1, target).await?;
+        done = project_range(&mut tx, store, done + 1, target).await?;
     }
     for t in TABLES {
         sqlx::query(AssertSqlSafe(format!("DROP TABLE public.{t}"))).execute(&mut *tx).await?;
