@@ -85,9 +85,20 @@ pub enum ExecuteError {
 const MAX_CONFLICT_RETRIES: usize = 8;
 
 impl EventStore {
-    /// Loads a job's history and folds it.
+    /// Loads a job's history and folds it. Prefer [`EventStore::load_job_at`]
+    /// when the subject is known: a filter with wildcards in front
+    /// (`<ns>.ev.job.*.*.<id>`) makes the server search its subject index.
     pub async fn load_job(&self, id: JobId) -> Result<LoadedJob, StoreError> {
-        let stored = self.load(&self.subjects().job_by_id(id)).await?;
+        self.load_job_from(id, &self.subjects().job_by_id(id)).await
+    }
+
+    /// Loads a job's history from its exact subject (a direct lookup).
+    pub async fn load_job_at(&self, id: JobId, subject: &str) -> Result<LoadedJob, StoreError> {
+        self.load_job_from(id, subject).await
+    }
+
+    async fn load_job_from(&self, id: JobId, filter: &str) -> Result<LoadedJob, StoreError> {
+        let stored = self.load(filter).await?;
         let subject = stored.first().map(|e| e.subject.clone());
         let mut history = Vec::with_capacity(stored.len());
         let mut state = None;

@@ -210,6 +210,56 @@ impl EventStore {
         }
     }
 
+    /// Reads `stream` (the EVENTS or PROGRESS stream of this namespace) for
+    /// subjects matching any of `filters`, from `start` on, then follows it.
+    /// Ordered: no gaps, no duplicates; replay turns into the live tail with no
+    /// seam because it is one consumer.
+    pub async fn read_stream(
+        &self,
+        stream: &str,
+        filters: Vec<String>,
+        start: StartAt,
+    ) -> Result<impl Stream<Item = Result<StoredEvent, StoreError>> + use<>, StoreError> {
+        let deliver_policy = match start {
+            StartAt::Beginning => DeliverPolicy::All,
+            StartAt::Sequence(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
+            StartAt::Time(t) => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(t.timestamp_nanos_opt().unwrap_or(0).into())
+                    .map_err(|e| StoreError::Invalid(format!("start time: {e}")))?,
+            },
+            StartAt::New => DeliverPolicy::New,
+        };
+        let s = self.js.get_stream_no_info(stream).await.map_err(StoreError::unavailable)?;
+        let (filter_subject, filter_subjects) =
+            if filters.len() == 1 { (filters[0].clone(), Vec::new()) } else { (String::new(), filters) };
+        let consumer = s
+            .create_consumer(OrderedConfig { filter_subject, filter_subjects, deliver_policy, ..Default::default() })
+            .await
+            .map_err(StoreError::unavailable)?;
+        let messages = consumer.messages().await.map_err(StoreError::unavailable)?;
+        Ok(messages.map(|m| {
+            let m = m.map_err(StoreError::unavailable)?;
+            let seq = m.info().map_err(StoreError::unavailable)?.stream_sequence;
+            Ok(StoredEvent { seq, subject: m.subject.to_string(), payload: m.payload.clone() })
+        }))
+    }
+
+    /// The sequence of the last PROGRESS message on exactly `subject`, if any.
+    pub async fn last_on_progress_subject(&self, subject: &str) -> Result<Option<u64>, StoreError> {
+        let s = self.js.get_stream_no_info(self.subjects.progress_stream()).await.map_err(StoreError::unavailable)?;
+        match s.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
+    /// The sequence of the last message in `stream` (0 when empty).
+    pub async fn stream_last_sequence(&self, stream: &str) -> Result<u64, StoreError> {
+        let s = self.js.get_stream_no_info(stream).await.map_err(StoreError::unavailable)?;
+        Ok(s.get_info().await.map_err(StoreError::unavailable)?.state.last_sequence)
+    }
+
     /// The sequence of the last event in the log (0 when empty). Readiness and
     /// read-your-writes use it.
     pub async fn last_sequence(&self) -> Result<u64, StoreError> {

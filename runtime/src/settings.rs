@@ -33,6 +33,41 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub postgres: PostgresSettings,
     pub auth: AuthSettings,
+    pub streaming: StreamingSettings,
+}
+
+/// Limits of `GET /v1/stream` connections.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StreamingSettings {
+    /// Messages buffered per connection; a client further behind is cut off (4008).
+    pub buffer: usize,
+    /// A frame not written within this is a client too slow (4008).
+    pub send_timeout_ms: u64,
+    pub ping_secs: u64,
+    /// No frame from the client for this long closes the connection (4009).
+    pub idle_secs: u64,
+    pub max_subscriptions: usize,
+    /// Largest client message; larger ones get a `message_too_large` error.
+    pub max_message_bytes: usize,
+    pub max_connections_per_user: usize,
+    /// `GET /v1/jobs?as_of_seq=` replays at most this many events.
+    pub as_of_max_events: u64,
+}
+
+impl Default for StreamingSettings {
+    fn default() -> Self {
+        Self {
+            buffer: 4096,
+            send_timeout_ms: 5000,
+            ping_secs: 20,
+            idle_secs: 60,
+            max_subscriptions: 32,
+            max_message_bytes: 64 * 1024,
+            max_connections_per_user: 16,
+            as_of_max_events: 1_000_000,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

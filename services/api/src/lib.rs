@@ -7,7 +7,8 @@
 
 pub mod auth;
 mod error;
-mod routes;
+pub(crate) mod routes;
+pub mod stream;
 
 pub use error::ApiError;
 
@@ -32,6 +33,12 @@ pub struct AppState {
     /// The read models (connects lazily: commands work while Postgres is down).
     pub pg: sqlx::PgPool,
     pub read_your_writes: Duration,
+    pub stream_limits: stream::session::Limits,
+    pub max_stream_connections: usize,
+    pub stream_connections: stream::ConnectionCount,
+    pub as_of_max_events: u64,
+    /// Cancelled when the api stops (stream sessions close with 1001).
+    pub shutdown: CancellationToken,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -84,7 +91,29 @@ impl Application {
             Err(_) => tracing::warn!("read models not migrated yet: Postgres did not answer within 5 s"),
         }
         let read_your_writes = Duration::from_millis(settings.api.read_your_writes_ms);
-        Ok(Self { listener, state: AppState { store, nats, index, auth, pg, read_your_writes }, settings, stop })
+        let st = &settings.streaming;
+        let stream_limits = stream::session::Limits {
+            max_subscriptions: st.max_subscriptions,
+            buffer: st.buffer,
+            send_timeout: Duration::from_millis(st.send_timeout_ms),
+            ping_every: Duration::from_secs(st.ping_secs.max(1)),
+            idle_timeout: Duration::from_secs(st.idle_secs.max(1)),
+            max_message_bytes: st.max_message_bytes,
+        };
+        let state = AppState {
+            store,
+            nats,
+            index,
+            auth,
+            pg,
+            read_your_writes,
+            stream_limits,
+            max_stream_connections: st.max_connections_per_user,
+            stream_connections: stream::ConnectionCount::default(),
+            as_of_max_events: st.as_of_max_events,
+            shutdown: stop.clone(),
+        };
+        Ok(Self { listener, state, settings, stop })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

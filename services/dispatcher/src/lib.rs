@@ -175,7 +175,7 @@ async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(J
                 JobEvent::JobRetryScheduled { not_before, .. } => Some(*not_before),
                 _ => None,
             };
-            let loaded = store.load_job(job_id).await?;
+            let loaded = store.load_job_at(job_id, &event.subject).await?;
             let last_seq = loaded.last_seq();
             let Some(job) = loaded.state else { return Ok(None) };
             // A later event already moved the job on (cancelled, started):

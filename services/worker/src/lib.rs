@@ -311,7 +311,7 @@ impl Worker {
         let retry_later = |why: &str, e: &dyn std::fmt::Display| {
             tracing::warn!(job = %job_id, error = %e, "{why}; retrying later");
         };
-        let loaded = match self.store.load_job(job_id).await {
+        let loaded = match self.store.load_job_at(job_id, &ticket.job_subject).await {
             Ok(l) => l,
             Err(e) => {
                 retry_later("cannot load job", &e);

@@ -54,7 +54,7 @@ async fn authorize_command(
     own: &'static str,
     all: &'static str,
 ) -> Result<(), ApiError> {
-    let loaded = state.store.load_job(id).await?;
+    let loaded = load(state, id).await?;
     let Some(job) = loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
     if caller.may(all) || (caller.may(own) && caller.name() == &job.owner) {
         return Ok(());
@@ -77,6 +77,15 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
             ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"))
         })?;
     Ok(Some(key.to_owned()))
+}
+
+/// Loads a job, by its exact subject when the index knows it (fast), else by
+/// a wildcard search.
+pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
+    Ok(match state.index.get(id) {
+        Some(j) => state.store.load_job_at(id, &j.subject).await?,
+        None => state.store.load_job(id).await?,
+    })
 }
 
 fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
@@ -122,7 +131,7 @@ pub async fn get_job(
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&raw_id)?;
-    let loaded = state.store.load_job(id).await?;
+    let loaded = load(&state, id).await?;
     let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
     let view = match access(&state, &caller, &job.owner) {
         Access::Full => job_view(&loaded),
@@ -161,7 +170,7 @@ pub async fn job_events(
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&raw_id)?;
-    let loaded = state.store.load_job(id).await?;
+    let loaded = load(&state, id).await?;
     let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
     match access(&state, &caller, &job.owner) {
         Access::Full => {}
@@ -274,7 +283,10 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    let known = ["state", "owner", "pool", "experiment", "tag", "created_after", "created_before", "sort", "limit", "cursor", "after_seq"];
+    let known = [
+        "state", "owner", "pool", "experiment", "tag", "created_after", "created_before", "sort", "limit", "cursor", "after_seq",
+        "as_of_seq", "as_of",
+    ];
     if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}")));
     }
@@ -321,10 +333,99 @@ pub async fn list(
         limit,
         after: after.map(|(t, id)| (t, *id.as_uuid())),
     };
+    if q.contains_key("as_of_seq") || q.contains_key("as_of") {
+        return as_of(&state, &scope, &q, &filter).await;
+    }
     read_your_writes(&state, &q).await?;
     let (items, next) = fetchml_projections::queries::list_jobs(&state.pg, &scope, &filter).await?;
     let next = next.map(|(t, id)| make_cursor((t, JobId::from_uuid(id))));
     Ok(Json(json!({ "items": items, "next": next })))
+}
+
+/// `GET /v1/jobs?as_of_seq=N` (or `as_of=TIME`): the job list as it was then,
+/// folded from the log from sequence 1 up to N. The cost is one pass over at
+/// most `streaming.as_of_max_events` events (a larger N is refused), and the
+/// result is filtered and redacted by the caller's role like the live list.
+async fn as_of(state: &AppState, scope: &Scope, q: &HashMap<String, String>, f: &JobFilter) -> Result<Json<Value>, ApiError> {
+    use fetchml_events::job::{JobEvent, evolve};
+    use futures::StreamExt;
+    let bad = |msg: &str| ApiError::bad_request("invalid_parameter", msg.to_owned());
+    let head = state.store.last_sequence().await?;
+    let (upto, until) = match (q.get("as_of_seq"), q.get("as_of")) {
+        (Some(n), None) => (n.parse::<u64>().map_err(|_| bad("as_of_seq: not a sequence"))?.min(head), None),
+        (None, Some(t)) => (head, Some(t.parse::<DateTime<Utc>>().map_err(|_| bad("as_of: not an RFC 3339 time"))?)),
+        _ => return Err(bad("give as_of_seq or as_of, not both")),
+    };
+    if upto > state.as_of_max_events {
+        return Err(ApiError::bad_request(
+            "as_of_too_far",
+            format!("as_of replays at most {} events; this needs {upto}", state.as_of_max_events),
+        ));
+    }
+    let mut jobs: HashMap<JobId, (fetchml_events::job::Job, DateTime<Utc>, u64)> = HashMap::new();
+    let mut reached = 0;
+    if upto > 0 {
+        let subjects = state.store.subjects();
+        let mut events =
+            state.store.read_stream(&subjects.events_stream(), vec![subjects.all_job_events()], fetchml_eventstore::StartAt::Beginning).await?;
+        while let Some(ev) = events.next().await {
+            let ev = ev?;
+            if ev.seq > upto {
+                break;
+            }
+            if let Ok(env) = ev.decode::<JobEvent>() {
+                if until.is_some_and(|t| env.occurred_at > t) {
+                    break;
+                }
+                if let Ok(id) = env.aggregate_id.parse::<JobId>() {
+                    let prev = jobs.remove(&id);
+                    let created = prev.as_ref().map(|p| p.1).unwrap_or(env.occurred_at);
+                    if let Some(job) = evolve(prev.map(|p| p.0), &env.payload) {
+                        jobs.insert(id, (job, created, ev.seq));
+                    }
+                }
+            }
+            reached = ev.seq;
+            if ev.seq >= upto {
+                break;
+            }
+        }
+    }
+    let mut rows: Vec<(JobId, fetchml_events::job::Job, DateTime<Utc>, u64)> = jobs
+        .into_iter()
+        .map(|(id, (j, c, s))| (id, j, c, s))
+        .filter(|(_, j, _, _)| match scope {
+            Scope::Owners(o) => o.iter().any(|x| x == j.owner.as_str()),
+            _ => true,
+        })
+        .filter(|(_, j, c, _)| {
+            f.state.as_ref().is_none_or(|s| j.status.as_str() == s)
+                && f.owner.as_ref().is_none_or(|o| j.owner.as_str() == o)
+                && f.pool.as_ref().is_none_or(|p| j.spec.pool.as_str() == p)
+                && f.experiment.as_ref().is_none_or(|e| j.spec.experiment.as_deref() == Some(e.as_str()))
+                && f.created_after.is_none_or(|t| *c >= t)
+                && f.created_before.is_none_or(|t| *c < t)
+        })
+        .collect();
+    rows.sort_by(|a, b| (b.2, b.0).cmp(&(a.2, a.0)));
+    let items: Vec<Value> = rows
+        .iter()
+        .take(f.limit)
+        .map(|(id, j, created, seq)| {
+            let mut v = json!({
+                "id": id, "state": j.status, "attempt": j.attempt, "exit_code": j.exit_code,
+                "failure_class": j.failure_class, "pool": j.spec.pool, "priority": j.spec.priority,
+                "experiment": j.spec.experiment, "metrics": j.metrics, "created_at": created, "seq": seq,
+            });
+            if !matches!(scope, Scope::Summary) {
+                v["owner"] = json!(j.owner);
+                v["reason"] = json!(j.reason);
+                v["tags"] = json!(j.spec.tags);
+            }
+            v
+        })
+        .collect();
+    Ok(Json(json!({ "items": items, "as_of_seq": reached, "total": rows.len() })))
 }
 
 fn make_cursor((t, id): (DateTime<Utc>, JobId)) -> String {

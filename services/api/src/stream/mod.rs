@@ -1,0 +1,92 @@
+//! Live streams: `GET /v1/stream` (WebSocket) and the plain-HTTP log follower.
+
+pub mod logs;
+pub mod plan;
+pub mod protocol;
+pub mod session;
+
+use crate::AppState;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use session::{Inbound, Outbound};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Open stream connections per user, capped (`stream.max_connections_per_user`).
+#[derive(Clone, Default)]
+pub struct ConnectionCount(Arc<Mutex<HashMap<String, usize>>>);
+
+struct ConnectionSlot {
+    counts: ConnectionCount,
+    user: String,
+}
+
+impl ConnectionCount {
+    fn take(&self, user: &str, max: usize) -> Option<ConnectionSlot> {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = g.entry(user.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(ConnectionSlot { counts: self.clone(), user: user.to_owned() })
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        let mut g = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = g.get_mut(&self.user) {
+            *n = n.saturating_sub(1);
+        }
+    }
+}
+
+/// `GET /v1/stream`: authenticated at the upgrade like any request.
+pub async fn upgrade(State(state): State<AppState>, caller: Caller, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let limits = state.stream_limits.clone();
+    let max_conns = state.max_stream_connections;
+    let slot = state.stream_connections.take(caller.name().as_str(), max_conns);
+    // The protocol limit is enforced per message with a clear error; the
+    // transport refuses only what is far beyond it (closing with 1009).
+    let hard = limits.max_message_bytes.saturating_mul(16);
+    let ws = ws.max_message_size(hard).max_frame_size(hard);
+    Ok(ws.on_upgrade(move |socket| async move {
+        let Some(slot) = slot else {
+            let mut socket = socket;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: protocol::close::TOO_MANY_CONNECTIONS,
+                    reason: "too many stream connections for this user".into(),
+                })))
+                .await;
+            return;
+        };
+        serve(state, caller, limits, socket).await;
+        drop(slot);
+    }))
+}
+
+async fn serve(state: AppState, caller: Caller, limits: session::Limits, socket: WebSocket) {
+    let (sink, stream) = socket.split();
+    let sink = sink.with(|o: Outbound| async move {
+        Ok::<_, axum::Error>(match o {
+            Outbound::Text(t) => Message::Text(t.into()),
+            Outbound::Ping => Message::Ping(Default::default()),
+            Outbound::Close(code, reason) => Message::Close(Some(CloseFrame { code, reason: reason.into() })),
+        })
+    });
+    let inbound = stream.map(|m| match m {
+        Ok(Message::Text(t)) => Inbound::Text(t.to_string()),
+        Ok(Message::Binary(_)) => Inbound::Binary,
+        Ok(Message::Ping(_)) => Inbound::Ping,
+        Ok(Message::Pong(_)) => Inbound::Pong,
+        Ok(Message::Close(_)) | Err(_) => Inbound::Close,
+    });
+    let shutdown = state.shutdown.clone();
+    session::run(state, caller, limits, Box::pin(sink), Box::pin(inbound), shutdown).await;
+}

@@ -1,0 +1,208 @@
+//! What a subscription may read, decided once when it is made: the subjects
+//! the server filters on, a check per message where subjects cannot say enough
+//! (experiments), and the redaction an analyst's view needs.
+
+use super::protocol::{StreamKind, Target};
+use crate::AppState;
+use crate::auth::Caller;
+use fetchml_events::JobId;
+use fetchml_eventstore::StoredEvent;
+use serde_json::{Value, json};
+use std::collections::HashSet;
+
+/// Why a subscription is refused.
+#[derive(Debug)]
+pub struct Refusal {
+    pub code: &'static str,
+    pub message: String,
+    /// The permission to record in the audit trail, if this is a denial.
+    pub permission: Option<&'static str>,
+}
+
+fn refuse(code: &'static str, message: impl Into<String>, permission: Option<&'static str>) -> Refusal {
+    Refusal { code, message: message.into(), permission }
+}
+
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub stream: StreamKind,
+    pub stream_name: String,
+    pub filters: Vec<String>,
+    /// Only jobs of this experiment (checked per message).
+    pub experiment: Option<String>,
+    /// Analyst view: strip command lines, environment, owners, reasons, actors.
+    pub redact: bool,
+}
+
+/// The maximum number of jobs one subscription may name.
+pub const MAX_JOBS: usize = 64;
+
+impl Plan {
+    pub async fn make(
+        state: &AppState,
+        caller: &Caller,
+        stream: StreamKind,
+        target: &Target,
+        kinds: Option<&[String]>,
+    ) -> Result<Plan, Refusal> {
+        let subjects = state.store.subjects();
+        let ns = subjects.namespace().as_str();
+        let all = caller.may("jobs:read:all");
+        let summary_only = !all && !caller.may("jobs:read") && !caller.may("jobs:read:group") && caller.may("jobs:read:summary");
+        if !all && !summary_only && !caller.may("jobs:read") && !caller.may("jobs:read:group") {
+            return Err(refuse("forbidden", "you may not read jobs", Some("jobs:read")));
+        }
+        let owners: Option<Vec<String>> = (!all && !summary_only).then(|| state.auth.visible_owners(&caller.principal));
+        // Progress kinds the caller may see.
+        let kinds: Vec<String> = match stream {
+            StreamKind::Events => Vec::new(),
+            StreamKind::Progress => {
+                let wanted: Vec<String> = kinds.map(<[String]>::to_vec).unwrap_or_else(|| {
+                    if summary_only { vec!["metric".into(), "percent".into()] } else { vec!["log".into(), "metric".into(), "percent".into()] }
+                });
+                for k in &wanted {
+                    if !["log", "metric", "percent"].contains(&k.as_str()) {
+                        return Err(refuse("invalid_kind", format!("unknown progress kind {k:?}"), None));
+                    }
+                    if k == "log" && !(caller.may("jobs:logs") || caller.may("jobs:logs:all")) {
+                        return Err(refuse("forbidden", "you may not read logs", Some("jobs:logs")));
+                    }
+                }
+                wanted
+            }
+        };
+        let mut filters = Vec::new();
+        let push_job = |filters: &mut Vec<String>, owner: &str, pool: &str, id: &str| match stream {
+            StreamKind::Events => filters.push(format!("{ns}.ev.job.{owner}.{pool}.{id}")),
+            StreamKind::Progress => {
+                for k in &kinds {
+                    filters.push(format!("{ns}.progress.{owner}.{id}.{k}"));
+                }
+            }
+        };
+        let mut experiment = None;
+        if let Target::Jobs(v) = target
+            && v.len() > MAX_JOBS
+        {
+            return Err(refuse("too_many_jobs", format!("at most {MAX_JOBS} jobs per subscription"), None));
+        }
+        match target {
+            Target::Job(_) | Target::Jobs(_) => {
+                let ids: Vec<JobId> = match target {
+                    Target::Job(id) => vec![*id],
+                    Target::Jobs(ids) => ids.clone(),
+                    _ => Vec::new(),
+                };
+                if ids.is_empty() {
+                    return Err(refuse("invalid_target", "name at least one job", None));
+                }
+                for id in ids {
+                    let loaded = crate::routes::jobs::load(state, id).await.map_err(|e| refuse("unavailable", e.to_string(), None))?;
+                    let Some(job) = loaded.state else {
+                        return Err(refuse("job_not_found", format!("job {id} not found"), None));
+                    };
+                    let visible = all || summary_only || owners.as_ref().is_some_and(|o| o.iter().any(|x| x == job.owner.as_str()));
+                    if !visible {
+                        return Err(refuse("job_not_found", format!("job {id} not found"), Some("jobs:read")));
+                    }
+                    push_job(&mut filters, "*", "*", &id.to_string());
+                }
+            }
+            Target::Pool(pool) => {
+                if fetchml_events::ids::PoolName::parse(pool.as_str()).is_err() {
+                    return Err(refuse("invalid_target", "not a pool name", None));
+                }
+                match (&owners, stream) {
+                    (None, StreamKind::Events) => filters.push(format!("{ns}.ev.job.*.{pool}.*")),
+                    (Some(o), StreamKind::Events) => o.iter().for_each(|o| filters.push(format!("{ns}.ev.job.{o}.{pool}.*"))),
+                    // Progress subjects carry no pool: filter per message by job.
+                    (_, StreamKind::Progress) => {
+                        return Err(refuse("invalid_target", "subscribe to a pool's events, or to jobs' progress", None));
+                    }
+                }
+            }
+            Target::Experiment(name) => {
+                experiment = Some(name.clone());
+                all_filters(&mut filters, ns, stream, owners.as_deref(), &kinds);
+            }
+            Target::All => all_filters(&mut filters, ns, stream, owners.as_deref(), &kinds),
+        }
+        if filters.is_empty() {
+            return Err(refuse("invalid_target", "nothing to subscribe to", None));
+        }
+        let stream_name = match stream {
+            StreamKind::Events => subjects.events_stream(),
+            StreamKind::Progress => subjects.progress_stream(),
+        };
+        Ok(Plan { stream, stream_name, filters, experiment, redact: summary_only })
+    }
+
+    /// The message as this subscriber may see it, or `None` to skip it.
+    pub fn render(&self, state: &AppState, ev: &StoredEvent, known_experiment: &mut HashSet<String>) -> Option<(String, Value)> {
+        let mut v: Value = serde_json::from_slice(&ev.payload).ok()?;
+        let kind = match self.stream {
+            StreamKind::Events => v.get("type").and_then(Value::as_str).unwrap_or("event").to_owned(),
+            StreamKind::Progress => ev.subject.rsplit('.').next().unwrap_or("progress").to_owned(),
+        };
+        if let Some(exp) = &self.experiment {
+            let job = match self.stream {
+                StreamKind::Events => v.get("aggregate_id").and_then(Value::as_str).map(str::to_owned),
+                StreamKind::Progress => v.get("job_id").and_then(Value::as_str).map(str::to_owned),
+            }?;
+            if let Some(e) = v.pointer("/payload/spec/experiment").and_then(Value::as_str)
+                && e == exp
+            {
+                known_experiment.insert(job.clone());
+            }
+            let in_exp = known_experiment.contains(&job)
+                || job
+                    .parse::<JobId>()
+                    .ok()
+                    .and_then(|id| state.index.get(id))
+                    .is_some_and(|j| j.state.spec.experiment.as_deref() == Some(exp.as_str()));
+            if !in_exp {
+                return None;
+            }
+            known_experiment.insert(job);
+        }
+        if self.redact {
+            redact(&mut v);
+        }
+        Some((kind, v))
+    }
+}
+
+fn all_filters(filters: &mut Vec<String>, ns: &str, stream: StreamKind, owners: Option<&[String]>, kinds: &[String]) {
+    match (owners, stream) {
+        (None, StreamKind::Events) => filters.push(format!("{ns}.ev.job.>")),
+        (Some(o), StreamKind::Events) => o.iter().for_each(|o| filters.push(format!("{ns}.ev.job.{o}.>"))),
+        (None, StreamKind::Progress) => kinds.iter().for_each(|k| filters.push(format!("{ns}.progress.*.*.{k}"))),
+        (Some(o), StreamKind::Progress) => {
+            for o in o {
+                kinds.iter().for_each(|k| filters.push(format!("{ns}.progress.{o}.*.{k}")));
+            }
+        }
+    }
+}
+
+/// An analyst's view of an event: no actor, no owner, no command line,
+/// environment, working directory, tags or free-text reason.
+pub fn redact(v: &mut Value) {
+    if let Some(o) = v.as_object_mut() {
+        o.remove("actor");
+        if let Some(p) = o.get_mut("payload").and_then(Value::as_object_mut) {
+            p.remove("owner");
+            p.remove("reason");
+            if let Some(spec) = p.get("spec").cloned() {
+                let keep = json!({
+                    "pool": spec.get("pool"),
+                    "priority": spec.get("priority"),
+                    "labels": spec.get("labels"),
+                    "experiment": spec.get("experiment"),
+                    "resources": spec.get("resources"),
+                });
+                p.insert("spec".into(), keep);
+            }
+        }
+    }
+}

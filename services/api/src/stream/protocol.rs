@@ -1,0 +1,99 @@
+//! The stream protocol (version 1), as JSON text frames. See docs/streams.md.
+
+use chrono::{DateTime, Utc};
+use fetchml_events::JobId;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Close codes (4000-4999 are the application's).
+pub mod close {
+    /// The client fell too far behind; resume from the `lagged` message's `resume_from`.
+    pub const TOO_SLOW: u16 = 4008;
+    /// No frame from the client (not even a pong) within the idle timeout.
+    pub const IDLE: u16 = 4009;
+    /// Too many connections for this user.
+    pub const TOO_MANY_CONNECTIONS: u16 = 4029;
+    /// The server is shutting down.
+    pub const GOING_AWAY: u16 = 1001;
+    /// A frame larger than the maximum.
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Which stream a subscription reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Lifecycle events (the audit log).
+    Events,
+    /// Logs, metrics and percent done of running jobs.
+    Progress,
+}
+
+/// What a subscription covers.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    Job(JobId),
+    Jobs(Vec<JobId>),
+    Experiment(String),
+    Pool(String),
+    /// Everything the caller's role may see.
+    All,
+}
+
+/// Where a subscription starts. Sequences are per stream.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum From {
+    Beginning,
+    /// Only what is appended from now on.
+    #[default]
+    Live,
+    /// From this stream sequence, inclusive (resume with the last seen + 1).
+    Seq(u64),
+    Time(DateTime<Utc>),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientMsg {
+    Subscribe {
+        id: String,
+        stream: StreamKind,
+        target: Target,
+        #[serde(default)]
+        from: From,
+        /// Progress only: any of `log`, `metric`, `percent` (default: all the
+        /// caller may see).
+        #[serde(default)]
+        kinds: Option<Vec<String>>,
+    },
+    Unsubscribe {
+        id: String,
+    },
+    Ping {},
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMsg {
+    Hello { protocol: u32, user: String, max_subscriptions: usize, max_message_bytes: usize },
+    Subscribed { id: String, stream: StreamKind },
+    Unsubscribed { id: String },
+    Message { sub: String, stream: StreamKind, seq: u64, subject_kind: String, data: Value },
+    Lagged { sub: String, stream: StreamKind, resume_from: u64 },
+    Error { id: Option<String>, code: &'static str, message: String },
+    Pong {},
+}
+
+impl ServerMsg {
+    pub fn to_text(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"encoding"}"#.into())
+    }
+
+    pub fn error(id: Option<String>, code: &'static str, message: impl Into<String>) -> Self {
+        ServerMsg::Error { id, code, message: message.into() }
+    }
+}

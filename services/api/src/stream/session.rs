@@ -1,0 +1,320 @@
+//! One stream session, independent of the transport: it takes a sink and a
+//! stream of frames, so it is tested without sockets, and `ws.rs` adapts it to
+//! axum's WebSocket.
+//!
+//! Delivery: each subscription is one ordered JetStream consumer, so replay
+//! turns into the live tail with no gap and no duplicate, in stream order.
+//! Every message carries its stream and sequence; a client resumes after a
+//! reconnect with `from: {"seq": last_seen + 1}`.
+//!
+//! Backpressure: subscriptions feed one bounded buffer per connection, waiting
+//! on it at most the send timeout (which slows only their own consumer). If it
+//! stays full that long (the client reads too slowly), or a write cannot finish
+//! within the send timeout, the session stops its subscriptions, tells
+//! the client where each one should resume (`lagged`), and closes with 4008.
+//! Other connections are not affected: nothing here waits on another client.
+
+use super::plan::Plan;
+use super::protocol::{ClientMsg, From, PROTOCOL_VERSION, ServerMsg, StreamKind, close};
+use crate::AppState;
+use crate::auth::Caller;
+use fetchml_eventstore::StartAt;
+use futures::{Sink, SinkExt, Stream, StreamExt};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// A frame from the client.
+#[derive(Debug)]
+pub enum Inbound {
+    Text(String),
+    Binary,
+    Ping,
+    Pong,
+    Close,
+}
+
+/// A frame to the client.
+#[derive(Debug, PartialEq)]
+pub enum Outbound {
+    Text(String),
+    Ping,
+    Close(u16, String),
+}
+
+/// Limits of one connection (see `stream.*` in the settings).
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub max_subscriptions: usize,
+    /// Messages buffered per connection before the client counts as too slow.
+    pub buffer: usize,
+    pub send_timeout: Duration,
+    pub ping_every: Duration,
+    pub idle_timeout: Duration,
+    pub max_message_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_subscriptions: 32,
+            buffer: 4096,
+            send_timeout: Duration::from_secs(5),
+            ping_every: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(60),
+            max_message_bytes: 64 * 1024,
+        }
+    }
+}
+
+struct Outgoing {
+    sub: String,
+    stream: StreamKind,
+    seq: u64,
+    text: String,
+}
+
+/// A subscription fell behind: it stopped at `seq` (not delivered).
+struct Lag {
+    sub: String,
+    stream: StreamKind,
+    seq: u64,
+}
+
+/// Runs the session until the client leaves, `shutdown` fires, or the client
+/// is cut off.
+pub async fn run<S, R>(state: AppState, caller: Caller, limits: Limits, mut sink: S, mut inbound: R, shutdown: CancellationToken)
+where
+    S: Sink<Outbound> + Unpin,
+    R: Stream<Item = Inbound> + Unpin,
+{
+    let (tx, mut rx) = mpsc::channel::<Outgoing>(limits.buffer.max(1));
+    let (lag_tx, mut lag_rx) = mpsc::unbounded_channel::<Lag>();
+    let mut subs: HashMap<String, CancellationToken> = HashMap::new();
+    let hello = ServerMsg::Hello {
+        protocol: PROTOCOL_VERSION,
+        user: caller.name().to_string(),
+        max_subscriptions: limits.max_subscriptions,
+        max_message_bytes: limits.max_message_bytes,
+    };
+    if sink.send(Outbound::Text(hello.to_text())).await.is_err() {
+        return;
+    }
+    let mut ping = tokio::time::interval(limits.ping_every);
+    ping.tick().await;
+    let idle = tokio::time::sleep(limits.idle_timeout);
+    tokio::pin!(idle);
+    let mut lags: Vec<Lag> = Vec::new();
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => {
+                let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::GOING_AWAY, "server shutting down".into()))).await;
+                break;
+            }
+            frame = inbound.next() => {
+                idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
+                let reply = match frame {
+                    None | Some(Inbound::Close) => break,
+                    Some(Inbound::Ping) | Some(Inbound::Pong) => None,
+                    Some(Inbound::Binary) => Some(ServerMsg::error(None, "binary_not_supported", "send JSON text frames")),
+                    Some(Inbound::Text(t)) => handle_client(&state, &caller, &limits, &t, &mut subs, &tx, &lag_tx).await,
+                };
+                if let Some(r) = reply
+                    && !matches!(tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Text(r.to_text()))).await, Ok(Ok(())))
+                {
+                    break;
+                }
+            }
+            out = rx.recv() => {
+                let Some(out) = out else { continue };
+                // Write what is waiting in one go and flush once: a flush per
+                // message would cap a connection far below what NATS delivers.
+                let mut last = (out.sub.clone(), out.stream, out.seq);
+                let write = async {
+                    sink.feed(Outbound::Text(out.text)).await.map_err(|_| ())?;
+                    let mut n = 1;
+                    while n < 256 {
+                        let Ok(more) = rx.try_recv() else { break };
+                        last = (more.sub.clone(), more.stream, more.seq);
+                        sink.feed(Outbound::Text(more.text)).await.map_err(|_| ())?;
+                        n += 1;
+                    }
+                    sink.flush().await.map_err(|_| ())
+                };
+                match tokio::time::timeout(limits.send_timeout, write).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(())) => break,
+                    // The client does not read: what was being written may or
+                    // may not arrive; resume from after the last one handed over.
+                    Err(_) => {
+                        lags.push(Lag { sub: last.0, stream: last.1, seq: last.2 + 1 });
+                        cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
+                        return;
+                    }
+                }
+            }
+            lag = lag_rx.recv() => {
+                if let Some(l) = lag {
+                    lags.push(l);
+                    cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                if !matches!(tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Ping)).await, Ok(Ok(()))) {
+                    break;
+                }
+            }
+            _ = &mut idle => {
+                let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::IDLE, "idle".into()))).await;
+                break;
+            }
+        }
+    }
+    for (_, stop) in subs {
+        stop.cancel();
+    }
+}
+
+/// Stops every subscription, tells the client where each should resume, and
+/// closes with 4008.
+async fn cut_off<S: Sink<Outbound> + Unpin>(
+    sink: &mut S,
+    limits: &Limits,
+    subs: &mut HashMap<String, CancellationToken>,
+    rx: &mut mpsc::Receiver<Outgoing>,
+    lag_rx: &mut mpsc::UnboundedReceiver<Lag>,
+    lags: Vec<Lag>,
+) {
+    for (_, stop) in subs.drain() {
+        stop.cancel();
+    }
+    // The earliest undelivered sequence of each subscription.
+    let mut resume: BTreeMap<String, (StreamKind, u64)> = BTreeMap::new();
+    let mut note = |sub: String, stream: StreamKind, seq: u64| {
+        let e = resume.entry(sub).or_insert((stream, seq));
+        e.1 = e.1.min(seq);
+    };
+    rx.close();
+    while let Ok(o) = rx.try_recv() {
+        note(o.sub, o.stream, o.seq);
+    }
+    while let Ok(l) = lag_rx.try_recv() {
+        note(l.sub, l.stream, l.seq);
+    }
+    for l in lags {
+        note(l.sub, l.stream, l.seq);
+    }
+    // The socket may be full: the notices queue behind the data already
+    // written and get out when the client reads again, if it does so within
+    // the idle timeout. The subscriptions are gone already; only the socket waits.
+    let farewell = async {
+        for (sub, (stream, seq)) in resume {
+            sink.send(Outbound::Text(ServerMsg::Lagged { sub, stream, resume_from: seq }.to_text())).await.ok()?;
+        }
+        sink.send(Outbound::Close(close::TOO_SLOW, "too slow: resume from the lagged sequence".into())).await.ok()
+    };
+    let _ = tokio::time::timeout(limits.idle_timeout, farewell).await;
+}
+
+async fn handle_client(
+    state: &AppState,
+    caller: &Caller,
+    limits: &Limits,
+    text: &str,
+    subs: &mut HashMap<String, CancellationToken>,
+    tx: &mpsc::Sender<Outgoing>,
+    lag_tx: &mpsc::UnboundedSender<Lag>,
+) -> Option<ServerMsg> {
+    if text.len() > limits.max_message_bytes {
+        return Some(ServerMsg::error(None, "message_too_large", format!("at most {} bytes", limits.max_message_bytes)));
+    }
+    let msg: ClientMsg = match serde_json::from_str(text) {
+        Ok(m) => m,
+        Err(e) => return Some(ServerMsg::error(None, "invalid_message", e.to_string())),
+    };
+    match msg {
+        ClientMsg::Ping {} => Some(ServerMsg::Pong {}),
+        ClientMsg::Unsubscribe { id } => match subs.remove(&id) {
+            Some(stop) => {
+                stop.cancel();
+                Some(ServerMsg::Unsubscribed { id })
+            }
+            None => Some(ServerMsg::error(Some(id), "unknown_subscription", "no such subscription")),
+        },
+        ClientMsg::Subscribe { id, stream, target, from, kinds } => {
+            if id.is_empty() || id.len() > 64 {
+                return Some(ServerMsg::error(Some(id), "invalid_id", "subscription ids are 1-64 characters"));
+            }
+            if subs.contains_key(&id) {
+                return Some(ServerMsg::error(Some(id), "duplicate_subscription", "that id is in use"));
+            }
+            if subs.len() >= limits.max_subscriptions {
+                return Some(ServerMsg::error(Some(id), "too_many_subscriptions", format!("at most {}", limits.max_subscriptions)));
+            }
+            let plan = match Plan::make(state, caller, stream, &target, kinds.as_deref()).await {
+                Ok(p) => p,
+                Err(r) => {
+                    if let Some(p) = r.permission {
+                        let _ = state.auth.deny(caller, p, &format!("stream/{target:?}"), crate::ApiError::Forbidden(p));
+                    }
+                    return Some(ServerMsg::error(Some(id), r.code, r.message));
+                }
+            };
+            let start = match from {
+                From::Beginning => StartAt::Beginning,
+                From::Live => StartAt::New,
+                From::Seq(s) => StartAt::Sequence(s),
+                From::Time(t) => StartAt::Time(t),
+            };
+            let events = match state.store.read_stream(&plan.stream_name, plan.filters.clone(), start).await {
+                Ok(e) => e,
+                Err(e) => return Some(ServerMsg::error(Some(id), "unavailable", e.to_string())),
+            };
+            let stop = CancellationToken::new();
+            subs.insert(id.clone(), stop.clone());
+            // The confirmation goes through the same ordered buffer as the
+            // messages, so it always comes first.
+            let confirm = ServerMsg::Subscribed { id: id.clone(), stream }.to_text();
+            if tx.try_send(Outgoing { sub: id.clone(), stream, seq: 0, text: confirm }).is_err() {
+                let _ = lag_tx.send(Lag { sub: id.clone(), stream, seq: 0 });
+            }
+            tokio::spawn(pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout));
+            None
+        }
+    }
+}
+
+/// Moves one subscription's messages into the connection's buffer.
+async fn pump(
+    state: AppState,
+    plan: Plan,
+    id: String,
+    mut events: impl Stream<Item = Result<fetchml_eventstore::StoredEvent, fetchml_eventstore::StoreError>> + Unpin,
+    tx: mpsc::Sender<Outgoing>,
+    lag_tx: mpsc::UnboundedSender<Lag>,
+    stop: CancellationToken,
+    patience: Duration,
+) {
+    let mut known = HashSet::new();
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = events.next() => n,
+        };
+        let Some(Ok(ev)) = next else { return };
+        let Some((subject_kind, data)) = plan.render(&state, &ev, &mut known) else { continue };
+        let text = ServerMsg::Message { sub: id.clone(), stream: plan.stream, seq: ev.seq, subject_kind, data }.to_text();
+        // Waiting here slows only this subscription's own consumer; a buffer
+        // that stays full for the send timeout means the client is too slow.
+        match tx.send_timeout(Outgoing { sub: id.clone(), stream: plan.stream, seq: ev.seq, text }, patience).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(o)) => {
+                let _ = lag_tx.send(Lag { sub: o.sub, stream: o.stream, seq: o.seq });
+                return;
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
+        }
+    }
+}
