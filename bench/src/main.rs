@@ -132,6 +132,7 @@ impl Env {
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
             .env("FETCHML_POSTGRES__URL", &self.pg_url)
+            .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -293,6 +294,22 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     let (append_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
     r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
     r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
+
+    // ---- 6. Streams: fan-out latency, and replay speed to one client.
+    let (api, url) = env.api("brebuild").await;
+    let replay_n = if quick { 20_000 } else { 100_000 };
+    let replay_rate = ws_replay(env, &url, replay_n.min(n_events)).await?;
+    r.add(&format!("streams: replay of {} stored events to one client", replay_n.min(n_events)), replay_rate, "events/s", None);
+    drop(api);
+    for subscribers in [100usize, 1000] {
+        let ns = format!("bws{subscribers}");
+        let (api, url) = env.api(&ns).await;
+        let (p50, p99, delivered) = ws_fanout(env, &ns, &url, subscribers, 1000, if quick { 2 } else { 5 }).await?;
+        r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p50"), p50, "ms", None);
+        r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p99"), p99, "ms", None);
+        r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, delivered"), delivered * 100.0, "%", None);
+        drop(api);
+    }
 
     // ---- 8. Cancel: request to process gone.
     {
@@ -644,4 +661,93 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
     let done = fetchml_projections::rebuild(&pool, &store).await?;
     let rebuild_rate = done as f64 / t0.elapsed().as_secs_f64();
     Ok((append_rate, rebuild_rate))
+}
+
+async fn ws_connect(url: &str, key: &str) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("{}/v1/stream", url.replace("http://", "ws://")).into_client_request()?;
+    req.headers_mut().insert("authorization", format!("Bearer {key}").parse()?);
+    let (ws, _) = tokio_tungstenite::connect_async(req).await?;
+    Ok(ws)
+}
+
+/// One client replays `n` stored events from the beginning.
+async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let mut ws = ws_connect(url, &env.key).await?;
+    let t0 = Instant::now();
+    ws.send(Message::Text(json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"}).to_string().into())).await?;
+    let mut got = 0;
+    while got < n {
+        match ws.next().await {
+            Some(Ok(Message::Text(t))) if t.contains("\"type\":\"message\"") => got += 1,
+            Some(Ok(_)) => {}
+            other => bail!("replay ended early after {got}: {other:?}"),
+        }
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// `subscribers` clients follow one job's progress live while `rate` messages
+/// per second are published for `secs`; latency is publish → client receive.
+async fn ws_fanout(env: &Env, ns: &str, url: &str, subscribers: usize, rate: usize, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let http = client(&env.key, 1);
+    let job: Value = http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send().await?.json().await?;
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let total = rate * secs as usize;
+    let mut clients = Vec::new();
+    let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    for _ in 0..subscribers {
+        let mut ws = ws_connect(url, &env.key).await?;
+        let ready = ready.clone();
+        let job_id = job_id.clone();
+        clients.push(tokio::spawn(async move {
+            let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live"});
+            ws.send(Message::Text(sub.to_string().into())).await.ok();
+            let mut lat = Vec::with_capacity(total);
+            loop {
+                match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+                    Ok(Some(Ok(Message::Text(t)))) => {
+                        let now = chrono::Utc::now();
+                        let v: Value = serde_json::from_str(&t).unwrap_or(Value::Null);
+                        if v["type"] == "subscribed" {
+                            ready.add_permits(1);
+                        } else if v["type"] == "message" {
+                            if let Some(at) = v["data"]["at"].as_str().and_then(|a| a.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
+                                lat.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                            }
+                            if v["data"]["value"].as_f64() == Some(-1.0) {
+                                break;
+                            }
+                        } else if v["type"] == "lagged" {
+                            break;
+                        }
+                    }
+                    Ok(Some(Ok(_))) => {}
+                    _ => break,
+                }
+            }
+            lat
+        }));
+    }
+    let _ = ready.acquire_many(subscribers as u32).await?;
+    let js = jetstream::new(env.client.clone());
+    let subject = format!("{ns}.progress.researcher1.{job_id}.metric");
+    let t0 = tokio::time::Instant::now();
+    for i in 0..total {
+        tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate as f64)).await;
+        let last = i + 1 == total;
+        let body = json!({"job_id": job_id, "attempt": 1, "name": "m", "value": if last { -1.0 } else { i as f64 }, "at": chrono::Utc::now()});
+        let _ = js.publish(subject.clone(), Bytes::from(body.to_string())).await?;
+    }
+    let mut all = Vec::new();
+    for c in clients {
+        all.extend(c.await?);
+    }
+    all.sort_by(|a, b| a.total_cmp(b));
+    let delivered = all.len() as f64 / (total * subscribers) as f64;
+    Ok((pct(&all, 0.5), pct(&all, 0.99), delivered))
 }

@@ -407,7 +407,7 @@ async fn as_of(state: &AppState, scope: &Scope, q: &HashMap<String, String>, f: 
                 && f.created_before.is_none_or(|t| *c < t)
         })
         .collect();
-    rows.sort_by(|a, b| (b.2, b.0).cmp(&(a.2, a.0)));
+    rows.sort_by_key(|r| std::cmp::Reverse((r.2, r.0)));
     let items: Vec<Value> = rows
         .iter()
         .take(f.limit)

@@ -287,6 +287,7 @@ async fn handle_client(
 }
 
 /// Moves one subscription's messages into the connection's buffer.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     state: AppState,
     plan: Plan,
