@@ -295,3 +295,19 @@ async fn the_job_list_as_of_a_past_sequence_is_rebuilt_from_the_log() {
     let bob: Value = app.as_user("bob").get(app.url("/v1/jobs?as_of_seq=1000000")).send().await.unwrap().json().await.unwrap();
     assert!(bob["items"].as_array().unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn connections_beyond_the_per_user_cap_are_closed_with_4029() {
+    let app = spawn_app_with(|s| s.streaming.max_connections_per_user = 2).await;
+    let _a = connect(&app, "alice", None).await;
+    let _b = connect(&app, "alice", None).await;
+    let mut req = format!("ws://{}/v1/stream", app.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", key_of("alice")).parse().unwrap());
+    let (mut third, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    match tokio::time::timeout(Duration::from_secs(10), third.next()).await.unwrap() {
+        Some(Ok(Message::Close(Some(f)))) => assert_eq!(u16::from(f.code), 4029),
+        other => panic!("expected close 4029, got {other:?}"),
+    }
+    // Another user is not affected.
+    let _c = connect(&app, "bob", None).await;
+}

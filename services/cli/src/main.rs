@@ -58,6 +58,27 @@ enum Command {
     Events { id: String },
     /// Wait until a job ends; exit with its exit code.
     Wait { id: String },
+    /// List jobs (newest first).
+    List {
+        #[arg(long)]
+        state: Option<String>,
+        #[arg(long)]
+        experiment: Option<String>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Cancel a job.
+    Cancel { id: String },
+    /// Queue a failed, timed-out, dead-lettered or cancelled job again.
+    Retry { id: String },
+    /// Print a job's log lines; with --follow, until the job ends.
+    Logs {
+        id: String,
+        #[arg(long, short)]
+        follow: bool,
+    },
+    /// Who the key belongs to.
+    Whoami,
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -75,6 +96,7 @@ async fn main() -> ExitCode {
 struct Api {
     base: String,
     http: reqwest::Client,
+    headers: reqwest::header::HeaderMap,
 }
 
 impl Api {
@@ -99,18 +121,17 @@ impl Api {
 const TERMINAL: [&str; 5] = ["succeeded", "failed", "cancelled", "timed_out", "dead_lettered"];
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(k) = &cli.key {
+        let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
+            .context("the API key contains characters a header cannot carry")?;
+        v.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     let api = Api {
         base: cli.api.trim_end_matches('/').to_owned(),
-        http: {
-            let mut headers = reqwest::header::HeaderMap::new();
-            if let Some(k) = &cli.key {
-                let mut v = reqwest::header::HeaderValue::from_str(&format!("Bearer {k}"))
-                    .context("the API key contains characters a header cannot carry")?;
-                v.set_sensitive(true);
-                headers.insert(reqwest::header::AUTHORIZATION, v);
-            }
-            reqwest::Client::builder().timeout(Duration::from_secs(30)).default_headers(headers).build()?
-        },
+        http: reqwest::Client::builder().timeout(Duration::from_secs(30)).default_headers(headers.clone()).build()?,
+        headers,
     };
     match cli.command {
         Command::Submit { pool, priority, timeout_secs, experiment, env, shell, idempotency_key, wait, command } => {
@@ -174,6 +195,66 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Wait { id } => return wait_for(&api, &id, cli.json).await,
+        Command::List { state, experiment, limit } => {
+            let mut url = reqwest::Url::parse(&format!("{}/v1/jobs", api.base)).context("--api is not a URL")?;
+            url.query_pairs_mut().append_pair("limit", &limit.to_string());
+            if let Some(s) = state {
+                url.query_pairs_mut().append_pair("state", &s);
+            }
+            if let Some(e) = experiment {
+                url.query_pairs_mut().append_pair("experiment", &e);
+            }
+            let out = api.call(api.http.get(url)).await?;
+            if cli.json {
+                println!("{out}");
+            } else {
+                for j in out["items"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<15} attempt {}  {}  {}",
+                        j["id"].as_str().unwrap_or(""),
+                        j["state"].as_str().unwrap_or(""),
+                        j["attempt"],
+                        j["created_at"].as_str().unwrap_or(""),
+                        j["experiment"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
+        Command::Cancel { id } => {
+            let out = api.call(api.http.post(format!("{}/v1/jobs/{id}/cancel", api.base))).await?;
+            println!("{}", if cli.json { out.to_string() } else { format!("cancel requested (seq {})", out["seq"]) });
+        }
+        Command::Retry { id } => {
+            let out = api.call(api.http.post(format!("{}/v1/jobs/{id}/retry", api.base))).await?;
+            println!("{}", if cli.json { out.to_string() } else { format!("queued again (seq {})", out["seq"]) });
+        }
+        Command::Logs { id, follow } => {
+            let url = format!("{}/v1/jobs/{id}/logs?follow={follow}", api.base);
+            // No overall timeout: a followed job may run for hours.
+            let http = reqwest::Client::builder().default_headers(api.headers.clone()).build()?;
+            let mut resp = http.get(url).send().await.context("cannot reach the fetchml api")?;
+            if !resp.status().is_success() {
+                let status = resp.status();
+                let body: Value = resp.json().await.unwrap_or(Value::Null);
+                bail!("{status}: {}: {}", body["error"]["code"].as_str().unwrap_or(""), body["error"]["message"].as_str().unwrap_or(""));
+            }
+            let mut buf = Vec::new();
+            while let Some(chunk) = resp.chunk().await? {
+                buf.extend_from_slice(&chunk);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    if cli.json {
+                        print!("{}", String::from_utf8_lossy(&line));
+                    } else if let Ok(v) = serde_json::from_slice::<Value>(&line) {
+                        println!("{}", v["line"].as_str().unwrap_or(""));
+                    }
+                }
+            }
+        }
+        Command::Whoami => {
+            let out = api.call(api.http.get(format!("{}/v1/auth/whoami", api.base))).await?;
+            println!("{}", if cli.json { out.to_string() } else { format!("{} ({})", out["user"].as_str().unwrap_or(""), out["role"].as_str().unwrap_or("")) });
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

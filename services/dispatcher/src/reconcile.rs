@@ -4,7 +4,7 @@
 //! and `Start` is fenced by the attempt number.
 
 use crate::publish_ticket;
-use async_nats::jetstream::{self, stream::DirectGetErrorKind};
+use async_nats::jetstream;
 use fetchml_events::dispatch::DispatchTicket;
 use fetchml_events::job::JobStatus;
 use fetchml_eventstore::{EventStore, JobIndex, StoreError, list_workers, open_registry};
@@ -40,8 +40,12 @@ pub async fn reconcile_once(store: &EventStore, index: &JobIndex, grace: Duratio
         Ok(kv) => list_workers(&kv).await?.into_iter().map(|w| w.id).collect(),
         Err(e) => return Err(e),
     };
+    // Which jobs have a ticket: one listing of the queue's subjects (the last
+    // token is the job id), instead of a wildcard lookup per job, which would
+    // make the server search its subject index once per waiting job.
+    let ticketed = ticketed_jobs(&dispatch, &subjects.all_dispatch()).await?;
     for job in candidates {
-        if has_ticket(&dispatch, &subjects.dispatch_for_job(job.id)).await? {
+        if ticketed.contains(&job.id.to_string()) {
             continue;
         }
         let running = job.state.status == JobStatus::Running;
@@ -68,12 +72,20 @@ pub async fn reconcile_once(store: &EventStore, index: &JobIndex, grace: Duratio
     Ok(report)
 }
 
-async fn has_ticket(dispatch: &jetstream::stream::Stream, filter: &str) -> Result<bool, StoreError> {
-    match dispatch.direct_get_next_for_subject(filter, None).await {
-        Ok(_) => Ok(true),
-        Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
-        Err(e) => Err(StoreError::unavailable_from(e)),
+/// The job ids that have at least one ticket in DISPATCH.
+async fn ticketed_jobs(dispatch: &jetstream::stream::Stream, filter: &str) -> Result<HashSet<String>, StoreError> {
+    use futures::StreamExt;
+    let mut subjects = dispatch.info_with_subjects(filter).await.map_err(StoreError::unavailable_from)?;
+    let mut out = HashSet::new();
+    while let Some(s) = subjects.next().await {
+        let (subject, count) = s.map_err(StoreError::unavailable_from)?;
+        if count > 0
+            && let Some(job) = subject.rsplit('.').next()
+        {
+            out.insert(job.to_owned());
+        }
     }
+    Ok(out)
 }
 
 /// Runs a pass every `every` until `stop`.

@@ -120,7 +120,6 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("fetchml: {e:#}");
             ExitCode::FAILURE
         }
