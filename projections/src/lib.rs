@@ -16,6 +16,7 @@
 //!   swap for a moment, but never see empty or half-built tables.
 
 mod apply;
+mod bulk;
 pub mod queries;
 
 use fetchml_eventstore::{EventStore, StartAt, StoreError};
@@ -225,10 +226,11 @@ pub async fn rebuild(pool: &PgPool, store: &EventStore) -> Result<u64, Projectio
     // Unqualified names now mean the shadow tables on this connection.
     sqlx::query(AssertSqlSafe(format!("SET search_path TO {SHADOW}"))).execute(&mut conn).await?;
     let head = store.last_sequence().await?;
-    let mut done = 0u64;
-    if head > 0 {
-        done = project_range(&mut conn, store, 1, head).await?;
-    }
+    // Fast path: fold everything in memory and COPY the final rows (the
+    // incremental projector needs several statements per event).
+    let folded = bulk::fold(store, head).await?;
+    let mut done = folded.last_seq;
+    bulk::write(&mut conn, folded).await?;
     // Swap: lock the live tables (the live projector's next batch waits), catch
     // up to whatever it committed meanwhile, and exchange the tables.
     let mut tx = conn.begin().await?;

@@ -98,6 +98,17 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     for i in 0..150 {
         last = submit(&app, &app.http, json!({"executor": if i % 3 == 0 { "fail" } else { "noop" }, "command": [], "experiment": "x"})).await;
     }
+    // Metrics and a cancelled job, so every kind of row is compared.
+    for v in ["0.5", "0.25"] {
+        let script = format!(r###"echo '##fetchml {{"metric": "loss", "value": {v}, "step": 3}}'"###);
+        last = submit(&app, &app.http, json!({"command": ["sh", "-c", script], "experiment": "x", "tags": {"t": "a\tb"}})).await;
+        app.until_terminal(last["id"].as_str().unwrap()).await;
+    }
+    let c = submit(&app, &app.http, json!({"command": ["sleep", "30"], "env": {"A": "line\nbreak"}})).await;
+    app.until_state(c["id"].as_str().unwrap(), "running").await;
+    let r = app.http.post(app.url(&format!("/v1/jobs/{}/cancel", c["id"].as_str().unwrap()))).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    app.until_terminal(c["id"].as_str().unwrap()).await;
     app.until_terminal(last["id"].as_str().unwrap()).await;
     drop(w);
     let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
@@ -138,7 +149,9 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     let rebuilt = fetchml_projections::checksums(&pool).await.unwrap();
     assert_eq!(live, rebuilt);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_jobs").fetch_one(&pool).await.unwrap();
-    assert_eq!(n, 150);
+    assert_eq!(n, 153);
+    let m: i64 = sqlx::query_scalar("SELECT count(*) FROM experiment_metrics").fetch_one(&pool).await.unwrap();
+    assert_eq!(m, 1);
 }
 
 #[tokio::test]

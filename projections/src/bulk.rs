@@ -1,0 +1,407 @@
+//! The rebuild's fast path: fold the whole log in memory, then write the final
+//! rows with `COPY`, instead of several statements per event. The rows are
+//! exactly those the incremental projector (`apply.rs`) produces; the test
+//! that kills the projector and compares checksums with a rebuild holds both to
+//! that.
+
+use crate::ProjectionError;
+use chrono::{DateTime, Utc};
+use fetchml_events::job::{Job, JobEvent, evolve};
+use fetchml_events::worker::WorkerEvent;
+use fetchml_events::{AggregateKind, Envelope};
+use fetchml_eventstore::{EventStore, StartAt};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use sqlx::PgConnection;
+use std::collections::{BTreeMap, HashMap};
+use uuid::Uuid;
+
+struct JobRow {
+    state: Job,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+    last_seq: u64,
+}
+
+struct MetricRow {
+    last_value: f64,
+    last_step: Option<u64>,
+    last_job: Uuid,
+    min: f64,
+    max: f64,
+    updated_at: DateTime<Utc>,
+    last_seq: u64,
+}
+
+struct WorkerRow {
+    pool: String,
+    labels: Vec<String>,
+    concurrency: usize,
+    host: String,
+    pid: u32,
+    stopped_at: Option<DateTime<Utc>>,
+    started_at: DateTime<Utc>,
+    last_seq: u64,
+}
+
+#[derive(Default)]
+pub struct Folded {
+    jobs: HashMap<Uuid, JobRow>,
+    order: Vec<Uuid>,
+    timeline: String,
+    metrics: BTreeMap<(String, String, String), MetricRow>,
+    workers: BTreeMap<String, WorkerRow>,
+    pub last_seq: u64,
+}
+
+/// Postgres text timestamps round to the microsecond, binary ones (sqlx)
+/// truncate: write them truncated so both paths agree.
+fn ts(t: DateTime<Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+/// One COPY text field.
+fn field(out: &mut String, v: Option<&str>) {
+    match v {
+        None => out.push_str("\\N"),
+        Some(s) => {
+            for c in s.chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\t' => out.push_str("\\t"),
+                    '\n' => out.push_str("\\n"),
+                    '\r' => out.push_str("\\r"),
+                    c => out.push(c),
+                }
+            }
+        }
+    }
+}
+
+fn row(out: &mut String, fields: &[Option<String>]) {
+    for (i, f) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push('\t');
+        }
+        field(out, f.as_deref());
+    }
+    out.push('\n');
+}
+
+/// A text[] literal.
+fn array(items: &[String]) -> String {
+    let mut s = String::from("{");
+    for (i, it) in items.iter().enumerate() {
+        if i > 0 {
+            s.push(',');
+        }
+        s.push('"');
+        for c in it.chars() {
+            if c == '"' || c == '\\' {
+                s.push('\\');
+            }
+            s.push(c);
+        }
+        s.push('"');
+    }
+    s.push('}');
+    s
+}
+
+fn enum_str<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn attempt_of(e: &JobEvent) -> Option<u32> {
+    match e {
+        JobEvent::JobStarted { attempt, .. }
+        | JobEvent::JobSucceeded { attempt, .. }
+        | JobEvent::JobRetryScheduled { attempt, .. }
+        | JobEvent::JobFailed { attempt, .. }
+        | JobEvent::JobTimedOut { attempt, .. }
+        | JobEvent::JobDeadLettered { attempt, .. } => Some(*attempt),
+        _ => None,
+    }
+}
+
+impl Folded {
+    fn job_event(&mut self, seq: u64, env: Envelope<JobEvent>) {
+        let Ok(id) = env.aggregate_id.parse::<Uuid>() else { return };
+        let at = env.occurred_at;
+        let actor = serde_json::to_value(&env.actor).unwrap_or(Value::Null).to_string();
+        let attempt = attempt_of(&env.payload).map(|a| a.to_string());
+        row(
+            &mut self.timeline,
+            &[Some(id.to_string()), Some(seq.to_string()), Some(env.event_type.clone()), attempt, Some(actor), Some(ts(at))],
+        );
+        let p = &env.payload;
+        let existing = self.jobs.remove(&id);
+        let Some(mut r) = (match existing {
+            None => match p {
+                JobEvent::JobQueued { .. } => evolve(None, p).map(|state| {
+                    self.order.push(id);
+                    JobRow { state, created_at: at, started_at: None, finished_at: None, updated_at: at, last_seq: seq }
+                }),
+                _ => None,
+            },
+            Some(mut r) => {
+                if !matches!(p, JobEvent::JobQueued { .. }) {
+                    if let Some(s) = evolve(Some(r.state.clone()), p) {
+                        r.state = s;
+                    }
+                    r.updated_at = at;
+                    r.last_seq = seq;
+                    match p {
+                        JobEvent::JobStarted { .. } => r.started_at = Some(at),
+                        // The incremental projector clears not_before on every
+                        // ending, a cancel of a scheduled retry included.
+                        JobEvent::JobCancelled { .. } => {
+                            r.state.not_before = None;
+                            r.finished_at = Some(at);
+                        }
+                        JobEvent::JobRetryScheduled { .. } | JobEvent::JobRequeued { .. } => r.finished_at = None,
+                        e if e.is_terminal() => r.finished_at = Some(at),
+                        _ => {}
+                    }
+                }
+                Some(r)
+            }
+        }) else {
+            return;
+        };
+        let metrics = match p {
+            JobEvent::JobSucceeded { metrics, .. }
+            | JobEvent::JobRetryScheduled { metrics, .. }
+            | JobEvent::JobFailed { metrics, .. }
+            | JobEvent::JobTimedOut { metrics, .. }
+            | JobEvent::JobDeadLettered { metrics, .. } => Some(metrics),
+            _ => None,
+        };
+        if let (Some(metrics), Some(exp)) = (metrics, r.state.spec.experiment.clone()) {
+            for (name, m) in metrics {
+                let key = (exp.clone(), r.state.owner.to_string(), name.clone());
+                let e = self.metrics.entry(key).or_insert(MetricRow {
+                    last_value: m.value,
+                    last_step: m.step,
+                    last_job: id,
+                    min: m.value,
+                    max: m.value,
+                    updated_at: at,
+                    last_seq: seq,
+                });
+                e.last_value = m.value;
+                e.last_step = m.step;
+                e.last_job = id;
+                e.min = e.min.min(m.value);
+                e.max = e.max.max(m.value);
+                e.updated_at = at;
+                e.last_seq = seq;
+            }
+        }
+        r.last_seq = seq;
+        self.jobs.insert(id, r);
+    }
+
+    fn worker_event(&mut self, seq: u64, env: Envelope<WorkerEvent>) {
+        match env.payload {
+            WorkerEvent::WorkerStarted { pool, labels, concurrency, host, pid } => {
+                self.workers.entry(env.aggregate_id).or_insert(WorkerRow {
+                    pool,
+                    labels,
+                    concurrency,
+                    host,
+                    pid,
+                    stopped_at: None,
+                    started_at: env.occurred_at,
+                    last_seq: seq,
+                });
+            }
+            WorkerEvent::WorkerStopped { .. } => {
+                if let Some(w) = self.workers.get_mut(&env.aggregate_id) {
+                    w.stopped_at = Some(env.occurred_at);
+                    w.last_seq = seq;
+                }
+            }
+        }
+    }
+}
+
+/// Folds events `1..=to` of the log.
+pub async fn fold(store: &EventStore, to: u64) -> Result<Folded, ProjectionError> {
+    let mut f = Folded::default();
+    if to == 0 {
+        return Ok(f);
+    }
+    let mut events = store.read(&store.subjects().all_events(), StartAt::Beginning).await?;
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        if ev.seq > to {
+            break;
+        }
+        f.last_seq = ev.seq;
+        if let Ok(raw) = serde_json::from_slice::<Envelope<Value>>(&ev.payload) {
+            match raw.aggregate_kind {
+                AggregateKind::Job => {
+                    if let Ok(env) = raw.into_typed::<JobEvent>() {
+                        f.job_event(ev.seq, env);
+                    }
+                }
+                AggregateKind::Worker => {
+                    if let Ok(env) = raw.into_typed::<WorkerEvent>() {
+                        f.worker_event(ev.seq, env);
+                    }
+                }
+                AggregateKind::User => {}
+            }
+        }
+        if ev.seq >= to {
+            break;
+        }
+    }
+    Ok(f)
+}
+
+async fn copy(conn: &mut PgConnection, statement: &str, data: String) -> Result<(), ProjectionError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let mut c = conn.copy_in_raw(statement).await?;
+    c.send(data.into_bytes()).await?;
+    c.finish().await?;
+    Ok(())
+}
+
+/// Writes the folded rows into the (empty) tables `conn` sees.
+pub async fn write(conn: &mut PgConnection, f: Folded) -> Result<(), ProjectionError> {
+    let mut full = String::new();
+    let mut analyst = String::new();
+    for id in &f.order {
+        let Some(r) = f.jobs.get(id) else { continue };
+        let j = &r.state;
+        let opt_ts = |t: Option<DateTime<Utc>>| t.map(ts);
+        let metrics = serde_json::to_value(&j.metrics).unwrap_or(json!({})).to_string();
+        row(
+            &mut full,
+            &[
+                Some(id.to_string()),
+                Some(j.owner.to_string()),
+                Some(j.status.as_str().to_owned()),
+                Some(j.attempt.to_string()),
+                Some(j.attempts_in_run.to_string()),
+                j.exit_code.map(|c| c.to_string()),
+                j.signal.map(|c| c.to_string()),
+                j.failure_class.as_ref().map(enum_str),
+                j.reason.clone(),
+                Some(j.spec.pool.to_string()),
+                Some(j.spec.priority.to_string()),
+                Some(array(&j.spec.labels)),
+                j.spec.experiment.clone(),
+                Some(json!(j.spec.tags).to_string()),
+                Some(json!(j.spec.command).to_string()),
+                Some(json!(j.spec.env).to_string()),
+                j.spec.working_dir.clone(),
+                Some(serde_json::to_value(&j.spec).unwrap_or(Value::Null).to_string()),
+                Some(metrics.clone()),
+                j.worker.map(|w| w.to_string()),
+                opt_ts(j.not_before),
+                Some(ts(r.created_at)),
+                opt_ts(r.started_at),
+                opt_ts(r.finished_at),
+                Some(ts(r.updated_at)),
+                Some(r.last_seq.to_string()),
+            ],
+        );
+        analyst_row(&mut analyst, id, r, &metrics);
+    }
+    let full_data = full;
+    let cols = "(id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool, priority,
+        labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
+        started_at, finished_at, updated_at, last_seq)";
+    copy(conn, &format!("COPY admin_jobs {cols} FROM STDIN"), full_data.clone()).await?;
+    copy(conn, &format!("COPY researcher_jobs {cols} FROM STDIN"), full_data).await?;
+    copy(
+        conn,
+        "COPY analyst_jobs (id, state, attempt, exit_code, failure_class, pool, priority, labels, experiment, metrics,
+            created_at, started_at, finished_at, updated_at, last_seq) FROM STDIN",
+        analyst,
+    )
+    .await?;
+    copy(conn, "COPY job_timeline (job_id, seq, type, attempt, actor, occurred_at) FROM STDIN", f.timeline).await?;
+    let mut m = String::new();
+    for ((exp, owner, metric), r) in &f.metrics {
+        row(
+            &mut m,
+            &[
+                Some(exp.clone()),
+                Some(owner.clone()),
+                Some(metric.clone()),
+                Some(r.last_value.to_string()),
+                r.last_step.map(|s| s.to_string()),
+                Some(r.last_job.to_string()),
+                Some(r.min.to_string()),
+                Some(r.max.to_string()),
+                Some(ts(r.updated_at)),
+                Some(r.last_seq.to_string()),
+            ],
+        );
+    }
+    copy(
+        conn,
+        "COPY experiment_metrics (experiment, owner, metric, last_value, last_step, last_job, min_value, max_value, updated_at, last_seq) FROM STDIN",
+        m,
+    )
+    .await?;
+    let mut w = String::new();
+    for (id, r) in &f.workers {
+        row(
+            &mut w,
+            &[
+                Some(id.clone()),
+                Some(r.pool.clone()),
+                Some(array(&r.labels)),
+                Some(r.concurrency.to_string()),
+                Some(r.host.clone()),
+                Some(r.pid.to_string()),
+                Some(if r.stopped_at.is_some() { "stopped" } else { "running" }.to_owned()),
+                Some(ts(r.started_at)),
+                r.stopped_at.map(ts),
+                Some(r.last_seq.to_string()),
+            ],
+        );
+    }
+    copy(conn, "COPY workers (id, pool, labels, concurrency, host, pid, state, started_at, stopped_at, last_seq) FROM STDIN", w).await?;
+    if f.last_seq > 0 {
+        sqlx::query("INSERT INTO projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())")
+            .bind(crate::JOBS)
+            .bind(f.last_seq as i64)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn analyst_row(out: &mut String, id: &Uuid, r: &JobRow, metrics: &str) {
+    let j = &r.state;
+    row(
+        out,
+        &[
+            Some(id.to_string()),
+            Some(j.status.as_str().to_owned()),
+            Some(j.attempt.to_string()),
+            j.exit_code.map(|c| c.to_string()),
+            j.failure_class.as_ref().map(enum_str),
+            Some(j.spec.pool.to_string()),
+            Some(j.spec.priority.to_string()),
+            Some(array(&j.spec.labels)),
+            j.spec.experiment.clone(),
+            Some(metrics.to_owned()),
+            Some(ts(r.created_at)),
+            r.started_at.map(ts),
+            r.finished_at.map(ts),
+            Some(ts(r.updated_at)),
+            Some(r.last_seq.to_string()),
+        ],
+    );
+}
