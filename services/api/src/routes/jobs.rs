@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use fetchml_events::dispatch::DispatchTicket;
 use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
 use fetchml_events::{Actor, CommandId, JobId, UserName};
 use fetchml_eventstore::{CommandContext, LoadedJob};
@@ -120,25 +119,7 @@ pub async fn submit(
             (id, Some(LoadedJob::new_job(id)))
         }
     };
-    let done = state.store.execute_job_on(id, known, JobCommand::Queue { owner: owner.clone(), spec: spec.clone() }, &ctx).await?;
-    // Dispatch inline, to save the dispatcher's hop on the way to a worker. The
-    // dispatcher still sees the event and publishes the same ticket (same
-    // message id, so it is dropped as a duplicate); if this publish fails or
-    // the api dies right here, the dispatcher's copy is the one that counts.
-    if !done.duplicate
-        && let Some((seq, _)) = done.appended.first()
-    {
-        let ticket = DispatchTicket {
-            job_id: id,
-            job_subject: state.store.subjects().job(&owner, &spec.pool, id),
-            cause_seq: *seq,
-            not_before: None,
-            takeover: false,
-        };
-        if let Err(e) = fetchml_dispatcher::publish_ticket(state.store.jetstream(), state.store.subjects(), &spec, &ticket, &ticket.msg_id()).await {
-            tracing::debug!(error = %e, "inline dispatch failed; the dispatcher will do it");
-        }
-    }
+    let done = state.store.execute_job_on(id, known, JobCommand::Queue { owner, spec }, &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
 }
 
