@@ -173,32 +173,7 @@ impl EventStore {
         filter: &str,
         start: StartAt,
     ) -> Result<impl Stream<Item = Result<StoredEvent, StoreError>> + use<>, StoreError> {
-        let deliver_policy = match start {
-            StartAt::Beginning => DeliverPolicy::All,
-            StartAt::Sequence(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
-            StartAt::Time(t) => DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
-                    t.timestamp_nanos_opt().unwrap_or(0).into(),
-                )
-                .map_err(|e| StoreError::Invalid(format!("start time: {e}")))?,
-            },
-            StartAt::New => DeliverPolicy::New,
-        };
-        let consumer = self
-            .events
-            .create_consumer(OrderedConfig {
-                filter_subject: filter.to_owned(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await
-            .map_err(StoreError::unavailable)?;
-        let messages = consumer.messages().await.map_err(StoreError::unavailable)?;
-        Ok(messages.map(|m| {
-            let m = m.map_err(StoreError::unavailable)?;
-            let seq = m.info().map_err(StoreError::unavailable)?.stream_sequence;
-            Ok(StoredEvent { seq, subject: m.subject.to_string(), payload: m.payload.clone() })
-        }))
+        self.read_stream(&self.subjects.events_stream(), vec![filter.to_owned()], start).await
     }
 
     /// The last event stored on exactly `subject`, if any.

@@ -225,11 +225,11 @@ struct Ending {
     keep_failure: bool,
 }
 
-fn enum_str<T: serde::Serialize>(v: &T) -> String {
+pub(crate) fn enum_str<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-fn attempt_of(e: &JobEvent) -> Option<u32> {
+pub(crate) fn attempt_of(e: &JobEvent) -> Option<u32> {
     match e {
         JobEvent::JobStarted { attempt, .. }
         | JobEvent::JobSucceeded { attempt, .. }

@@ -5,6 +5,7 @@
 //! that.
 
 use crate::ProjectionError;
+use crate::apply::{attempt_of, enum_str};
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{Job, JobEvent, evolve};
 use fetchml_events::worker::WorkerEvent;
@@ -108,22 +109,6 @@ fn array(items: &[String]) -> String {
     }
     s.push('}');
     s
-}
-
-fn enum_str<T: serde::Serialize>(v: &T) -> String {
-    serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
-}
-
-fn attempt_of(e: &JobEvent) -> Option<u32> {
-    match e {
-        JobEvent::JobStarted { attempt, .. }
-        | JobEvent::JobSucceeded { attempt, .. }
-        | JobEvent::JobRetryScheduled { attempt, .. }
-        | JobEvent::JobFailed { attempt, .. }
-        | JobEvent::JobTimedOut { attempt, .. }
-        | JobEvent::JobDeadLettered { attempt, .. } => Some(*attempt),
-        _ => None,
-    }
 }
 
 impl Folded {
