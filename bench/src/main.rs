@@ -107,8 +107,12 @@ impl Report {
 
 struct Env {
     args: Args,
-    /// The bench's own database.
+    /// The bench's Postgres server (databases are made per namespace).
+    pg_server: String,
+    /// The rebuild's database.
     pg_url: String,
+    /// Databases to drop at the end.
+    databases: std::sync::Mutex<Vec<String>>,
     /// A researcher's API key and the users file that holds it.
     key: String,
     users_file: tempfile::NamedTempFile,
@@ -123,6 +127,16 @@ impl Env {
         self.args.bin_dir.join("fetchml")
     }
 
+    /// A fresh database for namespace `ns` (read models are per namespace).
+    async fn database(&self, ns: &str) -> String {
+        use sqlx::Connection;
+        let name = format!("fetchml_bench_{}_{ns}", std::process::id());
+        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", self.pg_server)).await.unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}"))).execute(&mut c).await;
+        self.databases.lock().unwrap().push(name.clone());
+        format!("{}/{name}", self.pg_server)
+    }
+
     /// An api process on a free port in namespace `ns`.
     async fn api(&self, ns: &str) -> (Proc, String) {
         let port = free_port();
@@ -131,7 +145,7 @@ impl Env {
             .env("FETCHML_NATS__URL", &self.nats_url)
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
-            .env("FETCHML_POSTGRES__URL", &self.pg_url)
+            .env("FETCHML_POSTGRES__URL", self.database(ns).await)
             .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -193,19 +207,27 @@ async fn main() -> anyhow::Result<()> {
         users_file.path(),
         format!("users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n", k.key_id, k.hash),
     )?;
-    let db_name = format!("fetchml_bench_{}", std::process::id());
-    {
-        use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", args.pg)).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&mut c).await?;
-    }
-    let pg_url = format!("{}/{db_name}", args.pg);
-    let env = Env { pg_url, args, key: k.key, users_file, nats_url, _nats: nats, _store: store, client };
+    let pg_server = args.pg.trim_end_matches('/').to_owned();
+    let mut env = Env {
+        pg_server,
+        pg_url: String::new(),
+        databases: std::sync::Mutex::new(Vec::new()),
+        args,
+        key: k.key,
+        users_file,
+        nats_url,
+        _nats: nats,
+        _store: store,
+        client,
+    };
+    env.pg_url = env.database("brebuild").await;
     let result = run(&env).await;
     {
         use sqlx::Connection;
-        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.args.pg)).await?;
-        sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db_name} WITH (FORCE)"))).execute(&mut c).await?;
+        let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.pg_server)).await?;
+        for db in env.databases.lock().unwrap().clone() {
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut c).await?;
+        }
     }
     result
 }
@@ -248,6 +270,30 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let t0 = Instant::now();
         let peak = Arc::new(AtomicU64::new(0));
         let sampling = Arc::new(AtomicBool::new(true));
+        // Projection lag: log head minus the read models' checkpoint, sampled.
+        let lag_sampler = {
+            let (sampling, client, ns) = (sampling.clone(), env.client.clone(), ns.clone());
+            let pg = format!("{}/fetchml_bench_{}_{ns}", env.pg_server, std::process::id());
+            tokio::spawn(async move {
+                let mut lags = Vec::new();
+                let Ok(pool) = sqlx::PgPool::connect(&pg).await else { return lags };
+                let js = jetstream::new(client);
+                while sampling.load(Ordering::Relaxed) {
+                    if let Ok(mut s) = js.get_stream(format!("{ns}_EVENTS")).await
+                        && let Ok(info) = s.info().await
+                    {
+                        let head = info.state.last_sequence;
+                        let cp: i64 = sqlx::query_scalar("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints")
+                            .fetch_one(&pool)
+                            .await
+                            .unwrap_or(0);
+                        lags.push(head.saturating_sub(cp.max(0) as u64) as f64);
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                lags
+            })
+        };
         let sampler = {
             let (peak, sampling, pid) = (peak.clone(), sampling.clone(), ws[0].0.id());
             tokio::spawn(async move {
@@ -262,6 +308,9 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let rate = n as f64 / t0.elapsed().as_secs_f64();
         sampling.store(false, Ordering::Relaxed);
         let _ = sampler.await;
+        let mut lags = lag_sampler.await.unwrap_or_default();
+        lags.sort_by(|a, b| a.total_cmp(b));
+        r.add(&format!("projection lag p99 during end to end, {workers} worker(s)"), pct(&lags, 0.99), "events", None);
         e2e_max = e2e_max.max(rate);
         r.add(&format!("end to end: noop jobs, {workers} worker(s)"), rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
         if workers == 1 {
@@ -654,8 +703,6 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
         a?;
     }
     let append_rate = n as f64 / t0.elapsed().as_secs_f64();
-    // The earlier figures' apis used this database too; the rebuild replaces
-    // their tables with this namespace's, which is fine for a benchmark.
     let pool = sqlx::PgPool::connect(&env.pg_url).await?;
     let t0 = Instant::now();
     let done = fetchml_projections::rebuild(&pool, &store).await?;

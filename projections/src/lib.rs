@@ -49,6 +49,8 @@ pub enum ProjectionError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("this database holds the read models of namespace {found:?}, not {ours:?}: use one database per namespace")]
+    WrongNamespace { found: String, ours: String },
 }
 
 impl ProjectionError {
@@ -78,6 +80,19 @@ pub fn pool(url: &str) -> Result<PgPool, ProjectionError> {
 /// Applies the migrations owned by this crate.
 pub async fn migrate(pool: &PgPool) -> Result<(), ProjectionError> {
     sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}
+
+/// Claims the database for `namespace`, or refuses if another namespace has it.
+pub async fn claim_namespace(conn: &mut PgConnection, namespace: &str) -> Result<(), ProjectionError> {
+    sqlx::query("INSERT INTO projection_namespace (namespace) VALUES ($1) ON CONFLICT DO NOTHING")
+        .bind(namespace)
+        .execute(&mut *conn)
+        .await?;
+    let found: String = sqlx::query_scalar("SELECT namespace FROM projection_namespace").fetch_one(&mut *conn).await?;
+    if found != namespace {
+        return Err(ProjectionError::WrongNamespace { found, ours: namespace.to_owned() });
+    }
     Ok(())
 }
 
@@ -169,6 +184,7 @@ impl Projector {
         // A connection of our own: the advisory lock lives as long as it, and
         // it closes (releasing the lock) when dropped.
         let mut conn = self.pool.acquire().await?.detach();
+        claim_namespace(&mut conn, self.store.subjects().namespace().as_str()).await?;
         loop {
             let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut conn).await?;
             if got {
@@ -218,6 +234,7 @@ pub async fn wait_for(pool: &PgPool, seq: u64, within: Duration) -> Result<bool,
 pub async fn rebuild(pool: &PgPool, store: &EventStore) -> Result<u64, ProjectionError> {
     migrate(pool).await?;
     let mut conn = pool.acquire().await?.detach();
+    claim_namespace(&mut conn, store.subjects().namespace().as_str()).await?;
     sqlx::query(AssertSqlSafe(format!("DROP SCHEMA IF EXISTS {SHADOW} CASCADE"))).execute(&mut conn).await?;
     sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {SHADOW}"))).execute(&mut conn).await?;
     for t in TABLES {

@@ -102,11 +102,16 @@ async fn a_nats_restart_loses_no_job_and_runs_none_twice_at_once() {
     let _w2 = spawn_worker(&app.settings);
     let mut ids = Vec::new();
     for i in 0..20 {
-        let ms = if i % 2 == 0 { "300" } else { "50" };
+        let ms = if i % 2 == 0 { "1500" } else { "50" };
         ids.push(submit(&app, json!({"executor": "sleep", "command": [ms], "retry": {"backoff_initial_ms": 100, "max_attempts": 10}})).await);
     }
-    // Some are running, some queued: restart the server under them.
-    app.until_state(&ids[0], "running").await;
+    // Some are running, some queued: restart the server under them. (Wait for
+    // "started", not for "running": a short job may already be done.)
+    eventually(Duration::from_secs(60), || async {
+        let (_, j) = app.get(&format!("/v1/jobs/{}", ids[0])).await;
+        (j["attempt"].as_u64().unwrap_or(0) >= 1).then_some(())
+    })
+    .await;
     nats.graceful_restart();
     for i in 20..30 {
         let _ = i;

@@ -210,3 +210,16 @@ async fn commands_are_accepted_while_postgres_is_down_and_reads_catch_up() {
     drop(app);
     drop(db);
 }
+
+#[tokio::test]
+async fn a_database_serves_the_read_models_of_one_namespace_only() {
+    let app = spawn_app().await;
+    let last = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    let (s, _) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", last["seq"]))).await;
+    assert_eq!(s, 200);
+    let other = fetchml_tests::store_at(&app.settings.nats.url, fetchml_tests::unique_namespace()).await;
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+    let err = fetchml_projections::rebuild(&pool, &other).await.unwrap_err();
+    assert!(matches!(err, fetchml_projections::ProjectionError::WrongNamespace { .. }), "{err}");
+    fetchml_tests::delete_namespace(&app.settings.nats.url, other.subjects().namespace().as_str());
+}
