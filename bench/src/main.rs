@@ -225,7 +225,8 @@ async fn main() -> anyhow::Result<()> {
     {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.pg_server)).await?;
-        for db in env.databases.lock().unwrap().clone() {
+        let dbs = env.databases.lock().unwrap().clone();
+        for db in dbs {
             sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut c).await?;
         }
     }
