@@ -23,6 +23,10 @@ pub struct StoredEvent {
     pub seq: u64,
     pub subject: String,
     pub payload: Bytes,
+    /// From a [`EventStore::read_stream`]: how many matching messages were
+    /// still pending after this one when it was delivered (0: caught up).
+    /// `None` where the read does not know.
+    pub pending: Option<u64>,
 }
 
 impl StoredEvent {
@@ -154,7 +158,7 @@ impl EventStore {
             match self.events.direct_get_next_for_subject(filter, Some(next)).await {
                 Ok(m) => {
                     next = m.sequence + 1;
-                    out.push(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload });
+                    out.push(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload, pending: None });
                 }
                 Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(out),
                 Err(e) if matches!(e.kind(), DirectGetErrorKind::InvalidSubject) => {
@@ -179,7 +183,7 @@ impl EventStore {
     /// The last event stored on exactly `subject`, if any.
     pub async fn last_on_subject(&self, subject: &str) -> Result<Option<StoredEvent>, StoreError> {
         match self.events.direct_get_last_for_subject(subject).await {
-            Ok(m) => Ok(Some(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload })),
+            Ok(m) => Ok(Some(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload, pending: None })),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(e) => Err(StoreError::unavailable(e)),
         }
@@ -214,8 +218,9 @@ impl EventStore {
         let messages = consumer.messages().await.map_err(StoreError::unavailable)?;
         Ok(messages.map(|m| {
             let m = m.map_err(StoreError::unavailable)?;
-            let seq = m.info().map_err(StoreError::unavailable)?.stream_sequence;
-            Ok(StoredEvent { seq, subject: m.subject.to_string(), payload: m.payload.clone() })
+            let info = m.info().map_err(StoreError::unavailable)?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            Ok(StoredEvent { seq, subject: m.subject.to_string(), payload: m.payload.clone(), pending: Some(pending) })
         }))
     }
 

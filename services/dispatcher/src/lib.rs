@@ -142,7 +142,7 @@ async fn dispatch_batch(js: &jetstream::Context, store: &EventStore, msgs: &[jet
                 continue;
             }
         };
-        let stored = StoredEvent { seq, subject: msg.subject.to_string(), payload: msg.payload.clone() };
+        let stored = StoredEvent { seq, subject: msg.subject.to_string(), payload: msg.payload.clone(), pending: None };
         if let Some((spec, ticket)) = ticket_for(store, &stored).await? {
             acks.push(send_ticket(js, store.subjects(), &spec, &ticket, &ticket.msg_id()).await?);
         }

@@ -368,7 +368,9 @@ async fn as_of(state: &AppState, scope: &Scope, q: &HashMap<String, String>, f: 
         let subjects = state.store.subjects();
         let mut events =
             state.store.read_stream(&subjects.events_stream(), vec![subjects.all_job_events()], fetchml_eventstore::StartAt::Beginning).await?;
-        while let Some(ev) = events.next().await {
+        // The first message (or its absence: no job events at all) within a
+        // bound; after that `pending` says when the replay is done.
+        while let Ok(Some(ev)) = tokio::time::timeout(std::time::Duration::from_secs(2), events.next()).await {
             let ev = ev?;
             if ev.seq > upto {
                 break;
@@ -386,7 +388,9 @@ async fn as_of(state: &AppState, scope: &Scope, q: &HashMap<String, String>, f: 
                 }
             }
             reached = ev.seq;
-            if ev.seq >= upto {
+            // Stop at N, or when nothing older is pending: the log's last
+            // sequences may belong to other families (user, worker events).
+            if ev.seq >= upto || ev.pending == Some(0) {
                 break;
             }
         }
