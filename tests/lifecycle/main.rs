@@ -68,6 +68,7 @@ async fn a_job_acknowledged_by_an_api_that_is_killed_at_once_still_runs() {
         .env("FETCHML_NATS__URL", &base.settings.nats.url)
         .env("FETCHML_NATS__NAMESPACE", &base.settings.nats.namespace)
         .env("FETCHML_AUTH__USERS_FILE", fetchml_tests::app::users_file())
+        .env("FETCHML_POSTGRES__URL", &base.settings.postgres.url)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
