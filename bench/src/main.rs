@@ -245,6 +245,12 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     r.add("limit: raw publish, pipelined", pipe_rate, "msg/s", None);
     r.add("limit: raw pull-consume with acks", consume_rate, "msg/s", None);
 
+    // The durability trade-off: the same raw figures against a server that
+    // fsyncs before every acknowledgement.
+    let (sync_seq, sync_pipe) = raw_sync_always(env, if quick { 5_000 } else { 20_000 }).await?;
+    r.add("durability: raw publish one at a time, sync_interval always", sync_seq, "msg/s", Some(("default sync, one at a time", seq_rate)));
+    r.add("durability: raw publish pipelined, sync_interval always", sync_pipe, "msg/s", Some(("pipelined publish", pipe_rate)));
+
     // ---- 2. Submit throughput, 64 keep-alive clients, no workers.
     let (api, url) = env.api("bsubmit").await;
     let idle_api = api.rss_kib();
@@ -798,4 +804,53 @@ async fn ws_fanout(env: &Env, ns: &str, url: &str, subscribers: usize, rate: usi
     all.sort_by(|a, b| a.total_cmp(b));
     let delivered = all.len() as f64 / (total * subscribers) as f64;
     Ok((pct(&all, 0.5), pct(&all, 0.99), delivered))
+}
+
+/// Raw publishes against a second nats-server configured with
+/// `jetstream { sync_interval: always }`.
+async fn raw_sync_always(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
+    let dir = tempfile::tempdir()?;
+    let port = free_port();
+    let conf = dir.path().join("sync.conf");
+    std::fs::write(
+        &conf,
+        format!("listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", dir.path().join("js")),
+    )?;
+    let _server = Proc(
+        Command::new(&env.args.nats_server)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    wait_port(port).await;
+    let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await?;
+    let js = jetstream::new(client);
+    js.create_stream(stream::Config {
+        name: "SYNC".into(),
+        subjects: vec!["sync.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await?;
+    let payload = event_sized_payload();
+    let seq_n = (n / 10).max(100);
+    let t0 = Instant::now();
+    for i in 0..seq_n {
+        js.publish(format!("sync.a.{}", i % 1000), payload.clone()).await?.await?;
+    }
+    let seq_rate = seq_n as f64 / t0.elapsed().as_secs_f64();
+    let t0 = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..n {
+        inflight.push(std::future::IntoFuture::into_future(js.publish(format!("sync.b.{}", i % 1000), payload.clone()).await?));
+        if inflight.len() >= 1024 {
+            inflight.next().await.unwrap()?;
+        }
+    }
+    while let Some(a) = inflight.next().await {
+        a?;
+    }
+    Ok((seq_rate, n as f64 / t0.elapsed().as_secs_f64()))
 }
