@@ -179,20 +179,7 @@ impl EventStore {
         payload: P,
         ctx: &CommandContext,
     ) -> Result<(Appended, String), StoreError> {
-        let env = Envelope::seal(
-            NewEvent {
-                aggregate_id: aggregate_id.to_owned(),
-                aggregate_version: version,
-                occurred_at: ctx.now,
-                actor: ctx.actor.clone(),
-                command_id: ctx.command_id,
-                correlation_id: ctx.correlation_id,
-                payload,
-            },
-            prev_hash,
-        )
-        .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let bytes = env.to_bytes().map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let (env, bytes) = seal(aggregate_id, version, prev_hash, payload, ctx)?;
         let appended = self.append(subject, expected_last_seq, &ctx.command_id.to_string(), bytes).await?;
         Ok((appended, env.hash))
     }
@@ -242,20 +229,7 @@ impl EventStore {
         for (i, payload) in events.into_iter().enumerate() {
             let version = first_version + i as u64;
             state = evolve(state, &payload);
-            let env = Envelope::seal(
-                NewEvent {
-                    aggregate_id: loaded.id.to_string(),
-                    aggregate_version: version,
-                    occurred_at: ctx.now,
-                    actor: ctx.actor.clone(),
-                    command_id: ctx.command_id,
-                    correlation_id: ctx.correlation_id,
-                    payload,
-                },
-                &prev_hash,
-            )
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-            let bytes = env.to_bytes().map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let (env, bytes) = seal(&loaded.id.to_string(), version, &prev_hash, payload, ctx)?;
             // Nats-Msg-Id: the command id, plus the event's index when a command
             // yields several, so each event deduplicates on its own.
             let msg_id = if i == 0 { ctx.command_id.to_string() } else { format!("{}-{i}", ctx.command_id) };
@@ -267,4 +241,30 @@ impl EventStore {
         }
         Ok(Executed { seq: expected, duplicate, state, appended: appended_events })
     }
+}
+
+/// Seals `payload` as event `version` of `aggregate_id`, linked to `prev_hash`;
+/// returns the envelope and its stored bytes.
+fn seal<P: DomainEvent>(
+    aggregate_id: &str,
+    version: u64,
+    prev_hash: &str,
+    payload: P,
+    ctx: &CommandContext,
+) -> Result<(Envelope<P>, Vec<u8>), StoreError> {
+    let env = Envelope::seal(
+        NewEvent {
+            aggregate_id: aggregate_id.to_owned(),
+            aggregate_version: version,
+            occurred_at: ctx.now,
+            actor: ctx.actor.clone(),
+            command_id: ctx.command_id,
+            correlation_id: ctx.correlation_id,
+            payload,
+        },
+        prev_hash,
+    )
+    .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    let bytes = env.to_bytes().map_err(|e| StoreError::Invalid(e.to_string()))?;
+    Ok((env, bytes))
 }

@@ -231,7 +231,12 @@ async fn two_hundred_jobs_across_three_workers_with_random_kills_each_end_exactl
         let victim = (round * 7 + done) % workers.len();
         workers[victim].kill9();
         workers[victim] = spawn_worker(&app.settings);
-        tokio::time::sleep(Duration::from_millis(400)).await;
+        // The next kill waits until the fleet has made progress since this one.
+        eventually(Duration::from_secs(60), || async {
+            let (_, list) = app.get("/v1/jobs?state=succeeded&limit=500").await;
+            (list["items"].as_array().map_or(0, Vec::len) > done).then_some(())
+        })
+        .await;
     }
     for id in &ids {
         let job = app.until_terminal(id).await;

@@ -209,6 +209,24 @@ fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
     Ok(reason)
 }
 
+/// A command on an existing job by a user: reason from the body, authorized
+/// with the `own` permission on one's own jobs or `all` on any.
+async fn user_command(
+    state: &AppState,
+    caller: &Caller,
+    raw_id: &str,
+    body: &Bytes,
+    (default_reason, own, all): (&str, &'static str, &'static str),
+    command: impl FnOnce(String) -> JobCommand,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let id = parse_job_id(raw_id)?;
+    let reason = reason_from(body, default_reason)?;
+    authorize_command(state, caller, id, own, all).await?;
+    let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
+    let done = state.store.execute_job(id, command(reason), &ctx).await?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
+}
+
 /// `POST /v1/jobs/{id}/cancel`: a queued job never starts afterwards; a
 /// running one's process group gets SIGTERM, then SIGKILL after the grace.
 #[tracing::instrument(skip_all, fields(job = %raw_id))]
@@ -218,12 +236,8 @@ pub async fn cancel(
     Path(raw_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = parse_job_id(&raw_id)?;
-    let reason = reason_from(&body, "cancelled by user")?;
-    authorize_command(&state, &caller, id, "jobs:cancel", "jobs:cancel:all").await?;
-    let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
-    let done = state.store.execute_job(id, JobCommand::Cancel { reason }, &ctx).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
+    let perms = ("cancelled by user", "jobs:cancel", "jobs:cancel:all");
+    user_command(&state, &caller, &raw_id, &body, perms, |reason| JobCommand::Cancel { reason }).await
 }
 
 /// `POST /v1/jobs/{id}/retry`: queue a failed, timed-out, dead-lettered or
@@ -235,12 +249,8 @@ pub async fn retry(
     Path(raw_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = parse_job_id(&raw_id)?;
-    let reason = reason_from(&body, "retried by user")?;
-    authorize_command(&state, &caller, id, "jobs:retry", "jobs:retry:all").await?;
-    let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
-    let done = state.store.execute_job(id, JobCommand::Retry { reason }, &ctx).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
+    let perms = ("retried by user", "jobs:retry", "jobs:retry:all");
+    user_command(&state, &caller, &raw_id, &body, perms, |reason| JobCommand::Retry { reason }).await
 }
 
 const DEFAULT_LIMIT: usize = 50;
