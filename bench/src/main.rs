@@ -43,6 +43,16 @@ struct Args {
     /// Events to rebuild the read models from (default 1,000,000; 100,000 with --quick).
     #[arg(long)]
     rebuild_events: Option<usize>,
+    /// Run only these sections (the raw limit always runs: ratios need it):
+    /// durability, submit, e2e, latency, rebuild, streams, cancel. Repeatable.
+    #[arg(long)]
+    only: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, section: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|s| s == section)
+    }
 }
 
 /// A child process killed on drop.
@@ -247,128 +257,150 @@ async fn run(env: &Env) -> anyhow::Result<()> {
 
     // The durability trade-off: the same raw figures against a server that
     // fsyncs before every acknowledgement.
-    let (sync_seq, sync_pipe) = raw_sync_always(env, if quick { 5_000 } else { 20_000 }).await?;
-    r.add("durability: raw publish one at a time, sync_interval always", sync_seq, "msg/s", Some(("default sync, one at a time", seq_rate)));
-    r.add("durability: raw publish pipelined, sync_interval always", sync_pipe, "msg/s", Some(("pipelined publish", pipe_rate)));
+    if env.args.runs("durability") {
+        let (sync_seq, sync_pipe) = raw_sync_always(env, if quick { 5_000 } else { 20_000 }).await?;
+        r.add("durability: raw publish one at a time, sync_interval always", sync_seq, "msg/s", Some(("default sync, one at a time", seq_rate)));
+        r.add("durability: raw publish pipelined, sync_interval always", sync_pipe, "msg/s", Some(("pipelined publish", pipe_rate)));
+    }
 
     // ---- 2. Submit throughput, 64 keep-alive clients, no workers.
-    let (api, url) = env.api("bsubmit").await;
-    let idle_api = api.rss_kib();
-    let n_submit = if quick { 5_000 } else { 20_000 };
-    let (submit_rate, _) = submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
-    r.add("submit: POST /v1/jobs, 64 clients", submit_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
-    r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
-    r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
-    drop(api);
+    if env.args.runs("submit") {
+        let (api, url) = env.api("bsubmit").await;
+        let idle_api = api.rss_kib();
+        let n_submit = if quick { 5_000 } else { 20_000 };
+        let (submit_rate, _) = submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
+        r.add("submit: POST /v1/jobs, 64 clients", submit_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
+        r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
+        drop(api);
+    }
 
-    // ---- 4. End to end, noop jobs, 1 and 4 worker processes.
     let root = tempfile::tempdir()?;
     let mut e2e_max: f64 = 0.0;
-    for workers in [1usize, 4] {
-        let ns = format!("be2e{workers}");
-        let (api, url) = env.api(&ns).await;
-        let ws: Vec<Proc> = (0..workers).map(|_| env.worker(&ns, 32, root.path())).collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        if workers == 1 {
-            r.add("memory: worker RSS idle", ws[0].rss_kib() as f64 / 1024.0, "MiB", None);
-        }
-        let n = if quick { 2_000 } else { 10_000 };
-        let done = count_events(&env.client, &ns, "job_succeeded", n);
-        let t0 = Instant::now();
-        let peak = Arc::new(AtomicU64::new(0));
-        let sampling = Arc::new(AtomicBool::new(true));
-        // Projection lag: log head minus the read models' checkpoint, sampled.
-        let lag_sampler = {
-            let (sampling, client, ns) = (sampling.clone(), env.client.clone(), ns.clone());
-            let pg = format!("{}/fetchml_bench_{}_{ns}", env.pg_server, std::process::id());
-            tokio::spawn(async move {
-                let mut lags = Vec::new();
-                let Ok(pool) = sqlx::PgPool::connect(&pg).await else { return lags };
-                let js = jetstream::new(client);
-                while sampling.load(Ordering::Relaxed) {
-                    if let Ok(mut s) = js.get_stream(format!("{ns}_EVENTS")).await
-                        && let Ok(info) = s.info().await
-                    {
-                        let head = info.state.last_sequence;
-                        let cp: i64 = sqlx::query_scalar("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints")
-                            .fetch_one(&pool)
-                            .await
-                            .unwrap_or(0);
-                        lags.push(head.saturating_sub(cp.max(0) as u64) as f64);
+    // ---- 4. End to end, noop jobs, 1 and 4 worker processes.
+    if env.args.runs("e2e") {
+        for workers in [1usize, 4] {
+            let ns = format!("be2e{workers}");
+            let (api, url) = env.api(&ns).await;
+            let ws: Vec<Proc> = (0..workers).map(|_| env.worker(&ns, 32, root.path())).collect();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if workers == 1 {
+                r.add("memory: worker RSS idle", ws[0].rss_kib() as f64 / 1024.0, "MiB", None);
+            }
+            let n = if quick { 2_000 } else { 10_000 };
+            let done = count_events(&env.client, &ns, "job_succeeded", n);
+            let t0 = Instant::now();
+            let peak = Arc::new(AtomicU64::new(0));
+            let sampling = Arc::new(AtomicBool::new(true));
+            // Projection lag: log head minus the read models' checkpoint, sampled.
+            let lag_sampler = {
+                let (sampling, client, ns) = (sampling.clone(), env.client.clone(), ns.clone());
+                let pg = format!("{}/fetchml_bench_{}_{ns}", env.pg_server, std::process::id());
+                tokio::spawn(async move {
+                    let mut lags = Vec::new();
+                    let Ok(pool) = sqlx::PgPool::connect(&pg).await else { return lags };
+                    let js = jetstream::new(client);
+                    while sampling.load(Ordering::Relaxed) {
+                        if let Ok(mut s) = js.get_stream(format!("{ns}_EVENTS")).await
+                            && let Ok(info) = s.info().await
+                        {
+                            let head = info.state.last_sequence;
+                            let cp: i64 = sqlx::query_scalar("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints")
+                                .fetch_one(&pool)
+                                .await
+                                .unwrap_or(0);
+                            lags.push(head.saturating_sub(cp.max(0) as u64) as f64);
+                        }
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                lags
-            })
-        };
-        let sampler = {
-            let (peak, sampling, pid) = (peak.clone(), sampling.clone(), ws[0].0.id());
-            tokio::spawn(async move {
-                while sampling.load(Ordering::Relaxed) {
-                    peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-            })
-        };
-        submit_many(&env.key, &url, n, 64, json!({"executor": "noop", "command": []})).await;
-        done.await??;
-        let rate = n as f64 / t0.elapsed().as_secs_f64();
-        sampling.store(false, Ordering::Relaxed);
-        let _ = sampler.await;
-        let mut lags = lag_sampler.await.unwrap_or_default();
-        lags.sort_by(|a, b| a.total_cmp(b));
-        r.add(&format!("projection lag p99 during end to end, {workers} worker(s)"), pct(&lags, 0.99), "events", None);
-        e2e_max = e2e_max.max(rate);
-        r.add(&format!("end to end: noop jobs, {workers} worker(s)"), rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
-        if workers == 1 {
-            r.add("memory: worker RSS under load (peak)", peak.load(Ordering::Relaxed) as f64 / 1024.0, "MiB", None);
+                    lags
+                })
+            };
+            let sampler = {
+                let (peak, sampling, pid) = (peak.clone(), sampling.clone(), ws[0].0.id());
+                tokio::spawn(async move {
+                    while sampling.load(Ordering::Relaxed) {
+                        peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                })
+            };
+            submit_many(&env.key, &url, n, 64, json!({"executor": "noop", "command": []})).await;
+            done.await??;
+            let rate = n as f64 / t0.elapsed().as_secs_f64();
+            sampling.store(false, Ordering::Relaxed);
+            let _ = sampler.await;
+            let mut lags = lag_sampler.await.unwrap_or_default();
+            lags.sort_by(|a, b| a.total_cmp(b));
+            r.add(&format!("projection lag p99 during end to end, {workers} worker(s)"), pct(&lags, 0.99), "events", None);
+            e2e_max = e2e_max.max(rate);
+            r.add(&format!("end to end: noop jobs, {workers} worker(s)"), rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+            if workers == 1 {
+                r.add("memory: worker RSS under load (peak)", peak.load(Ordering::Relaxed) as f64 / 1024.0, "MiB", None);
+            }
+            drop(ws);
+            drop(api);
         }
-        drop(ws);
-        drop(api);
+
+    
     }
 
-    // ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
-    for (label, rate) in [("500/s", 500.0), ("80% of max", (e2e_max * 0.8).max(1.0))] {
-        let ns = format!("blat{}", rate as u64);
-        let (api, url) = env.api(&ns).await;
-        let ws: Vec<Proc> = (0..2).map(|_| env.worker(&ns, 64, root.path())).collect();
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let secs = if quick { 4.0 } else { 10.0 };
-        let lat = queue_to_start(env, &ns, &url, rate, secs).await?;
-        r.add(&format!("queue-to-start p50 at {label}"), pct(&lat, 0.5), "ms", None);
-        r.add(&format!("queue-to-start p99 at {label}"), pct(&lat, 0.99), "ms", None);
-        r.add(&format!("queue-to-start p999 at {label}"), pct(&lat, 0.999), "ms", None);
-        drop(ws);
-        drop(api);
+// ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
+    if env.args.runs("latency") {
+        for (label, rate) in [("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })] {
+            let ns = format!("blat{}", rate as u64);
+            let (api, url) = env.api(&ns).await;
+            let ws: Vec<Proc> = (0..2).map(|_| env.worker(&ns, 64, root.path())).collect();
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let secs = if quick { 4.0 } else { 10.0 };
+            let lat = queue_to_start(env, &ns, &url, rate, secs).await?;
+            r.add(&format!("queue-to-start p50 at {label}"), pct(&lat.total, 0.5), "ms", None);
+            r.add(&format!("queue-to-start p99 at {label}"), pct(&lat.total, 0.99), "ms", None);
+            r.add(&format!("queue-to-start p999 at {label}"), pct(&lat.total, 0.999), "ms", None);
+            for (hop, v) in [("append", &lat.append), ("dispatch", &lat.dispatch), ("claim", &lat.claim)] {
+                r.add(&format!("  hop {hop} at {label}, p50"), pct(v, 0.5), "ms", None);
+                r.add(&format!("  hop {hop} at {label}, p99"), pct(v, 0.99), "ms", None);
+            }
+            drop(ws);
+            drop(api);
+        }
     }
 
-    // ---- 5. Projection: raw COPY (the limit) and a rebuild from sequence 1.
-    let copy_rows = if quick { 100_000 } else { 500_000 };
-    let copy_rate = raw_copy(&env.pg_url, copy_rows).await?;
-    r.add("limit: raw Postgres COPY, job-sized rows", copy_rate, "rows/s", None);
     let n_events = env.args.rebuild_events.unwrap_or(if quick { 100_000 } else { 1_000_000 });
-    let (append_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
-    r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
-    r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
+    // ---- 5. Projection: raw COPY (the limit) and a rebuild from sequence 1.
+    if env.args.runs("rebuild") {
+        let copy_rows = if quick { 100_000 } else { 500_000 };
+        let copy_rate = raw_copy(&env.pg_url, copy_rows).await?;
+        r.add("limit: raw Postgres COPY, job-sized rows", copy_rate, "rows/s", None);
+        let (append_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
+        r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
+        r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
 
-    // ---- 6. Streams: fan-out latency, and replay speed to one client.
-    let (api, url) = env.api("brebuild").await;
-    let replay_n = if quick { 20_000 } else { 100_000 };
-    let replay_rate = ws_replay(env, &url, replay_n.min(n_events)).await?;
-    r.add(&format!("streams: replay of {} stored events to one client", replay_n.min(n_events)), replay_rate, "events/s", None);
-    drop(api);
-    for subscribers in [100usize, 1000] {
-        let ns = format!("bws{subscribers}");
-        let (api, url) = env.api(&ns).await;
-        let (p50, p99, delivered) = ws_fanout(env, &ns, &url, subscribers, 1000, if quick { 2 } else { 5 }).await?;
-        r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p50"), p50, "ms", None);
-        r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p99"), p99, "ms", None);
-        r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, delivered"), delivered * 100.0, "%", None);
-        drop(api);
+    
     }
 
-    // ---- 8. Cancel: request to process gone.
-    {
+// ---- 6. Streams: fan-out latency, and replay speed to one client.
+    if env.args.runs("streams") {
+        let (api, url) = env.api("brebuild").await;
+        let replay_n = if quick { 20_000 } else { 100_000 };
+        let replay_rate = ws_replay(env, &url, replay_n.min(n_events)).await?;
+        r.add(&format!("streams: replay of {} stored events to one client", replay_n.min(n_events)), replay_rate, "events/s", None);
+        drop(api);
+        for subscribers in [100usize, 1000] {
+            let ns = format!("bws{subscribers}");
+            let (api, url) = env.api(&ns).await;
+            let (p50, p99, delivered) = ws_fanout(env, &ns, &url, subscribers, 1000, if quick { 2 } else { 5 }).await?;
+            r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p50"), p50, "ms", None);
+            r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p99"), p99, "ms", None);
+            r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, delivered"), delivered * 100.0, "%", None);
+            drop(api);
+        }
+
+    
+    }
+
+// ---- 8. Cancel: request to process gone.
+    if env.args.runs("cancel") {
         let ns = "bcancel";
         let (api, url) = env.api(ns).await;
         let _w = env.worker(ns, 4, root.path());
@@ -527,12 +559,48 @@ fn memfind(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
 
+/// Queue-to-start latency, whole and by hop (milliseconds, each sorted).
+struct StartLatency {
+    total: Vec<f64>,
+    /// `job_queued.occurred_at` until a plain subscriber sees the stored event.
+    append: Vec<f64>,
+    /// Event seen until its dispatch ticket is seen.
+    dispatch: Vec<f64>,
+    /// Ticket seen until `job_started.occurred_at` (the worker's claim).
+    claim: Vec<f64>,
+}
+
 /// Submits at `rate` jobs/s for `secs`, then reads every job's `job_queued`
 /// and `job_started` times from the log: the latency is between the two
-/// events' `occurred_at` (api clock and worker clock: the same machine).
-async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) -> anyhow::Result<Vec<f64>> {
+/// events' `occurred_at` (api clock and worker clock: the same machine). A
+/// plain subscription on the job and dispatch subjects times each hop.
+async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) -> anyhow::Result<StartLatency> {
     let client = &env.client;
     let n = (rate * secs) as usize;
+    // Arrival times of each job's queued event and of its ticket.
+    let seen: Arc<std::sync::Mutex<HashMap<String, [Option<chrono::DateTime<chrono::Utc>>; 2]>>> = Arc::default();
+    let observer = {
+        let mut evs = client.subscribe(format!("{ns}.ev.job.>")).await?;
+        let mut tickets = client.subscribe(format!("{ns}.dispatch.>")).await?;
+        client.flush().await?;
+        let seen = seen.clone();
+        tokio::spawn(async move {
+            let needle = b"\"type\":\"job_queued\"";
+            loop {
+                let (m, slot) = tokio::select! {
+                    Some(m) = evs.next() => (m, 0),
+                    Some(m) = tickets.next() => (m, 1),
+                    else => return,
+                };
+                let now = chrono::Utc::now();
+                let job = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
+                if slot == 0 && !memfind(&m.payload, needle) {
+                    continue;
+                }
+                seen.lock().unwrap().entry(job).or_default()[slot].get_or_insert(now);
+            }
+        })
+    };
     let started = count_events(client, ns, "job_started", n);
     let http = self::client(&env.key, 64);
     let spec = json!({"executor": "noop", "command": []});
@@ -551,6 +619,7 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
         done??;
     }
     started.await??;
+    observer.abort();
     // Read both events of every job back.
     let js = jetstream::new(client.clone());
     let s = js.get_stream(format!("{ns}_EVENTS")).await?;
@@ -558,7 +627,9 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     let c = s.create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() }).await?;
     let mut msgs = c.messages().await?;
     let mut queued: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
-    let mut lat = Vec::with_capacity(n);
+    let seen = std::mem::take(&mut *seen.lock().unwrap());
+    let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
+    let mut out = StartLatency { total: Vec::with_capacity(n), append: Vec::new(), dispatch: Vec::new(), claim: Vec::new() };
     loop {
         let m = msgs.next().await.unwrap()?;
         let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
@@ -571,7 +642,12 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
             }
             Some("job_started") => {
                 if let Some(q) = queued.get(&id) {
-                    lat.push((at - *q).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                    out.total.push(ms(at - *q));
+                    if let Some([Some(ev), Some(ticket)]) = seen.get(&id) {
+                        out.append.push(ms(*ev - *q));
+                        out.dispatch.push(ms(*ticket - *ev));
+                        out.claim.push(ms(at - *ticket));
+                    }
                 }
             }
             _ => {}
@@ -580,8 +656,10 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
             break;
         }
     }
-    lat.sort_by(|a, b| a.total_cmp(b));
-    Ok(lat)
+    for v in [&mut out.total, &mut out.append, &mut out.dispatch, &mut out.claim] {
+        v.sort_by(|a, b| a.total_cmp(b));
+    }
+    Ok(out)
 }
 
 /// For `n` running `sleep` jobs: time from the cancel request to the moment
