@@ -273,6 +273,10 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
         r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
         drop(api);
+        let (api, url) = env.api("bsubmitb").await;
+        let batch_rate = submit_batches(&env.key, &url, n_submit * 2, 500, 4, json!({"executor": "noop", "command": []})).await?;
+        r.add("submit: POST /v1/jobs/batch, 500 per request, 4 clients", batch_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        drop(api);
     }
 
     let root = tempfile::tempdir()?;
@@ -495,8 +499,35 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     Ok((seq_rate, pipe_rate, consume_rate))
 }
 
-/// Submits `n` jobs from `clients` concurrent keep-alive clients; returns
-/// jobs/s and the ids.
+/// Submits `n` jobs through `POST /v1/jobs/batch`, `per_request` at a time from
+/// `clients` concurrent clients; returns jobs/s.
+async fn submit_batches(key: &str, url: &str, n: usize, per_request: usize, clients: usize, spec: Value) -> anyhow::Result<f64> {
+    let http = client(key, clients);
+    let body = Arc::new(json!({ "jobs": vec![spec; per_request] }));
+    let next = Arc::new(AtomicU64::new(0));
+    let requests = n.div_ceil(per_request);
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, next, url, body) = (http.clone(), next.clone(), url.to_owned(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            while (next.fetch_add(1, Ordering::Relaxed) as usize) < requests {
+                let r = http.post(format!("{url}/v1/jobs/batch")).json(&*body).send().await?;
+                if r.status() != 202 {
+                    bail!("batch submit answered {}: {}", r.status(), r.text().await.unwrap_or_default());
+                }
+            }
+            Ok(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok((requests * per_request) as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// A client that sends `key` as a bearer token, keeping up to `pool`
+/// connections alive.
 fn client(key: &str, pool: usize) -> reqwest::Client {
     let mut h = reqwest::header::HeaderMap::new();
     h.insert(reqwest::header::AUTHORIZATION, format!("Bearer {key}").parse().unwrap());

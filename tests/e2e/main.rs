@@ -130,6 +130,71 @@ async fn the_same_idempotency_key_names_the_same_job_once() {
     assert_eq!(events["items"].as_array().unwrap().len(), 1);
 }
 
+async fn post_batch(app: &fetchml_tests::app::TestApp, key: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
+    let mut req = app.http.post(app.url("/v1/jobs/batch")).json(body);
+    if let Some(k) = key {
+        req = req.header("Idempotency-Key", k);
+    }
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn a_batch_queues_every_job_once_and_each_runs() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let batch = json!({"jobs": [
+        {"command": ["true"]},
+        {"command": ["sh", "-c", "exit 4"]},
+        {"executor": "noop", "command": [], "priority": 9},
+    ]});
+    let (status, body) = post_batch(&app, Some("sweep-1"), &batch).await;
+    assert_eq!(status, 202, "{body}");
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 3);
+    let ids: Vec<String> = jobs.iter().map(|j| j["id"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(ids.iter().collect::<std::collections::BTreeSet<_>>().len(), 3, "{ids:?}");
+    assert!(jobs.iter().all(|j| j["duplicate"] == false && j["seq"].as_u64().unwrap() >= 1), "{body}");
+
+    // In order: job i is spec i.
+    let states: Vec<_> = futures::future::join_all(ids.iter().map(|id| app.until_terminal(id))).await;
+    let states: Vec<&str> = states.iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["succeeded", "failed", "succeeded"]);
+
+    // The same batch with the same key names the same jobs and stores nothing new.
+    let (status, again) = post_batch(&app, Some("sweep-1"), &batch).await;
+    assert_eq!(status, 202, "{again}");
+    for (a, b) in jobs.iter().zip(again["jobs"].as_array().unwrap()) {
+        assert_eq!((&a["id"], &a["seq"]), (&b["id"], &b["seq"]));
+        assert_eq!(b["duplicate"], true);
+    }
+    for id in &ids {
+        assert_eq!(app.event_types(id).await.iter().filter(|t| *t == "job_queued").count(), 1);
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_batch_stores_nothing_and_says_which_job_is_wrong() {
+    let app = spawn_app().await;
+    let (s, b) = post_batch(&app, None, &json!({"jobs": [{"command": ["true"]}, {"command": []}]})).await;
+    assert_eq!((s, b["error"]["code"].as_str(), b["error"]["field"].as_str()), (422, Some("command_empty"), Some("jobs[1].command")), "{b}");
+    let (s, b) = post_batch(&app, None, &json!({"jobs": [{"command": ["true"]}, {"comand": ["x"]}]})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_body")), "{b}");
+    assert!(b["error"]["message"].as_str().unwrap().contains("jobs[1]"), "{b}");
+    let (s, b) = post_batch(&app, None, &json!({"jobs": []})).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("empty_batch")));
+    let too_many: Vec<_> = (0..=fetchml_api::MAX_BATCH).map(|_| json!({"command": ["true"]})).collect();
+    let (s, b) = post_batch(&app, None, &json!({ "jobs": too_many })).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("batch_too_large")));
+    let (s, b) = post_batch(&app, None, &json!([{"command": ["true"]}])).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_body")));
+    // An analyst may not queue jobs, one or many.
+    let r = app.as_user("ana").post(app.url("/v1/jobs/batch")).json(&json!({"jobs": [{"command": ["true"]}]})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    assert!(store.load(&store.subjects().all_job_events()).await.unwrap().is_empty());
+}
+
 #[tokio::test]
 async fn health_and_readiness_answer() {
     let app = spawn_app().await;
@@ -161,6 +226,16 @@ async fn readiness_says_503_while_nats_is_down_and_recovers() {
     })
     .await;
     assert_eq!(body["error"]["code"], "not_ready");
+    // A batch while NATS is away: nothing is stored, and the answer says so per job.
+    let alice = fetchml_tests::app::client_with_key(&fetchml_tests::app::key_of("alice"));
+    let batch_url = url.replace("/readyz", "/v1/jobs/batch");
+    let r = alice.post(&batch_url).json(&serde_json::json!({"jobs": [{"command": ["true"]}, {"command": ["true"]}]})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "event_store_unavailable", "{body}");
+    let jobs = body["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 2);
+    assert!(jobs.iter().all(|j| j["error"]["code"] == "event_store_unavailable" && j["id"].is_string()), "{body}");
     nats.restart();
     fetchml_tests::eventually(std::time::Duration::from_secs(30), || async {
         let r = http.get(&url).send().await.ok()?;

@@ -40,7 +40,7 @@ impl ApiError {
         ApiError::BadRequest { code, message: message.into() }
     }
 
-    fn status_and_code(&self) -> (StatusCode, &'static str) {
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
             ApiError::InvalidSpec(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
@@ -85,14 +85,24 @@ impl From<ExecuteError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, code) = self.status_and_code();
+impl ApiError {
+    /// The `error` object of a response body: `code`, `message` and, for an
+    /// invalid spec, `field`.
+    pub fn body(&self) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
         let mut error = json!({ "code": code, "message": self.to_string() });
-        if let ApiError::InvalidSpec(e) | ApiError::Rejected(JobRejection::InvalidSpec(e)) = &self {
+        if let ApiError::InvalidSpec(e) | ApiError::Rejected(JobRejection::InvalidSpec(e)) = self {
             error["field"] = json!(e.field);
             error["message"] = json!(e.message);
         }
+        error
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let error = self.body();
         if status.is_server_error() {
             tracing::error!(code, error = ?self, "request failed");
         }

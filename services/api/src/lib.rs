@@ -8,6 +8,7 @@
 pub mod auth;
 mod error;
 pub(crate) mod routes;
+pub use routes::jobs::MAX_BATCH;
 pub mod stream;
 
 pub use error::ApiError;

@@ -8,9 +8,10 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
+use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec, JobStatus, decide};
 use fetchml_events::{Actor, CommandId, JobId, UserName};
-use fetchml_eventstore::{CommandContext, LoadedJob};
+use fetchml_eventstore::{CommandContext, Executed, LoadedJob};
+use futures::StreamExt;
 use fetchml_projections::queries::{JobFilter, Scope};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -103,13 +104,19 @@ pub async fn submit(
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let spec: JobSpec = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not a job spec: {e}")))?;
-    let owner = caller.name().clone();
+    let (id, done) = queue(&state, caller.name(), spec, idempotency_key(&headers)?).await;
+    let done = done?;
+    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
+}
+
+/// Queues one job for `owner`. With an idempotency key, the same owner and key
+/// always mean the same job and the same command, so a retried submit is
+/// stored once and answered the same.
+async fn queue(state: &AppState, owner: &UserName, spec: JobSpec, key: Option<String>) -> (JobId, Result<Executed, ApiError>) {
     let mut ctx = CommandContext::new(Actor::User { name: owner.clone() });
-    // The same owner and key always mean the same job and the same command,
-    // so a retried submit is stored once and answered the same.
-    let (id, known) = match idempotency_key(&headers)? {
+    let (id, known) = match key {
         Some(key) => {
-            let id = JobId::from_idempotency_key(&owner, &key);
+            let id = JobId::from_idempotency_key(owner, &key);
             ctx.command_id = CommandId::from_uuid(*id.as_uuid());
             (id, None)
         }
@@ -119,8 +126,100 @@ pub async fn submit(
             (id, Some(LoadedJob::new_job(id)))
         }
     };
-    let done = state.store.execute_job_on(id, known, JobCommand::Queue { owner, spec }, &ctx).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
+    let cmd = JobCommand::Queue { owner: owner.clone(), spec };
+    (id, state.store.execute_job_on(id, known, cmd, &ctx).await.map_err(ApiError::from))
+}
+
+/// Most jobs one `POST /v1/jobs/batch` may queue.
+pub const MAX_BATCH: usize = 1000;
+/// Appends of one batch in flight at once: enough to keep NATS busy
+/// (pipelined on the one connection), few enough not to starve other requests.
+const BATCH_IN_FLIGHT: usize = 128;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    jobs: Vec<Value>,
+}
+
+/// `POST /v1/jobs/batch`: queue up to [`MAX_BATCH`] jobs in one request,
+/// `{"jobs": [spec, ...]}`. Every spec is validated before any is stored, so an
+/// invalid batch stores nothing. The appends then run pipelined; each job is
+/// its own aggregate, stored independently. 202 with one `{"id", "seq",
+/// "duplicate"}` per spec, in order, when all are stored; if some could not be
+/// (NATS went away mid-batch), the status and `error` are the first failure's,
+/// and `jobs` says per spec which were stored. With an `Idempotency-Key`, job
+/// `i` is named by the key and `i`, so resending the same batch with the same
+/// key stores only what is missing.
+#[tracing::instrument(skip_all)]
+pub async fn submit_batch(
+    State(state): State<AppState>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    state.auth.require(&caller, "jobs:create", "jobs")?;
+    let key = idempotency_key(&headers)?;
+    let batch: BatchBody = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not {{\"jobs\": [...]}}: {e}")))?;
+    if batch.jobs.is_empty() {
+        return Err(ApiError::bad_request("empty_batch", "a batch holds at least one job"));
+    }
+    if batch.jobs.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(
+            "batch_too_large",
+            format!("a batch holds at most {MAX_BATCH} jobs, this one {}", batch.jobs.len()),
+        ));
+    }
+    let owner = caller.name().clone();
+    let mut specs = Vec::with_capacity(batch.jobs.len());
+    for (i, raw) in batch.jobs.into_iter().enumerate() {
+        let spec: JobSpec = serde_json::from_value(raw)
+            .map_err(|e| ApiError::bad_request("invalid_body", format!("jobs[{i}] is not a job spec: {e}")))?;
+        let cmd = JobCommand::Queue { owner: owner.clone(), spec: spec.clone() };
+        if let Err(r) = decide(None, cmd) {
+            return Err(match r {
+                JobRejection::InvalidSpec(mut e) => {
+                    e.field = format!("jobs[{i}].{}", e.field);
+                    ApiError::InvalidSpec(e)
+                }
+                other => ApiError::Rejected(other),
+            });
+        }
+        specs.push(spec);
+    }
+    let results: Vec<(JobId, Result<Executed, ApiError>)> = futures::stream::iter(specs.into_iter().enumerate())
+        .map(|(i, spec)| {
+            let item_key = key.as_ref().map(|k| format!("{k}#{i}"));
+            let (state, owner) = (&state, &owner);
+            async move { queue(state, owner, spec, item_key).await }
+        })
+        .buffered(BATCH_IN_FLIGHT)
+        .collect()
+        .await;
+    let mut first_error = None;
+    let mut items = Vec::with_capacity(results.len());
+    for (id, r) in results {
+        match r {
+            Ok(done) => items.push(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate })),
+            Err(e) => {
+                items.push(json!({ "id": id, "error": e.body() }));
+                first_error.get_or_insert(e);
+            }
+        }
+    }
+    match first_error {
+        None => Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": items })))),
+        Some(e) => {
+            let (status, _) = e.status_and_code();
+            let mut body = json!({ "error": e.body(), "jobs": items });
+            if status.is_server_error() {
+                tracing::error!(error = ?e, "batch partly stored");
+                body["error"]["message"] = json!(format!("{}; see jobs for which were stored", e));
+            }
+            Ok((status, Json(body)))
+        }
+    }
 }
 
 /// `GET /v1/jobs/{id}`: the job folded from its own events (strongly consistent).
