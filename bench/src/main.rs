@@ -609,7 +609,8 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     let client = &env.client;
     let n = (rate * secs) as usize;
     // Arrival times of each job's queued event and of its ticket.
-    let seen: Arc<std::sync::Mutex<HashMap<String, [Option<chrono::DateTime<chrono::Utc>>; 2]>>> = Arc::default();
+    type Seen = HashMap<String, [Option<chrono::DateTime<chrono::Utc>>; 2]>;
+    let seen: Arc<std::sync::Mutex<Seen>> = Arc::default();
     let observer = {
         let mut evs = client.subscribe(format!("{ns}.ev.job.>")).await?;
         let mut tickets = client.subscribe(format!("{ns}.dispatch.>")).await?;
@@ -821,8 +822,14 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
     let append_rate = n as f64 / t0.elapsed().as_secs_f64();
     let pool = sqlx::PgPool::connect(&env.pg_url).await?;
     let t0 = Instant::now();
-    let done = fetchml_projections::rebuild(&pool, &store).await?;
-    let rebuild_rate = done as f64 / t0.elapsed().as_secs_f64();
+    let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
+    let rebuild_rate = stats.seq as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "  (rebuild phases: read and fold {:.1} s, COPY {:.1} s, swap {:.1} s)",
+        stats.read.as_secs_f64(),
+        stats.write.as_secs_f64(),
+        stats.swap.as_secs_f64()
+    );
     Ok((append_rate, rebuild_rate))
 }
 

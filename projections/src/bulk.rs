@@ -12,8 +12,8 @@ use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{AggregateKind, Envelope};
 use fetchml_eventstore::{EventStore, StartAt};
 use futures::StreamExt;
-use serde_json::{Value, json};
-use sqlx::PgConnection;
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::{BTreeMap, HashMap};
 use uuid::Uuid;
 
@@ -61,6 +61,11 @@ pub struct Folded {
 /// truncate: write them truncated so both paths agree.
 fn ts(t: DateTime<Utc>) -> String {
     t.format("%Y-%m-%d %H:%M:%S%.6f+00").to_string()
+}
+
+/// JSON text for a jsonb column (key order is Postgres's business).
+fn json_text<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_else(|_| "null".into())
 }
 
 /// One COPY text field.
@@ -213,60 +218,117 @@ impl Folded {
     }
 }
 
+/// Events per range reader. Several ranges are read at once, each by its own
+/// ordered consumer, and decoded on the runtime's threads; the fold takes
+/// them in order. One ordered consumer delivers about 30 thousand events/s
+/// here, which was the rebuild's limit (BENCHMARKS.md).
+const RANGE: u64 = 25_000;
+/// Ranges read at once: memory is about RANGE_READERS × RANGE × an event.
+const RANGE_READERS: usize = 4;
+
+/// An event decoded by a range reader.
+enum Decoded {
+    Job(u64, Box<Envelope<JobEvent>>),
+    Worker(u64, Envelope<WorkerEvent>),
+    /// Audit events (users), and anything undecodable: only its sequence counts.
+    Skip(u64),
+}
+
+/// Reads and decodes events `from..=to`.
+async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded>, ProjectionError> {
+    let mut out = Vec::with_capacity((to - from + 1) as usize);
+    let mut events = store.read(&store.subjects().all_events(), StartAt::Sequence(from)).await?;
+    let user_prefix = format!("{}.ev.user.", store.subjects().namespace());
+    while let Some(ev) = events.next().await {
+        let ev = ev?;
+        if ev.seq > to {
+            break;
+        }
+        let seq = ev.seq;
+        // Audit events never reach the read models: skip them unparsed.
+        let decoded = if ev.subject.starts_with(&user_prefix) {
+            Decoded::Skip(seq)
+        } else {
+            match serde_json::from_slice::<Envelope<Value>>(&ev.payload) {
+                Ok(raw) => match raw.aggregate_kind {
+                    AggregateKind::Job => raw.into_typed::<JobEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e))),
+                    AggregateKind::Worker => raw.into_typed::<WorkerEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, e)),
+                    AggregateKind::User => Decoded::Skip(seq),
+                },
+                Err(_) => Decoded::Skip(seq),
+            }
+        };
+        out.push(decoded);
+        // `pending == 0`: nothing further is stored (the range ran past the
+        // last event matching the filter); don't wait for new ones.
+        if seq >= to || ev.pending == Some(0) {
+            break;
+        }
+    }
+    Ok(out)
+}
+
 /// Folds events `1..=to` of the log.
 pub async fn fold(store: &EventStore, to: u64) -> Result<Folded, ProjectionError> {
     let mut f = Folded::default();
     if to == 0 {
         return Ok(f);
     }
-    let mut events = store.read(&store.subjects().all_events(), StartAt::Beginning).await?;
-    while let Some(ev) = events.next().await {
-        let ev = ev?;
-        if ev.seq > to {
-            break;
-        }
-        f.last_seq = ev.seq;
-        if let Ok(raw) = serde_json::from_slice::<Envelope<Value>>(&ev.payload) {
-            match raw.aggregate_kind {
-                AggregateKind::Job => {
-                    if let Ok(env) = raw.into_typed::<JobEvent>() {
-                        f.job_event(ev.seq, env);
-                    }
+    let ranges = (0..to.div_ceil(RANGE)).map(|i| (i * RANGE + 1, ((i + 1) * RANGE).min(to)));
+    let mut chunks = futures::stream::iter(ranges)
+        .map(|(from, upto)| tokio::spawn(read_range(store.clone(), from, upto)))
+        .buffered(RANGE_READERS);
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk.map_err(|e| ProjectionError::Rebuild(format!("range reader failed: {e}")))??;
+        for d in chunk {
+            match d {
+                Decoded::Job(seq, env) => {
+                    f.last_seq = seq;
+                    f.job_event(seq, *env);
                 }
-                AggregateKind::Worker => {
-                    if let Ok(env) = raw.into_typed::<WorkerEvent>() {
-                        f.worker_event(ev.seq, env);
-                    }
+                Decoded::Worker(seq, env) => {
+                    f.last_seq = seq;
+                    f.worker_event(seq, env);
                 }
-                AggregateKind::User => {}
+                Decoded::Skip(seq) => f.last_seq = seq,
             }
-        }
-        if ev.seq >= to {
-            break;
         }
     }
     Ok(f)
 }
 
-async fn copy(conn: &mut PgConnection, statement: &str, data: String) -> Result<(), ProjectionError> {
+/// Runs one `COPY ... FROM STDIN` with `data` on a connection of its own, so
+/// that the tables load in parallel.
+async fn copy(pool: PgPool, statement: String, data: String) -> Result<(), ProjectionError> {
     if data.is_empty() {
         return Ok(());
     }
-    let mut c = conn.copy_in_raw(statement).await?;
+    let mut conn = pool.acquire().await?;
+    let mut c = conn.copy_in_raw(&statement).await?;
     c.send(data.into_bytes()).await?;
     c.finish().await?;
     Ok(())
 }
 
 /// Writes the folded rows into the (empty) tables `conn` sees.
-pub async fn write(conn: &mut PgConnection, f: Folded) -> Result<(), ProjectionError> {
+/// Writes the folded rows into the tables of `schema`, each table by its own
+/// connection at the same time.
+pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), ProjectionError> {
+    // The timeline (one row per event) is ready as it is: load it while the
+    // job rows are rendered.
+    let timeline = tokio::spawn(copy(
+        pool.clone(),
+        format!("COPY {schema}.job_timeline (job_id, seq, type, attempt, actor, occurred_at) FROM STDIN"),
+        std::mem::take(&mut f.timeline),
+    ));
+
     let mut full = String::new();
     let mut analyst = String::new();
     for id in &f.order {
         let Some(r) = f.jobs.get(id) else { continue };
         let j = &r.state;
         let opt_ts = |t: Option<DateTime<Utc>>| t.map(ts);
-        let metrics = serde_json::to_value(&j.metrics).unwrap_or(json!({})).to_string();
+        let metrics = serde_json::to_string(&j.metrics).unwrap_or_else(|_| "{}".into());
         row(
             &mut full,
             &[
@@ -283,11 +345,11 @@ pub async fn write(conn: &mut PgConnection, f: Folded) -> Result<(), ProjectionE
                 Some(j.spec.priority.to_string()),
                 Some(array(&j.spec.labels)),
                 j.spec.experiment.clone(),
-                Some(json!(j.spec.tags).to_string()),
-                Some(json!(j.spec.command).to_string()),
-                Some(json!(j.spec.env).to_string()),
+                Some(json_text(&j.spec.tags)),
+                Some(json_text(&j.spec.command)),
+                Some(json_text(&j.spec.env)),
                 j.spec.working_dir.clone(),
-                Some(serde_json::to_value(&j.spec).unwrap_or(Value::Null).to_string()),
+                Some(json_text(&j.spec)),
                 Some(metrics.clone()),
                 j.worker.map(|w| w.to_string()),
                 opt_ts(j.not_before),
@@ -304,16 +366,18 @@ pub async fn write(conn: &mut PgConnection, f: Folded) -> Result<(), ProjectionE
     let cols = "(id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool, priority,
         labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
         started_at, finished_at, updated_at, last_seq)";
-    copy(conn, &format!("COPY admin_jobs {cols} FROM STDIN"), full_data.clone()).await?;
-    copy(conn, &format!("COPY researcher_jobs {cols} FROM STDIN"), full_data).await?;
-    copy(
-        conn,
-        "COPY analyst_jobs (id, state, attempt, exit_code, failure_class, pool, priority, labels, experiment, metrics,
-            created_at, started_at, finished_at, updated_at, last_seq) FROM STDIN",
-        analyst,
-    )
-    .await?;
-    copy(conn, "COPY job_timeline (job_id, seq, type, attempt, actor, occurred_at) FROM STDIN", f.timeline).await?;
+    let mut copies = vec![
+        copy(pool.clone(), format!("COPY {schema}.admin_jobs {cols} FROM STDIN"), full_data.clone()),
+        copy(pool.clone(), format!("COPY {schema}.researcher_jobs {cols} FROM STDIN"), full_data),
+        copy(
+            pool.clone(),
+            format!(
+                "COPY {schema}.analyst_jobs (id, state, attempt, exit_code, failure_class, pool, priority, labels, experiment,
+                metrics, created_at, started_at, finished_at, updated_at, last_seq) FROM STDIN"
+            ),
+            analyst,
+        ),
+    ];
     let mut m = String::new();
     for ((exp, owner, metric), r) in &f.metrics {
         row(
@@ -332,12 +396,14 @@ pub async fn write(conn: &mut PgConnection, f: Folded) -> Result<(), ProjectionE
             ],
         );
     }
-    copy(
-        conn,
-        "COPY experiment_metrics (experiment, owner, metric, last_value, last_step, last_job, min_value, max_value, updated_at, last_seq) FROM STDIN",
+    copies.push(copy(
+        pool.clone(),
+        format!(
+            "COPY {schema}.experiment_metrics (experiment, owner, metric, last_value, last_step, last_job, min_value,
+            max_value, updated_at, last_seq) FROM STDIN"
+        ),
         m,
-    )
-    .await?;
+    ));
     let mut w = String::new();
     for (id, r) in &f.workers {
         row(
@@ -356,13 +422,21 @@ pub async fn write(conn: &mut PgConnection, f: Folded) -> Result<(), ProjectionE
             ],
         );
     }
-    copy(conn, "COPY workers (id, pool, labels, concurrency, host, pid, state, started_at, stopped_at, last_seq) FROM STDIN", w).await?;
+    copies.push(copy(
+        pool.clone(),
+        format!("COPY {schema}.workers (id, pool, labels, concurrency, host, pid, state, started_at, stopped_at, last_seq) FROM STDIN"),
+        w,
+    ));
+    futures::future::try_join_all(copies).await?;
+    timeline.await.map_err(|e| ProjectionError::Rebuild(format!("timeline COPY: {e}")))??;
     if f.last_seq > 0 {
-        sqlx::query("INSERT INTO projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())")
-            .bind(crate::JOBS)
-            .bind(f.last_seq as i64)
-            .execute(&mut *conn)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {schema}.projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())"
+        )))
+        .bind(crate::JOBS)
+        .bind(f.last_seq as i64)
+        .execute(pool)
+        .await?;
     }
     Ok(())
 }

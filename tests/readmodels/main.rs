@@ -144,8 +144,16 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     p.kill().unwrap();
     p.wait().unwrap();
     let live = fetchml_projections::checksums(&pool).await.unwrap();
+    let indexes = "SELECT tablename, indexname, regexp_replace(indexdef, ' ON \\S+ ', ' ON ') FROM pg_indexes
+        WHERE schemaname = 'public' ORDER BY 1, 2";
+    let indexes_before: Vec<(String, String, String)> = sqlx::query_as(indexes).fetch_all(&pool).await.unwrap();
     let rebuilt_to = fetchml_projections::rebuild(&pool, &store).await.unwrap();
     assert_eq!(rebuilt_to, head);
+    // The tables are loaded without indexes and indexed afterwards: the same
+    // indexes and keys, under the same names.
+    let indexes_after: Vec<(String, String, String)> = sqlx::query_as(indexes).fetch_all(&pool).await.unwrap();
+    assert!(indexes_before.len() >= 10, "{indexes_before:?}");
+    assert_eq!(indexes_before, indexes_after);
     let rebuilt = fetchml_projections::checksums(&pool).await.unwrap();
     assert_eq!(live, rebuilt);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_jobs").fetch_one(&pool).await.unwrap();

@@ -190,8 +190,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     }
                     let store = open_store(&settings).await?;
                     let started = std::time::Instant::now();
-                    let seq = fetchml_projections::rebuild(&pool, &store).await?;
-                    println!("rebuilt {name} up to sequence {seq} in {:.1} s", started.elapsed().as_secs_f64());
+                    let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
+                    println!(
+                        "rebuilt {name} up to sequence {} in {:.1} s (read and fold {:.1} s, load and index {:.1} s, swap {:.1} s)",
+                        stats.seq,
+                        started.elapsed().as_secs_f64(),
+                        stats.read.as_secs_f64(),
+                        stats.write.as_secs_f64(),
+                        stats.swap.as_secs_f64()
+                    );
                 }
                 ProjectionsAction::Checksums => {
                     for (table, sum) in fetchml_projections::checksums(&pool).await? {
