@@ -229,7 +229,7 @@ const RANGE_READERS: usize = 4;
 /// An event decoded by a range reader.
 enum Decoded {
     Job(u64, Box<Envelope<JobEvent>>),
-    Worker(u64, Envelope<WorkerEvent>),
+    Worker(u64, Box<Envelope<WorkerEvent>>),
     /// Audit events (users), and anything undecodable: only its sequence counts.
     Skip(u64),
 }
@@ -252,7 +252,7 @@ async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded
             match serde_json::from_slice::<Envelope<Value>>(&ev.payload) {
                 Ok(raw) => match raw.aggregate_kind {
                     AggregateKind::Job => raw.into_typed::<JobEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e))),
-                    AggregateKind::Worker => raw.into_typed::<WorkerEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, e)),
+                    AggregateKind::Worker => raw.into_typed::<WorkerEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, Box::new(e))),
                     AggregateKind::User => Decoded::Skip(seq),
                 },
                 Err(_) => Decoded::Skip(seq),
@@ -288,7 +288,7 @@ pub async fn fold(store: &EventStore, to: u64) -> Result<Folded, ProjectionError
                 }
                 Decoded::Worker(seq, env) => {
                     f.last_seq = seq;
-                    f.worker_event(seq, env);
+                    f.worker_event(seq, *env);
                 }
                 Decoded::Skip(seq) => f.last_seq = seq,
             }
