@@ -43,6 +43,11 @@ impl StoredEvent {
     }
 }
 
+/// Most events one batched direct get returns.
+pub const LOAD_BATCH: usize = 256;
+/// How long a load waits for the server's answer.
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The result of an append.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Appended {
@@ -148,23 +153,67 @@ impl EventStore {
     }
 
     /// Every event on subjects matching `filter`, in stream order. Meant for one
-    /// aggregate's history (a handful of events): one direct get per event, no
-    /// consumer state on the server.
+    /// aggregate's history (a handful of events): batched direct gets (one
+    /// request and round trip for up to [`LOAD_BATCH`] events), no consumer
+    /// state on the server.
     #[tracing::instrument(skip_all, fields(filter))]
     pub async fn load(&self, filter: &str) -> Result<Vec<StoredEvent>, StoreError> {
         let mut out = Vec::new();
         let mut next = 1u64;
         loop {
-            match self.events.direct_get_next_for_subject(filter, Some(next)).await {
-                Ok(m) => {
-                    next = m.sequence + 1;
-                    out.push(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload, pending: None });
+            let (batch, more) = self.direct_batch(filter, next).await?;
+            if let Some(last) = batch.last() {
+                next = last.seq + 1;
+            }
+            let got = batch.len();
+            out.extend(batch);
+            if !more || got == 0 {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One batched direct get (NATS ≥ 2.11, ADR-31): up to [`LOAD_BATCH`]
+    /// messages on subjects matching `filter` from sequence `from` on, and
+    /// whether more are stored. The server answers with the messages, then an
+    /// end-of-batch status (204), or 404 when nothing matches.
+    async fn direct_batch(&self, filter: &str, from: u64) -> Result<(Vec<StoredEvent>, bool), StoreError> {
+        let client = self.js.client();
+        let inbox = client.new_inbox();
+        let mut replies = client.subscribe(inbox.clone()).await.map_err(StoreError::unavailable)?;
+        let request = serde_json::json!({ "seq": from, "next_by_subj": filter, "batch": LOAD_BATCH });
+        let body = Bytes::from(request.to_string());
+        client
+            .publish_with_reply(format!("$JS.API.DIRECT.GET.{}", self.subjects.events_stream()), inbox, body)
+            .await
+            .map_err(StoreError::unavailable)?;
+        let mut out = Vec::new();
+        let deadline = tokio::time::Instant::now() + LOAD_TIMEOUT;
+        loop {
+            let msg = match tokio::time::timeout_at(deadline, replies.next()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(StoreError::Unavailable("connection closed during a load".into())),
+                Err(_) => return Err(StoreError::TimedOut(LOAD_TIMEOUT)),
+            };
+            let header = |name: &str| msg.headers.as_ref().and_then(|h| h.get(name)).map(|v| v.as_str().to_owned());
+            match msg.status.map(|s| s.as_u16()) {
+                // End of batch: whether more matching messages follow.
+                Some(204) => {
+                    let pending = header("Nats-Num-Pending").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                    return Ok((out, pending > 0));
                 }
-                Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => return Ok(out),
-                Err(e) if matches!(e.kind(), DirectGetErrorKind::InvalidSubject) => {
-                    return Err(StoreError::Invalid(format!("invalid subject filter {filter:?}")));
+                Some(404) => return Ok((out, false)),
+                Some(400) => return Err(StoreError::Invalid(format!("invalid subject filter {filter:?}"))),
+                Some(code) => {
+                    return Err(StoreError::Unavailable(format!("direct get answered {code} {}", msg.description.unwrap_or_default())));
                 }
-                Err(e) => return Err(StoreError::unavailable(e)),
+                None => {
+                    let seq = header("Nats-Sequence").and_then(|v| v.parse::<u64>().ok());
+                    let (Some(seq), Some(subject)) = (seq, header("Nats-Subject")) else {
+                        return Err(StoreError::Unavailable("direct get reply without sequence or subject".into()));
+                    };
+                    out.push(StoredEvent { seq, subject, payload: msg.payload, pending: None });
+                }
             }
         }
     }

@@ -46,6 +46,29 @@ async fn append_then_load_round_trips() {
 }
 
 #[tokio::test]
+async fn a_load_spanning_several_batches_returns_every_event_in_order() {
+    let store = fresh_store().await;
+    // Interleave two filters' events so each batch skips the other's.
+    let n = fetchml_eventstore::LOAD_BATCH * 2 + 7;
+    let ns = store.subjects().namespace().to_string();
+    let (mine, other) = (format!("{ns}.ev.job.alice.default.a"), format!("{ns}.ev.job.alice.default.b"));
+    let mut seqs = Vec::new();
+    for i in 0..n {
+        let js = store.jetstream();
+        let ack = js.publish(mine.clone(), format!("{{\"i\":{i}}}").into()).await.unwrap().await.unwrap();
+        js.publish(other.clone(), "{}".into()).await.unwrap().await.unwrap();
+        seqs.push(ack.sequence);
+    }
+    let loaded = store.load(&mine).await.unwrap();
+    assert_eq!(loaded.iter().map(|e| e.seq).collect::<Vec<_>>(), seqs);
+    for (i, e) in loaded.iter().enumerate() {
+        assert_eq!(e.subject, mine);
+        assert_eq!(&e.payload[..], format!("{{\"i\":{i}}}").as_bytes());
+    }
+    assert!(store.load(&format!("{ns}.ev.job.nobody.>")).await.unwrap().is_empty());
+}
+
+#[tokio::test]
 async fn loading_an_unknown_job_finds_nothing() {
     let store = fresh_store().await;
     let loaded = store.load_job(JobId::new()).await.unwrap();
