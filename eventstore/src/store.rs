@@ -199,8 +199,12 @@ impl EventStore {
             match msg.status.map(|s| s.as_u16()) {
                 // End of batch: whether more matching messages follow.
                 Some(204) => {
-                    let pending = header("Nats-Num-Pending").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                    return Ok((out, pending > 0));
+                    // Without the count, a full batch may have more behind it.
+                    let more = match header("Nats-Num-Pending").and_then(|v| v.parse::<u64>().ok()) {
+                        Some(pending) => pending > 0,
+                        None => out.len() >= LOAD_BATCH,
+                    };
+                    return Ok((out, more));
                 }
                 Some(404) => return Ok((out, false)),
                 Some(400) => return Err(StoreError::Invalid(format!("invalid subject filter {filter:?}"))),
