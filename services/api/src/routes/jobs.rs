@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec, JobStatus, decide};
+use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
 use fetchml_events::{Actor, CommandId, JobId, UserName};
 use fetchml_eventstore::{CommandContext, Executed, LoadedJob};
 use futures::StreamExt;
@@ -176,15 +176,9 @@ pub async fn submit_batch(
     for (i, raw) in batch.jobs.into_iter().enumerate() {
         let spec: JobSpec = serde_json::from_value(raw)
             .map_err(|e| ApiError::bad_request("invalid_body", format!("jobs[{i}] is not a job spec: {e}")))?;
-        let cmd = JobCommand::Queue { owner: owner.clone(), spec: spec.clone() };
-        if let Err(r) = decide(None, cmd) {
-            return Err(match r {
-                JobRejection::InvalidSpec(mut e) => {
-                    e.field = format!("jobs[{i}].{}", e.field);
-                    ApiError::InvalidSpec(e)
-                }
-                other => ApiError::Rejected(other),
-            });
+        if let Err(mut e) = spec.validate() {
+            e.field = format!("jobs[{i}].{}", e.field);
+            return Err(ApiError::InvalidSpec(e));
         }
         specs.push(spec);
     }
@@ -212,12 +206,12 @@ pub async fn submit_batch(
         None => Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": items })))),
         Some(e) => {
             let (status, _) = e.status_and_code();
-            let mut body = json!({ "error": e.body(), "jobs": items });
+            let mut error = e.body();
             if status.is_server_error() {
                 tracing::error!(error = ?e, "batch partly stored");
-                body["error"]["message"] = json!(format!("{}; see jobs for which were stored", e));
+                error["message"] = json!(format!("{e}; see jobs for which were stored"));
             }
-            Ok((status, Json(body)))
+            Ok((status, Json(json!({ "error": error, "jobs": items }))))
         }
     }
 }
