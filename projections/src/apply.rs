@@ -1,12 +1,21 @@
-//! Folding one event into the read models. Every statement is guarded by the
-//! row's `last_seq`, so applying an event twice changes nothing (replays after
-//! a crash between commit and checkpoint are harmless, and the checkpoint is in
-//! the same transaction anyway).
+//! Folding events into the read models, a batch at a time.
+//!
+//! A batch is applied with a handful of multi-row statements instead of
+//! several statements per event: each job's events are split into "layers"
+//! (a job's first event in the batch is in layer 0, its second in layer 1,
+//! ...), so within a layer every job appears at most once and rows of one kind
+//! can go to Postgres together (`UNNEST` of one array per column), while each
+//! job still sees its events in log order.
+//!
+//! Every statement is guarded by the row's `last_seq`, so applying an event
+//! twice changes nothing (replays after a crash between commit and checkpoint
+//! are harmless, and the checkpoint is in the same transaction anyway).
 //!
 //! Table names are unqualified: a rebuild points `search_path` at a shadow
 //! schema and the same code fills fresh tables.
 
 use crate::ProjectionError;
+use crate::bulk::array;
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{JobEvent, Metrics};
 use fetchml_events::worker::WorkerEvent;
@@ -15,6 +24,7 @@ use fetchml_eventstore::StoredEvent;
 use serde_json::{Value, json};
 use sqlx::AssertSqlSafe;
 use sqlx::PgConnection;
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// The tables that hold the same full job rows.
@@ -24,205 +34,524 @@ fn db(e: sqlx::Error) -> ProjectionError {
     ProjectionError::Postgres(e)
 }
 
-pub async fn apply(conn: &mut PgConnection, ev: &StoredEvent) -> Result<(), ProjectionError> {
-    let raw: Envelope<Value> = match serde_json::from_slice(&ev.payload) {
-        Ok(r) => r,
-        Err(e) => {
-            tracing::error!(seq = ev.seq, error = %e, "event is not an envelope; skipped");
-            return Ok(());
-        }
-    };
-    match raw.aggregate_kind {
-        AggregateKind::Job => {
-            let env = match raw.into_typed::<JobEvent>() {
-                Ok(e) => e,
-                Err(e) => {
-                    tracing::error!(seq = ev.seq, error = %e, "undecodable job event; skipped");
-                    return Ok(());
-                }
-            };
-            apply_job(conn, ev.seq, &env).await
-        }
-        AggregateKind::Worker => {
-            let env = match raw.into_typed::<WorkerEvent>() {
-                Ok(e) => e,
-                Err(_) => return Ok(()),
-            };
-            apply_worker(conn, ev.seq, &env).await
-        }
-        AggregateKind::User => Ok(()),
-    }
+/// A job event of the batch, decoded once.
+struct JobEv {
+    seq: i64,
+    id: Uuid,
+    env: Envelope<JobEvent>,
 }
 
-async fn apply_job(conn: &mut PgConnection, seq: u64, env: &Envelope<JobEvent>) -> Result<(), ProjectionError> {
-    let id: Uuid = match env.aggregate_id.parse() {
-        Ok(u) => u,
-        Err(_) => return Ok(()),
-    };
-    let seq = seq as i64;
-    let at = env.occurred_at;
-    sqlx::query(
-        "INSERT INTO job_timeline (job_id, seq, type, attempt, actor, occurred_at) VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(id)
-    .bind(seq)
-    .bind(&env.event_type)
-    .bind(attempt_of(&env.payload).map(|a| a as i32))
-    .bind(serde_json::to_value(&env.actor).unwrap_or(Value::Null))
-    .bind(at)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-
-    match &env.payload {
-        JobEvent::JobQueued { owner, spec } => {
-            let spec_json = serde_json::to_value(spec).unwrap_or(Value::Null);
-            for table in FULL {
-                sqlx::query(AssertSqlSafe(format!(
-                    "INSERT INTO {table} (id, owner, state, attempt, attempts_in_run, pool, priority, labels, experiment,
-                        tags, command, env, working_dir, spec, metrics, created_at, updated_at, last_seq)
-                     VALUES ($1, $2, 'queued', 0, 0, $3, $4, $5, $6, $7, $8, $9, $10, $11, '{{}}', $12, $12, $13)
-                     ON CONFLICT DO NOTHING"
-                )))
-                .bind(id)
-                .bind(owner.as_str())
-                .bind(spec.pool.as_str())
-                .bind(i16::from(spec.priority))
-                .bind(&spec.labels)
-                .bind(&spec.experiment)
-                .bind(json!(spec.tags))
-                .bind(json!(spec.command))
-                .bind(json!(spec.env))
-                .bind(&spec.working_dir)
-                .bind(&spec_json)
-                .bind(at)
-                .bind(seq)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
+/// Applies `batch` (in log order) on `conn`, which should be in a transaction.
+pub async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
+    let mut jobs = Vec::with_capacity(batch.len());
+    for ev in batch {
+        let raw: Envelope<Value> = match serde_json::from_slice(&ev.payload) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(seq = ev.seq, error = %e, "event is not an envelope; skipped");
+                continue;
             }
-            sqlx::query(
-                "INSERT INTO analyst_jobs (id, state, attempt, pool, priority, labels, experiment, metrics, created_at, updated_at, last_seq)
-                 VALUES ($1, 'queued', 0, $2, $3, $4, $5, '{}', $6, $6, $7) ON CONFLICT DO NOTHING",
-            )
-            .bind(id)
-            .bind(spec.pool.as_str())
-            .bind(i16::from(spec.priority))
-            .bind(&spec.labels)
-            .bind(&spec.experiment)
-            .bind(at)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        }
-        JobEvent::JobStarted { attempt, worker } => {
-            for table in FULL {
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE {table} SET state = 'running', attempt = $2, attempts_in_run = attempts_in_run + 1,
-                        worker = $3, started_at = $4, not_before = NULL, updated_at = $4, last_seq = $5
-                     WHERE id = $1 AND last_seq < $5"
-                )))
-                .bind(id)
-                .bind(*attempt as i32)
-                .bind(worker.to_string())
-                .bind(at)
-                .bind(seq)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
+        };
+        match raw.aggregate_kind {
+            AggregateKind::Job => match (raw.aggregate_id.parse::<Uuid>(), raw.into_typed::<JobEvent>()) {
+                (Ok(id), Ok(env)) => jobs.push(JobEv { seq: ev.seq as i64, id, env }),
+                (_, Err(e)) => tracing::error!(seq = ev.seq, error = %e, "undecodable job event; skipped"),
+                (Err(_), _) => tracing::error!(seq = ev.seq, "job event without a job id; skipped"),
+            },
+            // Workers are few and touch only their own table: one by one.
+            AggregateKind::Worker => {
+                if let Ok(env) = raw.into_typed::<WorkerEvent>() {
+                    apply_worker(conn, ev.seq, &env).await?;
+                }
             }
-            sqlx::query(
-                "UPDATE analyst_jobs SET state = 'running', attempt = $2, started_at = $3, updated_at = $3, last_seq = $4
-                 WHERE id = $1 AND last_seq < $4",
-            )
-            .bind(id)
-            .bind(*attempt as i32)
-            .bind(at)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+            AggregateKind::User => {}
         }
-        JobEvent::JobSucceeded { exit_code, metrics, .. } => {
-            let end = Ending { state: "succeeded", exit_code: Some(*exit_code), ..Ending::default() };
-            end_attempt(conn, id, seq, at, &end, metrics, true).await?;
+    }
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    timeline(conn, &jobs).await?;
+    let mut depth: HashMap<Uuid, usize> = HashMap::with_capacity(jobs.len());
+    let mut layers: Vec<Vec<&JobEv>> = Vec::new();
+    for j in &jobs {
+        let d = depth.entry(j.id).or_insert(0);
+        if layers.len() <= *d {
+            layers.push(Vec::new());
         }
-        JobEvent::JobRetryScheduled { exit_code, signal, class, reason, not_before, metrics, .. } => {
-            let end = Ending {
-                state: "retry_scheduled",
-                exit_code: *exit_code,
-                signal: *signal,
-                class: Some(enum_str(class)),
-                reason: Some(reason.clone()),
-                not_before: Some(*not_before),
-                keep_failure: false,
-            };
-            end_attempt(conn, id, seq, at, &end, metrics, false).await?;
-        }
-        JobEvent::JobFailed { exit_code, signal, class, reason, metrics, .. }
-        | JobEvent::JobDeadLettered { exit_code, signal, class, reason, metrics, .. } => {
-            let state = if matches!(env.payload, JobEvent::JobFailed { .. }) { "failed" } else { "dead_lettered" };
-            let end = Ending {
-                state,
-                exit_code: *exit_code,
-                signal: *signal,
-                class: Some(enum_str(class)),
-                reason: Some(reason.clone()),
-                not_before: None,
-                keep_failure: false,
-            };
-            end_attempt(conn, id, seq, at, &end, metrics, true).await?;
-        }
-        JobEvent::JobTimedOut { reason, metrics, .. } => {
-            let end = Ending { state: "timed_out", class: Some("resource".into()), reason: Some(reason.clone()), ..Ending::default() };
-            end_attempt(conn, id, seq, at, &end, metrics, true).await?;
-        }
-        JobEvent::JobCancelled { reason } => {
-            let end = Ending { state: "cancelled", reason: Some(reason.clone()), keep_failure: true, ..Ending::default() };
-            end_attempt(conn, id, seq, at, &end, &Metrics::new(), true).await?;
-        }
-        JobEvent::JobRequeued { .. } => {
-            for table in FULL {
-                sqlx::query(AssertSqlSafe(format!(
-                    "UPDATE {table} SET state = 'queued', attempts_in_run = 0, exit_code = NULL, signal = NULL,
-                        failure_class = NULL, reason = NULL, not_before = NULL, finished_at = NULL,
-                        updated_at = $2, last_seq = $3
-                     WHERE id = $1 AND last_seq < $3"
-                )))
-                .bind(id)
-                .bind(at)
-                .bind(seq)
-                .execute(&mut *conn)
-                .await
-                .map_err(db)?;
-            }
-            sqlx::query(
-                "UPDATE analyst_jobs SET state = 'queued', exit_code = NULL, failure_class = NULL, finished_at = NULL,
-                    updated_at = $2, last_seq = $3 WHERE id = $1 AND last_seq < $3",
-            )
-            .bind(id)
-            .bind(at)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-        }
+        layers[*d].push(j);
+        *d += 1;
+    }
+    for layer in layers {
+        apply_layer(conn, &layer).await?;
     }
     Ok(())
 }
 
+async fn timeline(conn: &mut PgConnection, jobs: &[JobEv]) -> Result<(), ProjectionError> {
+    let n = jobs.len();
+    let (mut ids, mut seqs, mut types, mut attempts, mut actors, mut ats) =
+        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    for j in jobs {
+        ids.push(j.id);
+        seqs.push(j.seq);
+        types.push(j.env.event_type.as_str());
+        attempts.push(attempt_of(&j.env.payload).map(|a| a as i32));
+        actors.push(serde_json::to_value(&j.env.actor).unwrap_or(Value::Null));
+        ats.push(j.env.occurred_at);
+    }
+    sqlx::query(
+        "INSERT INTO job_timeline (job_id, seq, type, attempt, actor, occurred_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::jsonb[], $6::timestamptz[])
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(seqs)
+    .bind(types)
+    .bind(attempts)
+    .bind(actors)
+    .bind(ats)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Column arrays of the queued jobs of a layer.
 #[derive(Default)]
-struct Ending {
+struct Queued {
+    id: Vec<Uuid>,
+    owner: Vec<String>,
+    pool: Vec<String>,
+    priority: Vec<i16>,
+    labels: Vec<String>,
+    experiment: Vec<Option<String>>,
+    tags: Vec<Value>,
+    command: Vec<Value>,
+    env: Vec<Value>,
+    working_dir: Vec<Option<String>>,
+    spec: Vec<Value>,
+    at: Vec<DateTime<Utc>>,
+    seq: Vec<i64>,
+}
+
+#[derive(Default)]
+struct Started {
+    id: Vec<Uuid>,
+    attempt: Vec<i32>,
+    worker: Vec<String>,
+    at: Vec<DateTime<Utc>>,
+    seq: Vec<i64>,
+}
+
+/// The end of an attempt (succeeded, retry scheduled, failed, timed out,
+/// dead-lettered, cancelled).
+#[derive(Default)]
+struct Ended {
+    id: Vec<Uuid>,
+    state: Vec<&'static str>,
+    exit_code: Vec<Option<i32>>,
+    signal: Vec<Option<i32>>,
+    class: Vec<Option<String>>,
+    reason: Vec<Option<String>>,
+    not_before: Vec<Option<DateTime<Utc>>>,
+    metrics: Vec<Value>,
+    finished_at: Vec<Option<DateTime<Utc>>>,
+    /// Cancel records a reason but keeps the last attempt's failure details.
+    keep_failure: Vec<bool>,
+    at: Vec<DateTime<Utc>>,
+    seq: Vec<i64>,
+}
+
+/// One metric reported at the end of an attempt.
+#[derive(Default)]
+struct MetricValues {
+    job: Vec<Uuid>,
+    name: Vec<String>,
+    value: Vec<f64>,
+    step: Vec<Option<i64>>,
+    at: Vec<DateTime<Utc>>,
+    seq: Vec<i64>,
+}
+
+#[derive(Default)]
+struct Requeued {
+    id: Vec<Uuid>,
+    at: Vec<DateTime<Utc>>,
+    seq: Vec<i64>,
+}
+
+struct Ending<'a> {
     state: &'static str,
     exit_code: Option<i32>,
     signal: Option<i32>,
     class: Option<String>,
     reason: Option<String>,
     not_before: Option<DateTime<Utc>>,
-    /// Cancel records a reason but keeps the last attempt's failure details.
     keep_failure: bool,
+    finished: bool,
+    metrics: &'a Metrics,
+}
+
+impl Ended {
+    fn push(&mut self, j: &JobEv, e: Ending<'_>, values: &mut MetricValues) {
+        self.id.push(j.id);
+        self.state.push(e.state);
+        self.exit_code.push(e.exit_code);
+        self.signal.push(e.signal);
+        self.class.push(e.class);
+        self.reason.push(e.reason);
+        self.not_before.push(e.not_before);
+        self.metrics.push(serde_json::to_value(e.metrics).unwrap_or(json!({})));
+        self.finished_at.push(e.finished.then_some(j.env.occurred_at));
+        self.keep_failure.push(e.keep_failure);
+        self.at.push(j.env.occurred_at);
+        self.seq.push(j.seq);
+        for (name, m) in e.metrics {
+            values.job.push(j.id);
+            values.name.push(name.clone());
+            values.value.push(m.value);
+            values.step.push(m.step.map(|s| s as i64));
+            values.at.push(j.env.occurred_at);
+            values.seq.push(j.seq);
+        }
+    }
+}
+
+/// Applies one layer: every job at most once, so the order between rows of a
+/// statement does not matter.
+async fn apply_layer(conn: &mut PgConnection, layer: &[&JobEv]) -> Result<(), ProjectionError> {
+    let (mut queued, mut started, mut ended, mut requeued, mut values) =
+        (Queued::default(), Started::default(), Ended::default(), Requeued::default(), MetricValues::default());
+    for &j in layer {
+        let at = j.env.occurred_at;
+        match &j.env.payload {
+            JobEvent::JobQueued { owner, spec } => {
+                queued.id.push(j.id);
+                queued.owner.push(owner.as_str().to_owned());
+                queued.pool.push(spec.pool.as_str().to_owned());
+                queued.priority.push(i16::from(spec.priority));
+                queued.labels.push(array(&spec.labels));
+                queued.experiment.push(spec.experiment.clone());
+                queued.tags.push(json!(spec.tags));
+                queued.command.push(json!(spec.command));
+                queued.env.push(json!(spec.env));
+                queued.working_dir.push(spec.working_dir.clone());
+                queued.spec.push(serde_json::to_value(spec).unwrap_or(Value::Null));
+                queued.at.push(at);
+                queued.seq.push(j.seq);
+            }
+            JobEvent::JobStarted { attempt, worker } => {
+                started.id.push(j.id);
+                started.attempt.push(*attempt as i32);
+                started.worker.push(worker.to_string());
+                started.at.push(at);
+                started.seq.push(j.seq);
+            }
+            JobEvent::JobSucceeded { exit_code, metrics, .. } => {
+                let e = Ending {
+                    state: "succeeded",
+                    exit_code: Some(*exit_code),
+                    signal: None,
+                    class: None,
+                    reason: None,
+                    not_before: None,
+                    keep_failure: false,
+                    finished: true,
+                    metrics,
+                };
+                ended.push(j, e, &mut values);
+            }
+            JobEvent::JobRetryScheduled { exit_code, signal, class, reason, not_before, metrics, .. } => {
+                let e = Ending {
+                    state: "retry_scheduled",
+                    exit_code: *exit_code,
+                    signal: *signal,
+                    class: Some(enum_str(class)),
+                    reason: Some(reason.clone()),
+                    not_before: Some(*not_before),
+                    keep_failure: false,
+                    finished: false,
+                    metrics,
+                };
+                ended.push(j, e, &mut values);
+            }
+            JobEvent::JobFailed { exit_code, signal, class, reason, metrics, .. }
+            | JobEvent::JobDeadLettered { exit_code, signal, class, reason, metrics, .. } => {
+                let state = if matches!(j.env.payload, JobEvent::JobFailed { .. }) { "failed" } else { "dead_lettered" };
+                let e = Ending {
+                    state,
+                    exit_code: *exit_code,
+                    signal: *signal,
+                    class: Some(enum_str(class)),
+                    reason: Some(reason.clone()),
+                    not_before: None,
+                    keep_failure: false,
+                    finished: true,
+                    metrics,
+                };
+                ended.push(j, e, &mut values);
+            }
+            JobEvent::JobTimedOut { reason, metrics, .. } => {
+                let e = Ending {
+                    state: "timed_out",
+                    exit_code: None,
+                    signal: None,
+                    class: Some("resource".into()),
+                    reason: Some(reason.clone()),
+                    not_before: None,
+                    keep_failure: false,
+                    finished: true,
+                    metrics,
+                };
+                ended.push(j, e, &mut values);
+            }
+            JobEvent::JobCancelled { reason } => {
+                let none = Metrics::new();
+                let e = Ending {
+                    state: "cancelled",
+                    exit_code: None,
+                    signal: None,
+                    class: None,
+                    reason: Some(reason.clone()),
+                    not_before: None,
+                    keep_failure: true,
+                    finished: true,
+                    metrics: &none,
+                };
+                ended.push(j, e, &mut values);
+            }
+            JobEvent::JobRequeued { .. } => {
+                requeued.id.push(j.id);
+                requeued.at.push(at);
+                requeued.seq.push(j.seq);
+            }
+        }
+    }
+    if !queued.id.is_empty() {
+        insert_queued(conn, queued).await?;
+    }
+    if !started.id.is_empty() {
+        update_started(conn, started).await?;
+    }
+    if !ended.id.is_empty() {
+        update_ended(conn, ended).await?;
+    }
+    if !values.job.is_empty() {
+        upsert_metrics(conn, values).await?;
+    }
+    if !requeued.id.is_empty() {
+        update_requeued(conn, requeued).await?;
+    }
+    Ok(())
+}
+
+async fn insert_queued(conn: &mut PgConnection, q: Queued) -> Result<(), ProjectionError> {
+    const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::jsonb[],
+            $8::jsonb[], $9::jsonb[], $10::text[], $11::jsonb[], $12::timestamptz[], $13::int8[])
+        AS u(id, owner, pool, priority, labels, experiment, tags, command, env, working_dir, spec, at, seq)";
+    for table in FULL {
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {table} (id, owner, state, attempt, attempts_in_run, pool, priority, labels, experiment,
+                tags, command, env, working_dir, spec, metrics, created_at, updated_at, last_seq)
+             SELECT id, owner, 'queued', 0, 0, pool, priority, labels::text[], experiment,
+                tags, command, env, working_dir, spec, '{{}}', at, at, seq
+             {ROWS}
+             ON CONFLICT DO NOTHING"
+        )))
+        .bind(&q.id)
+        .bind(&q.owner)
+        .bind(&q.pool)
+        .bind(&q.priority)
+        .bind(&q.labels)
+        .bind(&q.experiment)
+        .bind(&q.tags)
+        .bind(&q.command)
+        .bind(&q.env)
+        .bind(&q.working_dir)
+        .bind(&q.spec)
+        .bind(&q.at)
+        .bind(&q.seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO analyst_jobs (id, state, attempt, pool, priority, labels, experiment, metrics, created_at, updated_at, last_seq)
+         SELECT id, 'queued', 0, pool, priority, labels::text[], experiment, '{{}}', at, at, seq
+         {ROWS}
+         ON CONFLICT DO NOTHING"
+    )))
+    .bind(q.id)
+    .bind(q.owner)
+    .bind(q.pool)
+    .bind(q.priority)
+    .bind(q.labels)
+    .bind(q.experiment)
+    .bind(q.tags)
+    .bind(q.command)
+    .bind(q.env)
+    .bind(q.working_dir)
+    .bind(q.spec)
+    .bind(q.at)
+    .bind(q.seq)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn update_started(conn: &mut PgConnection, s: Started) -> Result<(), ProjectionError> {
+    const ROWS: &str = "FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::int8[]) AS u(id, attempt, worker, at, seq)
+        WHERE t.id = u.id AND t.last_seq < u.seq";
+    for table in FULL {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} t SET state = 'running', attempt = u.attempt, attempts_in_run = t.attempts_in_run + 1,
+                worker = u.worker, started_at = u.at, not_before = NULL, updated_at = u.at, last_seq = u.seq
+             {ROWS}"
+        )))
+        .bind(&s.id)
+        .bind(&s.attempt)
+        .bind(&s.worker)
+        .bind(&s.at)
+        .bind(&s.seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE analyst_jobs t SET state = 'running', attempt = u.attempt, started_at = u.at, updated_at = u.at, last_seq = u.seq
+         {ROWS}"
+    )))
+    .bind(s.id)
+    .bind(s.attempt)
+    .bind(s.worker)
+    .bind(s.at)
+    .bind(s.seq)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn update_ended(conn: &mut PgConnection, e: Ended) -> Result<(), ProjectionError> {
+    const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::text[], $6::text[], $7::timestamptz[],
+            $8::jsonb[], $9::timestamptz[], $10::bool[], $11::timestamptz[], $12::int8[])
+        AS u(id, state, exit_code, signal, class, reason, not_before, metrics, finished_at, keep, at, seq)
+        WHERE t.id = u.id AND t.last_seq < u.seq";
+    for table in FULL {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} t SET state = u.state,
+                exit_code = CASE WHEN u.keep THEN t.exit_code ELSE u.exit_code END,
+                signal = CASE WHEN u.keep THEN t.signal ELSE u.signal END,
+                failure_class = CASE WHEN u.keep THEN t.failure_class ELSE u.class END,
+                reason = u.reason, not_before = u.not_before, metrics = t.metrics || u.metrics,
+                finished_at = u.finished_at, updated_at = u.at, last_seq = u.seq
+             {ROWS}"
+        )))
+        .bind(&e.id)
+        .bind(&e.state)
+        .bind(&e.exit_code)
+        .bind(&e.signal)
+        .bind(&e.class)
+        .bind(&e.reason)
+        .bind(&e.not_before)
+        .bind(&e.metrics)
+        .bind(&e.finished_at)
+        .bind(&e.keep_failure)
+        .bind(&e.at)
+        .bind(&e.seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE analyst_jobs t SET state = u.state,
+            exit_code = CASE WHEN u.keep THEN t.exit_code ELSE u.exit_code END,
+            failure_class = CASE WHEN u.keep THEN t.failure_class ELSE u.class END,
+            metrics = t.metrics || u.metrics, finished_at = u.finished_at, updated_at = u.at, last_seq = u.seq
+         {ROWS}"
+    )))
+    .bind(e.id)
+    .bind(e.state)
+    .bind(e.exit_code)
+    .bind(e.signal)
+    .bind(e.class)
+    .bind(e.reason)
+    .bind(e.not_before)
+    .bind(e.metrics)
+    .bind(e.finished_at)
+    .bind(e.keep_failure)
+    .bind(e.at)
+    .bind(e.seq)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+/// Several jobs of a layer may report the same metric of one experiment; one
+/// statement may not touch a row twice, so the layer's values are folded per
+/// (experiment, owner, metric) first: the latest value wins, min and max span
+/// them all (what applying them one by one in log order gives).
+async fn upsert_metrics(conn: &mut PgConnection, v: MetricValues) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO experiment_metrics (experiment, owner, metric, last_value, last_step, last_job, min_value, max_value, updated_at, last_seq)
+         SELECT DISTINCT ON (j.experiment, j.owner, u.metric)
+                j.experiment, j.owner, u.metric, u.value, u.step, u.job,
+                min(u.value) OVER w, max(u.value) OVER w, u.at, u.seq
+         FROM UNNEST($1::uuid[], $2::text[], $3::float8[], $4::int8[], $5::timestamptz[], $6::int8[]) AS u(job, metric, value, step, at, seq)
+         JOIN admin_jobs j ON j.id = u.job
+         WHERE j.experiment IS NOT NULL
+         WINDOW w AS (PARTITION BY j.experiment, j.owner, u.metric)
+         ORDER BY j.experiment, j.owner, u.metric, u.seq DESC
+         ON CONFLICT (experiment, owner, metric) DO UPDATE SET
+            last_value = EXCLUDED.last_value, last_step = EXCLUDED.last_step, last_job = EXCLUDED.last_job,
+            min_value = LEAST(experiment_metrics.min_value, EXCLUDED.min_value),
+            max_value = GREATEST(experiment_metrics.max_value, EXCLUDED.max_value),
+            updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
+         WHERE experiment_metrics.last_seq < EXCLUDED.last_seq",
+    )
+    .bind(v.job)
+    .bind(v.name)
+    .bind(v.value)
+    .bind(v.step)
+    .bind(v.at)
+    .bind(v.seq)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
+}
+
+async fn update_requeued(conn: &mut PgConnection, r: Requeued) -> Result<(), ProjectionError> {
+    const ROWS: &str = "FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int8[]) AS u(id, at, seq)
+        WHERE t.id = u.id AND t.last_seq < u.seq";
+    for table in FULL {
+        sqlx::query(AssertSqlSafe(format!(
+            "UPDATE {table} t SET state = 'queued', attempts_in_run = 0, exit_code = NULL, signal = NULL,
+                failure_class = NULL, reason = NULL, not_before = NULL, finished_at = NULL,
+                updated_at = u.at, last_seq = u.seq
+             {ROWS}"
+        )))
+        .bind(&r.id)
+        .bind(&r.at)
+        .bind(&r.seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE analyst_jobs t SET state = 'queued', exit_code = NULL, failure_class = NULL, finished_at = NULL,
+            updated_at = u.at, last_seq = u.seq
+         {ROWS}"
+    )))
+    .bind(r.id)
+    .bind(r.at)
+    .bind(r.seq)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 pub(crate) fn enum_str<T: serde::Serialize>(v: &T) -> String {
@@ -239,84 +568,6 @@ pub(crate) fn attempt_of(e: &JobEvent) -> Option<u32> {
         | JobEvent::JobDeadLettered { attempt, .. } => Some(*attempt),
         _ => None,
     }
-}
-
-async fn end_attempt(
-    conn: &mut PgConnection,
-    id: Uuid,
-    seq: i64,
-    at: DateTime<Utc>,
-    end: &Ending,
-    metrics: &Metrics,
-    finished: bool,
-) -> Result<(), ProjectionError> {
-    let metrics_json = serde_json::to_value(metrics).unwrap_or(json!({}));
-    let finished_at = finished.then_some(at);
-    let failure_sql = if end.keep_failure {
-        "reason = $6"
-    } else {
-        "exit_code = $3, signal = $4, failure_class = $5, reason = $6"
-    };
-    for table in FULL {
-        sqlx::query(AssertSqlSafe(format!(
-            "UPDATE {table} SET state = $2, {failure_sql}, not_before = $7, metrics = metrics || $8,
-                finished_at = $9, updated_at = $10, last_seq = $11
-             WHERE id = $1 AND last_seq < $11"
-        )))
-        .bind(id)
-        .bind(end.state)
-        .bind(end.exit_code)
-        .bind(end.signal)
-        .bind(&end.class)
-        .bind(&end.reason)
-        .bind(end.not_before)
-        .bind(&metrics_json)
-        .bind(finished_at)
-        .bind(at)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    let analyst_failure = if end.keep_failure { "" } else { "exit_code = $3, failure_class = $4," };
-    sqlx::query(AssertSqlSafe(format!(
-        "UPDATE analyst_jobs SET state = $2, {analyst_failure} metrics = metrics || $5, finished_at = $6,
-            updated_at = $7, last_seq = $8
-         WHERE id = $1 AND last_seq < $8"
-    )))
-    .bind(id)
-    .bind(end.state)
-    .bind(end.exit_code)
-    .bind(&end.class)
-    .bind(&metrics_json)
-    .bind(finished_at)
-    .bind(at)
-    .bind(seq)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    for (name, m) in metrics {
-        sqlx::query(
-            "INSERT INTO experiment_metrics (experiment, owner, metric, last_value, last_step, last_job, min_value, max_value, updated_at, last_seq)
-             SELECT experiment, owner, $2, $3, $4, id, $3, $3, $5, $6 FROM admin_jobs WHERE id = $1 AND experiment IS NOT NULL
-             ON CONFLICT (experiment, owner, metric) DO UPDATE SET
-                last_value = EXCLUDED.last_value, last_step = EXCLUDED.last_step, last_job = EXCLUDED.last_job,
-                min_value = LEAST(experiment_metrics.min_value, EXCLUDED.min_value),
-                max_value = GREATEST(experiment_metrics.max_value, EXCLUDED.max_value),
-                updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
-             WHERE experiment_metrics.last_seq < EXCLUDED.last_seq",
-        )
-        .bind(id)
-        .bind(name)
-        .bind(m.value)
-        .bind(m.step.map(|s| s as i64))
-        .bind(at)
-        .bind(seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    Ok(())
 }
 
 async fn apply_worker(conn: &mut PgConnection, seq: u64, env: &Envelope<WorkerEvent>) -> Result<(), ProjectionError> {

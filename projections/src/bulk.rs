@@ -97,7 +97,7 @@ fn row(out: &mut String, fields: &[Option<String>]) {
 }
 
 /// A text[] literal.
-fn array(items: &[String]) -> String {
+pub(crate) fn array(items: &[String]) -> String {
     let mut s = String::from("{");
     for (i, it) in items.iter().enumerate() {
         if i > 0 {

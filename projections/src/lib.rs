@@ -125,9 +125,7 @@ async fn commit_batch(conn: &mut PgConnection, batch: &[fetchml_eventstore::Stor
     let Some(last) = batch.last() else { return Ok(()) };
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
-    for ev in batch {
-        apply::apply(&mut tx, ev).await?;
-    }
+    apply::apply_batch(&mut tx, batch).await?;
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())
          ON CONFLICT (name) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
