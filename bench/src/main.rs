@@ -127,6 +127,8 @@ struct Env {
     key: String,
     users_file: tempfile::NamedTempFile,
     nats_url: String,
+    /// The broker's monitoring endpoint.
+    monitor: String,
     _nats: Proc,
     _store: tempfile::TempDir,
     client: async_nats::Client,
@@ -199,9 +201,12 @@ async fn main() -> anyhow::Result<()> {
     }
     let store = tempfile::tempdir()?;
     let port = free_port();
+    // The monitoring port (on the same loopback host as the clients' port)
+    // gives the broker's message counters: messages per job.
+    let monitor_port = free_port();
     let nats = Proc(
         Command::new(&args.nats_server)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
             .arg(store.path())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -226,6 +231,7 @@ async fn main() -> anyhow::Result<()> {
         key: k.key,
         users_file,
         nats_url,
+        monitor: format!("http://127.0.0.1:{monitor_port}"),
         _nats: nats,
         _store: store,
         client,
@@ -250,10 +256,11 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     println!("{:<48} {:>12} {:<8} ratio", "figure", "value", "unit");
 
     // ---- 1. The limit: raw JetStream with fetchml-sized messages.
-    let (seq_rate, pipe_rate, consume_rate) = raw_jetstream(env, if quick { 20_000 } else { 100_000 }).await?;
+    let (seq_rate, pipe_rate, consume_rate, broker_rate) = raw_jetstream(env, if quick { 20_000 } else { 100_000 }).await?;
     r.add("limit: raw publish, one at a time", seq_rate, "msg/s", None);
     r.add("limit: raw publish, pipelined", pipe_rate, "msg/s", None);
     r.add("limit: raw pull-consume with acks", consume_rate, "msg/s", None);
+    r.add("limit: broker messages in+out, pipelined publish", broker_rate, "msg/s", None);
 
     // The durability trade-off: the same raw figures against a server that
     // fsyncs before every acknowledgement.
@@ -274,8 +281,12 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
         drop(api);
         let (api, url) = env.api("bsubmitb").await;
+        let before = env.broker_messages().await?;
         let batch_rate = submit_batches(&env.key, &url, n_submit * 2, 500, 4, json!({"executor": "noop", "command": []})).await?;
+        let per_job = (env.broker_messages().await? - before).total() as f64 / (n_submit * 2) as f64;
         r.add("submit: POST /v1/jobs/batch, 500 per request, 4 clients", batch_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        r.add("  broker messages in+out per batch-submitted job", per_job, "msg", None);
+        r.add("  broker-only bound, batch submit", broker_rate / per_job, "jobs/s", Some(("pipelined publish", pipe_rate)));
         drop(api);
     }
 
@@ -329,9 +340,13 @@ async fn run(env: &Env) -> anyhow::Result<()> {
                     }
                 })
             };
+            let before = env.broker_messages().await?;
+            let stored_before = stored_messages(&env.client, &ns).await?;
             submit_many(&env.key, &url, n, 64, json!({"executor": "noop", "command": []})).await;
             done.await??;
             let rate = n as f64 / t0.elapsed().as_secs_f64();
+            let moved = env.broker_messages().await? - before;
+            let stored = stored_messages(&env.client, &ns).await? - stored_before;
             sampling.store(false, Ordering::Relaxed);
             let _ = sampler.await;
             let mut lags = lag_sampler.await.unwrap_or_default();
@@ -339,17 +354,21 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             r.add(&format!("projection lag p99 during end to end, {workers} worker(s)"), pct(&lags, 0.99), "events", None);
             e2e_max = e2e_max.max(rate);
             r.add(&format!("end to end: noop jobs, {workers} worker(s)"), rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+            // What one job costs the broker, and what that allows at most if
+            // the broker had the whole machine (see BENCHMARKS.md).
+            let per_job = moved.total() as f64 / n as f64;
+            r.add(&format!("  broker messages in+out per job, {workers} worker(s)"), per_job, "msg", None);
+            r.add(&format!("  stored messages per job, {workers} worker(s)"), stored as f64 / n as f64, "msg", None);
+            r.add(&format!("  broker-only bound, {workers} worker(s)"), broker_rate / per_job, "jobs/s", Some(("pipelined publish", pipe_rate)));
             if workers == 1 {
                 r.add("memory: worker RSS under load (peak)", peak.load(Ordering::Relaxed) as f64 / 1024.0, "MiB", None);
             }
             drop(ws);
             drop(api);
         }
-
-    
     }
 
-// ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
+    // ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
     if env.args.runs("latency") {
         for (label, rate) in [("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })] {
             let ns = format!("blat{}", rate as u64);
@@ -379,14 +398,16 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let (append_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
         r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
         r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
-
-    
     }
 
-// ---- 6. Streams: fan-out latency, and replay speed to one client.
+    // ---- 6. Streams: fan-out latency, and replay speed to one client.
     if env.args.runs("streams") {
-        let (api, url) = env.api("brebuild").await;
         let replay_n = if quick { 20_000 } else { 100_000 };
+        if !env.args.runs("rebuild") {
+            // The replay reads the rebuild's log; without that section, write one.
+            seed_events(env, replay_n).await?;
+        }
+        let (api, url) = env.api("brebuild").await;
         let replay_rate = ws_replay(env, &url, replay_n.min(n_events)).await?;
         r.add(&format!("streams: replay of {} stored events to one client", replay_n.min(n_events)), replay_rate, "events/s", None);
         drop(api);
@@ -399,11 +420,9 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, delivered"), delivered * 100.0, "%", None);
             drop(api);
         }
-
-    
     }
 
-// ---- 8. Cancel: request to process gone.
+    // ---- 8. Cancel: request to process gone.
     if env.args.runs("cancel") {
         let ns = "bcancel";
         let (api, url) = env.api(ns).await;
@@ -424,6 +443,47 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     std::fs::write(&env.args.out, serde_json::to_string_pretty(&out)?)?;
     println!("results written to {}", env.args.out.display());
     Ok(())
+}
+
+/// The broker's message counters (`/varz`).
+#[derive(Clone, Copy)]
+struct BrokerMessages {
+    received: u64,
+    sent: u64,
+}
+
+impl BrokerMessages {
+    fn total(&self) -> u64 {
+        self.received + self.sent
+    }
+}
+
+impl std::ops::Sub for BrokerMessages {
+    type Output = BrokerMessages;
+    fn sub(self, o: Self) -> Self {
+        BrokerMessages { received: self.received.saturating_sub(o.received), sent: self.sent.saturating_sub(o.sent) }
+    }
+}
+
+impl Env {
+    async fn broker_messages(&self) -> anyhow::Result<BrokerMessages> {
+        let v: Value = reqwest::get(format!("{}/varz", self.monitor)).await?.json().await?;
+        let n = |k: &str| v[k].as_u64().ok_or_else(|| anyhow::anyhow!("varz has no {k}"));
+        Ok(BrokerMessages { received: n("in_msgs")?, sent: n("out_msgs")? })
+    }
+}
+
+/// Messages ever stored in a namespace's streams (work-queue tickets are
+/// removed once acknowledged, so the last sequence counts, not the size).
+async fn stored_messages(client: &async_nats::Client, ns: &str) -> anyhow::Result<u64> {
+    let js = jetstream::new(client.clone());
+    let mut total = 0;
+    for name in ["EVENTS", "DISPATCH", "PROGRESS"] {
+        if let Ok(mut s) = js.get_stream(format!("{ns}_{name}")).await {
+            total += s.info().await?.state.last_sequence;
+        }
+    }
+    Ok(total)
 }
 
 fn num_cpus() -> usize {
@@ -447,7 +507,7 @@ fn event_sized_payload() -> Bytes {
     Bytes::from(v.to_string())
 }
 
-async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
+async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f64)> {
     let js = jetstream::new(env.client.clone());
     let s = js
         .create_stream(stream::Config {
@@ -465,6 +525,7 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     }
     let seq_rate = seq_n as f64 / t0.elapsed().as_secs_f64();
 
+    let before = env.broker_messages().await?;
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for i in 0..n {
@@ -477,6 +538,7 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
         a?;
     }
     let pipe_rate = n as f64 / t0.elapsed().as_secs_f64();
+    let broker_rate = (env.broker_messages().await? - before).total() as f64 / t0.elapsed().as_secs_f64();
 
     let consumer: jetstream::consumer::PullConsumer = s
         .create_consumer(pull::Config {
@@ -496,7 +558,7 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     }
     let consume_rate = n as f64 / t0.elapsed().as_secs_f64();
     js.delete_stream("RAW").await?;
-    Ok((seq_rate, pipe_rate, consume_rate))
+    Ok((seq_rate, pipe_rate, consume_rate, broker_rate))
 }
 
 /// Submits `n` jobs through `POST /v1/jobs/batch`, `per_request` at a time from
@@ -769,6 +831,23 @@ async fn raw_copy(pg_url: &str, n: usize) -> anyhow::Result<f64> {
 /// Appends `n` sealed job events (queued, started, succeeded per job) to a
 /// namespace, pipelined, then rebuilds the read models from sequence 1.
 async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
+    let (store, append_rate) = seed_events(env, n).await?;
+    let pool = sqlx::PgPool::connect(&env.pg_url).await?;
+    let t0 = Instant::now();
+    let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
+    let rebuild_rate = stats.seq as f64 / t0.elapsed().as_secs_f64();
+    println!(
+        "  (rebuild phases: read and fold {:.1} s, COPY {:.1} s, swap {:.1} s)",
+        stats.read.as_secs_f64(),
+        stats.write.as_secs_f64(),
+        stats.swap.as_secs_f64()
+    );
+    Ok((append_rate, rebuild_rate))
+}
+
+/// Appends `n` sealed events of three-event jobs to the `brebuild` namespace,
+/// pipelined; returns the store and the append rate.
+async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore::EventStore, f64)> {
     use fetchml_events::job::{JobEvent, JobSpec, Metrics};
     use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent, UserName, WorkerId};
     let ns = fetchml_events::ids::Namespace::parse("brebuild")?;
@@ -819,18 +898,7 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
     while let Some(a) = inflight.next().await {
         a?;
     }
-    let append_rate = n as f64 / t0.elapsed().as_secs_f64();
-    let pool = sqlx::PgPool::connect(&env.pg_url).await?;
-    let t0 = Instant::now();
-    let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
-    let rebuild_rate = stats.seq as f64 / t0.elapsed().as_secs_f64();
-    println!(
-        "  (rebuild phases: read and fold {:.1} s, COPY {:.1} s, swap {:.1} s)",
-        stats.read.as_secs_f64(),
-        stats.write.as_secs_f64(),
-        stats.swap.as_secs_f64()
-    );
-    Ok((append_rate, rebuild_rate))
+    Ok((store, n as f64 / t0.elapsed().as_secs_f64()))
 }
 
 async fn ws_connect(url: &str, key: &str) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>> {
@@ -850,10 +918,13 @@ async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
     ws.send(Message::Text(json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"}).to_string().into())).await?;
     let mut got = 0;
     while got < n {
-        match ws.next().await {
-            Some(Ok(Message::Text(t))) if t.contains("\"type\":\"message\"") => got += 1,
-            Some(Ok(_)) => {}
-            other => bail!("replay ended early after {got}: {other:?}"),
+        // Pings keep an empty replay open: give up on a silent one.
+        let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
+        match next {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"type\":\"message\"") => got += 1,
+            Ok(Some(Ok(_))) => {}
+            Err(_) => bail!("replay stalled after {got} of {n} events"),
+            Ok(other) => bail!("replay ended early after {got}: {other:?}"),
         }
     }
     Ok(n as f64 / t0.elapsed().as_secs_f64())

@@ -156,7 +156,13 @@ impl Application {
         let app = router(self.state, self.settings.api.max_body_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();
-        let served = axum::serve(self.listener, app.into_make_service_with_connect_info::<SocketAddr>())
+        // Responses are small and written whole: Nagle would only hold them.
+        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
+        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
             .with_graceful_shutdown(async move {
                 shutdown.await;
                 stop_serving.cancel();
