@@ -261,6 +261,11 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     r.add("limit: raw publish, pipelined", pipe_rate, "msg/s", None);
     r.add("limit: raw pull-consume with acks", consume_rate, "msg/s", None);
     r.add("limit: broker messages in+out, pipelined publish", broker_rate, "msg/s", None);
+    // What one acknowledged write costs in time when the machine is not kept
+    // busy: the unit of the queue-to-start path (see BENCHMARKS.md).
+    let paced = raw_paced_publish(env, 500.0, if quick { 1_000 } else { 5_000 }).await?;
+    r.add("limit: raw publish round trip at 500/s, p50", pct(&paced, 0.5), "ms", None);
+    r.add("limit: raw publish round trip at 500/s, p99", pct(&paced, 0.99), "ms", None);
 
     // The durability trade-off: the same raw figures against a server that
     // fsyncs before every acknowledgement.
@@ -370,7 +375,8 @@ async fn run(env: &Env) -> anyhow::Result<()> {
 
     // ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
     if env.args.runs("latency") {
-        for (label, rate) in [("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })] {
+        // 50/s: the path itself, nearly without load; 500/s: the target.
+        for (label, rate) in [("50/s", 50.0), ("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })] {
             let ns = format!("blat{}", rate as u64);
             let (api, url) = env.api(&ns).await;
             let ws: Vec<Proc> = (0..2).map(|_| env.worker(&ns, 64, root.path())).collect();
@@ -559,6 +565,26 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let consume_rate = n as f64 / t0.elapsed().as_secs_f64();
     js.delete_stream("RAW").await?;
     Ok((seq_rate, pipe_rate, consume_rate, broker_rate))
+}
+
+/// Round trips (publish to acknowledgement) of `n` acknowledged publishes,
+/// one every `1/rate` s; sorted, in ms.
+async fn raw_paced_publish(env: &Env, rate: f64, n: usize) -> anyhow::Result<Vec<f64>> {
+    let js = jetstream::new(env.client.clone());
+    js.create_stream(stream::Config { name: "RAWPACED".into(), subjects: vec!["rawpaced.>".into()], ..Default::default() }).await?;
+    let payload = event_sized_payload();
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    let t0 = tokio::time::Instant::now();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        tokio::time::sleep_until(t0 + interval * i as u32).await;
+        let sent = Instant::now();
+        js.publish(format!("rawpaced.{}", i % 1000), payload.clone()).await?.await?;
+        out.push(sent.elapsed().as_secs_f64() * 1000.0);
+    }
+    js.delete_stream("RAWPACED").await?;
+    out.sort_by(|a, b| a.total_cmp(b));
+    Ok(out)
 }
 
 /// Submits `n` jobs through `POST /v1/jobs/batch`, `per_request` at a time from

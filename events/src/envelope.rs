@@ -89,6 +89,17 @@ pub enum EnvelopeError {
     WrongKind { found: AggregateKind, expected: AggregateKind },
 }
 
+/// The `type` of a stored event, without decoding the rest: a reader that
+/// acts on a few types skips the others without building them.
+pub fn peek_type(bytes: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+    #[derive(Deserialize)]
+    struct TypeOnly<'a> {
+        #[serde(rename = "type", borrow)]
+        event_type: std::borrow::Cow<'a, str>,
+    }
+    serde_json::from_slice::<TypeOnly<'_>>(bytes).ok().map(|t| t.event_type)
+}
+
 impl<P: DomainEvent> Envelope<P> {
     /// Builds the envelope, linking it to its predecessor and hashing it.
     pub fn seal(new: NewEvent<P>, prev_hash: &str) -> Result<Self, EnvelopeError> {

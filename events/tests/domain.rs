@@ -3,6 +3,7 @@
 //! The Job aggregate, tested given/when/then without any I/O, plus the stored-v1
 //! fixture that pins the upcast path and the hash chain.
 
+use fetchml_events::envelope::DomainEvent;
 use fetchml_events::hash::{BrokenLink, ChainVerifier, GENESIS};
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{
@@ -395,4 +396,53 @@ fn the_verifier_names_a_removed_event() {
     let mut v = ChainVerifier::new();
     v.check(1, &chain[0]).unwrap();
     assert!(matches!(v.check(3, &chain[2]), Err(BrokenLink::Unlinked { seq: 3, .. })));
+}
+
+/// The dispatcher skips events by type before decoding them: the types it
+/// keeps must be exactly those after which a job waits for a worker.
+#[test]
+fn the_types_that_ask_for_a_worker_are_those_that_leave_a_job_waiting() {
+    let w = WorkerId::new();
+    let then = |h: &[JobEvent], cmd: JobCommand| -> Vec<JobEvent> {
+        let mut h = h.to_vec();
+        h.extend(given(h.clone()).when(cmd).unwrap());
+        h
+    };
+    let queued_h = vec![queued()];
+    let running = then(&queued_h, start(1, w));
+    let histories = [
+        queued_h.clone(),
+        running.clone(),
+        then(&running, finish(1, Outcome::Succeeded)),
+        then(&running, finish(1, fail(FailureClass::Infrastructure))),
+        then(&running, finish(1, fail(FailureClass::Code))),
+        then(&running, JobCommand::Cancel { reason: "r".into() }),
+        then(&then(&running, JobCommand::Cancel { reason: "r".into() }), JobCommand::Retry { reason: "r".into() }),
+    ];
+    let mut seen = std::collections::BTreeSet::new();
+    for h in histories {
+        let last = h.last().unwrap();
+        let asks = JobEvent::ASKS_FOR_WORKER.contains(&last.event_type());
+        assert_eq!(asks, fold(&h).unwrap().status.is_waiting(), "{}", last.event_type());
+        // And the type is readable from the stored bytes alone.
+        let env = Envelope::seal(
+            NewEvent {
+                aggregate_id: "j".into(),
+                aggregate_version: h.len() as u64,
+                occurred_at: t0(),
+                actor: Actor::User { name: alice() },
+                command_id: CommandId::new(),
+                correlation_id: uuid::Uuid::nil(),
+                payload: last.clone(),
+            },
+            GENESIS,
+        )
+        .unwrap();
+        let bytes = env.to_bytes().unwrap();
+        assert_eq!(fetchml_events::envelope::peek_type(&bytes).as_deref(), Some(last.event_type()));
+        seen.insert(last.event_type());
+    }
+    for t in JobEvent::ASKS_FOR_WORKER {
+        assert!(seen.contains(t), "{t} not covered");
+    }
 }

@@ -147,6 +147,12 @@ pub enum JobEvent {
     },
 }
 
+impl JobEvent {
+    /// The types after which a job waits for a worker: the dispatcher sends a
+    /// ticket for these and for no other.
+    pub const ASKS_FOR_WORKER: [&'static str; 3] = ["job_queued", "job_retry_scheduled", "job_requeued"];
+}
+
 impl DomainEvent for JobEvent {
     const KIND: AggregateKind = AggregateKind::Job;
 

@@ -155,6 +155,14 @@ async fn dispatch_batch(js: &jetstream::Context, store: &EventStore, msgs: &[jet
 
 /// The ticket `event` asks for, if any.
 async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(JobSpec, DispatchTicket)>, StoreError> {
+    // Most job events (started, finished) ask for nothing: skip them before
+    // building them. An unreadable type falls through to the full decode,
+    // which says what is wrong.
+    if let Some(t) = fetchml_events::envelope::peek_type(&event.payload)
+        && !JobEvent::ASKS_FOR_WORKER.contains(&t.as_ref())
+    {
+        return Ok(None);
+    }
     let envelope = match event.decode::<JobEvent>() {
         Ok(e) => e,
         Err(e) => {
