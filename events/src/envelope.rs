@@ -89,15 +89,18 @@ pub enum EnvelopeError {
     WrongKind { found: AggregateKind, expected: AggregateKind },
 }
 
-/// The `type` of a stored event, without decoding the rest: a reader that
-/// acts on a few types skips the others without building them.
-pub fn peek_type(bytes: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
-    #[derive(Deserialize)]
-    struct TypeOnly<'a> {
-        #[serde(rename = "type", borrow)]
-        event_type: std::borrow::Cow<'a, str>,
-    }
-    serde_json::from_slice::<TypeOnly<'_>>(bytes).ok().map(|t| t.event_type)
+/// What a stored event is, read without decoding the rest: a reader that acts
+/// on a few kinds or types skips the others without building them.
+#[derive(Debug, Deserialize)]
+pub struct Peeked<'a> {
+    #[serde(rename = "type", borrow)]
+    pub event_type: std::borrow::Cow<'a, str>,
+    pub aggregate_kind: AggregateKind,
+}
+
+/// See [`Peeked`]; `None` if the bytes are not an envelope.
+pub fn peek(bytes: &[u8]) -> Option<Peeked<'_>> {
+    serde_json::from_slice(bytes).ok()
 }
 
 impl<P: DomainEvent> Envelope<P> {
@@ -128,16 +131,38 @@ impl<P: DomainEvent> Envelope<P> {
         Ok(serde_json::to_vec(self)?)
     }
 
-    /// Parses stored bytes, upcasting the payload to the current schema.
+    /// Parses stored bytes, upcasting the payload to the current schema. A
+    /// payload stored at the current version (nearly all) is decoded straight
+    /// from its bytes; only older ones are built as a JSON tree for the upcaster.
     pub fn decode(bytes: &[u8]) -> Result<Self, EnvelopeError> {
-        let raw: Envelope<Value> = serde_json::from_slice(bytes)?;
-        raw.into_typed()
+        let raw: Envelope<Box<serde_json::value::RawValue>> = serde_json::from_slice(bytes)?;
+        raw.typed_with(|payload, event_type, stored, known| {
+            if stored == known {
+                return Ok(serde_json::from_str(payload.get())?);
+            }
+            let tree: Value = serde_json::from_str(payload.get())?;
+            Ok(serde_json::from_value(P::upcast(event_type, stored, tree)?)?)
+        })
     }
 }
 
 impl Envelope<Value> {
     /// Turns a generic envelope into a typed one, upcasting as needed.
     pub fn into_typed<P: DomainEvent>(self) -> Result<Envelope<P>, EnvelopeError> {
+        self.typed_with(|payload, event_type, stored, known| {
+            let payload = if stored < known { P::upcast(event_type, stored, payload)? } else { payload };
+            Ok(serde_json::from_value(payload)?)
+        })
+    }
+}
+
+impl<R> Envelope<R> {
+    /// Checks the aggregate kind and the schema version, then makes the typed
+    /// payload with `payload(raw, event_type, stored_version, current_version)`.
+    fn typed_with<P: DomainEvent>(
+        self,
+        payload: impl FnOnce(R, &str, u32, u32) -> Result<P, EnvelopeError>,
+    ) -> Result<Envelope<P>, EnvelopeError> {
         if self.aggregate_kind != P::KIND {
             return Err(EnvelopeError::WrongKind { found: self.aggregate_kind, expected: P::KIND });
         }
@@ -149,10 +174,7 @@ impl Envelope<Value> {
                 known,
             });
         }
-        let mut payload = self.payload;
-        if self.schema_version < known {
-            payload = P::upcast(&self.event_type, self.schema_version, payload)?;
-        }
+        let payload = payload(self.payload, &self.event_type, self.schema_version, known)?;
         Ok(Envelope {
             event_id: self.event_id,
             event_type: self.event_type,
@@ -164,7 +186,7 @@ impl Envelope<Value> {
             actor: self.actor,
             correlation_id: self.correlation_id,
             causation_id: self.causation_id,
-            payload: serde_json::from_value(payload)?,
+            payload,
             prev_hash: self.prev_hash,
             hash: self.hash,
         })

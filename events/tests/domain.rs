@@ -439,7 +439,8 @@ fn the_types_that_ask_for_a_worker_are_those_that_leave_a_job_waiting() {
         )
         .unwrap();
         let bytes = env.to_bytes().unwrap();
-        assert_eq!(fetchml_events::envelope::peek_type(&bytes).as_deref(), Some(last.event_type()));
+        let peeked = fetchml_events::envelope::peek(&bytes).unwrap();
+        assert_eq!((peeked.event_type.as_ref(), peeked.aggregate_kind), (last.event_type(), fetchml_events::AggregateKind::Job));
         seen.insert(last.event_type());
     }
     for t in JobEvent::ASKS_FOR_WORKER {

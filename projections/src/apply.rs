@@ -19,6 +19,7 @@ use crate::bulk::array;
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{JobEvent, Metrics};
 use fetchml_events::worker::WorkerEvent;
+use fetchml_events::envelope::peek;
 use fetchml_events::{AggregateKind, Envelope};
 use fetchml_eventstore::StoredEvent;
 use serde_json::{Value, json};
@@ -45,22 +46,21 @@ struct JobEv {
 pub async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Result<(), ProjectionError> {
     let mut jobs = Vec::with_capacity(batch.len());
     for ev in batch {
-        let raw: Envelope<Value> = match serde_json::from_slice(&ev.payload) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(seq = ev.seq, error = %e, "event is not an envelope; skipped");
-                continue;
-            }
+        let Some(peeked) = peek(&ev.payload) else {
+            tracing::error!(seq = ev.seq, "event is not an envelope; skipped");
+            continue;
         };
-        match raw.aggregate_kind {
-            AggregateKind::Job => match (raw.aggregate_id.parse::<Uuid>(), raw.into_typed::<JobEvent>()) {
-                (Ok(id), Ok(env)) => jobs.push(JobEv { seq: ev.seq as i64, id, env }),
-                (_, Err(e)) => tracing::error!(seq = ev.seq, error = %e, "undecodable job event; skipped"),
-                (Err(_), _) => tracing::error!(seq = ev.seq, "job event without a job id; skipped"),
+        match peeked.aggregate_kind {
+            AggregateKind::Job => match Envelope::<JobEvent>::decode(&ev.payload) {
+                Ok(env) => match env.aggregate_id.parse::<Uuid>() {
+                    Ok(id) => jobs.push(JobEv { seq: ev.seq as i64, id, env }),
+                    Err(_) => tracing::error!(seq = ev.seq, "job event without a job id; skipped"),
+                },
+                Err(e) => tracing::error!(seq = ev.seq, error = %e, "undecodable job event; skipped"),
             },
             // Workers are few and touch only their own table: one by one.
             AggregateKind::Worker => {
-                if let Ok(env) = raw.into_typed::<WorkerEvent>() {
+                if let Ok(env) = Envelope::<WorkerEvent>::decode(&ev.payload) {
                     apply_worker(conn, ev.seq, &env).await?;
                 }
             }

@@ -9,6 +9,7 @@ use crate::apply::{attempt_of, enum_str};
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{Job, JobEvent, evolve};
 use fetchml_events::worker::WorkerEvent;
+use fetchml_events::envelope::peek;
 use fetchml_events::{AggregateKind, Envelope};
 use fetchml_eventstore::{EventStore, StartAt};
 use futures::StreamExt;
@@ -249,13 +250,14 @@ async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded
         let decoded = if ev.subject.starts_with(&user_prefix) {
             Decoded::Skip(seq)
         } else {
-            match serde_json::from_slice::<Envelope<Value>>(&ev.payload) {
-                Ok(raw) => match raw.aggregate_kind {
-                    AggregateKind::Job => raw.into_typed::<JobEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e))),
-                    AggregateKind::Worker => raw.into_typed::<WorkerEvent>().map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, Box::new(e))),
-                    AggregateKind::User => Decoded::Skip(seq),
-                },
-                Err(_) => Decoded::Skip(seq),
+            match peek(&ev.payload).map(|p| p.aggregate_kind) {
+                Some(AggregateKind::Job) => {
+                    Envelope::<JobEvent>::decode(&ev.payload).map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e)))
+                }
+                Some(AggregateKind::Worker) => {
+                    Envelope::<WorkerEvent>::decode(&ev.payload).map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, Box::new(e)))
+                }
+                Some(AggregateKind::User) | None => Decoded::Skip(seq),
             }
         };
         out.push(decoded);

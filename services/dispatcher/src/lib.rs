@@ -158,8 +158,8 @@ async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(J
     // Most job events (started, finished) ask for nothing: skip them before
     // building them. An unreadable type falls through to the full decode,
     // which says what is wrong.
-    if let Some(t) = fetchml_events::envelope::peek_type(&event.payload)
-        && !JobEvent::ASKS_FOR_WORKER.contains(&t.as_ref())
+    if let Some(p) = fetchml_events::envelope::peek(&event.payload)
+        && !JobEvent::ASKS_FOR_WORKER.contains(&p.event_type.as_ref())
     {
         return Ok(None);
     }
