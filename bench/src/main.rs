@@ -401,8 +401,9 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let copy_rows = if quick { 100_000 } else { 500_000 };
         let copy_rate = raw_copy(&env.pg_url, copy_rows).await?;
         r.add("limit: raw Postgres COPY, job-sized rows", copy_rate, "rows/s", None);
-        let (append_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
+        let (append_rate, read_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
         r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
+        r.add("limit: raw read of the log, 4 ordered readers", read_rate, "events/s", None);
         r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
     }
 
@@ -856,8 +857,9 @@ async fn raw_copy(pg_url: &str, n: usize) -> anyhow::Result<f64> {
 
 /// Appends `n` sealed job events (queued, started, succeeded per job) to a
 /// namespace, pipelined, then rebuilds the read models from sequence 1.
-async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
+async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     let (store, append_rate) = seed_events(env, n).await?;
+    let read_rate = raw_read(env, &store.subjects().events_stream(), n as u64).await?;
     let pool = sqlx::PgPool::connect(&env.pg_url).await?;
     let t0 = Instant::now();
     let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
@@ -868,7 +870,47 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
         stats.write.as_secs_f64(),
         stats.swap.as_secs_f64()
     );
-    Ok((append_rate, rebuild_rate))
+    Ok((append_rate, read_rate, rebuild_rate))
+}
+
+/// Reads messages `1..=n` of `stream` as the rebuild does (ordered consumers
+/// over 25 000-message ranges, four at once) without decoding them: what the
+/// broker can hand out. Returns messages/s.
+async fn raw_read(env: &Env, stream: &str, n: u64) -> anyhow::Result<f64> {
+    const RANGE: u64 = 25_000;
+    let js = jetstream::new(env.client.clone());
+    let s = js.get_stream(stream).await?;
+    let t0 = Instant::now();
+    let ranges = (0..n.div_ceil(RANGE)).map(|i| (i * RANGE + 1, ((i + 1) * RANGE).min(n)));
+    let mut readers = futures::stream::iter(ranges)
+        .map(|(from, to)| {
+            let s = s.clone();
+            tokio::spawn(async move {
+                let c = s
+                    .create_consumer(pull::OrderedConfig {
+                        deliver_policy: jetstream::consumer::DeliverPolicy::ByStartSequence { start_sequence: from },
+                        ..Default::default()
+                    })
+                    .await?;
+                let mut msgs = c.messages().await?;
+                let mut got = 0u64;
+                while let Some(m) = msgs.next().await {
+                    let seq = m?.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
+                    got += 1;
+                    if seq >= to {
+                        break;
+                    }
+                }
+                anyhow::Ok(got)
+            })
+        })
+        .buffer_unordered(4);
+    let mut total = 0;
+    while let Some(got) = readers.next().await {
+        total += got??;
+    }
+    anyhow::ensure!(total == n, "read {total} of {n} messages");
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Appends `n` sealed events of three-event jobs to the `brebuild` namespace,
