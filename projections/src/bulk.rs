@@ -336,13 +336,13 @@ pub async fn fold(store: &EventStore, to: u64) -> Result<Folded, ProjectionError
 
 /// Runs one `COPY ... FROM STDIN` with `data` on a connection of its own, so
 /// that the tables load in parallel.
-async fn copy(pool: PgPool, statement: String, data: String) -> Result<(), ProjectionError> {
+async fn copy(pool: PgPool, statement: String, data: bytes::Bytes) -> Result<(), ProjectionError> {
     if data.is_empty() {
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
     let mut c = conn.copy_in_raw(&statement).await?;
-    c.send(data.into_bytes()).await?;
+    c.send(data).await?;
     c.finish().await?;
     Ok(())
 }
@@ -356,7 +356,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
     let timeline = tokio::spawn(copy(
         pool.clone(),
         format!("COPY {schema}.job_timeline (job_id, seq, type, attempt, actor, occurred_at) FROM STDIN"),
-        std::mem::take(&mut f.timeline),
+        std::mem::take(&mut f.timeline).into(),
     ));
 
     let mut full = String::new();
@@ -399,7 +399,8 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         );
         analyst_row(&mut analyst, id, r, &metrics);
     }
-    let full_data = full;
+    // admin and researcher hold the same rows: render them once, share them.
+    let full_data: bytes::Bytes = full.into();
     let cols = "(id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool, priority,
         labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
         started_at, finished_at, updated_at, last_seq)";
@@ -412,7 +413,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
                 "COPY {schema}.analyst_jobs (id, state, attempt, exit_code, failure_class, pool, priority, labels, experiment,
                 metrics, created_at, started_at, finished_at, updated_at, last_seq) FROM STDIN"
             ),
-            analyst,
+            analyst.into(),
         ),
     ];
     let mut m = String::new();
@@ -439,7 +440,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
             "COPY {schema}.experiment_metrics (experiment, owner, metric, last_value, last_step, last_job, min_value,
             max_value, updated_at, last_seq) FROM STDIN"
         ),
-        m,
+        m.into(),
     ));
     let mut w = String::new();
     for (id, r) in &f.workers {
@@ -462,7 +463,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
     copies.push(copy(
         pool.clone(),
         format!("COPY {schema}.workers (id, pool, labels, concurrency, host, pid, state, started_at, stopped_at, last_seq) FROM STDIN"),
-        w,
+        w.into(),
     ));
     futures::future::try_join_all(copies).await?;
     timeline.await.map_err(|e| ProjectionError::Rebuild(format!("timeline COPY: {e}")))??;
