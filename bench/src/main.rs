@@ -367,6 +367,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             r.add(&format!("  broker-only bound, {workers} worker(s)"), broker_rate / per_job, "jobs/s", Some(("pipelined publish", pipe_rate)));
             if workers == 1 {
                 r.add("memory: worker RSS under load (peak)", peak.load(Ordering::Relaxed) as f64 / 1024.0, "MiB", None);
+                r.add("memory: api RSS after end to end", api.rss_kib() as f64 / 1024.0, "MiB", None);
             }
             drop(ws);
             drop(api);

@@ -1,17 +1,21 @@
-//! An in-memory index of every job, folded from the event log as it grows.
+//! An in-memory index of the jobs that are not finished, folded from the event
+//! log as it grows.
 //!
-//! The reconciler uses it to find jobs that wait without a ticket, and the api
-//! to list jobs until the Postgres read models take over (identity/read-model
-//! issue). It is a derived view: rebuilt from sequence 1 at every start,
-//! ordered (one ordered consumer), and `wait_for(seq)` lets a reader wait until
-//! it has seen a given write.
+//! The reconciler uses it to find jobs that wait without a ticket (or run on a
+//! worker that is gone), and the api to find a live job's subject. It is a
+//! derived view: rebuilt from sequence 1 at every start, ordered (one ordered
+//! consumer), and `wait_for(seq)` lets a reader wait until it has seen a given
+//! write. A job leaves it when it finishes, so its size follows the backlog,
+//! not the history (holding every job ever was ~2 KiB each, unbounded); the
+//! rare event for a job it no longer holds (a finished job queued again) is
+//! folded onto the job's history read back from the log.
 
 use crate::store::{EventStore, StartAt};
 use chrono::{DateTime, Utc};
 use fetchml_events::JobId;
-use fetchml_events::job::{Job, JobEvent, evolve};
+use fetchml_events::job::{Job, JobEvent, evolve, fold};
 use futures::StreamExt;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::watch;
@@ -30,13 +34,47 @@ pub struct IndexedJob {
 
 #[derive(Default)]
 struct Inner {
+    /// Unfinished jobs.
     jobs: HashMap<JobId, IndexedJob>,
+    /// Every job's experiment, finished or not (stream filters need it for
+    /// replays), with the names shared: tens of bytes a job.
+    experiments: HashMap<JobId, Arc<str>>,
+    names: HashSet<Arc<str>>,
+}
+
+impl Inner {
+    fn note_experiment(&mut self, id: JobId, name: &str) {
+        let name = match self.names.get(name) {
+            Some(n) => n.clone(),
+            None => {
+                let n: Arc<str> = name.into();
+                self.names.insert(n.clone());
+                n
+            }
+        };
+        self.experiments.insert(id, name);
+    }
 }
 
 #[derive(Clone)]
 pub struct JobIndex {
     inner: Arc<RwLock<Inner>>,
     seen: watch::Receiver<u64>,
+}
+
+/// A job's state and creation time from its events before `seq`, read from
+/// the log (for a job the index let go of when it finished).
+async fn history_before(store: &EventStore, id: JobId, subject: &str, seq: u64) -> Option<(Job, DateTime<Utc>)> {
+    let loaded = match store.load_job_at(id, subject).await {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::warn!(job = %id, error = %e, "job index cannot read a finished job's history");
+            return None;
+        }
+    };
+    let before: Vec<_> = loaded.history.iter().take_while(|(s, _)| *s < seq).collect();
+    let created_at = before.first()?.1.occurred_at;
+    fold(before.iter().map(|(_, e)| &e.payload)).map(|state| (state, created_at))
 }
 
 impl JobIndex {
@@ -67,21 +105,33 @@ impl JobIndex {
                     if let Ok(env) = ev.decode::<JobEvent>()
                         && let Ok(id) = env.aggregate_id.parse::<JobId>()
                     {
-                        let mut g = writer.write().unwrap_or_else(|p| p.into_inner());
-                        let prev = g.jobs.remove(&id);
-                        let created_at = prev.as_ref().map(|p| p.created_at).unwrap_or(env.occurred_at);
-                        if let Some(state) = evolve(prev.map(|p| p.state), &env.payload) {
-                            g.jobs.insert(
+                        let held = {
+                            let mut g = writer.write().unwrap_or_else(|p| p.into_inner());
+                            if let JobEvent::JobQueued { spec, .. } = &env.payload
+                                && let Some(e) = &spec.experiment
+                            {
+                                g.note_experiment(id, e);
+                            }
+                            g.jobs.remove(&id)
+                        };
+                        let prev = match held {
+                            Some(p) => Some((p.state, p.created_at)),
+                            None if matches!(env.payload, JobEvent::JobQueued { .. }) => None,
+                            None => history_before(&store, id, &ev.subject, ev.seq).await,
+                        };
+                        let created_at = prev.as_ref().map(|p| p.1).unwrap_or(env.occurred_at);
+                        if let Some(state) = evolve(prev.map(|p| p.0), &env.payload)
+                            && !state.status.is_terminal()
+                        {
+                            let job = IndexedJob {
                                 id,
-                                IndexedJob {
-                                    id,
-                                    subject: ev.subject.clone(),
-                                    state,
-                                    created_at,
-                                    updated_at: env.occurred_at,
-                                    last_seq: ev.seq,
-                                },
-                            );
+                                subject: ev.subject.clone(),
+                                state,
+                                created_at,
+                                updated_at: env.occurred_at,
+                                last_seq: ev.seq,
+                            };
+                            writer.write().unwrap_or_else(|p| p.into_inner()).jobs.insert(id, job);
                         }
                     }
                     let _ = tx.send(ev.seq);
@@ -102,12 +152,19 @@ impl JobIndex {
         tokio::time::timeout(within, rx.wait_for(|s| *s >= seq)).await.is_ok_and(|r| r.is_ok())
     }
 
-    /// A copy of the jobs that match `keep`.
+    /// A copy of the unfinished jobs that match `keep`.
     pub fn select(&self, keep: impl Fn(&IndexedJob) -> bool) -> Vec<IndexedJob> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
         g.jobs.values().filter(|j| keep(j)).cloned().collect()
     }
 
+    /// The experiment a job (finished or not) belongs to.
+    pub fn experiment_of(&self, id: JobId) -> Option<Arc<str>> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.experiments.get(&id).cloned()
+    }
+
+    /// The job, if it is not finished.
     pub fn get(&self, id: JobId) -> Option<IndexedJob> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
         g.jobs.get(&id).cloned()

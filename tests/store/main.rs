@@ -213,3 +213,42 @@ async fn every_appended_event_links_to_its_predecessor() {
     }
     assert_eq!(v.checked(), 3);
 }
+
+/// The job index holds unfinished jobs only (its size follows the backlog),
+/// keeps every job's experiment, and folds a finished job that is queued again
+/// onto its history read back from the log.
+#[tokio::test]
+async fn the_job_index_lets_finished_jobs_go_and_takes_a_requeued_one_back() {
+    use fetchml_events::WorkerId;
+    let store = fresh_store().await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let index = fetchml_eventstore::JobIndex::spawn(store.clone(), stop.clone());
+    let within = std::time::Duration::from_secs(10);
+    let id = JobId::new();
+    let mut spec = JobSpec::command(["true"]);
+    spec.experiment = Some("exp1".into());
+    let queued = store.execute_job(id, JobCommand::Queue { owner: alice(), spec }, &ctx()).await.unwrap();
+    assert!(index.wait_for(queued.seq, within).await);
+    let first = index.get(id).unwrap();
+    assert_eq!(first.state.status, JobStatus::Queued);
+
+    let at = chrono::Utc::now();
+    let start = JobCommand::Start { attempt: 1, worker: WorkerId::new(), at };
+    store.execute_job(id, start, &ctx()).await.unwrap();
+    // Cancelled (a succeeded job cannot be queued again).
+    let finished = store.execute_job(id, JobCommand::Cancel { reason: "stop".into() }, &ctx()).await.unwrap();
+    assert!(index.wait_for(finished.seq, within).await);
+    assert!(index.get(id).is_none(), "a finished job leaves the index");
+    assert!(index.select(|_| true).is_empty());
+    assert_eq!(index.experiment_of(id).as_deref(), Some("exp1"));
+
+    let again = store.execute_job(id, JobCommand::Retry { reason: "again".into() }, &ctx()).await.unwrap();
+    assert!(index.wait_for(again.seq, within).await);
+    let back = index.get(id).expect("a requeued job is back in the index");
+    let log = store.load_job(id).await.unwrap();
+    assert_eq!(Some(&back.state), log.state.as_ref(), "folded from the whole history");
+    assert_eq!(back.state.status, JobStatus::Queued);
+    assert_eq!(back.created_at, first.created_at);
+    assert_eq!(back.last_seq, again.seq);
+    stop.cancel();
+}

@@ -158,8 +158,8 @@ impl Plan {
                 || job
                     .parse::<JobId>()
                     .ok()
-                    .and_then(|id| state.index.get(id))
-                    .is_some_and(|j| j.state.spec.experiment.as_deref() == Some(exp.as_str()));
+                    .and_then(|id| state.index.experiment_of(id))
+                    .is_some_and(|e| *e == **exp);
             if !in_exp {
                 return None;
             }
