@@ -105,20 +105,19 @@ impl JobIndex {
                     if let Ok(env) = ev.decode::<JobEvent>()
                         && let Ok(id) = env.aggregate_id.parse::<JobId>()
                     {
-                        let held = {
-                            let mut g = writer.write().unwrap_or_else(|p| p.into_inner());
-                            if let JobEvent::JobQueued { spec, .. } = &env.payload
-                                && let Some(e) = &spec.experiment
-                            {
-                                g.note_experiment(id, e);
-                            }
-                            g.jobs.remove(&id)
-                        };
-                        let prev = match held {
-                            Some(p) => Some((p.state, p.created_at)),
-                            None if matches!(env.payload, JobEvent::JobQueued { .. }) => None,
-                            None => history_before(&store, id, &ev.subject, ev.seq).await,
-                        };
+                        // A job the index no longer holds (finished, then queued
+                        // again): its history comes from the log, read before the
+                        // lock is taken (the lock is not held across an await).
+                        let unknown = !matches!(env.payload, JobEvent::JobQueued { .. })
+                            && !writer.read().unwrap_or_else(|p| p.into_inner()).jobs.contains_key(&id);
+                        let history = if unknown { history_before(&store, id, &ev.subject, ev.seq).await } else { None };
+                        let mut g = writer.write().unwrap_or_else(|p| p.into_inner());
+                        if let JobEvent::JobQueued { spec, .. } = &env.payload
+                            && let Some(e) = &spec.experiment
+                        {
+                            g.note_experiment(id, e);
+                        }
+                        let prev = g.jobs.remove(&id).map(|p| (p.state, p.created_at)).or(history);
                         let created_at = prev.as_ref().map(|p| p.1).unwrap_or(env.occurred_at);
                         if let Some(state) = evolve(prev.map(|p| p.0), &env.payload)
                             && !state.status.is_terminal()
@@ -131,7 +130,7 @@ impl JobIndex {
                                 updated_at: env.occurred_at,
                                 last_seq: ev.seq,
                             };
-                            writer.write().unwrap_or_else(|p| p.into_inner()).jobs.insert(id, job);
+                            g.jobs.insert(id, job);
                         }
                     }
                     let _ = tx.send(ev.seq);

@@ -535,7 +535,6 @@ impl Worker {
     }
 }
 
-/// One message from `consumer` if it has one now (no wait).
 /// One message from `consumer`: what is there now, or (with `wait`) the first
 /// to arrive within it.
 async fn fetch_one(consumer: &PullConsumer, wait: Option<Duration>) -> Result<Option<jetstream::Message>, String> {
