@@ -864,6 +864,7 @@ async fn raw_copy(pg_url: &str, n: usize) -> anyhow::Result<f64> {
 async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     let (store, append_rate) = seed_events(env, n).await?;
     let read_rate = raw_read(env, &store.subjects().events_stream(), n as u64).await?;
+    load_by_id(&store).await?;
     let pool = sqlx::PgPool::connect(&env.pg_url).await?;
     let t0 = Instant::now();
     let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
@@ -875,6 +876,30 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
         stats.swap.as_secs_f64()
     );
     Ok((append_rate, read_rate, rebuild_rate))
+}
+
+/// How long loading one job takes by its exact subject and by its id alone
+/// (a wildcard over owner and pool), with the whole seeded log in the stream.
+async fn load_by_id(store: &fetchml_eventstore::EventStore) -> anyhow::Result<()> {
+    let js = store.jetstream();
+    let s = js.get_stream(store.subjects().events_stream()).await?;
+    let mut picked = Vec::new();
+    for seq in [1u64, 3001, 30_001, 150_001, 290_001] {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            picked.push(m.subject.to_string());
+        }
+    }
+    for subject in picked {
+        let id: fetchml_events::JobId = subject.rsplit('.').next().unwrap_or_default().parse()?;
+        let t0 = Instant::now();
+        store.load_job_at(id, &subject).await?;
+        let exact = t0.elapsed();
+        let t0 = Instant::now();
+        store.load_job(id).await?;
+        let wild = t0.elapsed();
+        println!("  (load of one job: exact subject {:.2} ms, by id {:.2} ms)", exact.as_secs_f64() * 1000.0, wild.as_secs_f64() * 1000.0);
+    }
+    Ok(())
 }
 
 /// Reads messages `1..=n` of `stream` as the rebuild does (ordered consumers

@@ -5,10 +5,11 @@
 //! worker that is gone), and the api to find a live job's subject. It is a
 //! derived view: rebuilt from sequence 1 at every start, ordered (one ordered
 //! consumer), and `wait_for(seq)` lets a reader wait until it has seen a given
-//! write. A job leaves it when it finishes, so its size follows the backlog,
-//! not the history (holding every job ever was ~2 KiB each, unbounded); the
-//! rare event for a job it no longer holds (a finished job queued again) is
-//! folded onto the job's history read back from the log.
+//! write. A job's state leaves it when the job finishes, so that part follows
+//! the backlog; of every job ever it keeps only where its events are and its
+//! experiment (a few dozen bytes, against ~2 KiB for the full state before).
+//! The rare event for a job whose state it let go (a finished job queued
+//! again) is folded onto the job's history read back from the log.
 
 use crate::store::{EventStore, StartAt};
 use chrono::{DateTime, Utc};
@@ -36,23 +37,37 @@ pub struct IndexedJob {
 struct Inner {
     /// Unfinished jobs.
     jobs: HashMap<JobId, IndexedJob>,
-    /// Every job's experiment, finished or not (stream filters need it for
-    /// replays), with the names shared: tens of bytes a job.
-    experiments: HashMap<JobId, Arc<str>>,
+    /// Every job, finished or not, in a few dozen bytes: where its events are
+    /// (a load by id alone is a wildcard the server answers by scanning, ~10 ms
+    /// at 100 000 jobs) and its experiment (stream filters need it for replays).
+    known: HashMap<JobId, Known>,
+    /// Subject prefixes and experiment names, shared between jobs.
     names: HashSet<Arc<str>>,
 }
 
+struct Known {
+    /// The job's subject without its last token (`<ns>.ev.job.<owner>.<pool>`).
+    prefix: Arc<str>,
+    experiment: Option<Arc<str>>,
+}
+
 impl Inner {
-    fn note_experiment(&mut self, id: JobId, name: &str) {
-        let name = match self.names.get(name) {
+    fn intern(&mut self, name: &str) -> Arc<str> {
+        match self.names.get(name) {
             Some(n) => n.clone(),
             None => {
                 let n: Arc<str> = name.into();
                 self.names.insert(n.clone());
                 n
             }
-        };
-        self.experiments.insert(id, name);
+        }
+    }
+
+    fn note(&mut self, id: JobId, subject: &str, experiment: Option<&str>) {
+        let Some((prefix, _)) = subject.rsplit_once('.') else { return };
+        let prefix = self.intern(prefix);
+        let experiment = experiment.map(|e| self.intern(e));
+        self.known.insert(id, Known { prefix, experiment });
     }
 }
 
@@ -112,10 +127,8 @@ impl JobIndex {
                             && !writer.read().unwrap_or_else(|p| p.into_inner()).jobs.contains_key(&id);
                         let history = if unknown { history_before(&store, id, &ev.subject, ev.seq).await } else { None };
                         let mut g = writer.write().unwrap_or_else(|p| p.into_inner());
-                        if let JobEvent::JobQueued { spec, .. } = &env.payload
-                            && let Some(e) = &spec.experiment
-                        {
-                            g.note_experiment(id, e);
+                        if let JobEvent::JobQueued { spec, .. } = &env.payload {
+                            g.note(id, &ev.subject, spec.experiment.as_deref());
                         }
                         let prev = g.jobs.remove(&id).map(|p| (p.state, p.created_at)).or(history);
                         let created_at = prev.as_ref().map(|p| p.1).unwrap_or(env.occurred_at);
@@ -160,7 +173,13 @@ impl JobIndex {
     /// The experiment a job (finished or not) belongs to.
     pub fn experiment_of(&self, id: JobId) -> Option<Arc<str>> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        g.experiments.get(&id).cloned()
+        g.known.get(&id).and_then(|k| k.experiment.clone())
+    }
+
+    /// The subject of a job's events (finished or not), if the index has seen it.
+    pub fn subject_of(&self, id: JobId) -> Option<String> {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.known.get(&id).map(|k| format!("{}.{id}", k.prefix))
     }
 
     /// The job, if it is not finished.

@@ -241,6 +241,7 @@ async fn the_job_index_lets_finished_jobs_go_and_takes_a_requeued_one_back() {
     assert!(index.get(id).is_none(), "a finished job leaves the index");
     assert!(index.select(|_| true).is_empty());
     assert_eq!(index.experiment_of(id).as_deref(), Some("exp1"));
+    assert_eq!(index.subject_of(id).as_deref(), Some(first.subject.as_str()), "where a finished job's events are");
 
     let again = store.execute_job(id, JobCommand::Retry { reason: "again".into() }, &ctx()).await.unwrap();
     assert!(index.wait_for(again.seq, within).await);

@@ -80,11 +80,11 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     Ok(Some(key.to_owned()))
 }
 
-/// Loads a job, by its exact subject when the index holds it (unfinished
-/// jobs), else by a wildcard search.
+/// Loads a job, by its exact subject when the index knows it (fast), else by
+/// a wildcard search (a job the index has not seen yet).
 pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
-    Ok(match state.index.get(id) {
-        Some(j) => state.store.load_job_at(id, &j.subject).await?,
+    Ok(match state.index.subject_of(id) {
+        Some(subject) => state.store.load_job_at(id, &subject).await?,
         None => state.store.load_job(id).await?,
     })
 }
