@@ -375,7 +375,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         }
     }
 
-    // ---- 3. Queue-to-start latency at a steady rate (500/s and 80% of max).
+    // ---- 3. Queue-to-start latency at a steady rate (50/s, 500/s, 80% of max).
     if env.args.runs("latency") {
         // 50/s: the path itself, nearly without load; 500/s: the target.
         for (label, rate) in [("50/s", 50.0), ("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })] {
