@@ -263,8 +263,10 @@ pub struct RebuildStats {
     pub seq: u64,
     /// Reading and folding the log.
     pub read: Duration,
-    /// COPYing the rows into the shadow tables.
+    /// COPYing the rows into the shadow tables and indexing them.
     pub write: Duration,
+    /// Of `write`, building the indexes and keys after the COPYs.
+    pub index: Duration,
     /// Catching up with the live projector and swapping the tables in.
     pub swap: Duration,
 }
@@ -299,7 +301,9 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     let mut done = folded.last_seq;
     let read = t0.elapsed();
     bulk::write(pool, SHADOW, folded).await?;
+    let indexing = std::time::Instant::now();
     futures::future::try_join_all(TABLES.iter().map(|t| copy_indexes(pool, t))).await?;
+    let index = indexing.elapsed();
     let write = t0.elapsed() - read;
     // Swap: lock the live tables (the live projector's next batch waits), catch
     // up to whatever it committed meanwhile, and exchange the tables.
@@ -321,9 +325,9 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     }
     sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {SHADOW}"))).execute(&mut *tx).await?;
     tx.commit().await?;
-    let stats = RebuildStats { seq: done, read, write, swap: t0.elapsed() - read - write };
+    let stats = RebuildStats { seq: done, read, write, index, swap: t0.elapsed() - read - write };
     tracing::info!(seq = done, read_ms = read.as_millis() as u64, write_ms = write.as_millis() as u64,
-        swap_ms = stats.swap.as_millis() as u64, "read models rebuilt");
+        index_ms = index.as_millis() as u64, swap_ms = stats.swap.as_millis() as u64, "read models rebuilt");
     Ok(stats)
 }
 

@@ -192,11 +192,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let started = std::time::Instant::now();
                     let stats = fetchml_projections::rebuild_with_stats(&pool, &store).await?;
                     println!(
-                        "rebuilt {name} up to sequence {} in {:.1} s (read and fold {:.1} s, load and index {:.1} s, swap {:.1} s)",
+                        "rebuilt {name} up to sequence {} in {:.1} s (read and fold {:.1} s, load and index {:.1} s of which indexing {:.1} s, swap {:.1} s)",
                         stats.seq,
                         started.elapsed().as_secs_f64(),
                         stats.read.as_secs_f64(),
                         stats.write.as_secs_f64(),
+                        stats.index.as_secs_f64(),
                         stats.swap.as_secs_f64()
                     );
                 }
