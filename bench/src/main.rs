@@ -528,27 +528,10 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
             ..Default::default()
         })
         .await?;
-    let payload = event_sized_payload();
-    let seq_n = n / 10;
-    let t0 = Instant::now();
-    for i in 0..seq_n {
-        js.publish(format!("raw.a.{}", i % 1000), payload.clone()).await?.await?;
-    }
-    let seq_rate = seq_n as f64 / t0.elapsed().as_secs_f64();
-
+    let seq_rate = publish_one_at_a_time(&js, "raw.a", n / 10).await?;
     let before = env.broker_messages().await?;
     let t0 = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for i in 0..n {
-        inflight.push(std::future::IntoFuture::into_future(js.publish(format!("raw.b.{}", i % 1000), payload.clone()).await?));
-        if inflight.len() >= 1024 {
-            inflight.next().await.unwrap()?;
-        }
-    }
-    while let Some(a) = inflight.next().await {
-        a?;
-    }
-    let pipe_rate = n as f64 / t0.elapsed().as_secs_f64();
+    let pipe_rate = publish_pipelined(&js, "raw.b", n).await?;
     let broker_rate = (env.broker_messages().await? - before).total() as f64 / t0.elapsed().as_secs_f64();
 
     let consumer: jetstream::consumer::PullConsumer = s
@@ -570,6 +553,35 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let consume_rate = n as f64 / t0.elapsed().as_secs_f64();
     js.delete_stream("RAW").await?;
     Ok((seq_rate, pipe_rate, consume_rate, broker_rate))
+}
+
+/// `n` fetchml-sized publishes under `prefix`, each acknowledged before the
+/// next; returns messages/s.
+async fn publish_one_at_a_time(js: &jetstream::Context, prefix: &str, n: usize) -> anyhow::Result<f64> {
+    let payload = event_sized_payload();
+    let t0 = Instant::now();
+    for i in 0..n {
+        js.publish(format!("{prefix}.{}", i % 1000), payload.clone()).await?.await?;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// `n` fetchml-sized publishes under `prefix`, 1024 awaiting acknowledgement
+/// at once; returns messages/s.
+async fn publish_pipelined(js: &jetstream::Context, prefix: &str, n: usize) -> anyhow::Result<f64> {
+    let payload = event_sized_payload();
+    let t0 = Instant::now();
+    let mut inflight = FuturesUnordered::new();
+    for i in 0..n {
+        inflight.push(std::future::IntoFuture::into_future(js.publish(format!("{prefix}.{}", i % 1000), payload.clone()).await?));
+        if inflight.len() >= 1024 {
+            inflight.next().await.unwrap()?;
+        }
+    }
+    while let Some(a) = inflight.next().await {
+        a?;
+    }
+    Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
 /// Round trips (publish to acknowledgement) of `n` acknowledged publishes,
@@ -1119,23 +1131,6 @@ async fn raw_sync_always(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
         ..Default::default()
     })
     .await?;
-    let payload = event_sized_payload();
-    let seq_n = (n / 10).max(100);
-    let t0 = Instant::now();
-    for i in 0..seq_n {
-        js.publish(format!("sync.a.{}", i % 1000), payload.clone()).await?.await?;
-    }
-    let seq_rate = seq_n as f64 / t0.elapsed().as_secs_f64();
-    let t0 = Instant::now();
-    let mut inflight = FuturesUnordered::new();
-    for i in 0..n {
-        inflight.push(std::future::IntoFuture::into_future(js.publish(format!("sync.b.{}", i % 1000), payload.clone()).await?));
-        if inflight.len() >= 1024 {
-            inflight.next().await.unwrap()?;
-        }
-    }
-    while let Some(a) = inflight.next().await {
-        a?;
-    }
-    Ok((seq_rate, n as f64 / t0.elapsed().as_secs_f64()))
+    let seq_rate = publish_one_at_a_time(&js, "sync.a", (n / 10).max(100)).await?;
+    Ok((seq_rate, publish_pipelined(&js, "sync.b", n).await?))
 }

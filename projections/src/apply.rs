@@ -345,92 +345,77 @@ async fn apply_layer(conn: &mut PgConnection, layer: &[&JobEv]) -> Result<(), Pr
     Ok(())
 }
 
+type Statement<'q> = sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>;
+
+/// Runs each of `statements` with the same column arrays bound by `bind`: the
+/// full tables and the analyst table take the same rows, each its own columns.
+async fn run_each<'q>(
+    conn: &mut PgConnection,
+    statements: impl IntoIterator<Item = String>,
+    bind: impl Fn(Statement<'q>) -> Statement<'q>,
+) -> Result<(), ProjectionError> {
+    for sql in statements {
+        bind(sqlx::query(AssertSqlSafe(sql))).execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
+}
+
 async fn insert_queued(conn: &mut PgConnection, q: Queued) -> Result<(), ProjectionError> {
     const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::jsonb[],
             $8::jsonb[], $9::jsonb[], $10::text[], $11::jsonb[], $12::timestamptz[], $13::int8[])
         AS u(id, owner, pool, priority, labels, experiment, tags, command, env, working_dir, spec, at, seq)";
-    for table in FULL {
-        sqlx::query(AssertSqlSafe(format!(
+    let full = FULL.map(|table| {
+        format!(
             "INSERT INTO {table} (id, owner, state, attempt, attempts_in_run, pool, priority, labels, experiment,
                 tags, command, env, working_dir, spec, metrics, created_at, updated_at, last_seq)
              SELECT id, owner, 'queued', 0, 0, pool, priority, labels::text[], experiment,
                 tags, command, env, working_dir, spec, '{{}}', at, at, seq
              {ROWS}
              ON CONFLICT DO NOTHING"
-        )))
-        .bind(&q.id)
-        .bind(&q.owner)
-        .bind(&q.pool)
-        .bind(&q.priority)
-        .bind(&q.labels)
-        .bind(&q.experiment)
-        .bind(&q.tags)
-        .bind(&q.command)
-        .bind(&q.env)
-        .bind(&q.working_dir)
-        .bind(&q.spec)
-        .bind(&q.at)
-        .bind(&q.seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    sqlx::query(AssertSqlSafe(format!(
+        )
+    });
+    let analyst = format!(
         "INSERT INTO analyst_jobs (id, state, attempt, pool, priority, labels, experiment, metrics, created_at, updated_at, last_seq)
          SELECT id, 'queued', 0, pool, priority, labels::text[], experiment, '{{}}', at, at, seq
          {ROWS}
          ON CONFLICT DO NOTHING"
-    )))
-    .bind(q.id)
-    .bind(q.owner)
-    .bind(q.pool)
-    .bind(q.priority)
-    .bind(q.labels)
-    .bind(q.experiment)
-    .bind(q.tags)
-    .bind(q.command)
-    .bind(q.env)
-    .bind(q.working_dir)
-    .bind(q.spec)
-    .bind(q.at)
-    .bind(q.seq)
-    .execute(&mut *conn)
+    );
+    run_each(conn, full.into_iter().chain([analyst]), |s| {
+        s.bind(&q.id)
+            .bind(&q.owner)
+            .bind(&q.pool)
+            .bind(&q.priority)
+            .bind(&q.labels)
+            .bind(&q.experiment)
+            .bind(&q.tags)
+            .bind(&q.command)
+            .bind(&q.env)
+            .bind(&q.working_dir)
+            .bind(&q.spec)
+            .bind(&q.at)
+            .bind(&q.seq)
+    })
     .await
-    .map_err(db)?;
-    Ok(())
 }
 
 async fn update_started(conn: &mut PgConnection, s: Started) -> Result<(), ProjectionError> {
     const ROWS: &str = "FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::timestamptz[], $5::int8[]) AS u(id, attempt, worker, at, seq)
         WHERE t.id = u.id AND t.last_seq < u.seq";
-    for table in FULL {
-        sqlx::query(AssertSqlSafe(format!(
+    let full = FULL.map(|table| {
+        format!(
             "UPDATE {table} t SET state = 'running', attempt = u.attempt, attempts_in_run = t.attempts_in_run + 1,
                 worker = u.worker, started_at = u.at, not_before = NULL, updated_at = u.at, last_seq = u.seq
              {ROWS}"
-        )))
-        .bind(&s.id)
-        .bind(&s.attempt)
-        .bind(&s.worker)
-        .bind(&s.at)
-        .bind(&s.seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    sqlx::query(AssertSqlSafe(format!(
+        )
+    });
+    let analyst = format!(
         "UPDATE analyst_jobs t SET state = 'running', attempt = u.attempt, started_at = u.at, updated_at = u.at, last_seq = u.seq
          {ROWS}"
-    )))
-    .bind(s.id)
-    .bind(s.attempt)
-    .bind(s.worker)
-    .bind(s.at)
-    .bind(s.seq)
-    .execute(&mut *conn)
+    );
+    run_each(conn, full.into_iter().chain([analyst]), |q| {
+        q.bind(&s.id).bind(&s.attempt).bind(&s.worker).bind(&s.at).bind(&s.seq)
+    })
     .await
-    .map_err(db)?;
-    Ok(())
 }
 
 async fn update_ended(conn: &mut PgConnection, e: Ended) -> Result<(), ProjectionError> {
@@ -438,8 +423,8 @@ async fn update_ended(conn: &mut PgConnection, e: Ended) -> Result<(), Projectio
             $8::jsonb[], $9::timestamptz[], $10::bool[], $11::timestamptz[], $12::int8[])
         AS u(id, state, exit_code, signal, class, reason, not_before, metrics, finished_at, keep, at, seq)
         WHERE t.id = u.id AND t.last_seq < u.seq";
-    for table in FULL {
-        sqlx::query(AssertSqlSafe(format!(
+    let full = FULL.map(|table| {
+        format!(
             "UPDATE {table} t SET state = u.state,
                 exit_code = CASE WHEN u.keep THEN t.exit_code ELSE u.exit_code END,
                 signal = CASE WHEN u.keep THEN t.signal ELSE u.signal END,
@@ -447,46 +432,30 @@ async fn update_ended(conn: &mut PgConnection, e: Ended) -> Result<(), Projectio
                 reason = u.reason, not_before = u.not_before, metrics = t.metrics || u.metrics,
                 finished_at = u.finished_at, updated_at = u.at, last_seq = u.seq
              {ROWS}"
-        )))
-        .bind(&e.id)
-        .bind(&e.state)
-        .bind(&e.exit_code)
-        .bind(&e.signal)
-        .bind(&e.class)
-        .bind(&e.reason)
-        .bind(&e.not_before)
-        .bind(&e.metrics)
-        .bind(&e.finished_at)
-        .bind(&e.keep_failure)
-        .bind(&e.at)
-        .bind(&e.seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    sqlx::query(AssertSqlSafe(format!(
+        )
+    });
+    let analyst = format!(
         "UPDATE analyst_jobs t SET state = u.state,
             exit_code = CASE WHEN u.keep THEN t.exit_code ELSE u.exit_code END,
             failure_class = CASE WHEN u.keep THEN t.failure_class ELSE u.class END,
             metrics = t.metrics || u.metrics, finished_at = u.finished_at, updated_at = u.at, last_seq = u.seq
          {ROWS}"
-    )))
-    .bind(e.id)
-    .bind(e.state)
-    .bind(e.exit_code)
-    .bind(e.signal)
-    .bind(e.class)
-    .bind(e.reason)
-    .bind(e.not_before)
-    .bind(e.metrics)
-    .bind(e.finished_at)
-    .bind(e.keep_failure)
-    .bind(e.at)
-    .bind(e.seq)
-    .execute(&mut *conn)
+    );
+    run_each(conn, full.into_iter().chain([analyst]), |q| {
+        q.bind(&e.id)
+            .bind(&e.state)
+            .bind(&e.exit_code)
+            .bind(&e.signal)
+            .bind(&e.class)
+            .bind(&e.reason)
+            .bind(&e.not_before)
+            .bind(&e.metrics)
+            .bind(&e.finished_at)
+            .bind(&e.keep_failure)
+            .bind(&e.at)
+            .bind(&e.seq)
+    })
     .await
-    .map_err(db)?;
-    Ok(())
 }
 
 /// Several jobs of a layer may report the same metric of one experiment; one
@@ -526,32 +495,20 @@ async fn upsert_metrics(conn: &mut PgConnection, v: MetricValues) -> Result<(), 
 async fn update_requeued(conn: &mut PgConnection, r: Requeued) -> Result<(), ProjectionError> {
     const ROWS: &str = "FROM UNNEST($1::uuid[], $2::timestamptz[], $3::int8[]) AS u(id, at, seq)
         WHERE t.id = u.id AND t.last_seq < u.seq";
-    for table in FULL {
-        sqlx::query(AssertSqlSafe(format!(
+    let full = FULL.map(|table| {
+        format!(
             "UPDATE {table} t SET state = 'queued', attempts_in_run = 0, exit_code = NULL, signal = NULL,
                 failure_class = NULL, reason = NULL, not_before = NULL, finished_at = NULL,
                 updated_at = u.at, last_seq = u.seq
              {ROWS}"
-        )))
-        .bind(&r.id)
-        .bind(&r.at)
-        .bind(&r.seq)
-        .execute(&mut *conn)
-        .await
-        .map_err(db)?;
-    }
-    sqlx::query(AssertSqlSafe(format!(
+        )
+    });
+    let analyst = format!(
         "UPDATE analyst_jobs t SET state = 'queued', exit_code = NULL, failure_class = NULL, finished_at = NULL,
             updated_at = u.at, last_seq = u.seq
          {ROWS}"
-    )))
-    .bind(r.id)
-    .bind(r.at)
-    .bind(r.seq)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(())
+    );
+    run_each(conn, full.into_iter().chain([analyst]), |q| q.bind(&r.id).bind(&r.at).bind(&r.seq)).await
 }
 
 pub(crate) fn enum_str<T: serde::Serialize>(v: &T) -> String {
