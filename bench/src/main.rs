@@ -220,7 +220,10 @@ async fn main() -> anyhow::Result<()> {
     let users_file = tempfile::NamedTempFile::new()?;
     std::fs::write(
         users_file.path(),
-        format!("users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n", k.key_id, k.hash),
+        format!(
+            "users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n",
+            k.key_id, k.hash
+        ),
     )?;
     let pg_server = args.pg.trim_end_matches('/').to_owned();
     let mut env = Env {
@@ -243,7 +246,9 @@ async fn main() -> anyhow::Result<()> {
         let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.pg_server)).await?;
         let dbs = env.databases.lock().unwrap().clone();
         for db in dbs {
-            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"))).execute(&mut c).await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)")))
+                .execute(&mut c)
+                .await?;
         }
     }
     result
@@ -256,7 +261,8 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     println!("{:<48} {:>12} {:<8} ratio", "figure", "value", "unit");
 
     // ---- 1. The limit: raw JetStream with fetchml-sized messages.
-    let (seq_rate, pipe_rate, consume_rate, broker_rate) = raw_jetstream(env, if quick { 20_000 } else { 100_000 }).await?;
+    let (seq_rate, pipe_rate, consume_rate, broker_rate) =
+        raw_jetstream(env, if quick { 20_000 } else { 100_000 }).await?;
     r.add("limit: raw publish, one at a time", seq_rate, "msg/s", None);
     r.add("limit: raw publish, pipelined", pipe_rate, "msg/s", None);
     r.add("limit: raw pull-consume with acks", consume_rate, "msg/s", None);
@@ -271,8 +277,18 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     // fsyncs before every acknowledgement.
     if env.args.runs("durability") {
         let (sync_seq, sync_pipe) = raw_sync_always(env, if quick { 5_000 } else { 20_000 }).await?;
-        r.add("durability: raw publish one at a time, sync_interval always", sync_seq, "msg/s", Some(("default sync, one at a time", seq_rate)));
-        r.add("durability: raw publish pipelined, sync_interval always", sync_pipe, "msg/s", Some(("pipelined publish", pipe_rate)));
+        r.add(
+            "durability: raw publish one at a time, sync_interval always",
+            sync_seq,
+            "msg/s",
+            Some(("default sync, one at a time", seq_rate)),
+        );
+        r.add(
+            "durability: raw publish pipelined, sync_interval always",
+            sync_pipe,
+            "msg/s",
+            Some(("pipelined publish", pipe_rate)),
+        );
     }
 
     // ---- 2. Submit throughput, 64 keep-alive clients, no workers.
@@ -280,18 +296,30 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let (api, url) = env.api("bsubmit").await;
         let idle_api = api.rss_kib();
         let n_submit = if quick { 5_000 } else { 20_000 };
-        let (submit_rate, _) = submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
+        let (submit_rate, _) =
+            submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
         r.add("submit: POST /v1/jobs, 64 clients", submit_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
         r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
         r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
         drop(api);
         let (api, url) = env.api("bsubmitb").await;
         let before = env.broker_messages().await?;
-        let batch_rate = submit_batches(&env.key, &url, n_submit * 2, 500, 4, json!({"executor": "noop", "command": []})).await?;
+        let batch_rate =
+            submit_batches(&env.key, &url, n_submit * 2, 500, 4, json!({"executor": "noop", "command": []})).await?;
         let per_job = (env.broker_messages().await? - before).total() as f64 / (n_submit * 2) as f64;
-        r.add("submit: POST /v1/jobs/batch, 500 per request, 4 clients", batch_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        r.add(
+            "submit: POST /v1/jobs/batch, 500 per request, 4 clients",
+            batch_rate,
+            "jobs/s",
+            Some(("pipelined publish", pipe_rate)),
+        );
         r.add("  broker messages in+out per batch-submitted job", per_job, "msg", None);
-        r.add("  broker-only bound, batch submit", broker_rate / per_job, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        r.add(
+            "  broker-only bound, batch submit",
+            broker_rate / per_job,
+            "jobs/s",
+            Some(("pipelined publish", pipe_rate)),
+        );
         drop(api);
     }
 
@@ -325,10 +353,11 @@ async fn run(env: &Env) -> anyhow::Result<()> {
                             && let Ok(info) = s.info().await
                         {
                             let head = info.state.last_sequence;
-                            let cp: i64 = sqlx::query_scalar("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints")
-                                .fetch_one(&pool)
-                                .await
-                                .unwrap_or(0);
+                            let cp: i64 =
+                                sqlx::query_scalar("SELECT coalesce(max(last_seq), 0) FROM projection_checkpoints")
+                                    .fetch_one(&pool)
+                                    .await
+                                    .unwrap_or(0);
                             lags.push(head.saturating_sub(cp.max(0) as u64) as f64);
                         }
                         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -356,18 +385,38 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             let _ = sampler.await;
             let mut lags = lag_sampler.await.unwrap_or_default();
             lags.sort_by(|a, b| a.total_cmp(b));
-            r.add(&format!("projection lag p99 during end to end, {workers} worker(s)"), pct(&lags, 0.99), "events", None);
+            r.add(
+                &format!("projection lag p99 during end to end, {workers} worker(s)"),
+                pct(&lags, 0.99),
+                "events",
+                None,
+            );
             e2e_max = e2e_max.max(rate);
-            r.add(&format!("end to end: noop jobs, {workers} worker(s)"), rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+            r.add(
+                &format!("end to end: noop jobs, {workers} worker(s)"),
+                rate,
+                "jobs/s",
+                Some(("pipelined publish", pipe_rate)),
+            );
             // What one job costs the broker, and what that allows at most if
             // the broker had the whole machine (see BENCHMARKS.md).
             // The bench's own completion counter reads each job's 3 events.
             let per_job = moved.total() as f64 / n as f64 - 3.0;
             r.add(&format!("  broker messages in+out per job, {workers} worker(s)"), per_job, "msg", None);
             r.add(&format!("  stored messages per job, {workers} worker(s)"), stored as f64 / n as f64, "msg", None);
-            r.add(&format!("  broker-only bound, {workers} worker(s)"), broker_rate / per_job, "jobs/s", Some(("pipelined publish", pipe_rate)));
+            r.add(
+                &format!("  broker-only bound, {workers} worker(s)"),
+                broker_rate / per_job,
+                "jobs/s",
+                Some(("pipelined publish", pipe_rate)),
+            );
             if workers == 1 {
-                r.add("memory: worker RSS under load (peak)", peak.load(Ordering::Relaxed) as f64 / 1024.0, "MiB", None);
+                r.add(
+                    "memory: worker RSS under load (peak)",
+                    peak.load(Ordering::Relaxed) as f64 / 1024.0,
+                    "MiB",
+                    None,
+                );
                 r.add("memory: api RSS after end to end", api.rss_kib() as f64 / 1024.0, "MiB", None);
             }
             drop(ws);
@@ -378,7 +427,9 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     // ---- 3. Queue-to-start latency at a steady rate (50/s, 500/s, 80% of max).
     if env.args.runs("latency") {
         // 50/s: the path itself, nearly without load; 500/s: the target.
-        for (label, rate) in [("50/s", 50.0), ("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })] {
+        for (label, rate) in
+            [("50/s", 50.0), ("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })]
+        {
             let ns = format!("blat{}", rate as u64);
             let (api, url) = env.api(&ns).await;
             // The workers of the end-to-end maximum (4 × 32), so that "80% of
@@ -406,9 +457,19 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let copy_rate = raw_copy(&env.pg_url, copy_rows).await?;
         r.add("limit: raw Postgres COPY, job-sized rows", copy_rate, "rows/s", None);
         let (append_rate, read_rate, rebuild_rate) = rebuild_bench(env, n_events).await?;
-        r.add("setup: pipelined append of sealed events", append_rate, "events/s", Some(("pipelined publish", pipe_rate)));
+        r.add(
+            "setup: pipelined append of sealed events",
+            append_rate,
+            "events/s",
+            Some(("pipelined publish", pipe_rate)),
+        );
         r.add("limit: raw read of the log, 4 ordered readers", read_rate, "events/s", None);
-        r.add(&format!("projection: rebuild of {n_events} events"), rebuild_rate, "events/s", Some(("raw COPY", copy_rate)));
+        r.add(
+            &format!("projection: rebuild of {n_events} events"),
+            rebuild_rate,
+            "events/s",
+            Some(("raw COPY", copy_rate)),
+        );
     }
 
     // ---- 6. Streams: fan-out latency, and replay speed to one client.
@@ -420,7 +481,12 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         }
         let (api, url) = env.api("brebuild").await;
         let replay_rate = ws_replay(env, &url, replay_n.min(n_events)).await?;
-        r.add(&format!("streams: replay of {} stored events to one client", replay_n.min(n_events)), replay_rate, "events/s", None);
+        r.add(
+            &format!("streams: replay of {} stored events to one client", replay_n.min(n_events)),
+            replay_rate,
+            "events/s",
+            None,
+        );
         drop(api);
         for subscribers in [100usize, 1000] {
             let ns = format!("bws{subscribers}");
@@ -573,7 +639,9 @@ async fn publish_pipelined(js: &jetstream::Context, prefix: &str, n: usize) -> a
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
     for i in 0..n {
-        inflight.push(std::future::IntoFuture::into_future(js.publish(format!("{prefix}.{}", i % 1000), payload.clone()).await?));
+        inflight.push(std::future::IntoFuture::into_future(
+            js.publish(format!("{prefix}.{}", i % 1000), payload.clone()).await?,
+        ));
         if inflight.len() >= 1024 {
             inflight.next().await.unwrap()?;
         }
@@ -588,7 +656,12 @@ async fn publish_pipelined(js: &jetstream::Context, prefix: &str, n: usize) -> a
 /// one every `1/rate` s; sorted, in ms.
 async fn raw_paced_publish(env: &Env, rate: f64, n: usize) -> anyhow::Result<Vec<f64>> {
     let js = jetstream::new(env.client.clone());
-    js.create_stream(stream::Config { name: "RAWPACED".into(), subjects: vec!["rawpaced.>".into()], ..Default::default() }).await?;
+    js.create_stream(stream::Config {
+        name: "RAWPACED".into(),
+        subjects: vec!["rawpaced.>".into()],
+        ..Default::default()
+    })
+    .await?;
     let payload = event_sized_payload();
     let interval = Duration::from_secs_f64(1.0 / rate);
     let t0 = tokio::time::Instant::now();
@@ -606,7 +679,14 @@ async fn raw_paced_publish(env: &Env, rate: f64, n: usize) -> anyhow::Result<Vec
 
 /// Submits `n` jobs through `POST /v1/jobs/batch`, `per_request` at a time from
 /// `clients` concurrent clients; returns jobs/s.
-async fn submit_batches(key: &str, url: &str, n: usize, per_request: usize, clients: usize, spec: Value) -> anyhow::Result<f64> {
+async fn submit_batches(
+    key: &str,
+    url: &str,
+    n: usize,
+    per_request: usize,
+    clients: usize,
+    spec: Value,
+) -> anyhow::Result<f64> {
     let http = client(key, clients);
     let body = Arc::new(json!({ "jobs": vec![spec; per_request] }));
     let next = Arc::new(AtomicU64::new(0));
@@ -664,7 +744,12 @@ async fn submit_many(key: &str, url: &str, n: usize, clients: usize, spec: Value
 }
 
 /// Resolves when `n` events of `kind` have been stored in namespace `ns`.
-fn count_events(client: &async_nats::Client, ns: &str, kind: &'static str, n: usize) -> tokio::task::JoinHandle<anyhow::Result<()>> {
+fn count_events(
+    client: &async_nats::Client,
+    ns: &str,
+    kind: &'static str,
+    n: usize,
+) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let client = client.clone();
     let ns = ns.to_owned();
     tokio::spawn(async move {
@@ -747,7 +832,9 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     for i in 0..n {
         tokio::time::sleep_until(t0 + interval * i as u32).await;
         let (http, url, spec) = (http.clone(), url.to_owned(), spec.clone());
-        tasks.push(tokio::spawn(async move { http.post(format!("{url}/v1/jobs")).json(&spec).send().await.map(|r| r.status()) }));
+        tasks.push(tokio::spawn(async move {
+            http.post(format!("{url}/v1/jobs")).json(&spec).send().await.map(|r| r.status())
+        }));
         while let Some(Some(done)) = futures::FutureExt::now_or_never(tasks.next()) {
             done??;
         }
@@ -761,12 +848,15 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     let js = jetstream::new(client.clone());
     let s = js.get_stream(format!("{ns}_EVENTS")).await?;
     let last = s.get_info().await?.state.last_sequence;
-    let c = s.create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() }).await?;
+    let c = s
+        .create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() })
+        .await?;
     let mut msgs = c.messages().await?;
     let mut queued: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
-    let mut out = StartLatency { total: Vec::with_capacity(n), append: Vec::new(), dispatch: Vec::new(), claim: Vec::new() };
+    let mut out =
+        StartLatency { total: Vec::with_capacity(n), append: Vec::new(), dispatch: Vec::new(), claim: Vec::new() };
     loop {
         let m = msgs.next().await.unwrap()?;
         let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
@@ -910,7 +1000,11 @@ async fn load_by_id(store: &fetchml_eventstore::EventStore) -> anyhow::Result<()
         let t0 = Instant::now();
         store.load_job(id).await?;
         let wild = t0.elapsed();
-        println!("  (load of one job: exact subject {:.2} ms, by id {:.2} ms)", exact.as_secs_f64() * 1000.0, wild.as_secs_f64() * 1000.0);
+        println!(
+            "  (load of one job: exact subject {:.2} ms, by id {:.2} ms)",
+            exact.as_secs_f64() * 1000.0,
+            wild.as_secs_f64() * 1000.0
+        );
     }
     Ok(())
 }
@@ -962,7 +1056,12 @@ async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore:
     use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent, UserName, WorkerId};
     let ns = fetchml_events::ids::Namespace::parse("brebuild")?;
     let subjects = fetchml_events::subject::Subjects::new(ns);
-    let store = fetchml_eventstore::EventStore::open(env.client.clone(), subjects.clone(), &fetchml_eventstore::StreamSettings::default()).await?;
+    let store = fetchml_eventstore::EventStore::open(
+        env.client.clone(),
+        subjects.clone(),
+        &fetchml_eventstore::StreamSettings::default(),
+    )
+    .await?;
     let js = store.jetstream().clone();
     let owner = UserName::parse("researcher1")?;
     let worker = WorkerId::new();
@@ -998,7 +1097,9 @@ async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore:
             )?;
             prev = env.hash.clone();
             // No expected-sequence header: the bench owns the subject.
-            inflight.push(std::future::IntoFuture::into_future(js.publish(subject.clone(), Bytes::from(env.to_bytes()?)).await?));
+            inflight.push(std::future::IntoFuture::into_future(
+                js.publish(subject.clone(), Bytes::from(env.to_bytes()?)).await?,
+            ));
             if inflight.len() >= 1024 {
                 inflight.next().await.unwrap()?;
             }
@@ -1011,7 +1112,10 @@ async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore:
     Ok((store, n as f64 / t0.elapsed().as_secs_f64()))
 }
 
-async fn ws_connect(url: &str, key: &str) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>> {
+async fn ws_connect(
+    url: &str,
+    key: &str,
+) -> anyhow::Result<tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut req = format!("{}/v1/stream", url.replace("http://", "ws://")).into_client_request()?;
     req.headers_mut().insert("authorization", format!("Bearer {key}").parse()?);
@@ -1025,7 +1129,12 @@ async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
     use tokio_tungstenite::tungstenite::Message;
     let mut ws = ws_connect(url, &env.key).await?;
     let t0 = Instant::now();
-    ws.send(Message::Text(json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"}).to_string().into())).await?;
+    ws.send(Message::Text(
+        json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"})
+            .to_string()
+            .into(),
+    ))
+    .await?;
     let mut got = 0;
     while got < n {
         // Pings keep an empty replay open: give up on a silent one.
@@ -1042,11 +1151,24 @@ async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
 
 /// `subscribers` clients follow one job's progress live while `rate` messages
 /// per second are published for `secs`; latency is publish → client receive.
-async fn ws_fanout(env: &Env, ns: &str, url: &str, subscribers: usize, rate: usize, secs: u64) -> anyhow::Result<(f64, f64, f64)> {
+async fn ws_fanout(
+    env: &Env,
+    ns: &str,
+    url: &str,
+    subscribers: usize,
+    rate: usize,
+    secs: u64,
+) -> anyhow::Result<(f64, f64, f64)> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
     let http = client(&env.key, 1);
-    let job: Value = http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send().await?.json().await?;
+    let job: Value = http
+        .post(format!("{url}/v1/jobs"))
+        .json(&json!({"executor": "noop", "command": []}))
+        .send()
+        .await?
+        .json()
+        .await?;
     let job_id = job["id"].as_str().unwrap().to_owned();
     let total = rate * secs as usize;
     let mut clients = Vec::new();
@@ -1111,15 +1233,13 @@ async fn raw_sync_always(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
     let conf = dir.path().join("sync.conf");
     std::fs::write(
         &conf,
-        format!("listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n", dir.path().join("js")),
+        format!(
+            "listen: 127.0.0.1:{port}\njetstream {{\n  store_dir: {:?}\n  sync_interval: always\n}}\n",
+            dir.path().join("js")
+        ),
     )?;
     let _server = Proc(
-        Command::new(&env.args.nats_server)
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()?,
+        Command::new(&env.args.nats_server).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
     );
     wait_port(port).await;
     let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await?;

@@ -27,10 +27,16 @@ pub enum AggregateKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Actor {
-    User { name: UserName },
-    Worker { id: WorkerId },
+    User {
+        name: UserName,
+    },
+    Worker {
+        id: WorkerId,
+    },
     /// A fetchml component acting on its own (reconciler, timeout watcher).
-    System { component: String },
+    System {
+        component: String,
+    },
 }
 
 /// A payload type: one enum per aggregate, internally tagged by `type`.

@@ -71,7 +71,9 @@ pub enum BrokenLink {
     Malformed { seq: u64 },
     #[error("event at sequence {seq} was altered: stored hash {stored}, computed {computed}")]
     Altered { seq: u64, stored: String, computed: String },
-    #[error("event at sequence {seq} of aggregate {aggregate} points to {prev}, but its predecessor's hash is {expected}")]
+    #[error(
+        "event at sequence {seq} of aggregate {aggregate} points to {prev}, but its predecessor's hash is {expected}"
+    )]
     Unlinked { seq: u64, aggregate: String, prev: String, expected: String },
 }
 
@@ -96,8 +98,7 @@ impl ChainVerifier {
     /// Checks the next event of the log, stored at stream sequence `seq`.
     pub fn check(&mut self, seq: u64, envelope: &Value) -> Result<(), BrokenLink> {
         let field = |k: &str| envelope.get(k).and_then(Value::as_str);
-        let (Some(aggregate), Some(prev), Some(stored)) =
-            (field("aggregate_id"), field("prev_hash"), field("hash"))
+        let (Some(aggregate), Some(prev), Some(stored)) = (field("aggregate_id"), field("prev_hash"), field("hash"))
         else {
             return Err(BrokenLink::Malformed { seq });
         };
@@ -109,12 +110,7 @@ impl ChainVerifier {
         let key = format!("{kind}/{aggregate}");
         let expected = self.heads.get(&key).map(String::as_str).unwrap_or(GENESIS);
         if prev != expected {
-            return Err(BrokenLink::Unlinked {
-                seq,
-                aggregate: key,
-                prev: prev.into(),
-                expected: expected.into(),
-            });
+            return Err(BrokenLink::Unlinked { seq, aggregate: key, prev: prev.into(), expected: expected.into() });
         }
         self.heads.insert(key, stored.to_owned());
         self.checked += 1;

@@ -91,14 +91,8 @@ pub struct InvalidName {
 fn validate_token(what: &'static str, value: &str) -> Result<(), InvalidName> {
     let ok = !value.is_empty()
         && value.len() <= 64
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(InvalidName { what, value: value.to_owned() })
-    }
+        && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(InvalidName { what, value: value.to_owned() }) }
 }
 
 macro_rules! token_name {

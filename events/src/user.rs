@@ -14,10 +14,21 @@ pub const UNKNOWN_USER: &str = "_unknown";
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum UserEvent {
     /// `method`: `api_key` (first use of a key since start or reload) or `login`.
-    UserAuthenticated { method: String, source: String },
-    AuthenticationFailed { method: String, source: String, reason: String },
+    UserAuthenticated {
+        method: String,
+        source: String,
+    },
+    AuthenticationFailed {
+        method: String,
+        source: String,
+        reason: String,
+    },
     /// An authenticated user asked for something they may not do.
-    AccessDenied { permission: String, resource: String, source: String },
+    AccessDenied {
+        permission: String,
+        resource: String,
+        source: String,
+    },
 }
 
 impl DomainEvent for UserEvent {

@@ -3,9 +3,9 @@
 //! The Job aggregate, tested given/when/then without any I/O, plus the stored-v1
 //! fixture that pins the upcast path and the hash chain.
 
+use chrono::{DateTime, Utc};
 use fetchml_events::envelope::DomainEvent;
 use fetchml_events::hash::{BrokenLink, ChainVerifier, GENESIS};
-use chrono::{DateTime, Utc};
 use fetchml_events::job::{
     FailureClass, Job, JobCommand, JobEvent, JobRejection, JobSpec, JobStatus, Metrics, Outcome, decide, evolve, fold,
 };
@@ -83,10 +83,7 @@ fn queueing_an_invalid_spec_is_rejected_with_its_code() {
 fn the_first_start_must_be_attempt_one() {
     let w = WorkerId::new();
     assert_eq!(given([queued()]).when(start(1, w)).unwrap(), vec![started(1, w)]);
-    assert!(matches!(
-        given([queued()]).when(start(2, w)),
-        Err(JobRejection::StaleAttempt { current: 0, got: 2 })
-    ));
+    assert!(matches!(given([queued()]).when(start(2, w)), Err(JobRejection::StaleAttempt { current: 0, got: 2 })));
 }
 
 #[test]
@@ -122,8 +119,7 @@ fn a_finished_job_takes_no_second_terminal_event() {
 
 #[test]
 fn a_cancelled_job_never_starts() {
-    let r = given([queued(), JobEvent::JobCancelled { reason: "user".into() }])
-        .when(start(1, WorkerId::new()));
+    let r = given([queued(), JobEvent::JobCancelled { reason: "user".into() }]).when(start(1, WorkerId::new()));
     assert_eq!(r, Err(JobRejection::AlreadyTerminal(JobStatus::Cancelled)));
 }
 
@@ -440,7 +436,10 @@ fn the_types_that_ask_for_a_worker_are_those_that_leave_a_job_waiting() {
         .unwrap();
         let bytes = env.to_bytes().unwrap();
         let peeked = fetchml_events::envelope::peek(&bytes).unwrap();
-        assert_eq!((peeked.event_type.as_ref(), peeked.aggregate_kind), (last.event_type(), fetchml_events::AggregateKind::Job));
+        assert_eq!(
+            (peeked.event_type.as_ref(), peeked.aggregate_kind),
+            (last.event_type(), fetchml_events::AggregateKind::Job)
+        );
         seen.insert(last.event_type());
     }
     for t in JobEvent::ASKS_FOR_WORKER {

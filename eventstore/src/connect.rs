@@ -36,10 +36,7 @@ impl fmt::Display for ServerVersion {
 
 /// Refuses a server older than [`MIN_SERVER_VERSION`].
 pub fn check_server_version(reported: &str) -> Result<ServerVersion, StoreError> {
-    let too_old = || StoreError::ServerTooOld {
-        found: reported.to_owned(),
-        required: MIN_SERVER_VERSION.to_string(),
-    };
+    let too_old = || StoreError::ServerTooOld { found: reported.to_owned(), required: MIN_SERVER_VERSION.to_string() };
     let v = ServerVersion::parse(reported).ok_or_else(too_old)?;
     if v < MIN_SERVER_VERSION {
         return Err(too_old());

@@ -20,7 +20,9 @@ pub enum StoreError {
     #[error("stream {stream} exists with {field} = {existing}, but fetchml needs {wanted}; fix or remove it by hand")]
     StreamConflict { stream: String, field: &'static str, existing: String, wanted: String },
     /// The server is older than fetchml supports.
-    #[error("nats-server {found} is too old: fetchml needs {required} or newer (run ./deploy/up, which installs the pinned release)")]
+    #[error(
+        "nats-server {found} is too old: fetchml needs {required} or newer (run ./deploy/up, which installs the pinned release)"
+    )]
     ServerTooOld { found: String, required: String },
     #[error("timed out after {0:?}")]
     TimedOut(Duration),

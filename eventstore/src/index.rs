@@ -125,7 +125,8 @@ impl JobIndex {
                         // lock is taken (the lock is not held across an await).
                         let unknown = !matches!(env.payload, JobEvent::JobQueued { .. })
                             && !writer.read().unwrap_or_else(|p| p.into_inner()).jobs.contains_key(&id);
-                        let history = if unknown { history_before(&store, id, &ev.subject, ev.seq).await } else { None };
+                        let history =
+                            if unknown { history_before(&store, id, &ev.subject, ev.seq).await } else { None };
                         let mut g = writer.write().unwrap_or_else(|p| p.into_inner());
                         if let JobEvent::JobQueued { spec, .. } = &env.payload {
                             g.note(id, &ev.subject, spec.experiment.as_deref());

@@ -5,9 +5,9 @@
 use crate::error::StoreError;
 use crate::store::{Appended, EventStore, StoredEvent};
 use chrono::{DateTime, Utc};
+use fetchml_events::envelope::DomainEvent;
 use fetchml_events::hash::GENESIS;
 use fetchml_events::job::{Job, JobCommand, JobEvent, JobRejection, evolve};
-use fetchml_events::envelope::DomainEvent;
 use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent};
 use uuid::Uuid;
 

@@ -24,10 +24,10 @@ mod registry;
 mod store;
 mod streams;
 
-pub use connect::{MIN_SERVER_VERSION, ServerVersion, connect, check_server_version};
+pub use connect::{MIN_SERVER_VERSION, ServerVersion, check_server_version, connect};
 pub use error::StoreError;
 pub use index::{IndexedJob, JobIndex};
-pub use registry::{HEARTBEAT, WorkerRecord, list_workers, open_registry};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
+pub use registry::{HEARTBEAT, WorkerRecord, list_workers, open_registry};
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent};
 pub use streams::{StreamSettings, ensure_streams};

@@ -88,10 +88,7 @@ impl EventStore {
     ) -> Result<Self, StoreError> {
         let js = jetstream::new(client);
         ensure_streams(&js, &subjects, settings).await?;
-        let events = js
-            .get_stream_no_info(subjects.events_stream())
-            .await
-            .map_err(StoreError::unavailable)?;
+        let events = js.get_stream_no_info(subjects.events_stream()).await.map_err(StoreError::unavailable)?;
         Ok(Self { js, subjects, events })
     }
 
@@ -129,11 +126,8 @@ impl EventStore {
                 // so a retry whose first try was stored looks like a conflict.
                 // If the subject's last event carries our message id, it is ours.
                 StoreError::Conflict { .. } if self.last_msg_id_is(subject, msg_id).await? => {
-                    let last = self
-                        .events
-                        .direct_get_last_for_subject(subject)
-                        .await
-                        .map_err(StoreError::unavailable)?;
+                    let last =
+                        self.events.direct_get_last_for_subject(subject).await.map_err(StoreError::unavailable)?;
                     Ok(Appended { seq: last.sequence, duplicate: true })
                 }
                 other => Err(other),
@@ -143,10 +137,7 @@ impl EventStore {
 
     async fn last_msg_id_is(&self, subject: &str, msg_id: &str) -> Result<bool, StoreError> {
         match self.events.direct_get_last_for_subject(subject).await {
-            Ok(m) => Ok(m
-                .headers
-                .get(async_nats::header::NATS_MESSAGE_ID)
-                .is_some_and(|v| v.as_str() == msg_id)),
+            Ok(m) => Ok(m.headers.get(async_nats::header::NATS_MESSAGE_ID).is_some_and(|v| v.as_str() == msg_id)),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
             Err(e) => Err(StoreError::unavailable(e)),
         }
@@ -209,7 +200,10 @@ impl EventStore {
                 Some(404) => return Ok((out, false)),
                 Some(400) => return Err(StoreError::Invalid(format!("invalid subject filter {filter:?}"))),
                 Some(code) => {
-                    return Err(StoreError::Unavailable(format!("direct get answered {code} {}", msg.description.unwrap_or_default())));
+                    return Err(StoreError::Unavailable(format!(
+                        "direct get answered {code} {}",
+                        msg.description.unwrap_or_default()
+                    )));
                 }
                 None => {
                     let seq = header("Nats-Sequence").and_then(|v| v.parse::<u64>().ok());
@@ -236,7 +230,12 @@ impl EventStore {
     /// The last event stored on exactly `subject`, if any.
     pub async fn last_on_subject(&self, subject: &str) -> Result<Option<StoredEvent>, StoreError> {
         match self.events.direct_get_last_for_subject(subject).await {
-            Ok(m) => Ok(Some(StoredEvent { seq: m.sequence, subject: m.subject.to_string(), payload: m.payload, pending: None })),
+            Ok(m) => Ok(Some(StoredEvent {
+                seq: m.sequence,
+                subject: m.subject.to_string(),
+                payload: m.payload,
+                pending: None,
+            })),
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(e) => Err(StoreError::unavailable(e)),
         }
@@ -256,8 +255,10 @@ impl EventStore {
             StartAt::Beginning => DeliverPolicy::All,
             StartAt::Sequence(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
             StartAt::Time(t) => DeliverPolicy::ByStartTime {
-                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(t.timestamp_nanos_opt().unwrap_or(0).into())
-                    .map_err(|e| StoreError::Invalid(format!("start time: {e}")))?,
+                start_time: time::OffsetDateTime::from_unix_timestamp_nanos(
+                    t.timestamp_nanos_opt().unwrap_or(0).into(),
+                )
+                .map_err(|e| StoreError::Invalid(format!("start time: {e}")))?,
             },
             StartAt::New => DeliverPolicy::New,
         };

@@ -125,11 +125,9 @@ pub async fn ensure_streams(
     subjects: &Subjects,
     settings: &StreamSettings,
 ) -> Result<(), StoreError> {
-    for wanted in [
-        events_config(subjects, settings),
-        progress_config(subjects, settings),
-        dispatch_config(subjects, settings),
-    ] {
+    for wanted in
+        [events_config(subjects, settings), progress_config(subjects, settings), dispatch_config(subjects, settings)]
+    {
         match js.get_stream(&wanted.name).await {
             Ok(mut stream) => {
                 let info = stream.info().await.map_err(StoreError::unavailable)?;
@@ -178,9 +176,7 @@ fn needs_safe_update(existing: &Config, wanted: &Config) -> bool {
 fn is_stream_not_found(e: &jetstream::context::GetStreamError) -> bool {
     use jetstream::context::GetStreamErrorKind;
     match e.kind() {
-        GetStreamErrorKind::JetStream(err) => {
-            err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
-        }
+        GetStreamErrorKind::JetStream(err) => err.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND,
         _ => false,
     }
 }

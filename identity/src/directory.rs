@@ -96,10 +96,8 @@ impl Directory {
     pub fn parse(text: &str, origin: &str) -> Result<Self, DirectoryError> {
         let file: UsersFile = serde_yaml_ng::from_str(text)
             .map_err(|source| DirectoryError::Parse { path: origin.to_owned(), source })?;
-        let mut roles: BTreeMap<String, BTreeSet<&'static str>> = default_roles()
-            .into_iter()
-            .map(|(name, perms)| (name.to_owned(), perms.into_iter().collect()))
-            .collect();
+        let mut roles: BTreeMap<String, BTreeSet<&'static str>> =
+            default_roles().into_iter().map(|(name, perms)| (name.to_owned(), perms.into_iter().collect())).collect();
         for (role, perms) in file.roles {
             let mut set = BTreeSet::new();
             for p in perms {
@@ -163,7 +161,12 @@ impl Directory {
 
     /// Every user who shares at least one group with `p` (`p` included).
     pub fn group_mates(&self, p: &Principal) -> Vec<UserName> {
-        let mut v: Vec<UserName> = self.users.values().filter(|u| u.name == p.name || p.shares_group_with(u)).map(|u| u.name.clone()).collect();
+        let mut v: Vec<UserName> = self
+            .users
+            .values()
+            .filter(|u| u.name == p.name || p.shares_group_with(u))
+            .map(|u| u.name.clone())
+            .collect();
         v.sort();
         v
     }

@@ -62,10 +62,7 @@ pub fn new_session_token() -> String {
 /// Hashes a secret with argon2id and a fresh salt.
 pub fn hash_secret(secret: &str) -> Result<String, KeyError> {
     let salt = SaltString::generate(&mut OsRng);
-    argon2()
-        .hash_password(secret.as_bytes(), &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| KeyError::Hash(e.to_string()))
+    argon2().hash_password(secret.as_bytes(), &salt).map(|h| h.to_string()).map_err(|e| KeyError::Hash(e.to_string()))
 }
 
 /// A new random key (256-bit secret) and its hash.

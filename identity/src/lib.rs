@@ -12,6 +12,9 @@ mod permission;
 mod throttle;
 
 pub use directory::{Directory, DirectoryError, Principal, RoleName};
-pub use keys::{GeneratedKey, KeyError, ParsedKey, check_hash, dummy_hash, generate_key, hash_secret, new_session_token, sha256_hex, verify_secret};
+pub use keys::{
+    GeneratedKey, KeyError, ParsedKey, check_hash, dummy_hash, generate_key, hash_secret, new_session_token,
+    sha256_hex, verify_secret,
+};
 pub use permission::{ALL_PERMISSIONS, Permission};
 pub use throttle::Throttle;

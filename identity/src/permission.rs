@@ -40,7 +40,15 @@ pub fn default_roles() -> Vec<(&'static str, Vec<&'static str>)> {
         ("admin", ALL_PERMISSIONS.to_vec()),
         (
             "researcher",
-            vec!["jobs:create", "jobs:read", "jobs:cancel", "jobs:retry", "jobs:logs", "experiments:read", "workers:read"],
+            vec![
+                "jobs:create",
+                "jobs:read",
+                "jobs:cancel",
+                "jobs:retry",
+                "jobs:logs",
+                "experiments:read",
+                "workers:read",
+            ],
         ),
         ("analyst", vec!["jobs:read:summary", "experiments:read", "workers:read"]),
     ]

@@ -17,9 +17,9 @@
 use crate::ProjectionError;
 use crate::bulk::array;
 use chrono::{DateTime, Utc};
+use fetchml_events::envelope::peek;
 use fetchml_events::job::{JobEvent, Metrics};
 use fetchml_events::worker::WorkerEvent;
-use fetchml_events::envelope::peek;
 use fetchml_events::{AggregateKind, Envelope};
 use fetchml_eventstore::StoredEvent;
 use serde_json::{Value, json};
@@ -89,8 +89,14 @@ pub async fn apply_batch(conn: &mut PgConnection, batch: &[StoredEvent]) -> Resu
 
 async fn timeline(conn: &mut PgConnection, jobs: &[JobEv]) -> Result<(), ProjectionError> {
     let n = jobs.len();
-    let (mut ids, mut seqs, mut types, mut attempts, mut actors, mut ats) =
-        (Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n), Vec::with_capacity(n));
+    let (mut ids, mut seqs, mut types, mut attempts, mut actors, mut ats) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
     for j in jobs {
         ids.push(j.id);
         seqs.push(j.seq);
@@ -277,7 +283,8 @@ async fn apply_layer(conn: &mut PgConnection, layer: &[&JobEv]) -> Result<(), Pr
             }
             JobEvent::JobFailed { exit_code, signal, class, reason, metrics, .. }
             | JobEvent::JobDeadLettered { exit_code, signal, class, reason, metrics, .. } => {
-                let state = if matches!(j.env.payload, JobEvent::JobFailed { .. }) { "failed" } else { "dead_lettered" };
+                let state =
+                    if matches!(j.env.payload, JobEvent::JobFailed { .. }) { "failed" } else { "dead_lettered" };
                 let e = Ending {
                     state,
                     exit_code: *exit_code,
@@ -361,7 +368,8 @@ async fn run_each<'q>(
 }
 
 async fn insert_queued(conn: &mut PgConnection, q: Queued) -> Result<(), ProjectionError> {
-    const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::jsonb[],
+    const ROWS: &str =
+        "FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int2[], $5::text[], $6::text[], $7::jsonb[],
             $8::jsonb[], $9::jsonb[], $10::text[], $11::jsonb[], $12::timestamptz[], $13::int8[])
         AS u(id, owner, pool, priority, labels, experiment, tags, command, env, working_dir, spec, at, seq)";
     let full = FULL.map(|table| {
@@ -419,7 +427,8 @@ async fn update_started(conn: &mut PgConnection, s: Started) -> Result<(), Proje
 }
 
 async fn update_ended(conn: &mut PgConnection, e: Ended) -> Result<(), ProjectionError> {
-    const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::text[], $6::text[], $7::timestamptz[],
+    const ROWS: &str =
+        "FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::text[], $6::text[], $7::timestamptz[],
             $8::jsonb[], $9::timestamptz[], $10::bool[], $11::timestamptz[], $12::int8[])
         AS u(id, state, exit_code, signal, class, reason, not_before, metrics, finished_at, keep, at, seq)
         WHERE t.id = u.id AND t.last_seq < u.seq";

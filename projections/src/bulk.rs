@@ -7,9 +7,9 @@
 use crate::ProjectionError;
 use crate::apply::{attempt_of, enum_str};
 use chrono::{DateTime, Utc};
+use fetchml_events::envelope::peek;
 use fetchml_events::job::{Job, JobEvent, evolve};
 use fetchml_events::worker::WorkerEvent;
-use fetchml_events::envelope::peek;
 use fetchml_events::{AggregateKind, Envelope};
 use fetchml_eventstore::{EventStore, StartAt};
 use futures::StreamExt;
@@ -160,7 +160,14 @@ impl Folded {
         let attempt = attempt_of(&env.payload).map(|a| a.to_string());
         row(
             &mut self.timeline,
-            &[Some(id.to_string()), Some(seq.to_string()), Some(env.event_type.clone()), attempt, Some(actor), Some(ts(at))],
+            &[
+                Some(id.to_string()),
+                Some(seq.to_string()),
+                Some(env.event_type.clone()),
+                attempt,
+                Some(actor),
+                Some(ts(at)),
+            ],
         );
         let p = &env.payload;
         let existing = self.jobs.remove(&id);
@@ -286,12 +293,10 @@ async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded
             Decoded::Skip(seq)
         } else {
             match peek(&ev.payload).map(|p| p.aggregate_kind) {
-                Some(AggregateKind::Job) => {
-                    Envelope::<JobEvent>::decode(&ev.payload).map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e)))
-                }
-                Some(AggregateKind::Worker) => {
-                    Envelope::<WorkerEvent>::decode(&ev.payload).map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, Box::new(e)))
-                }
+                Some(AggregateKind::Job) => Envelope::<JobEvent>::decode(&ev.payload)
+                    .map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e))),
+                Some(AggregateKind::Worker) => Envelope::<WorkerEvent>::decode(&ev.payload)
+                    .map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, Box::new(e))),
                 Some(AggregateKind::User) | None => Decoded::Skip(seq),
             }
         };

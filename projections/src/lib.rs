@@ -37,8 +37,15 @@ const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
 /// deadlock on table locks taken in different orders.
 const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
 /// The tables a rebuild replaces.
-pub const TABLES: [&str; 7] =
-    ["projection_checkpoints", "admin_jobs", "researcher_jobs", "analyst_jobs", "experiment_metrics", "workers", "job_timeline"];
+pub const TABLES: [&str; 7] = [
+    "projection_checkpoints",
+    "admin_jobs",
+    "researcher_jobs",
+    "analyst_jobs",
+    "experiment_metrics",
+    "workers",
+    "job_timeline",
+];
 const SHADOW: &str = "fetchml_rebuild";
 
 #[derive(Debug, thiserror::Error)]
@@ -73,10 +80,7 @@ impl ProjectionError {
 /// Postgres is down.
 pub fn pool(url: &str) -> Result<PgPool, ProjectionError> {
     let opts = PgConnectOptions::from_str(url)?;
-    Ok(PgPoolOptions::new()
-        .max_connections(8)
-        .acquire_timeout(Duration::from_secs(2))
-        .connect_lazy_with(opts))
+    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(2)).connect_lazy_with(opts))
 }
 
 /// Applies the migrations owned by this crate.
@@ -100,10 +104,11 @@ pub async fn claim_namespace(conn: &mut PgConnection, namespace: &str) -> Result
 
 /// The last sequence the read models include (0 if none).
 pub async fn checkpoint(pool: &PgPool) -> Result<u64, ProjectionError> {
-    let v: Result<Option<i64>, sqlx::Error> = sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = $1")
-        .bind(JOBS)
-        .fetch_optional(pool)
-        .await;
+    let v: Result<Option<i64>, sqlx::Error> =
+        sqlx::query_scalar("SELECT last_seq FROM projection_checkpoints WHERE name = $1")
+            .bind(JOBS)
+            .fetch_optional(pool)
+            .await;
     match v {
         Ok(v) => Ok(v.unwrap_or(0) as u64),
         // Not migrated yet: the projector has not started; nothing is projected.
@@ -121,7 +126,10 @@ async fn checkpoint_on(conn: &mut PgConnection) -> Result<u64, ProjectionError> 
 }
 
 /// Applies `batch` and moves the checkpoint, in one transaction.
-async fn commit_batch(conn: &mut PgConnection, batch: &[fetchml_eventstore::StoredEvent]) -> Result<(), ProjectionError> {
+async fn commit_batch(
+    conn: &mut PgConnection,
+    batch: &[fetchml_eventstore::StoredEvent],
+) -> Result<(), ProjectionError> {
     let Some(last) = batch.last() else { return Ok(()) };
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
@@ -186,7 +194,8 @@ impl Projector {
         let mut conn = self.pool.acquire().await?.detach();
         claim_namespace(&mut conn, self.store.subjects().namespace().as_str()).await?;
         loop {
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut conn).await?;
+            let got: bool =
+                sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(LOCK_KEY).fetch_one(&mut conn).await?;
             if got {
                 break;
             }
@@ -249,7 +258,9 @@ async fn copy_indexes(pool: &PgPool, table: &str) -> Result<(), ProjectionError>
             _ => indexdef.replacen(&format!(" ON public.{table} "), &format!(" ON {SHADOW}.{table} "), 1),
         };
         if !statement.contains(SHADOW) {
-            return Err(ProjectionError::Rebuild(format!("cannot place index of {table} in the shadow schema: {statement}")));
+            return Err(ProjectionError::Rebuild(format!(
+                "cannot place index of {table} in the shadow schema: {statement}"
+            )));
         }
         sqlx::query(AssertSqlSafe(statement)).execute(pool).await?;
     }
@@ -287,9 +298,11 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     // Without indexes: COPY then builds each index once, sorted, instead of
     // updating it row by row (about twice as fast here).
     for t in TABLES {
-        sqlx::query(AssertSqlSafe(format!("CREATE TABLE {SHADOW}.{t} (LIKE public.{t} INCLUDING ALL EXCLUDING INDEXES)")))
-            .execute(&mut conn)
-            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "CREATE TABLE {SHADOW}.{t} (LIKE public.{t} INCLUDING ALL EXCLUDING INDEXES)"
+        )))
+        .execute(&mut conn)
+        .await?;
     }
     // Unqualified names now mean the shadow tables on this connection.
     sqlx::query(AssertSqlSafe(format!("SET search_path TO {SHADOW}"))).execute(&mut conn).await?;
@@ -310,7 +323,9 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
     let live: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
-    sqlx::query(AssertSqlSafe(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.join(", ")))).execute(&mut *tx).await?;
+    sqlx::query(AssertSqlSafe(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.join(", "))))
+        .execute(&mut *tx)
+        .await?;
     let live_cp: Option<i64> = sqlx::query_scalar("SELECT last_seq FROM public.projection_checkpoints WHERE name = $1")
         .bind(JOBS)
         .fetch_optional(&mut *tx)
@@ -326,13 +341,24 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {SHADOW}"))).execute(&mut *tx).await?;
     tx.commit().await?;
     let stats = RebuildStats { seq: done, read, write, index, swap: t0.elapsed() - read - write };
-    tracing::info!(seq = done, read_ms = read.as_millis() as u64, write_ms = write.as_millis() as u64,
-        index_ms = index.as_millis() as u64, swap_ms = stats.swap.as_millis() as u64, "read models rebuilt");
+    tracing::info!(
+        seq = done,
+        read_ms = read.as_millis() as u64,
+        write_ms = write.as_millis() as u64,
+        index_ms = index.as_millis() as u64,
+        swap_ms = stats.swap.as_millis() as u64,
+        "read models rebuilt"
+    );
     Ok(stats)
 }
 
 /// Applies events `from..=to` on `conn` in batches; returns the last applied.
-async fn project_range(conn: &mut PgConnection, store: &EventStore, from: u64, to: u64) -> Result<u64, ProjectionError> {
+async fn project_range(
+    conn: &mut PgConnection,
+    store: &EventStore,
+    from: u64,
+    to: u64,
+) -> Result<u64, ProjectionError> {
     let mut events = store.read(&store.subjects().all_events(), StartAt::Sequence(from)).await?;
     let mut batch = Vec::with_capacity(1000);
     let mut last = from.saturating_sub(1);

@@ -35,7 +35,11 @@ pub struct JobFilter {
 }
 
 /// One page of jobs and the cursor of its last item (when more may follow).
-pub async fn list_jobs(pool: &PgPool, scope: &Scope, f: &JobFilter) -> Result<(Vec<Value>, Option<(DateTime<Utc>, Uuid)>), ProjectionError> {
+pub async fn list_jobs(
+    pool: &PgPool,
+    scope: &Scope,
+    f: &JobFilter,
+) -> Result<(Vec<Value>, Option<(DateTime<Utc>, Uuid)>), ProjectionError> {
     let (table, cols) = match scope {
         Scope::All => ("admin_jobs", FULL_COLS),
         Scope::Owners(_) => ("researcher_jobs", FULL_COLS),

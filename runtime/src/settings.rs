@@ -216,8 +216,8 @@ impl Settings {
     pub fn load_from(path: Option<&Path>, env: &[(String, String)]) -> Result<Self, SettingsError> {
         let mut tree = match path {
             Some(p) => {
-                let text = std::fs::read_to_string(p)
-                    .map_err(|source| SettingsError::Read { path: p.to_owned(), source })?;
+                let text =
+                    std::fs::read_to_string(p).map_err(|source| SettingsError::Read { path: p.to_owned(), source })?;
                 serde_yaml_ng::from_str::<Value>(&text)
                     .map_err(|source| SettingsError::Parse { path: p.display().to_string(), source })?
             }
@@ -233,8 +233,7 @@ impl Settings {
             }
             let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
             let value: Value = serde_yaml_ng::from_str(raw).unwrap_or_else(|_| Value::String(raw.clone()));
-            set_path(&mut tree, &path, value)
-                .map_err(|message| SettingsError::Env { var: var.clone(), message })?;
+            set_path(&mut tree, &path, value).map_err(|message| SettingsError::Env { var: var.clone(), message })?;
         }
         let settings: Settings = serde_yaml_ng::from_value(tree).map_err(|source| SettingsError::Parse {
             path: path.map(|p| p.display().to_string()).unwrap_or_else(|| "<environment>".into()),

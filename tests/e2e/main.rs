@@ -72,9 +72,8 @@ async fn arguments_are_passed_without_a_shell() {
     let w = spawn_worker(&app.settings);
     let marker = w.job_root.path().join("out.txt");
     // With a shell, `;` would run a second command; as argv it is just text.
-    let (_, body) = app
-        .submit(json!({"command": ["sh", "-c", "printf %s \"$1\" > out.txt", "x", "a; touch pwned"]}))
-        .await;
+    let (_, body) =
+        app.submit(json!({"command": ["sh", "-c", "printf %s \"$1\" > out.txt", "x", "a; touch pwned"]})).await;
     let job = app.until_terminal(body["id"].as_str().unwrap()).await;
     assert_eq!(job["state"], "succeeded", "{job}");
     assert_eq!(std::fs::read_to_string(marker).unwrap(), "a; touch pwned");
@@ -85,7 +84,10 @@ async fn arguments_are_passed_without_a_shell() {
 async fn bad_input_gets_a_stable_code_and_changes_nothing() {
     let app = spawn_app().await;
     let (s, b) = app.submit(json!({"command": ["x"], "priority": 11})).await;
-    assert_eq!((s, b["error"]["code"].as_str(), b["error"]["field"].as_str()), (422, Some("out_of_range"), Some("priority")));
+    assert_eq!(
+        (s, b["error"]["code"].as_str(), b["error"]["field"].as_str()),
+        (422, Some("out_of_range"), Some("priority"))
+    );
     let (s, b) = app.submit(json!({"command": []})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (422, Some("command_empty")));
     let (s, b) = app.submit(json!({"comand": ["x"]})).await;
@@ -130,7 +132,11 @@ async fn the_same_idempotency_key_names_the_same_job_once() {
     assert_eq!(events["items"].as_array().unwrap().len(), 1);
 }
 
-async fn post_batch(app: &fetchml_tests::app::TestApp, key: Option<&str>, body: &serde_json::Value) -> (u16, serde_json::Value) {
+async fn post_batch(
+    app: &fetchml_tests::app::TestApp,
+    key: Option<&str>,
+    body: &serde_json::Value,
+) -> (u16, serde_json::Value) {
     let mut req = app.http.post(app.url("/v1/jobs/batch")).json(body);
     if let Some(k) = key {
         req = req.header("Idempotency-Key", k);
@@ -177,7 +183,11 @@ async fn a_batch_queues_every_job_once_and_each_runs() {
 async fn an_invalid_batch_stores_nothing_and_says_which_job_is_wrong() {
     let app = spawn_app().await;
     let (s, b) = post_batch(&app, None, &json!({"jobs": [{"command": ["true"]}, {"command": []}]})).await;
-    assert_eq!((s, b["error"]["code"].as_str(), b["error"]["field"].as_str()), (422, Some("command_empty"), Some("jobs[1].command")), "{b}");
+    assert_eq!(
+        (s, b["error"]["code"].as_str(), b["error"]["field"].as_str()),
+        (422, Some("command_empty"), Some("jobs[1].command")),
+        "{b}"
+    );
     let (s, b) = post_batch(&app, None, &json!({"jobs": [{"command": ["true"]}, {"comand": ["x"]}]})).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_body")), "{b}");
     assert!(b["error"]["message"].as_str().unwrap().contains("jobs[1]"), "{b}");
@@ -189,7 +199,13 @@ async fn an_invalid_batch_stores_nothing_and_says_which_job_is_wrong() {
     let (s, b) = post_batch(&app, None, &json!([{"command": ["true"]}])).await;
     assert_eq!((s, b["error"]["code"].as_str()), (400, Some("invalid_body")));
     // An analyst may not queue jobs, one or many.
-    let r = app.as_user("ana").post(app.url("/v1/jobs/batch")).json(&json!({"jobs": [{"command": ["true"]}]})).send().await.unwrap();
+    let r = app
+        .as_user("ana")
+        .post(app.url("/v1/jobs/batch"))
+        .json(&json!({"jobs": [{"command": ["true"]}]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 403);
     let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
     assert!(store.load(&store.subjects().all_job_events()).await.unwrap().is_empty());
@@ -229,7 +245,12 @@ async fn readiness_says_503_while_nats_is_down_and_recovers() {
     // A batch while NATS is away: nothing is stored, and the answer says so per job.
     let alice = fetchml_tests::app::client_with_key(&fetchml_tests::app::key_of("alice"));
     let batch_url = url.replace("/readyz", "/v1/jobs/batch");
-    let r = alice.post(&batch_url).json(&serde_json::json!({"jobs": [{"command": ["true"]}, {"command": ["true"]}]})).send().await.unwrap();
+    let r = alice
+        .post(&batch_url)
+        .json(&serde_json::json!({"jobs": [{"command": ["true"]}, {"command": ["true"]}]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 503);
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"]["code"], "event_store_unavailable", "{body}");

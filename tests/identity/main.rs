@@ -89,7 +89,13 @@ async fn a_researcher_lists_only_own_jobs_and_an_analyst_sees_no_command_lines()
     let app = spawn_app().await;
     let id = alices_job(&app).await;
     let bob = app.as_user("bob");
-    let (s, b) = bob.post(app.url("/v1/jobs")).json(&json!({"command": ["true"]})).send().await.map(|r| (r.status(), r)).unwrap();
+    let (s, b) = bob
+        .post(app.url("/v1/jobs"))
+        .json(&json!({"command": ["true"]}))
+        .send()
+        .await
+        .map(|r| (r.status(), r))
+        .unwrap();
     assert_eq!(s.as_u16(), 202);
     let seq = b.json::<Value>().await.unwrap()["seq"].as_u64().unwrap();
     let (_, list) = call(&bob, "GET", app.url(&format!("/v1/jobs?after_seq={seq}")), None).await;
@@ -186,11 +192,8 @@ async fn a_key_removed_from_the_config_stops_working_after_the_reload() {
     assert_eq!(call(&app.http, "GET", app.url("/v1/jobs"), None).await.0, 200);
     // Drop alice's key (keep her user); the api notices the change by itself.
     let alice_id = &key_of("alice")[4..12];
-    let revoked: String = original
-        .lines()
-        .map(|l| if l.contains(alice_id) { "    keys: []" } else { l })
-        .collect::<Vec<_>>()
-        .join("\n");
+    let revoked: String =
+        original.lines().map(|l| if l.contains(alice_id) { "    keys: []" } else { l }).collect::<Vec<_>>().join("\n");
     assert_ne!(revoked, original);
     std::fs::write(file.path(), revoked).unwrap();
     eventually(Duration::from_secs(10), || async {

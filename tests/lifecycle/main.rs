@@ -5,7 +5,9 @@
 //! graceful stop, the reconciler, and progress. Real NATS, real worker
 //! processes; each test in its own namespace.
 
-use fetchml_tests::app::{TestApp, processes_with, spawn_app, spawn_app_with, spawn_worker, spawn_worker_with, unique_sleep};
+use fetchml_tests::app::{
+    TestApp, processes_with, spawn_app, spawn_app_with, spawn_worker, spawn_worker_with, unique_sleep,
+};
 use fetchml_tests::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
@@ -104,7 +106,13 @@ async fn a_nats_restart_loses_no_job_and_runs_none_twice_at_once() {
     let mut ids = Vec::new();
     for i in 0..20 {
         let ms = if i % 2 == 0 { "1500" } else { "50" };
-        ids.push(submit(&app, json!({"executor": "sleep", "command": [ms], "retry": {"backoff_initial_ms": 100, "max_attempts": 10}})).await);
+        ids.push(
+            submit(
+                &app,
+                json!({"executor": "sleep", "command": [ms], "retry": {"backoff_initial_ms": 100, "max_attempts": 10}}),
+            )
+            .await,
+        );
     }
     // Some are running, some queued: restart the server under them. (Wait for
     // "started", not for "running": a short job may already be done.)
@@ -293,7 +301,9 @@ async fn higher_priority_jobs_start_first_and_fifo_within_a_priority() {
     for (p, id) in &ids {
         app.until_terminal(id).await;
         let (_, events) = app.get(&format!("/v1/jobs/{id}/events")).await;
-        let seq = events["items"].as_array().unwrap().iter().find(|e| e["type"] == "job_started").unwrap()["seq"].as_u64().unwrap();
+        let seq = events["items"].as_array().unwrap().iter().find(|e| e["type"] == "job_started").unwrap()["seq"]
+            .as_u64()
+            .unwrap();
         started.push((seq, *p, id.clone()));
     }
     started.sort();

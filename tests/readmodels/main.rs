@@ -23,7 +23,8 @@ async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
 #[tokio::test]
 async fn each_role_reads_its_own_model_and_reads_its_writes() {
     let app = spawn_app().await;
-    let a = submit(&app, &app.http, json!({"executor": "noop", "command": ["train.py"], "env": {"TOKEN": "t0p"}})).await;
+    let a =
+        submit(&app, &app.http, json!({"executor": "noop", "command": ["train.py"], "env": {"TOKEN": "t0p"}})).await;
     let b = submit(&app, &app.as_user("bob"), json!({"executor": "noop", "command": []})).await;
     let seq = b["seq"].as_u64().unwrap().max(a["seq"].as_u64().unwrap());
 
@@ -48,15 +49,22 @@ async fn each_role_reads_its_own_model_and_reads_its_writes() {
 async fn the_analyst_tables_hold_no_command_line_environment_or_log() {
     let app = spawn_app().await;
     let _w = spawn_worker(&app.settings);
-    let r = submit(&app, &app.http, json!({"command": ["sh", "-c", "echo l0gline; exit 3"], "env": {"API_TOKEN": "hunter2"}, "experiment": "e1"})).await;
+    let r = submit(
+        &app,
+        &app.http,
+        json!({"command": ["sh", "-c", "echo l0gline; exit 3"], "env": {"API_TOKEN": "hunter2"}, "experiment": "e1"}),
+    )
+    .await;
     let id = r["id"].as_str().unwrap();
     let job = app.until_terminal(id).await;
     let (_, _) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", job["seq"]))).await;
     let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
-    let cols: Vec<String> = sqlx::query_scalar("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'analyst_jobs'")
-        .fetch_all(&pool)
-        .await
-        .unwrap();
+    let cols: Vec<String> = sqlx::query_scalar(
+        "SELECT column_name::text FROM information_schema.columns WHERE table_name = 'analyst_jobs'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
     for forbidden in ["command", "env", "working_dir", "spec", "owner", "reason", "tags", "worker"] {
         assert!(!cols.iter().any(|c| c == forbidden), "analyst_jobs has a {forbidden} column");
     }
@@ -96,12 +104,19 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     let w = spawn_worker(&app.settings);
     let mut last = Value::Null;
     for i in 0..150 {
-        last = submit(&app, &app.http, json!({"executor": if i % 3 == 0 { "fail" } else { "noop" }, "command": [], "experiment": "x"})).await;
+        last = submit(
+            &app,
+            &app.http,
+            json!({"executor": if i % 3 == 0 { "fail" } else { "noop" }, "command": [], "experiment": "x"}),
+        )
+        .await;
     }
     // Metrics and a cancelled job, so every kind of row is compared.
     for v in ["0.5", "0.25"] {
         let script = format!(r###"echo '##fetchml {{"metric": "loss", "value": {v}, "step": 3}}'"###);
-        last = submit(&app, &app.http, json!({"command": ["sh", "-c", script], "experiment": "x", "tags": {"t": "a\tb"}})).await;
+        last =
+            submit(&app, &app.http, json!({"command": ["sh", "-c", script], "experiment": "x", "tags": {"t": "a\tb"}}))
+                .await;
         app.until_terminal(last["id"].as_str().unwrap()).await;
     }
     let c = submit(&app, &app.http, json!({"command": ["sleep", "30"], "env": {"A": "line\nbreak"}})).await;

@@ -29,7 +29,9 @@ pub fn repo_root() -> PathBuf {
 /// The shared test server's URL, from `./deploy/test`.
 pub fn nats_url() -> String {
     std::env::var("FETCHML_TEST_NATS_URL").unwrap_or_else(|_| {
-        panic!("FETCHML_TEST_NATS_URL is not set: run the suite with ./deploy/test, which starts the pinned nats-server")
+        panic!(
+            "FETCHML_TEST_NATS_URL is not set: run the suite with ./deploy/test, which starts the pinned nats-server"
+        )
     })
 }
 

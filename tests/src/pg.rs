@@ -12,7 +12,8 @@ pub struct PgProcess {
 }
 
 fn bindir() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect();
+    let mut dirs: Vec<PathBuf> =
+        std::fs::read_dir("/usr/lib/postgresql").ok()?.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).collect();
     dirs.sort();
     dirs.pop().filter(|d| d.join("initdb").exists())
 }
@@ -32,7 +33,8 @@ impl PgProcess {
             return None;
         };
         let dir = tempfile::tempdir().unwrap();
-        let as_postgres = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
+        let as_postgres =
+            std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
         if as_postgres {
             let (uid, gid) = postgres_ids().expect("a postgres user (from the Debian package)");
             std::os::unix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
@@ -67,7 +69,8 @@ impl PgProcess {
     pub fn start_server(&self) {
         let log = self.dir.path().join("log").display().to_string();
         let opts = format!("-h 127.0.0.1 -p {} -k {}", self.port, self.dir.path().display());
-        let out = self.cmd("pg_ctl").args(["-D", &self.data(), "-l", &log, "-w", "-o", &opts, "start"]).output().unwrap();
+        let out =
+            self.cmd("pg_ctl").args(["-D", &self.data(), "-l", &log, "-w", "-o", &opts, "start"]).output().unwrap();
         assert!(out.status.success(), "pg_ctl start: {}", String::from_utf8_lossy(&out.stderr));
     }
 

@@ -110,7 +110,8 @@ async fn concurrent_commands_on_one_job_are_serialised_by_the_aggregate() {
         store.execute_job(id, JobCommand::Start { attempt: 1, worker: w2, at: chrono::Utc::now() }, &c2),
     );
     // Exactly one start; the loser re-decided and was refused by the aggregate.
-    let rejected = [&a, &b].iter().filter(|r| matches!(r, Err(ExecuteError::Rejected(JobRejection::NotStartable { .. })))).count();
+    let rejected =
+        [&a, &b].iter().filter(|r| matches!(r, Err(ExecuteError::Rejected(JobRejection::NotStartable { .. })))).count();
     assert_eq!(rejected, 1, "{a:?} {b:?}");
     assert_eq!(store.load_job(id).await.unwrap().history.len(), 2);
 }
@@ -203,7 +204,11 @@ async fn every_appended_event_links_to_its_predecessor() {
     let store = fresh_store().await;
     let (id, _) = queue(&store, &["true"]).await;
     store
-        .execute_job(id, JobCommand::Start { attempt: 1, worker: fetchml_events::WorkerId::new(), at: chrono::Utc::now() }, &ctx())
+        .execute_job(
+            id,
+            JobCommand::Start { attempt: 1, worker: fetchml_events::WorkerId::new(), at: chrono::Utc::now() },
+            &ctx(),
+        )
         .await
         .unwrap();
     store.execute_job(id, JobCommand::Cancel { reason: "test".into() }, &ctx()).await.unwrap();

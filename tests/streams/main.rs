@@ -85,7 +85,8 @@ async fn a_replay_that_starts_during_appends_delivers_every_event_once_in_order(
     })
     .await;
     let mut ws = connect(&app, "alice", None).await;
-    send(&mut ws, json!({"op": "subscribe", "id": "all", "stream": "events", "target": "all", "from": "beginning"})).await;
+    send(&mut ws, json!({"op": "subscribe", "id": "all", "stream": "events", "target": "all", "from": "beginning"}))
+        .await;
     let seqs = writer.await.unwrap();
     let got: Vec<u64> = collect(&mut ws, "all", 200).await.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert!(got.windows(2).all(|w| w[0] < w[1]), "out of order or duplicated: {got:?}");
@@ -99,7 +100,8 @@ async fn a_client_that_reconnects_from_its_last_sequence_misses_nothing_and_repe
         submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
     }
     let mut ws = connect(&app, "alice", None).await;
-    send(&mut ws, json!({"op": "subscribe", "id": "s", "stream": "events", "target": "all", "from": "beginning"})).await;
+    send(&mut ws, json!({"op": "subscribe", "id": "s", "stream": "events", "target": "all", "from": "beginning"}))
+        .await;
     let first = collect(&mut ws, "s", 6).await;
     drop(ws);
     let last = first.last().unwrap()["seq"].as_u64().unwrap();
@@ -107,7 +109,11 @@ async fn a_client_that_reconnects_from_its_last_sequence_misses_nothing_and_repe
         submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
     }
     let mut ws = connect(&app, "alice", None).await;
-    send(&mut ws, json!({"op": "subscribe", "id": "s", "stream": "events", "target": "all", "from": {"seq": last + 1}})).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "s", "stream": "events", "target": "all", "from": {"seq": last + 1}}),
+    )
+    .await;
     let rest = collect(&mut ws, "s", 14).await;
     let all: Vec<u64> = first.iter().chain(&rest).map(|m| m["seq"].as_u64().unwrap()).collect();
     assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
@@ -141,7 +147,9 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_keeps_receiving() 
         let mut acks = futures::stream::FuturesUnordered::new();
         for i in 0..n {
             let body = json!({"job_id": job_id, "attempt": 1, "stream": "stdout", "line": format!("{i} {pad}")});
-            acks.push(std::future::IntoFuture::into_future(js.publish(subject.clone(), bytes::Bytes::from(body.to_string())).await.unwrap()));
+            acks.push(std::future::IntoFuture::into_future(
+                js.publish(subject.clone(), bytes::Bytes::from(body.to_string())).await.unwrap(),
+            ));
             if acks.len() > 512 {
                 acks.next().await.unwrap().unwrap();
             }
@@ -206,22 +214,36 @@ async fn a_researcher_sees_only_own_jobs_and_an_analyst_no_log_line() {
     .await;
 
     let mut ws = connect(&app, "alice", None).await;
-    send(&mut ws, json!({"op": "subscribe", "id": "e", "stream": "events", "target": "all", "from": "beginning"})).await;
+    send(&mut ws, json!({"op": "subscribe", "id": "e", "stream": "events", "target": "all", "from": "beginning"}))
+        .await;
     let got = collect(&mut ws, "e", 3).await;
-    assert!(got.iter().all(|m| m["data"]["aggregate_id"].as_str().unwrap().replace('-', "") == mine["id"].as_str().unwrap().replace('-', "")), "{got:?}");
+    assert!(
+        got.iter().all(|m| m["data"]["aggregate_id"].as_str().unwrap().replace('-', "")
+            == mine["id"].as_str().unwrap().replace('-', "")),
+        "{got:?}"
+    );
     // Bob's job is refused, and the refusal is recorded.
-    send(&mut ws, json!({"op": "subscribe", "id": "b", "stream": "events", "target": {"job": theirs["id"]}, "from": "beginning"})).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "id": "b", "stream": "events", "target": {"job": theirs["id"]}, "from": "beginning"}),
+    )
+    .await;
     let e = next_json(&mut ws).await;
-    assert_eq!((e["type"].as_str(), e["code"].as_str(), e["id"].as_str()), (Some("error"), Some("job_not_found"), Some("b")));
+    assert_eq!(
+        (e["type"].as_str(), e["code"].as_str(), e["id"].as_str()),
+        (Some("error"), Some("job_not_found"), Some("b"))
+    );
 
     let mut ana = connect(&app, "ana", None).await;
     send(&mut ana, json!({"op": "subscribe", "id": "l", "stream": "progress", "target": "all", "kinds": ["log"], "from": "beginning"})).await;
     let e = next_json(&mut ana).await;
     assert_eq!((e["type"].as_str(), e["code"].as_str()), (Some("error"), Some("forbidden")));
-    send(&mut ana, json!({"op": "subscribe", "id": "p", "stream": "progress", "target": "all", "from": "beginning"})).await;
+    send(&mut ana, json!({"op": "subscribe", "id": "p", "stream": "progress", "target": "all", "from": "beginning"}))
+        .await;
     let m = collect(&mut ana, "p", 1).await;
     assert_eq!(m[0]["subject_kind"], "metric");
-    send(&mut ana, json!({"op": "subscribe", "id": "e", "stream": "events", "target": "all", "from": "beginning"})).await;
+    send(&mut ana, json!({"op": "subscribe", "id": "e", "stream": "events", "target": "all", "from": "beginning"}))
+        .await;
     let events = collect(&mut ana, "e", 6).await;
     let text = serde_json::to_string(&events).unwrap();
     for leak in ["secret-log-line", "hidden-env", "alice", "bob", "echo"] {
@@ -261,7 +283,8 @@ async fn logs_over_plain_http_replay_and_follow_until_the_job_ends() {
     let id = job["id"].as_str().unwrap().to_owned();
     app.until_state(&id, "running").await;
     // Follow while it runs: the body ends when the job ends.
-    let body = app.http.get(app.url(&format!("/v1/jobs/{id}/logs?follow=true"))).send().await.unwrap().text().await.unwrap();
+    let body =
+        app.http.get(app.url(&format!("/v1/jobs/{id}/logs?follow=true"))).send().await.unwrap().text().await.unwrap();
     let lines: Vec<Value> = body.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     let texts: Vec<&str> = lines.iter().map(|l| l["line"].as_str().unwrap()).collect();
     assert_eq!(texts, ["line-1", "line-2", "line-3"]);
@@ -269,7 +292,15 @@ async fn logs_over_plain_http_replay_and_follow_until_the_job_ends() {
     let body = app.http.get(app.url(&format!("/v1/jobs/{id}/logs"))).send().await.unwrap().text().await.unwrap();
     assert_eq!(body.lines().count(), 3);
     let second = lines[1]["seq"].as_u64().unwrap();
-    let body = app.http.get(app.url(&format!("/v1/jobs/{id}/logs?from_seq={second}"))).send().await.unwrap().text().await.unwrap();
+    let body = app
+        .http
+        .get(app.url(&format!("/v1/jobs/{id}/logs?from_seq={second}")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert_eq!(body.lines().count(), 2);
     // Another researcher may not read them.
     let r = app.as_user("bob").get(app.url(&format!("/v1/jobs/{id}/logs"))).send().await.unwrap();
@@ -285,14 +316,16 @@ async fn the_job_list_as_of_a_past_sequence_is_rebuilt_from_the_log() {
     let r = app.http.post(app.url(&format!("/v1/jobs/{}/cancel", a["id"].as_str().unwrap()))).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 202);
     submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
-    let past: Value = app.http.get(app.url(&format!("/v1/jobs?as_of_seq={then}"))).send().await.unwrap().json().await.unwrap();
+    let past: Value =
+        app.http.get(app.url(&format!("/v1/jobs?as_of_seq={then}"))).send().await.unwrap().json().await.unwrap();
     let states: Vec<&str> = past["items"].as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["queued", "queued"]);
     assert_eq!(past["as_of_seq"].as_u64(), Some(then));
     let now: Value = app.http.get(app.url("/v1/jobs?as_of_seq=1000000")).send().await.unwrap().json().await.unwrap();
     assert_eq!(now["items"].as_array().unwrap().len(), 3);
     assert!(now["items"].as_array().unwrap().iter().any(|j| j["state"] == "cancelled"));
-    let bob: Value = app.as_user("bob").get(app.url("/v1/jobs?as_of_seq=1000000")).send().await.unwrap().json().await.unwrap();
+    let bob: Value =
+        app.as_user("bob").get(app.url("/v1/jobs?as_of_seq=1000000")).send().await.unwrap().json().await.unwrap();
     assert!(bob["items"].as_array().unwrap().is_empty());
 }
 

@@ -45,16 +45,33 @@ pub type Metrics = BTreeMap<String, Metric>;
 #[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq)]
 pub enum JobCommand {
-    Queue { owner: UserName, spec: JobSpec },
+    Queue {
+        owner: UserName,
+        spec: JobSpec,
+    },
     /// A worker claims attempt `attempt` (must be the next one) at time `at`.
-    Start { attempt: u32, worker: WorkerId, at: DateTime<Utc> },
+    Start {
+        attempt: u32,
+        worker: WorkerId,
+        at: DateTime<Utc>,
+    },
     /// The attempt `attempt` ended (reported by its worker, or by another worker
     /// that found its lease expired). `jitter_permille` (0..=1000) is the random
     /// draw for the retry delay; the caller brings randomness so this stays pure.
-    Finish { attempt: u32, outcome: Outcome, metrics: Metrics, at: DateTime<Utc>, jitter_permille: u16 },
-    Cancel { reason: String },
+    Finish {
+        attempt: u32,
+        outcome: Outcome,
+        metrics: Metrics,
+        at: DateTime<Utc>,
+        jitter_permille: u16,
+    },
+    Cancel {
+        reason: String,
+    },
     /// Queue a finished (not succeeded) job again as a new attempt.
-    Retry { reason: String },
+    Retry {
+        reason: String,
+    },
 }
 
 /// How an attempt ended, as the executor saw it.
@@ -62,12 +79,7 @@ pub enum JobCommand {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Outcome {
     Succeeded,
-    Failed {
-        exit_code: Option<i32>,
-        signal: Option<i32>,
-        class: FailureClass,
-        reason: String,
-    },
+    Failed { exit_code: Option<i32>, signal: Option<i32>, class: FailureClass, reason: String },
 }
 
 /// Why an attempt failed; retry policies choose by class.
@@ -181,13 +193,12 @@ impl DomainEvent for JobEvent {
     fn upcast(event_type: &str, version: u32, mut payload: Value) -> Result<Value, EnvelopeError> {
         match (event_type, version) {
             ("job_queued", 1) => {
-                let spec = payload.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| {
-                    EnvelopeError::Upcast {
+                let spec =
+                    payload.get_mut("spec").and_then(Value::as_object_mut).ok_or_else(|| EnvelopeError::Upcast {
                         event_type: event_type.into(),
                         version,
                         reason: "payload has no spec object".into(),
-                    }
-                })?;
+                    })?;
                 if let Some(t) = spec.remove("timeout") {
                     spec.insert("timeout_secs".into(), t);
                 }
@@ -235,7 +246,11 @@ impl JobStatus {
     pub fn is_terminal(self) -> bool {
         matches!(
             self,
-            JobStatus::Succeeded | JobStatus::Failed | JobStatus::Cancelled | JobStatus::TimedOut | JobStatus::DeadLettered
+            JobStatus::Succeeded
+                | JobStatus::Failed
+                | JobStatus::Cancelled
+                | JobStatus::TimedOut
+                | JobStatus::DeadLettered
         )
     }
 
@@ -389,7 +404,8 @@ fn finish(job: &Job, attempt: u32, outcome: Outcome, metrics: Metrics, at: DateT
     let policy = &job.spec.retry;
     let retryable = policy.retry_on.contains(&class);
     if retryable && job.attempts_in_run < policy.max_attempts {
-        let delay = chrono::Duration::milliseconds(i64::try_from(policy.backoff_ms(attempt, jitter)).unwrap_or(i64::MAX));
+        let delay =
+            chrono::Duration::milliseconds(i64::try_from(policy.backoff_ms(attempt, jitter)).unwrap_or(i64::MAX));
         let not_before = at.checked_add_signed(delay).unwrap_or(at);
         JobEvent::JobRetryScheduled { attempt, exit_code, signal, class, reason, not_before, metrics }
     } else if retryable {

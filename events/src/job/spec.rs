@@ -170,12 +170,18 @@ impl JobSpec {
 
     pub fn validate(&self) -> Result<(), SpecError> {
         match (&self.executor, &self.image) {
-            (ExecutorKind::Podman, None) => return Err(err("image_required", "image", "the podman executor needs an image")),
-            (ExecutorKind::Podman, Some(i)) if i.is_empty() || i.len() > 256 || i.starts_with('-') || i.contains(char::is_whitespace) => {
+            (ExecutorKind::Podman, None) => {
+                return Err(err("image_required", "image", "the podman executor needs an image"));
+            }
+            (ExecutorKind::Podman, Some(i))
+                if i.is_empty() || i.len() > 256 || i.starts_with('-') || i.contains(char::is_whitespace) =>
+            {
                 return Err(err("invalid_image", "image", "not an image reference"));
             }
             (ExecutorKind::Podman, _) | (_, None) => {}
-            (_, Some(_)) => return Err(err("image_without_podman", "image", "only the podman executor takes an image")),
+            (_, Some(_)) => {
+                return Err(err("image_without_podman", "image", "only the podman executor takes an image"));
+            }
         }
         if self.command.is_empty() && matches!(self.executor, ExecutorKind::Process | ExecutorKind::Podman) {
             return Err(err("command_empty", "command", "must name a program to run"));
@@ -204,7 +210,11 @@ impl JobSpec {
                 && !k.starts_with(|c: char| c.is_ascii_digit())
                 && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
-                return Err(err("invalid_env_name", format!("env.{k}"), "names are letters, digits and '_', not starting with a digit"));
+                return Err(err(
+                    "invalid_env_name",
+                    format!("env.{k}"),
+                    "names are letters, digits and '_', not starting with a digit",
+                ));
             }
             if v.contains('\0') {
                 return Err(err("invalid_argument", format!("env.{k}"), "values may not contain NUL"));
@@ -213,11 +223,13 @@ impl JobSpec {
         if let Some(dir) = &self.working_dir {
             let escapes = dir.starts_with('/')
                 || dir.contains('\0')
-                || std::path::Path::new(dir)
-                    .components()
-                    .any(|c| matches!(c, std::path::Component::ParentDir));
+                || std::path::Path::new(dir).components().any(|c| matches!(c, std::path::Component::ParentDir));
             if escapes {
-                return Err(err("working_dir_escapes", "working_dir", "must be relative to the job root and may not contain '..'"));
+                return Err(err(
+                    "working_dir_escapes",
+                    "working_dir",
+                    "must be relative to the job root and may not contain '..'",
+                ));
             }
         }
         if self.timeout_secs == Some(0) {

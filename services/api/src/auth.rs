@@ -76,7 +76,10 @@ pub struct Auth {
 }
 
 impl Auth {
-    pub async fn new(store: EventStore, settings: &fetchml_runtime::settings::AuthSettings) -> Result<Self, AuthSetupError> {
+    pub async fn new(
+        store: EventStore,
+        settings: &fetchml_runtime::settings::AuthSettings,
+    ) -> Result<Self, AuthSetupError> {
         let directory = Directory::load(&settings.users_file)?;
         let mtime = std::fs::metadata(&settings.users_file).and_then(|m| m.modified()).ok();
         let bucket = store.subjects().sessions_bucket();
@@ -168,7 +171,8 @@ impl Auth {
             self.throttle.record_failure(&format!("user:{u}"), now);
         }
         let who = user.map(|u| u.as_str().to_owned()).unwrap_or_else(|| UNKNOWN_USER.to_owned());
-        let event = UserEvent::AuthenticationFailed { method: method.into(), source: source.into(), reason: reason.into() };
+        let event =
+            UserEvent::AuthenticationFailed { method: method.into(), source: source.into(), reason: reason.into() };
         self.audit(&who, event, Self::system());
         ApiError::Unauthenticated("invalid credentials")
     }
@@ -221,11 +225,20 @@ impl Auth {
             _ => None,
         };
         let Some(principal) = principal else {
-            return Err(self.fail(user.as_ref(), method, source, if user.is_some() { "wrong secret" } else { "unknown key id" }));
+            return Err(self.fail(
+                user.as_ref(),
+                method,
+                source,
+                if user.is_some() { "wrong secret" } else { "unknown key id" },
+            ));
         };
         self.cache.lock().unwrap_or_else(|p| p.into_inner()).insert(
             digest,
-            CachedKey { user: principal.name.clone(), key_id: parsed.key_id.to_owned(), until: Instant::now() + self.cache_ttl },
+            CachedKey {
+                user: principal.name.clone(),
+                key_id: parsed.key_id.to_owned(),
+                until: Instant::now() + self.cache_ttl,
+            },
         );
         self.audit(
             principal.name.as_str(),
@@ -237,7 +250,8 @@ impl Auth {
 
     async fn verify_session(&self, token: &str, source: &str) -> Result<Principal, ApiError> {
         let digest = sha256_hex(token);
-        let entry = self.sessions.get(&digest).await.map_err(|e| ApiError::Unavailable(StoreError::unavailable_from(e)))?;
+        let entry =
+            self.sessions.get(&digest).await.map_err(|e| ApiError::Unavailable(StoreError::unavailable_from(e)))?;
         let session = entry.and_then(|b| serde_json::from_slice::<Session>(&b).ok());
         match session {
             Some(s) if s.expires_at > chrono::Utc::now() => match self.directory().user(&s.user) {
@@ -251,7 +265,9 @@ impl Auth {
     /// Authenticates the bearer credential of a request.
     pub async fn authenticate(&self, bearer: Option<&str>, source: &str) -> Result<Principal, ApiError> {
         let Some(token) = bearer else {
-            return Err(ApiError::Unauthenticated("missing credentials: send Authorization: Bearer <api key or token>"));
+            return Err(ApiError::Unauthenticated(
+                "missing credentials: send Authorization: Bearer <api key or token>",
+            ));
         };
         self.throttled(&format!("src:{source}"))?;
         if token.starts_with("fms_") {
@@ -262,7 +278,11 @@ impl Auth {
     }
 
     /// `POST /v1/auth/login`: trades an API key for a session token.
-    pub async fn login(&self, key: &str, source: &str) -> Result<(String, chrono::DateTime<chrono::Utc>, Principal), ApiError> {
+    pub async fn login(
+        &self,
+        key: &str,
+        source: &str,
+    ) -> Result<(String, chrono::DateTime<chrono::Utc>, Principal), ApiError> {
         self.throttled(&format!("src:{source}"))?;
         let principal = self.verify_key(key, source, "login").await?;
         let token = fetchml_identity::new_session_token();
@@ -326,11 +346,7 @@ pub enum AuthSetupError {
 }
 
 fn source_of(parts: &Parts) -> String {
-    parts
-        .extensions
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip().to_string()).unwrap_or_else(|| "unknown".into())
 }
 
 fn bearer(parts: &Parts) -> Option<&str> {

@@ -16,10 +16,10 @@ pub use error::ApiError;
 use axum::Router;
 use fetchml_events::subject::Subjects;
 use fetchml_eventstore::{EventStore, JobIndex};
-use std::time::Duration;
 use fetchml_runtime::Settings;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -78,7 +78,8 @@ impl Application {
         // should be reported before we touch anything else.
         let listener = TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source })?;
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-api").await?;
-        let store = EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
+        let store =
+            EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
         let index = JobIndex::spawn(store.clone(), stop.clone());
         let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);

@@ -190,7 +190,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 println!("{events}");
             } else {
                 for e in events["items"].as_array().into_iter().flatten() {
-                    println!("{:>8}  {}  {}", e["seq"], e["occurred_at"].as_str().unwrap_or(""), e["type"].as_str().unwrap_or(""));
+                    println!(
+                        "{:>8}  {}  {}",
+                        e["seq"],
+                        e["occurred_at"].as_str().unwrap_or(""),
+                        e["type"].as_str().unwrap_or("")
+                    );
                 }
             }
         }
@@ -236,7 +241,11 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !resp.status().is_success() {
                 let status = resp.status();
                 let body: Value = resp.json().await.unwrap_or(Value::Null);
-                bail!("{status}: {}: {}", body["error"]["code"].as_str().unwrap_or(""), body["error"]["message"].as_str().unwrap_or(""));
+                bail!(
+                    "{status}: {}: {}",
+                    body["error"]["code"].as_str().unwrap_or(""),
+                    body["error"]["message"].as_str().unwrap_or("")
+                );
             }
             let mut buf = Vec::new();
             while let Some(chunk) = resp.chunk().await? {
@@ -253,7 +262,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Whoami => {
             let out = api.call(api.http.get(format!("{}/v1/auth/whoami", api.base))).await?;
-            println!("{}", if cli.json { out.to_string() } else { format!("{} ({})", out["user"].as_str().unwrap_or(""), out["role"].as_str().unwrap_or("")) });
+            println!(
+                "{}",
+                if cli.json {
+                    out.to_string()
+                } else {
+                    format!("{} ({})", out["user"].as_str().unwrap_or(""), out["role"].as_str().unwrap_or(""))
+                }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -48,10 +48,7 @@ pub enum DispatchError {
 pub async fn run(store: EventStore, stop: CancellationToken) -> Result<(), DispatchError> {
     let js = store.jetstream().clone();
     let subjects = store.subjects().clone();
-    let stream = js
-        .get_stream(subjects.events_stream())
-        .await
-        .map_err(|e| DispatchError::Consumer(e.to_string()))?;
+    let stream = js.get_stream(subjects.events_stream()).await.map_err(|e| DispatchError::Consumer(e.to_string()))?;
     let consumer: jetstream::consumer::PullConsumer = stream
         .get_or_create_consumer(
             CONSUMER,
@@ -132,7 +129,11 @@ pub async fn run(store: EventStore, stop: CancellationToken) -> Result<(), Dispa
 }
 
 /// Publishes the tickets a batch of events asks for, in order, pipelined.
-async fn dispatch_batch(js: &jetstream::Context, store: &EventStore, msgs: &[jetstream::Message]) -> Result<(), StoreError> {
+async fn dispatch_batch(
+    js: &jetstream::Context,
+    store: &EventStore,
+    msgs: &[jetstream::Message],
+) -> Result<(), StoreError> {
     let mut acks = Vec::new();
     for msg in msgs {
         let seq = match msg.info() {
@@ -195,7 +196,13 @@ async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(J
         }
         _ => return Ok(None),
     };
-    let ticket = DispatchTicket { job_id, job_subject: event.subject.clone(), cause_seq: event.seq, not_before, takeover: false };
+    let ticket = DispatchTicket {
+        job_id,
+        job_subject: event.subject.clone(),
+        cause_seq: event.seq,
+        not_before,
+        takeover: false,
+    };
     Ok(Some((spec, ticket)))
 }
 

@@ -24,14 +24,17 @@ pub struct ReconcileReport {
 
 /// One pass over the index. Jobs whose last event is younger than `grace` are
 /// left alone (the dispatcher is probably still on them).
-pub async fn reconcile_once(store: &EventStore, index: &JobIndex, grace: Duration) -> Result<ReconcileReport, StoreError> {
+pub async fn reconcile_once(
+    store: &EventStore,
+    index: &JobIndex,
+    grace: Duration,
+) -> Result<ReconcileReport, StoreError> {
     let js = store.jetstream();
     let subjects = store.subjects();
     let dispatch = js.get_stream(subjects.dispatch_stream()).await.map_err(StoreError::unavailable_from)?;
     let cutoff = chrono::Utc::now() - chrono::Duration::from_std(grace).unwrap_or_default();
-    let candidates = index.select(|j| {
-        (j.state.status.is_waiting() || j.state.status == JobStatus::Running) && j.updated_at <= cutoff
-    });
+    let candidates = index
+        .select(|j| (j.state.status.is_waiting() || j.state.status == JobStatus::Running) && j.updated_at <= cutoff);
     let mut report = ReconcileReport { checked: candidates.len(), ..Default::default() };
     if candidates.is_empty() {
         return Ok(report);
@@ -89,7 +92,13 @@ async fn ticketed_jobs(dispatch: &jetstream::stream::Stream, filter: &str) -> Re
 }
 
 /// Runs a pass every `every` until `stop`.
-pub async fn run_reconciler(store: EventStore, index: JobIndex, every: Duration, grace: Duration, stop: CancellationToken) {
+pub async fn run_reconciler(
+    store: EventStore,
+    index: JobIndex,
+    every: Duration,
+    grace: Duration,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -186,7 +186,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             match action {
                 ProjectionsAction::Rebuild { name } => {
                     if name != fetchml_projections::JOBS {
-                        anyhow::bail!("unknown projection {name:?}; the projections are: {}", fetchml_projections::JOBS);
+                        anyhow::bail!(
+                            "unknown projection {name:?}; the projections are: {}",
+                            fetchml_projections::JOBS
+                        );
                     }
                     let store = open_store(&settings).await?;
                     let started = std::time::Instant::now();

@@ -40,7 +40,9 @@ use fetchml_events::job::{FailureClass, JobCommand, JobRejection, JobStatus, Met
 use fetchml_events::subject::served_label_keys;
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, JobId, WorkerId};
-use fetchml_eventstore::{CommandContext, EventStore, ExecuteError, HEARTBEAT, StoreError, WorkerRecord, open_registry};
+use fetchml_eventstore::{
+    CommandContext, EventStore, ExecuteError, HEARTBEAT, StoreError, WorkerRecord, open_registry,
+};
 use fetchml_runtime::Settings;
 use fetchml_runtime::settings::WorkerSettings;
 use futures::StreamExt;
@@ -298,7 +300,9 @@ impl Worker {
                 };
                 let result = match open_registry(self.store.jetstream(), self.store.subjects()).await {
                     Ok(kv) => match serde_json::to_vec(&record) {
-                        Ok(body) => kv.put(self.id.to_string(), body.into()).await.map(|_| ()).map_err(|e| e.to_string()),
+                        Ok(body) => {
+                            kv.put(self.id.to_string(), body.into()).await.map(|_| ()).map_err(|e| e.to_string())
+                        }
                         Err(e) => Err(e.to_string()),
                     },
                     Err(e) => Err(e.to_string()),
@@ -574,7 +578,9 @@ fn watch_job(
         while let Some(m) = sub.next().await {
             let mine = serde_json::from_slice::<serde_json::Value>(&m.payload)
                 .ok()
-                .and_then(|v| v.get("causation_id").and_then(|c| c.as_str()).map(|c| c.replace('-', "") == ours.replace('-', "")))
+                .and_then(|v| {
+                    v.get("causation_id").and_then(|c| c.as_str()).map(|c| c.replace('-', "") == ours.replace('-', ""))
+                })
                 .unwrap_or(false);
             if !mine {
                 tracing::info!(job = %job, "job changed under the running attempt; stopping it");
@@ -587,7 +593,9 @@ fn watch_job(
 }
 
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_owned()).unwrap_or_else(|_| "unknown".into())
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 /// A random draw in 0..=1000 for retry jitter (uuid v4 bits; no extra crate).

@@ -77,7 +77,10 @@ pub fn forward(
                     if metrics.len() < MAX_METRICS || metrics.contains_key(&name) {
                         metrics.insert(name.clone(), Metric { value, step });
                     }
-                    ("metric", json!({"job_id": job, "attempt": attempt, "name": name, "value": value, "step": step, "at": at}))
+                    (
+                        "metric",
+                        json!({"job_id": job, "attempt": attempt, "name": name, "value": value, "step": step, "at": at}),
+                    )
                 }
                 Parsed::Log => (
                     "log",

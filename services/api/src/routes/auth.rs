@@ -15,7 +15,11 @@ struct LoginBody {
 
 /// `POST /v1/auth/login` with `{"api_key": "fml_..."}`: a short-lived bearer
 /// token, so that argon2 is paid once per session rather than per request.
-pub async fn login(State(state): State<AppState>, Source(source): Source, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn login(
+    State(state): State<AppState>,
+    Source(source): Source,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let b: LoginBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"api_key\": \"...\"}}: {e}")))?;
     let (token, expires_at, p) = state.auth.login(&b.api_key, &source).await?;

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
 use fetchml_events::{Actor, CommandId, JobId, UserName};
 use fetchml_eventstore::{CommandContext, Executed, LoadedJob};
-use futures::StreamExt;
 use fetchml_projections::queries::{JobFilter, Scope};
+use futures::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -70,13 +70,12 @@ const MAX_IDEMPOTENCY_KEY: usize = 200;
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let Some(v) = headers.get("idempotency-key") else { return Ok(None) };
-    let key = v
-        .to_str()
-        .ok()
-        .filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY)
-        .ok_or_else(|| {
-            ApiError::bad_request("invalid_idempotency_key", format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"))
-        })?;
+    let key = v.to_str().ok().filter(|k| !k.is_empty() && k.len() <= MAX_IDEMPOTENCY_KEY).ok_or_else(|| {
+        ApiError::bad_request(
+            "invalid_idempotency_key",
+            format!("Idempotency-Key must be 1-{MAX_IDEMPOTENCY_KEY} visible ASCII characters"),
+        )
+    })?;
     Ok(Some(key.to_owned()))
 }
 
@@ -112,7 +111,12 @@ pub async fn submit(
 /// Queues one job for `owner`. With an idempotency key, the same owner and key
 /// always mean the same job and the same command, so a retried submit is
 /// stored once and answered the same.
-async fn queue(state: &AppState, owner: &UserName, spec: JobSpec, key: Option<String>) -> (JobId, Result<Executed, ApiError>) {
+async fn queue(
+    state: &AppState,
+    owner: &UserName,
+    spec: JobSpec,
+    key: Option<String>,
+) -> (JobId, Result<Executed, ApiError>) {
     let mut ctx = CommandContext::new(Actor::User { name: owner.clone() });
     let (id, known) = match key {
         Some(key) => {
@@ -238,8 +242,18 @@ pub async fn get_job(
 /// directory, owner or free-text reason (which can quote the command).
 fn summary_only(full: Value) -> Value {
     let keep = [
-        "id", "state", "attempt", "exit_code", "signal", "failure_class", "created_at", "started_at", "finished_at",
-        "metrics", "seq", "version",
+        "id",
+        "state",
+        "attempt",
+        "exit_code",
+        "signal",
+        "failure_class",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "metrics",
+        "seq",
+        "version",
     ];
     let mut out = serde_json::Map::new();
     for k in keep {
@@ -269,7 +283,12 @@ pub async fn job_events(
         Access::Full => {}
         // The history holds the command line and environment.
         Access::Summary => {
-            return Err(state.auth.deny(&caller, "jobs:read", &format!("job/{id}/events"), ApiError::Forbidden("jobs:read")));
+            return Err(state.auth.deny(
+                &caller,
+                "jobs:read",
+                &format!("job/{id}/events"),
+                ApiError::Forbidden("jobs:read"),
+            ));
         }
         Access::None => return Err(hidden(&state, &caller, id)),
     }
@@ -365,9 +384,8 @@ pub fn scope_of(state: &AppState, caller: &Caller) -> Option<Scope> {
 /// `?after_seq=N`: waits (bounded) until the read models include write N.
 pub async fn read_your_writes(state: &AppState, q: &HashMap<String, String>) -> Result<(), ApiError> {
     if let Some(seq) = q.get("after_seq") {
-        let seq: u64 = seq
-            .parse()
-            .map_err(|_| ApiError::bad_request("invalid_parameter", "after_seq: not a sequence number"))?;
+        let seq: u64 =
+            seq.parse().map_err(|_| ApiError::bad_request("invalid_parameter", "after_seq: not a sequence number"))?;
         if !fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes).await? {
             return Err(ApiError::NotCaughtUp(seq));
         }
@@ -387,8 +405,19 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let known = [
-        "state", "owner", "pool", "experiment", "tag", "created_after", "created_before", "sort", "limit", "cursor", "after_seq",
-        "as_of_seq", "as_of",
+        "state",
+        "owner",
+        "pool",
+        "experiment",
+        "tag",
+        "created_after",
+        "created_before",
+        "sort",
+        "limit",
+        "cursor",
+        "after_seq",
+        "as_of_seq",
+        "as_of",
     ];
     if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}")));
@@ -405,14 +434,13 @@ pub async fn list(
         .get("state")
         .map(|s| JobStatus::parse(s).map(|st| st.as_str().to_owned()).ok_or_else(|| bad("state", "unknown state")))
         .transpose()?;
-    let time = |k: &str| {
-        q.get(k)
-            .map(|t| t.parse::<DateTime<Utc>>().map_err(|_| bad(k, "not an RFC 3339 time")))
-            .transpose()
-    };
+    let time =
+        |k: &str| q.get(k).map(|t| t.parse::<DateTime<Utc>>().map_err(|_| bad(k, "not an RFC 3339 time"))).transpose();
     let tag = q
         .get("tag")
-        .map(|t| t.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| bad("tag", "expected key=value")))
+        .map(|t| {
+            t.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| bad("tag", "expected key=value"))
+        })
         .transpose()?;
     let ascending = match q.get("sort").map(String::as_str) {
         None | Some("-created_at") => false,
@@ -420,10 +448,15 @@ pub async fn list(
         Some(_) => return Err(bad("sort", "created_at or -created_at")),
     };
     let limit = match q.get("limit") {
-        Some(l) => l.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| bad("limit", "1-500"))?,
+        Some(l) => {
+            l.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| bad("limit", "1-500"))?
+        }
         None => DEFAULT_LIMIT,
     };
-    let after = q.get("cursor").map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`"))).transpose()?;
+    let after = q
+        .get("cursor")
+        .map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`")))
+        .transpose()?;
     let filter = JobFilter {
         state: state_filter,
         owner: q.get("owner").cloned(),
@@ -449,7 +482,12 @@ pub async fn list(
 /// folded from the log from sequence 1 up to N. The cost is one pass over at
 /// most `streaming.as_of_max_events` events (a larger N is refused), and the
 /// result is filtered and redacted by the caller's role like the live list.
-async fn as_of(state: &AppState, scope: &Scope, q: &HashMap<String, String>, f: &JobFilter) -> Result<Json<Value>, ApiError> {
+async fn as_of(
+    state: &AppState,
+    scope: &Scope,
+    q: &HashMap<String, String>,
+    f: &JobFilter,
+) -> Result<Json<Value>, ApiError> {
     use fetchml_events::job::{JobEvent, evolve};
     use futures::StreamExt;
     let bad = |msg: &str| ApiError::bad_request("invalid_parameter", msg.to_owned());
@@ -469,8 +507,14 @@ async fn as_of(state: &AppState, scope: &Scope, q: &HashMap<String, String>, f: 
     let mut reached = 0;
     if upto > 0 {
         let subjects = state.store.subjects();
-        let mut events =
-            state.store.read_stream(&subjects.events_stream(), vec![subjects.all_job_events()], fetchml_eventstore::StartAt::Beginning).await?;
+        let mut events = state
+            .store
+            .read_stream(
+                &subjects.events_stream(),
+                vec![subjects.all_job_events()],
+                fetchml_eventstore::StartAt::Beginning,
+            )
+            .await?;
         // The first message (or its absence: no job events at all) within a
         // bound; after that `pending` says when the replay is done.
         while let Ok(Some(ev)) = tokio::time::timeout(std::time::Duration::from_secs(2), events.next()).await {

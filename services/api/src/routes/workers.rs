@@ -2,9 +2,9 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::Json;
 use axum::extract::{Query, State};
-use std::collections::HashMap;
 use fetchml_eventstore::{list_workers, open_registry};
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 /// `GET /v1/workers`: the live workers (entries expire when a worker stops
 /// renewing them).

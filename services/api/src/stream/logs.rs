@@ -24,10 +24,13 @@ pub async fn job_logs(
     Path(raw_id): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let id: JobId = raw_id.parse().map_err(|_| ApiError::bad_request("invalid_job_id", format!("{raw_id:?} is not a job id")))?;
+    let id: JobId =
+        raw_id.parse().map_err(|_| ApiError::bad_request("invalid_job_id", format!("{raw_id:?} is not a job id")))?;
     let follow = q.get("follow").is_some_and(|v| v == "true");
     let from = match q.get("from_seq") {
-        Some(s) => StartAt::Sequence(s.parse().map_err(|_| ApiError::bad_request("invalid_parameter", "from_seq: not a sequence"))?),
+        Some(s) => StartAt::Sequence(
+            s.parse().map_err(|_| ApiError::bad_request("invalid_parameter", "from_seq: not a sequence"))?,
+        ),
         None => StartAt::Beginning,
     };
     let loaded = crate::routes::jobs::load(&state, id).await?;

@@ -47,7 +47,11 @@ impl Drop for ConnectionSlot {
 }
 
 /// `GET /v1/stream`: authenticated at the upgrade like any request.
-pub async fn upgrade(State(state): State<AppState>, caller: Caller, ws: WebSocketUpgrade) -> Result<Response, ApiError> {
+pub async fn upgrade(
+    State(state): State<AppState>,
+    caller: Caller,
+    ws: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let limits = state.stream_limits.clone();
     let max_conns = state.max_stream_connections;
     let slot = state.stream_connections.take(caller.name().as_str(), max_conns);

@@ -48,7 +48,8 @@ impl Plan {
         let subjects = state.store.subjects();
         let ns = subjects.namespace().as_str();
         let all = caller.may("jobs:read:all");
-        let summary_only = !all && !caller.may("jobs:read") && !caller.may("jobs:read:group") && caller.may("jobs:read:summary");
+        let summary_only =
+            !all && !caller.may("jobs:read") && !caller.may("jobs:read:group") && caller.may("jobs:read:summary");
         if !all && !summary_only && !caller.may("jobs:read") && !caller.may("jobs:read:group") {
             return Err(refuse("forbidden", "you may not read jobs", Some("jobs:read")));
         }
@@ -58,7 +59,11 @@ impl Plan {
             StreamKind::Events => Vec::new(),
             StreamKind::Progress => {
                 let wanted: Vec<String> = kinds.map(<[String]>::to_vec).unwrap_or_else(|| {
-                    if summary_only { vec!["metric".into(), "percent".into()] } else { vec!["log".into(), "metric".into(), "percent".into()] }
+                    if summary_only {
+                        vec!["metric".into(), "percent".into()]
+                    } else {
+                        vec!["log".into(), "metric".into(), "percent".into()]
+                    }
                 });
                 for k in &wanted {
                     if !["log", "metric", "percent"].contains(&k.as_str()) {
@@ -97,11 +102,15 @@ impl Plan {
                     return Err(refuse("invalid_target", "name at least one job", None));
                 }
                 for id in ids {
-                    let loaded = crate::routes::jobs::load(state, id).await.map_err(|e| refuse("unavailable", e.to_string(), None))?;
+                    let loaded = crate::routes::jobs::load(state, id)
+                        .await
+                        .map_err(|e| refuse("unavailable", e.to_string(), None))?;
                     let Some(job) = loaded.state else {
                         return Err(refuse("job_not_found", format!("job {id} not found"), None));
                     };
-                    let visible = all || summary_only || owners.as_ref().is_some_and(|o| o.iter().any(|x| x == job.owner.as_str()));
+                    let visible = all
+                        || summary_only
+                        || owners.as_ref().is_some_and(|o| o.iter().any(|x| x == job.owner.as_str()));
                     if !visible {
                         return Err(refuse("job_not_found", format!("job {id} not found"), Some("jobs:read")));
                     }
@@ -114,10 +123,16 @@ impl Plan {
                 }
                 match (&owners, stream) {
                     (None, StreamKind::Events) => filters.push(format!("{ns}.ev.job.*.{pool}.*")),
-                    (Some(o), StreamKind::Events) => o.iter().for_each(|o| filters.push(format!("{ns}.ev.job.{o}.{pool}.*"))),
+                    (Some(o), StreamKind::Events) => {
+                        o.iter().for_each(|o| filters.push(format!("{ns}.ev.job.{o}.{pool}.*")))
+                    }
                     // Progress subjects carry no pool: filter per message by job.
                     (_, StreamKind::Progress) => {
-                        return Err(refuse("invalid_target", "subscribe to a pool's events, or to jobs' progress", None));
+                        return Err(refuse(
+                            "invalid_target",
+                            "subscribe to a pool's events, or to jobs' progress",
+                            None,
+                        ));
                     }
                 }
             }
@@ -138,7 +153,12 @@ impl Plan {
     }
 
     /// The message as this subscriber may see it, or `None` to skip it.
-    pub fn render(&self, state: &AppState, ev: &StoredEvent, known_experiment: &mut HashSet<String>) -> Option<(String, Value)> {
+    pub fn render(
+        &self,
+        state: &AppState,
+        ev: &StoredEvent,
+        known_experiment: &mut HashSet<String>,
+    ) -> Option<(String, Value)> {
         let mut v: Value = serde_json::from_slice(&ev.payload).ok()?;
         let kind = match self.stream {
             StreamKind::Events => v.get("type").and_then(Value::as_str).unwrap_or("event").to_owned(),
@@ -155,11 +175,7 @@ impl Plan {
                 known_experiment.insert(job.clone());
             }
             let in_exp = known_experiment.contains(&job)
-                || job
-                    .parse::<JobId>()
-                    .ok()
-                    .and_then(|id| state.index.experiment_of(id))
-                    .is_some_and(|e| *e == **exp);
+                || job.parse::<JobId>().ok().and_then(|id| state.index.experiment_of(id)).is_some_and(|e| *e == **exp);
             if !in_exp {
                 return None;
             }

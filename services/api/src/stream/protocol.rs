@@ -90,7 +90,8 @@ pub enum ServerMsg {
 
 impl ServerMsg {
     pub fn to_text(&self) -> String {
-        serde_json::to_string(self).unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"encoding"}"#.into())
+        serde_json::to_string(self)
+            .unwrap_or_else(|_| r#"{"type":"error","code":"internal","message":"encoding"}"#.into())
     }
 
     pub fn error(id: Option<String>, code: &'static str, message: impl Into<String>) -> Self {

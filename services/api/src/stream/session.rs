@@ -84,8 +84,14 @@ struct Lag {
 
 /// Runs the session until the client leaves, `shutdown` fires, or the client
 /// is cut off.
-pub async fn run<S, R>(state: AppState, caller: Caller, limits: Limits, mut sink: S, mut inbound: R, shutdown: CancellationToken)
-where
+pub async fn run<S, R>(
+    state: AppState,
+    caller: Caller,
+    limits: Limits,
+    mut sink: S,
+    mut inbound: R,
+    shutdown: CancellationToken,
+) where
     S: Sink<Outbound> + Unpin,
     R: Stream<Item = Inbound> + Unpin,
 {
@@ -228,7 +234,11 @@ async fn handle_client(
     lag_tx: &mpsc::UnboundedSender<Lag>,
 ) -> Option<ServerMsg> {
     if text.len() > limits.max_message_bytes {
-        return Some(ServerMsg::error(None, "message_too_large", format!("at most {} bytes", limits.max_message_bytes)));
+        return Some(ServerMsg::error(
+            None,
+            "message_too_large",
+            format!("at most {} bytes", limits.max_message_bytes),
+        ));
     }
     let msg: ClientMsg = match serde_json::from_str(text) {
         Ok(m) => m,
@@ -251,13 +261,18 @@ async fn handle_client(
                 return Some(ServerMsg::error(Some(id), "duplicate_subscription", "that id is in use"));
             }
             if subs.len() >= limits.max_subscriptions {
-                return Some(ServerMsg::error(Some(id), "too_many_subscriptions", format!("at most {}", limits.max_subscriptions)));
+                return Some(ServerMsg::error(
+                    Some(id),
+                    "too_many_subscriptions",
+                    format!("at most {}", limits.max_subscriptions),
+                ));
             }
             let plan = match Plan::make(state, caller, stream, &target, kinds.as_deref()).await {
                 Ok(p) => p,
                 Err(r) => {
                     if let Some(p) = r.permission {
-                        let _ = state.auth.deny(caller, p, &format!("stream/{target:?}"), crate::ApiError::Forbidden(p));
+                        let _ =
+                            state.auth.deny(caller, p, &format!("stream/{target:?}"), crate::ApiError::Forbidden(p));
                     }
                     return Some(ServerMsg::error(Some(id), r.code, r.message));
                 }
@@ -306,7 +321,8 @@ async fn pump(
         };
         let Some(Ok(ev)) = next else { return };
         let Some((subject_kind, data)) = plan.render(&state, &ev, &mut known) else { continue };
-        let text = ServerMsg::Message { sub: id.clone(), stream: plan.stream, seq: ev.seq, subject_kind, data }.to_text();
+        let text =
+            ServerMsg::Message { sub: id.clone(), stream: plan.stream, seq: ev.seq, subject_kind, data }.to_text();
         // Waiting here slows only this subscription's own consumer; a buffer
         // that stays full for the send timeout means the client is too slow.
         match tx.send_timeout(Outgoing { sub: id.clone(), stream: plan.stream, seq: ev.seq, text }, patience).await {

@@ -1,0 +1,1 @@
+//! Hardening tests: auth.
