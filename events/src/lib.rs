@@ -11,6 +11,7 @@ pub mod hash;
 pub mod ids;
 pub mod job;
 pub mod subject;
+pub mod text;
 pub mod user;
 pub mod worker;
 

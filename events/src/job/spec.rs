@@ -4,6 +4,7 @@
 
 use crate::ids::PoolName;
 use crate::job::FailureClass;
+use crate::text::TextKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -132,6 +133,23 @@ pub const MAX_ENV: usize = 256;
 pub const MAX_TAGS: usize = 64;
 pub const MAX_LABELS: usize = 8;
 
+/// Free-text limits, in characters (see [`crate::text`]).
+pub const MAX_EXPERIMENT_CHARS: usize = 128;
+pub const MAX_TAG_KEY_CHARS: usize = 128;
+pub const MAX_TAG_VALUE_CHARS: usize = 1024;
+pub const MAX_WORKING_DIR_CHARS: usize = 1024;
+
+/// Applies the free-text rules to one field; the field name is built only on
+/// failure.
+fn text_rule(value: &str, kind: TextKind, max: usize, field: impl FnOnce() -> String) -> Result<(), SpecError> {
+    crate::text::check(value, kind, max).map_err(|e| err(e.code(), field(), e.to_string()))
+}
+
+/// A user-supplied key made safe to echo in an error's `field`.
+fn printable(s: &str) -> String {
+    s.chars().take(64).map(|c| if c.is_control() { '\u{fffd}' } else { c }).collect()
+}
+
 /// A spec field that is not acceptable.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{field}: {message}")]
@@ -165,6 +183,22 @@ impl JobSpec {
             image: None,
             resources: Resources::default(),
             retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Brings the free-text fields (experiment, tag keys and values) to Unicode
+    /// NFC, so that two spellings of one name are one name. The api calls this
+    /// before [`JobSpec::validate`], which refuses text that is not NFC.
+    pub fn normalize(&mut self) {
+        if let Some(e) = &mut self.experiment {
+            crate::text::normalize_in_place(e);
+        }
+        let changes = |s: &str| matches!(crate::text::normalize(s), std::borrow::Cow::Owned(_));
+        if self.tags.iter().any(|(k, v)| changes(k) || changes(v)) {
+            self.tags = std::mem::take(&mut self.tags)
+                .into_iter()
+                .map(|(k, v)| (crate::text::normalize(&k).into_owned(), crate::text::normalize(&v).into_owned()))
+                .collect();
         }
     }
 
@@ -221,8 +255,8 @@ impl JobSpec {
             }
         }
         if let Some(dir) = &self.working_dir {
+            text_rule(dir, TextKind::Line, MAX_WORKING_DIR_CHARS, || "working_dir".to_owned())?;
             let escapes = dir.starts_with('/')
-                || dir.contains('\0')
                 || std::path::Path::new(dir).components().any(|c| matches!(c, std::path::Component::ParentDir));
             if escapes {
                 return Err(err(
@@ -238,8 +272,12 @@ impl JobSpec {
         if self.tags.len() > MAX_TAGS {
             return Err(err("too_large", "tags", format!("at most {MAX_TAGS} tags")));
         }
-        if self.experiment.as_ref().is_some_and(|e| e.is_empty() || e.len() > 128) {
-            return Err(err("out_of_range", "experiment", "must be 1-128 characters"));
+        for (k, v) in &self.tags {
+            text_rule(k, TextKind::Line, MAX_TAG_KEY_CHARS, || format!("tags.{}", printable(k)))?;
+            text_rule(v, TextKind::Line, MAX_TAG_VALUE_CHARS, || format!("tags.{}", printable(k)))?;
+        }
+        if let Some(e) = &self.experiment {
+            text_rule(e, TextKind::Line, MAX_EXPERIMENT_CHARS, || "experiment".to_owned())?;
         }
         if self.labels.len() > MAX_LABELS {
             return Err(err("too_large", "labels", format!("at most {MAX_LABELS} labels")));

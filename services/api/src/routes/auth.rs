@@ -20,8 +20,7 @@ pub async fn login(
     Source(source): Source,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let b: LoginBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"api_key\": \"...\"}}: {e}")))?;
+    let b: LoginBody = super::body::json_object(&body, r#"{"api_key": "..."}"#)?;
     let (token, expires_at, p) = state.auth.login(&b.api_key, &source).await?;
     Ok(Json(json!({ "token": token, "expires_at": expires_at, "user": p.name, "role": p.role })))
 }

@@ -9,6 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
+use fetchml_events::text::TextKind;
 use fetchml_events::{Actor, CommandId, JobId, UserName};
 use fetchml_eventstore::{CommandContext, Executed, LoadedJob};
 use fetchml_projections::queries::{JobFilter, Scope};
@@ -101,8 +102,8 @@ pub async fn submit(
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.auth.require(&caller, "jobs:create", "jobs")?;
-    let spec: JobSpec = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not a job spec: {e}")))?;
+    let mut spec: JobSpec = super::body::json_object(&body, "a job spec")?;
+    spec.normalize();
     let (id, done) = queue(&state, caller.name(), spec, idempotency_key(&headers)?).await;
     let done = done?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
@@ -164,8 +165,7 @@ pub async fn submit_batch(
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let key = idempotency_key(&headers)?;
-    let batch: BatchBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("request body is not {{\"jobs\": [...]}}: {e}")))?;
+    let batch: BatchBody = super::body::json_object(&body, r#"{"jobs": [...]}"#)?;
     if batch.jobs.is_empty() {
         return Err(ApiError::bad_request("empty_batch", "a batch holds at least one job"));
     }
@@ -178,8 +178,8 @@ pub async fn submit_batch(
     let owner = caller.name().clone();
     let mut specs = Vec::with_capacity(batch.jobs.len());
     for (i, raw) in batch.jobs.into_iter().enumerate() {
-        let spec: JobSpec = serde_json::from_value(raw)
-            .map_err(|e| ApiError::bad_request("invalid_body", format!("jobs[{i}] is not a job spec: {e}")))?;
+        let mut spec: JobSpec = super::body::object_value(raw, &format!("jobs[{i}]: a job spec"))?;
+        spec.normalize();
         if let Err(mut e) = spec.validate() {
             e.field = format!("jobs[{i}].{}", e.field);
             return Err(ApiError::InvalidSpec(e));
@@ -302,8 +302,11 @@ pub async fn job_events(
     Ok(Json(json!({ "items": items })))
 }
 
+/// Longest cancel or retry reason, in characters.
+pub const MAX_REASON_CHARS: usize = 1024;
+
 #[derive(Deserialize, Default)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct ReasonBody {
     reason: Option<String>,
 }
@@ -312,12 +315,11 @@ fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
     if body.is_empty() {
         return Ok(default.to_owned());
     }
-    let b: ReasonBody = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("invalid_body", format!("expected {{\"reason\": \"...\"}}: {e}")))?;
-    let reason = b.reason.unwrap_or_else(|| default.to_owned());
-    if reason.len() > 1024 {
-        return Err(ApiError::bad_request("invalid_body", "reason is longer than 1024 bytes"));
-    }
+    let b: ReasonBody = super::body::json_object(body, r#"{"reason": "..."}"#)?;
+    let Some(mut reason) = b.reason else { return Ok(default.to_owned()) };
+    fetchml_events::text::normalize_in_place(&mut reason);
+    fetchml_events::text::check(&reason, TextKind::Multiline, MAX_REASON_CHARS)
+        .map_err(|e| ApiError::bad_request(e.code(), format!("reason: {e}")))?;
     Ok(reason)
 }
 

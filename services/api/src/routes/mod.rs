@@ -1,4 +1,5 @@
 mod auth;
+pub(crate) mod body;
 mod experiments;
 mod health;
 pub(crate) mod jobs;
