@@ -38,13 +38,35 @@ macro_rules! uuid_id {
             }
         }
 
+        /// Parses the one canonical text form: lowercase, hyphenated
+        /// (`01a20adb-3701-713e-9175-763a289b5a9f`). Uppercase, braces, `urn:`
+        /// and simple (unhyphenated) forms are refused, so one job has one
+        /// spelling in URLs, logs and audit reports.
         impl FromStr for $name {
-            type Err = uuid::Error;
+            type Err = InvalidId;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Uuid::parse_str(s).map(Self)
+                parse_canonical_uuid(s).map(Self)
             }
         }
     };
+}
+
+/// An id that is not a UUID in its canonical form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not an id: expected a lowercase hyphenated UUID such as 01a20adb-3701-713e-9175-763a289b5a9f")]
+pub struct InvalidId;
+
+fn parse_canonical_uuid(s: &str) -> Result<Uuid, InvalidId> {
+    if s.len() != 36 || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return Err(InvalidId);
+    }
+    let u = Uuid::try_parse(s).map_err(|_| InvalidId)?;
+    // 36 characters, no uppercase, parsed: only the hyphenated form remains,
+    // but say so rather than rely on the parser's list of accepted forms.
+    if u.hyphenated().to_string() != s {
+        return Err(InvalidId);
+    }
+    Ok(u)
 }
 
 uuid_id!(
@@ -74,6 +96,23 @@ impl JobId {
     pub fn from_idempotency_key(owner: &UserName, key: &str) -> Self {
         let name = format!("{}\u{0}{}", owner.as_str(), key);
         Self(Uuid::new_v5(&IDEMPOTENCY_NS, name.as_bytes()))
+    }
+}
+
+impl CommandId {
+    /// The command id of an idempotent request: the owner, the key and a digest
+    /// of the request (the normalized spec, or the whole batch). The same
+    /// request sent again has the same command id, so the store answers it as
+    /// a duplicate; the same key with a different request has another one,
+    /// and finds the job already queued by someone else's command.
+    pub fn from_idempotent_request(owner: &UserName, key: &str, request_digest: &[u8]) -> Self {
+        let mut name = Vec::with_capacity(owner.as_str().len() + key.len() + request_digest.len() + 2);
+        name.extend_from_slice(owner.as_str().as_bytes());
+        name.push(0);
+        name.extend_from_slice(key.as_bytes());
+        name.push(0);
+        name.extend_from_slice(request_digest);
+        Self(Uuid::new_v5(&IDEMPOTENCY_NS, &name))
     }
 }
 
@@ -169,6 +208,22 @@ mod tests {
         assert_eq!(JobId::from_idempotency_key(&a, "k1"), JobId::from_idempotency_key(&a, "k1"));
         assert_ne!(JobId::from_idempotency_key(&a, "k1"), JobId::from_idempotency_key(&b, "k1"));
         assert_ne!(JobId::from_idempotency_key(&a, "k1"), JobId::from_idempotency_key(&a, "k2"));
+    }
+
+    #[test]
+    fn only_the_canonical_form_of_an_id_parses() {
+        let id = JobId::new();
+        let canonical = id.to_string();
+        assert_eq!(canonical.parse::<JobId>(), Ok(id));
+        for other in [
+            canonical.to_uppercase(),
+            format!("{{{canonical}}}"),
+            format!("urn:uuid:{canonical}"),
+            canonical.replace('-', ""),
+            format!(" {canonical}"),
+        ] {
+            assert_eq!(other.parse::<JobId>(), Err(InvalidId), "{other}");
+        }
     }
 
     #[test]

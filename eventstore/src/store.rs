@@ -92,6 +92,20 @@ impl EventStore {
         Ok(Self { js, subjects, events })
     }
 
+    /// Opens the store of a namespace whose streams must already exist, and
+    /// changes nothing on the server: for readers such as the verifier, which
+    /// must not alter what it checks (not even stream limits).
+    pub async fn open_existing(client: async_nats::Client, subjects: Subjects) -> Result<Self, StoreError> {
+        let js = jetstream::new(client);
+        let events = js.get_stream_no_info(subjects.events_stream()).await.map_err(StoreError::unavailable)?;
+        // `get_stream_no_info` does not ask the server; this does, so a missing
+        // stream is reported here rather than at the first read.
+        events.get_info().await.map_err(|e| {
+            StoreError::Unavailable(format!("no event log {} on this server: {e}", subjects.events_stream()))
+        })?;
+        Ok(Self { js, subjects, events })
+    }
+
     pub fn subjects(&self) -> &Subjects {
         &self.subjects
     }

@@ -13,6 +13,8 @@ use serde_json::json;
 pub enum ApiError {
     #[error("{message}")]
     BadRequest { code: &'static str, message: String },
+    #[error("{message}")]
+    Unprocessable { code: &'static str, message: String },
     #[error("{0}")]
     InvalidSpec(SpecError),
     #[error("{0}")]
@@ -43,6 +45,7 @@ impl ApiError {
     pub fn status_and_code(&self) -> (StatusCode, &'static str) {
         match self {
             ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unprocessable { code, .. } => (StatusCode::UNPROCESSABLE_ENTITY, code),
             ApiError::InvalidSpec(e) => (StatusCode::UNPROCESSABLE_ENTITY, e.code),
             ApiError::NotFound(code) => (StatusCode::NOT_FOUND, code),
             ApiError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated"),
@@ -103,8 +106,17 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
         let error = self.body();
-        if status.is_server_error() {
-            tracing::error!(code, error = ?self, "request failed");
+        // ERROR is for what an operator must look at: a fault of ours. A read
+        // model still catching up is expected and answered with a retry hint;
+        // a dependency that is down is worth a warning (its own health checks
+        // and the reconnect logs say more).
+        match &self {
+            ApiError::Internal(_) | ApiError::ReadModel(_) if status == StatusCode::INTERNAL_SERVER_ERROR => {
+                tracing::error!(code, error = ?self, "request failed");
+            }
+            ApiError::NotCaughtUp(_) => tracing::debug!(code, "read model not caught up"),
+            _ if status.is_server_error() => tracing::warn!(code, error = %self, "request failed"),
+            _ => {}
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
         if let ApiError::Throttled(wait) = &self

@@ -57,6 +57,9 @@ enum Command {
         /// The user the key is for (only used to print the YAML snippet).
         #[arg(long, default_value = "USER")]
         user: String,
+        /// The user's role in the printed snippet (a user entry needs one).
+        #[arg(long, default_value = "researcher")]
+        role: String,
     },
     /// Check a users file and report the first mistake precisely.
     CheckUsers {
@@ -95,7 +98,7 @@ fn main() -> ExitCode {
     }
     fetchml_runtime::telemetry::init();
     match &cli.command {
-        Command::Keygen { user } => return keygen(user),
+        Command::Keygen { user, role } => return keygen(user, role),
         Command::CheckUsers { file } => {
             return match fetchml_identity::Directory::load(file) {
                 Ok(d) => {
@@ -219,12 +222,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn keygen(user: &str) -> ExitCode {
+fn keygen(user: &str, role: &str) -> ExitCode {
     match fetchml_identity::generate_key() {
         Ok(k) => {
             println!("API key (shown once; give it to {user} and keep no copy):\n\n  {}\n", k.key);
-            println!("Add to the user's entry in users.yaml:\n");
-            println!("  - name: {user}\n    keys:\n      - id: {}\n        hash: \"{}\"", k.key_id, k.hash);
+            println!("Add under `users:` in users.yaml (a new user), or add the key under the user's `keys:`:\n");
+            println!(
+                "  - name: {user}\n    role: {role}\n    keys:\n      - id: {}\n        hash: \"{}\"",
+                k.key_id, k.hash
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -240,7 +246,8 @@ async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
 }
 
 async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let store = open_store(settings).await?;
+    let client = fetchml_eventstore::connect(&settings.nats.url, "fetchml-verify").await?;
+    let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
     let last = store.last_sequence().await?;
     let mut verifier = ChainVerifier::new();
     if last > 0 {

@@ -24,3 +24,12 @@ pub fn object_value<T: DeserializeOwned>(value: Value, what: &str) -> Result<T, 
     }
     serde_json::from_value(value).map_err(|e| ApiError::bad_request("invalid_body", format!("expected {what}: {e}")))
 }
+
+/// Refuses a query parameter the route does not know (400 `unknown_parameter`):
+/// a misspelt filter must not silently return everything.
+pub fn only_known_params(q: &std::collections::HashMap<String, String>, known: &[&str]) -> Result<(), ApiError> {
+    match q.keys().find(|k| !known.contains(&k.as_str())) {
+        Some(k) => Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}"))),
+        None => Ok(()),
+    }
+}

@@ -16,6 +16,7 @@ pub async fn list(
     caller: Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    super::body::only_known_params(&q, &["after_seq"])?;
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
     read_your_writes(&state, &q).await?;
@@ -30,6 +31,7 @@ pub async fn get(
     Path(name): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    super::body::only_known_params(&q, &["after_seq"])?;
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
     read_your_writes(&state, &q).await?;

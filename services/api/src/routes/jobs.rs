@@ -8,7 +8,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use fetchml_events::job::{JobCommand, JobEvent, JobSpec, JobStatus};
+use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec, JobStatus};
 use fetchml_events::text::TextKind;
 use fetchml_events::{Actor, CommandId, JobId, UserName};
 use fetchml_eventstore::{CommandContext, Executed, LoadedJob};
@@ -104,26 +104,49 @@ pub async fn submit(
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let mut spec: JobSpec = super::body::json_object(&body, "a job spec")?;
     spec.normalize();
-    let (id, done) = queue(&state, caller.name(), spec, idempotency_key(&headers)?).await;
+    let key = idempotency_key(&headers)?.map(|key| Idempotent { digest: request_digest(&spec), key });
+    let (id, done) = queue(&state, caller.name(), spec, key).await;
     let done = done?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
 }
 
+/// An idempotent request: the client's key and a digest of what it asked.
+struct Idempotent {
+    key: String,
+    digest: String,
+}
+
+/// The digest that tells one request from another under the same key: SHA-256
+/// of the normalized spec(s) as JSON (fields in declaration order, maps
+/// sorted), so defaults spelled out or left out are the same request.
+fn request_digest<T: serde::Serialize>(request: &T) -> String {
+    fetchml_identity::sha256_hex(&serde_json::to_string(request).unwrap_or_default())
+}
+
 /// Queues one job for `owner`. With an idempotency key, the same owner and key
-/// always mean the same job and the same command, so a retried submit is
-/// stored once and answered the same.
+/// always name the same job, and the same request is the same command, so a
+/// retried submit is stored once and answered the same; the same key with a
+/// different request is refused (422 `idempotency_key_reused`), never answered
+/// with the other job.
 async fn queue(
     state: &AppState,
     owner: &UserName,
     spec: JobSpec,
-    key: Option<String>,
+    key: Option<Idempotent>,
 ) -> (JobId, Result<Executed, ApiError>) {
     let mut ctx = CommandContext::new(Actor::User { name: owner.clone() });
-    let (id, known) = match key {
-        Some(key) => {
-            let id = JobId::from_idempotency_key(owner, &key);
-            ctx.command_id = CommandId::from_uuid(*id.as_uuid());
-            (id, None)
+    let (id, known) = match &key {
+        Some(k) => {
+            let id = JobId::from_idempotency_key(owner, &k.key);
+            ctx.command_id = CommandId::from_idempotent_request(owner, &k.key, k.digest.as_bytes());
+            // Read the job at its exact subject (never by a wildcard the server
+            // would scan): where the index saw it, else where this spec puts it.
+            let subject =
+                state.index.subject_of(id).unwrap_or_else(|| state.store.subjects().job(owner, &spec.pool, id));
+            match state.store.load_job_at(id, &subject).await {
+                Ok(known) => (id, Some(known)),
+                Err(e) => return (id, Err(e.into())),
+            }
         }
         // A fresh UUIDv7 has no history: no need to read it.
         None => {
@@ -132,7 +155,19 @@ async fn queue(
         }
     };
     let cmd = JobCommand::Queue { owner: owner.clone(), spec };
-    (id, state.store.execute_job_on(id, known, cmd, &ctx).await.map_err(ApiError::from))
+    let done = state.store.execute_job_on(id, known, cmd, &ctx).await.map_err(|e| match (e, &key) {
+        (fetchml_eventstore::ExecuteError::Rejected(JobRejection::AlreadyExists), Some(k)) => key_reused(&k.key),
+        (e, _) => ApiError::from(e),
+    });
+    (id, done)
+}
+
+fn key_reused(key: &str) -> ApiError {
+    let shown: String = key.chars().take(64).collect();
+    ApiError::Unprocessable {
+        code: "idempotency_key_reused",
+        message: format!("Idempotency-Key {shown:?} was already used with a different request; use a new key"),
+    }
 }
 
 /// Most jobs one `POST /v1/jobs/batch` may queue.
@@ -186,9 +221,18 @@ pub async fn submit_batch(
         }
         specs.push(spec);
     }
+    // One digest for the whole batch: resending it with one spec changed, or
+    // with jobs added or left out, is a different request under the same key.
+    let digest = key.as_ref().map(|_| request_digest(&specs));
+    if let (Some(k), Some(d)) = (&key, &digest) {
+        refuse_reused_batch_key(&state, &owner, k, d, specs.len()).await?;
+    }
     let results: Vec<(JobId, Result<Executed, ApiError>)> = futures::stream::iter(specs.into_iter().enumerate())
         .map(|(i, spec)| {
-            let item_key = key.as_ref().map(|k| format!("{k}#{i}"));
+            let item_key = key
+                .as_ref()
+                .zip(digest.as_ref())
+                .map(|(k, d)| Idempotent { key: format!("{k}#{i}"), digest: d.clone() });
             let (state, owner) = (&state, &owner);
             async move { queue(state, owner, spec, item_key).await }
         })
@@ -218,6 +262,40 @@ pub async fn submit_batch(
             Ok((status, Json(json!({ "error": error, "jobs": items }))))
         }
     }
+}
+
+/// Before a keyed batch stores anything: if a job of this key already exists
+/// and was queued by a different request, refuse the whole batch (422), so a
+/// reused key never leaves a mix of old and new jobs. Jobs the index has not
+/// seen are checked again, one by one, when they are queued.
+async fn refuse_reused_batch_key(
+    state: &AppState,
+    owner: &UserName,
+    key: &str,
+    digest: &str,
+    len: usize,
+) -> Result<(), ApiError> {
+    let known: Vec<(usize, JobId, String)> = (0..len)
+        .filter_map(|i| {
+            let id = JobId::from_idempotency_key(owner, &format!("{key}#{i}"));
+            state.index.subject_of(id).map(|subject| (i, id, subject))
+        })
+        .collect();
+    let checks = futures::stream::iter(known)
+        .map(|(i, id, subject)| async move {
+            let command = CommandId::from_idempotent_request(owner, &format!("{key}#{i}"), digest.as_bytes());
+            let loaded = state.store.load_job_at(id, &subject).await?;
+            let ours = loaded.history.iter().any(|(_, e)| e.causation_id == *command.as_uuid());
+            Ok::<bool, ApiError>(loaded.state.is_none() || ours)
+        })
+        .buffer_unordered(BATCH_IN_FLIGHT);
+    futures::pin_mut!(checks);
+    while let Some(same) = checks.next().await {
+        if !same? {
+            return Err(key_reused(key));
+        }
+    }
+    Ok(())
 }
 
 /// `GET /v1/jobs/{id}`: the job folded from its own events (strongly consistent).
@@ -292,7 +370,10 @@ pub async fn job_events(
         }
         Access::None => return Err(hidden(&state, &caller, id)),
     }
-    let stored = state.store.load(&state.store.subjects().job_by_id(id)).await?;
+    // The job's own subject, as `load` found it: a wildcard filter
+    // (`<ns>.ev.job.*.*.<id>`) would make the server scan its subject index.
+    let Some(subject) = &loaded.subject else { return Err(ApiError::NotFound("job_not_found")) };
+    let stored = state.store.load(subject).await?;
     let mut items = Vec::with_capacity(stored.len());
     for ev in &stored {
         let mut v = ev.json()?;
@@ -421,9 +502,7 @@ pub async fn list(
         "as_of_seq",
         "as_of",
     ];
-    if let Some(k) = q.keys().find(|k| !known.contains(&k.as_str())) {
-        return Err(ApiError::bad_request("unknown_parameter", format!("unknown query parameter {k:?}")));
-    }
+    super::body::only_known_params(&q, &known)?;
     let Some(scope) = scope_of(&state, &caller) else {
         return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
     };

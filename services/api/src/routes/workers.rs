@@ -14,8 +14,14 @@ pub async fn list(
     caller: crate::auth::Caller,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
+    super::body::only_known_params(&q, &["history"])?;
     state.auth.require(&caller, "workers:read", "workers")?;
-    if q.get("history").is_some_and(|v| v == "true") {
+    let history = match q.get("history").map(String::as_str) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("invalid_parameter", "history: true or false")),
+    };
+    if history {
         let items = fetchml_projections::queries::worker_history(&state.pg, 1000).await?;
         return Ok(Json(json!({ "items": items })));
     }
