@@ -349,7 +349,8 @@ async fn run(env: &Env) -> anyhow::Result<()> {
                     let Ok(pool) = sqlx::PgPool::connect(&pg).await else { return lags };
                     let js = jetstream::new(client);
                     while sampling.load(Ordering::Relaxed) {
-                        if let Ok(mut s) = js.get_stream(format!("{ns}_EVENTS")).await
+                        if let Ok(subjects) = subjects_of(&ns)
+                            && let Ok(mut s) = js.get_stream(subjects.events_stream()).await
                             && let Ok(info) = s.info().await
                         {
                             let head = info.state.last_sequence;
@@ -555,8 +556,9 @@ impl Env {
 async fn stored_messages(client: &async_nats::Client, ns: &str) -> anyhow::Result<u64> {
     let js = jetstream::new(client.clone());
     let mut total = 0;
-    for name in ["EVENTS", "DISPATCH", "PROGRESS"] {
-        if let Ok(mut s) = js.get_stream(format!("{ns}_{name}")).await {
+    let subjects = subjects_of(ns)?;
+    for name in [subjects.events_stream(), subjects.dispatch_stream(), subjects.progress_stream()] {
+        if let Ok(mut s) = js.get_stream(name).await {
             total += s.info().await?.state.last_sequence;
         }
     }
@@ -743,6 +745,11 @@ async fn submit_many(key: &str, url: &str, n: usize, clients: usize, spec: Value
     (n as f64 / t0.elapsed().as_secs_f64(), ids)
 }
 
+/// The subject names of a bench namespace (bench namespaces are literals).
+fn subjects_of(ns: &str) -> anyhow::Result<fetchml_events::subject::Subjects> {
+    Ok(fetchml_events::subject::Subjects::new(fetchml_events::ids::Namespace::parse(ns)?))
+}
+
 /// Resolves when `n` events of `kind` have been stored in namespace `ns`.
 fn count_events(
     client: &async_nats::Client,
@@ -751,17 +758,18 @@ fn count_events(
     n: usize,
 ) -> tokio::task::JoinHandle<anyhow::Result<()>> {
     let client = client.clone();
-    let ns = ns.to_owned();
+    let subjects = subjects_of(ns);
     tokio::spawn(async move {
+        let subjects = subjects?;
         let js = jetstream::new(client);
         let s = loop {
-            if let Ok(s) = js.get_stream(format!("{ns}_EVENTS")).await {
+            if let Ok(s) = js.get_stream(subjects.events_stream()).await {
                 break s;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         };
         let c = s
-            .create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() })
+            .create_consumer(pull::OrderedConfig { filter_subject: subjects.all_job_events(), ..Default::default() })
             .await?;
         let mut msgs = c.messages().await?;
         let needle = format!("\"type\":\"{kind}\"");
@@ -802,8 +810,9 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     type Seen = HashMap<String, [Option<chrono::DateTime<chrono::Utc>>; 2]>;
     let seen: Arc<std::sync::Mutex<Seen>> = Arc::default();
     let observer = {
-        let mut evs = client.subscribe(format!("{ns}.ev.job.>")).await?;
-        let mut tickets = client.subscribe(format!("{ns}.dispatch.>")).await?;
+        let subjects = subjects_of(ns)?;
+        let mut evs = client.subscribe(subjects.all_job_events()).await?;
+        let mut tickets = client.subscribe(subjects.all_dispatch()).await?;
         client.flush().await?;
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -846,10 +855,11 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     observer.abort();
     // Read both events of every job back.
     let js = jetstream::new(client.clone());
-    let s = js.get_stream(format!("{ns}_EVENTS")).await?;
+    let subjects = subjects_of(ns)?;
+    let s = js.get_stream(subjects.events_stream()).await?;
     let last = s.get_info().await?.state.last_sequence;
     let c = s
-        .create_consumer(pull::OrderedConfig { filter_subject: format!("{ns}.ev.job.>"), ..Default::default() })
+        .create_consumer(pull::OrderedConfig { filter_subject: subjects.all_job_events(), ..Default::default() })
         .await?;
     let mut msgs = c.messages().await?;
     let mut queued: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
@@ -1208,7 +1218,8 @@ async fn ws_fanout(
     }
     let _ = ready.acquire_many(subscribers as u32).await?;
     let js = jetstream::new(env.client.clone());
-    let subject = format!("{ns}.progress.researcher1.{job_id}.metric");
+    let subject =
+        subjects_of(ns)?.progress(&fetchml_events::UserName::parse("researcher1")?, job_id.parse()?, "metric");
     let t0 = tokio::time::Instant::now();
     for i in 0..total {
         tokio::time::sleep_until(t0 + Duration::from_secs_f64(i as f64 / rate as f64)).await;

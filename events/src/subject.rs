@@ -51,9 +51,27 @@ impl Subjects {
     pub fn job(&self, owner: &UserName, pool: &PoolName, id: JobId) -> String {
         format!("{}.ev.job.{owner}.{pool}.{id}", self.ns)
     }
+    /// Every job event of one owner's jobs (`<ns>.ev.job.<owner>.>`).
+    pub fn job_events_of_owner(&self, owner: &UserName) -> String {
+        format!("{}.ev.job.{owner}.>", self.ns)
+    }
+    /// Every job event in one pool, of one owner's jobs or (`None`) everyone's.
+    pub fn job_events_in_pool(&self, owner: Option<&UserName>, pool: &PoolName) -> String {
+        match owner {
+            Some(o) => format!("{}.ev.job.{o}.{pool}.*", self.ns),
+            None => format!("{}.ev.job.*.{pool}.*", self.ns),
+        }
+    }
     /// A filter matching one job's subject when its owner and pool are unknown.
     pub fn job_by_id(&self, id: JobId) -> String {
         format!("{}.ev.job.*.*.{id}", self.ns)
+    }
+    /// Every user event (logins, refusals), and the prefix of their subjects.
+    pub fn all_user_events(&self) -> String {
+        format!("{}.ev.user.>", self.ns)
+    }
+    pub fn user_prefix(&self) -> String {
+        format!("{}.ev.user.", self.ns)
     }
     /// Authentication and authorization facts about one user (or `_unknown`).
     pub fn user(&self, token: &str) -> String {
@@ -104,6 +122,13 @@ impl Subjects {
     /// Progress of one job: `kind` is `log`, `metric` or `percent`.
     pub fn progress(&self, owner: &UserName, id: JobId, kind: &str) -> String {
         format!("{}.progress.{owner}.{id}.{kind}", self.ns)
+    }
+    /// Progress of one `kind` of one owner's jobs or (`None`) everyone's.
+    pub fn progress_of_kind(&self, owner: Option<&UserName>, kind: &str) -> String {
+        match owner {
+            Some(o) => format!("{}.progress.{o}.*.{kind}", self.ns),
+            None => format!("{}.progress.*.*.{kind}", self.ns),
+        }
     }
     /// Every progress message of one job.
     pub fn job_progress(&self, id: JobId) -> String {

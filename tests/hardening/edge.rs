@@ -175,7 +175,8 @@ async fn a_jobs_history_is_read_from_its_own_subject_only() {
     // An event for the same id on another owner's subject: a wildcard read by
     // id (`*.*.<id>`) would fold it into this job's history.
     let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
-    let foreign = format!("{}.ev.job.mallory.nobody.{id}", app.settings.namespace());
+    let mallory = fetchml_events::UserName::parse("mallory").unwrap();
+    let foreign = store.subjects().job(&mallory, &fetchml_events::ids::PoolName::parse("nobody").unwrap(), id);
     let ctx = CommandContext::new(Actor::System { component: "test".into() });
     store
         .append_event(

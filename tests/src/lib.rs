@@ -68,11 +68,13 @@ pub fn delete_namespace(url: &str, ns: &str) {
         rt.block_on(async move {
             let Ok(client) = async_nats::connect(&url).await else { return };
             let js = async_nats::jetstream::new(client);
-            for s in ["EVENTS", "PROGRESS", "DISPATCH"] {
-                let _ = js.delete_stream(format!("{ns}_{s}")).await;
+            let Ok(ns) = fetchml_events::ids::Namespace::parse(ns.as_str()) else { return };
+            let s = fetchml_events::subject::Subjects::new(ns);
+            for stream in [s.events_stream(), s.progress_stream(), s.dispatch_stream()] {
+                let _ = js.delete_stream(stream).await;
             }
-            for b in ["workers", "sessions"] {
-                let _ = js.delete_key_value(format!("{ns}_{b}")).await;
+            for bucket in [s.workers_bucket(), s.sessions_bucket()] {
+                let _ = js.delete_key_value(bucket).await;
             }
         });
     })

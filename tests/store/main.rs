@@ -50,8 +50,9 @@ async fn a_load_spanning_several_batches_returns_every_event_in_order() {
     let store = fresh_store().await;
     // Interleave two filters' events so each batch skips the other's.
     let n = fetchml_eventstore::LOAD_BATCH * 2 + 7;
-    let ns = store.subjects().namespace().to_string();
-    let (mine, other) = (format!("{ns}.ev.job.alice.default.a"), format!("{ns}.ev.job.alice.default.b"));
+    let pool = JobSpec::command(["x"]).pool;
+    let (mine, other) =
+        (store.subjects().job(&alice(), &pool, JobId::new()), store.subjects().job(&alice(), &pool, JobId::new()));
     let mut seqs = Vec::new();
     for i in 0..n {
         let js = store.jetstream();
@@ -65,7 +66,8 @@ async fn a_load_spanning_several_batches_returns_every_event_in_order() {
         assert_eq!(e.subject, mine);
         assert_eq!(&e.payload[..], format!("{{\"i\":{i}}}").as_bytes());
     }
-    assert!(store.load(&format!("{ns}.ev.job.nobody.>")).await.unwrap().is_empty());
+    let nobody = fetchml_events::UserName::parse("nobody").unwrap();
+    assert!(store.load(&store.subjects().job_events_of_owner(&nobody)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -79,7 +81,7 @@ async fn loading_an_unknown_job_finds_nothing() {
 async fn two_appends_at_the_same_expected_sequence_one_wins() {
     let store = fresh_store().await;
     // On a fresh subject (expected 0) and on one with history.
-    let subject = format!("{}.ev.job.alice.default.{}", store.subjects().namespace(), JobId::new());
+    let subject = store.subjects().job(&alice(), &JobSpec::command(["x"]).pool, JobId::new());
     let (a, b) = tokio::join!(
         store.append(&subject, 0, "m-a", b"{}".to_vec()),
         store.append(&subject, 0, "m-b", b"{}".to_vec()),
@@ -119,7 +121,7 @@ async fn concurrent_commands_on_one_job_are_serialised_by_the_aggregate() {
 #[tokio::test]
 async fn the_same_message_id_is_stored_once() {
     let store = fresh_store().await;
-    let subject = format!("{}.ev.job.alice.default.{}", store.subjects().namespace(), JobId::new());
+    let subject = store.subjects().job(&alice(), &JobSpec::command(["x"]).pool, JobId::new());
     let first = store.append(&subject, 0, "cmd-1", b"{}".to_vec()).await.unwrap();
     // The retry still says "expected 0" although the subject now has an event:
     // deduplication must win over the sequence check.
