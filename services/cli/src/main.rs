@@ -43,6 +43,9 @@ enum Command {
         /// Run the command through /bin/sh -c.
         #[arg(long)]
         shell: bool,
+        /// The folder to run in, relative to the worker's job root.
+        #[arg(long)]
+        workdir: Option<String>,
         /// Makes a retried submit name the same job.
         #[arg(long)]
         idempotency_key: Option<String>,
@@ -134,8 +137,22 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         headers,
     };
     match cli.command {
-        Command::Submit { pool, priority, timeout_secs, experiment, env, shell, idempotency_key, wait, command } => {
+        Command::Submit {
+            pool,
+            priority,
+            timeout_secs,
+            experiment,
+            env,
+            shell,
+            workdir,
+            idempotency_key,
+            wait,
+            command,
+        } => {
             let mut spec = json!({ "command": command, "shell": shell });
+            if let Some(w) = workdir {
+                spec["working_dir"] = json!(w);
+            }
             if let Some(p) = pool {
                 spec["pool"] = json!(p);
             }
