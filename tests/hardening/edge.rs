@@ -208,3 +208,36 @@ async fn unknown_or_malformed_parameters_are_refused_on_every_list() {
     let (status, body) = app.get("/v1/workers?history=maybe").await;
     assert_eq!((status, body["error"]["code"].as_str()), (400, Some("invalid_parameter")), "{body}");
 }
+
+#[tokio::test]
+async fn verify_reads_the_log_and_changes_nothing_on_the_server() {
+    let app = spawn_app().await;
+    let (status, queued) = app.submit(json!({"command": ["true"], "executor": "noop", "pool": "nobody"})).await;
+    assert_eq!(status, 202, "{queued}");
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let progress = store.subjects().progress_stream();
+    let mut stream = store.jetstream().get_stream(&progress).await.unwrap();
+    let before = stream.info().await.unwrap().config.clone();
+    // The verifier runs with other stream limits than the api's: a reader
+    // must not apply them.
+    let out = tokio::task::spawn_blocking({
+        let (url, ns) = (app.settings.nats.url.clone(), app.settings.nats.namespace.clone());
+        move || {
+            std::process::Command::new(fetchml_tests::app::fetchml_binary())
+                .arg("verify")
+                .env("FETCHML_NATS__URL", url)
+                .env("FETCHML_NATS__NAMESPACE", ns)
+                .env("FETCHML_NATS__PROGRESS_MAX_BYTES", (fetchml_tests::TEST_PROGRESS_BYTES + 1).to_string())
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.starts_with("ok: "), "{stdout}");
+    let after = stream.info().await.unwrap().config.clone();
+    assert_eq!(after.max_bytes, before.max_bytes);
+    assert_eq!(after, before);
+}
