@@ -37,7 +37,7 @@ use fetchml_events::dispatch::DispatchTicket;
 use fetchml_events::hash::GENESIS;
 use fetchml_events::ids::PoolName;
 use fetchml_events::job::{FailureClass, JobCommand, JobRejection, JobStatus, Metrics, Outcome};
-use fetchml_events::subject::served_label_keys;
+use fetchml_events::subject::{check_label, served_label_keys};
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, JobId, WorkerId};
 use fetchml_eventstore::{
@@ -103,7 +103,9 @@ impl Worker {
             return Err(WorkerError::Settings(format!("at most {MAX_WORKER_LABELS} labels per worker")));
         }
         for l in &settings.worker.labels {
-            PoolName::parse(l.as_str()).map_err(|e| WorkerError::Settings(format!("label {l:?}: {e}")))?;
+            // The same rule as a job's labels: a worker offering `_` would
+            // otherwise be the same queue as "no labels".
+            check_label(l).map_err(|e| WorkerError::Settings(format!("worker.labels: {e}")))?;
         }
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
         let store = EventStore::open(
