@@ -335,7 +335,10 @@ mod tests {
         assert_eq!(line, "j  failed  attempt 1  no exit code  code failure  working dir out leaves the job root");
         let killed = json!({"id": "j", "state": "dead_lettered", "attempt": 3, "exit_code": null, "signal": 9,
             "failure_class": "infrastructure", "reason": "killed by signal 9"});
-        assert_eq!(status_line(&killed), "j  dead_lettered  attempt 3  signal 9  infrastructure failure  killed by signal 9");
+        assert_eq!(
+            status_line(&killed),
+            "j  dead_lettered  attempt 3  signal 9  infrastructure failure  killed by signal 9"
+        );
         let ok = json!({"id": "j", "state": "succeeded", "attempt": 1, "exit_code": 0, "signal": null,
             "failure_class": null, "reason": null});
         assert_eq!(status_line(&ok), "j  succeeded  attempt 1  exit 0");
