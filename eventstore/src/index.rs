@@ -5,19 +5,19 @@
 //! worker that is gone), and the api to find a live job's subject. It is a
 //! derived view: rebuilt from sequence 1 at every start, ordered (one ordered
 //! consumer), and `wait_for(seq)` lets a reader wait until it has seen a given
-//! write.
-//!
-//! **Caught up.** Right after a start the index is replaying the log and holds
-//! a past that never was all at once: a job whose `job_started` it has folded
-//! but whose `job_succeeded` it has not yet read looks running. Whoever decides
-//! something from the index (the reconciler) must wait for
-//! [`JobIndex::caught_up`]: set once every job event stored when the index
-//! started has been folded (the ordered consumer reports nothing pending, or
-//! the log held no job event at all), and never unset. A job's state leaves it when the job finishes, so that part follows
+//! write. A job's state leaves it when the job finishes, so that part follows
 //! the backlog; of every job ever it keeps only where its events are and its
 //! experiment (a few dozen bytes, against ~2 KiB for the full state before).
 //! The rare event for a job whose state it let go (a finished job queued
 //! again) is folded onto the job's history read back from the log.
+//!
+//! **Caught up.** Right after a start the index is replaying the log and holds
+//! a past that never was all at once: a job whose `job_started` it has folded
+//! but whose `job_succeeded` it has not yet read looks running. Whoever decides
+//! something from the index (the reconciler, experiment subscriptions) must
+//! wait for [`JobIndex::caught_up`]: set once every job event stored when the
+//! index started has been folded (the ordered consumer reports nothing pending
+//! behind an event, or the log held no job event at all), and never unset.
 
 use crate::StoreError;
 use crate::store::{EventStore, StartAt};
