@@ -355,5 +355,7 @@ mod tests {
         assert!(e.to_string().contains("nats.namespace"), "{e}");
         let e = Settings::load_from(None, &env(&[("FETCHML_WORKER__CONCURRENCY", "0")])).unwrap_err();
         assert!(e.to_string().contains("worker.concurrency"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_NATS__WORKER_TTL_SECS", "2")])).unwrap_err();
+        assert!(e.to_string().contains("nats.worker_ttl_secs"), "{e}");
     }
 }
