@@ -136,13 +136,34 @@ impl Subjects {
     }
 }
 
+/// The label key of a job that needs no labels. Every worker serves it.
+pub const NO_LABELS: &str = "_";
+
+/// Why a label cannot be part of a label set.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("labels are 1-64 letters, digits, '_' or '-', starting with a letter or digit (got {0:?})")]
+pub struct InvalidLabel(pub String);
+
+/// The one rule for labels, for jobs and workers alike. A label set becomes one
+/// token of a dispatch subject ([`label_key`]): labels joined by `+`, or
+/// [`NO_LABELS`] for none. So a label must be a subject token without `+`, and
+/// must not start with `_` or `-`: otherwise the label `_` would be the same
+/// key as "no labels", and a job needing it would run on any worker.
+pub fn check_label(label: &str) -> Result<(), InvalidLabel> {
+    let ok = label.len() <= 64
+        && label.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if ok { Ok(()) } else { Err(InvalidLabel(label.to_owned())) }
+}
+
 /// The token naming a set of labels in dispatch subjects: the sorted, distinct
-/// labels joined by `+`, or `_` for none.
+/// labels joined by `+`, or [`NO_LABELS`] for none. Distinct sets of labels
+/// that pass [`check_label`] get distinct keys.
 pub fn label_key<S: AsRef<str>>(labels: &[S]) -> String {
     let mut v: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
     v.sort_unstable();
     v.dedup();
-    if v.is_empty() { "_".to_owned() } else { v.join("+") }
+    if v.is_empty() { NO_LABELS.to_owned() } else { v.join("+") }
 }
 
 /// Every label set a worker offering `labels` can serve (all subsets), as
@@ -172,6 +193,17 @@ mod tests {
     }
 
     use super::*;
+
+    #[test]
+    fn no_label_can_collide_with_the_key_of_no_labels() {
+        for bad in ["_", "_gpu", "-", "-x", "", "a+b", "a.b", "a*", ">", "gpu ", &"x".repeat(65)] {
+            assert!(check_label(bad).is_err(), "{bad:?}");
+        }
+        for good in ["gpu", "a100", "x_y", "x-y", "9", &"x".repeat(64)] {
+            assert!(check_label(good).is_ok(), "{good:?}");
+            assert_ne!(label_key(&[good]), NO_LABELS);
+        }
+    }
 
     #[test]
     fn job_subject_is_matched_by_the_id_filter() {

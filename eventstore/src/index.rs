@@ -10,8 +10,18 @@
 //! experiment (a few dozen bytes, against ~2 KiB for the full state before).
 //! The rare event for a job whose state it let go (a finished job queued
 //! again) is folded onto the job's history read back from the log.
+//!
+//! **Caught up.** Right after a start the index is replaying the log and holds
+//! a past that never was all at once: a job whose `job_started` it has folded
+//! but whose `job_succeeded` it has not yet read looks running. Whoever decides
+//! something from the index (the reconciler, experiment subscriptions) must
+//! wait for [`JobIndex::caught_up`]: set once every job event stored when the
+//! index started has been folded (the ordered consumer reports nothing pending
+//! behind an event, or the log held no job event at all), and never unset.
 
+use crate::StoreError;
 use crate::store::{EventStore, StartAt};
+use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{DateTime, Utc};
 use fetchml_events::JobId;
 use fetchml_events::job::{Job, JobEvent, evolve, fold};
@@ -75,6 +85,21 @@ impl Inner {
 pub struct JobIndex {
     inner: Arc<RwLock<Inner>>,
     seen: watch::Receiver<u64>,
+    caught_up: watch::Receiver<bool>,
+}
+
+/// Whether the log holds any job event (if not, an empty index is complete).
+async fn any_job_event(store: &EventStore) -> Result<bool, StoreError> {
+    let stream = store
+        .jetstream()
+        .get_stream_no_info(store.subjects().events_stream())
+        .await
+        .map_err(StoreError::unavailable)?;
+    match stream.direct_get_first_for_subject(store.subjects().all_job_events()).await {
+        Ok(_) => Ok(true),
+        Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(false),
+        Err(e) => Err(StoreError::unavailable(e)),
+    }
 }
 
 /// A job's state and creation time from its events before `seq`, read from
@@ -97,11 +122,26 @@ impl JobIndex {
     pub fn spawn(store: EventStore, stop: CancellationToken) -> Self {
         let inner = Arc::new(RwLock::new(Inner::default()));
         let (tx, seen) = watch::channel(0u64);
+        let (caught_tx, caught_up) = watch::channel(false);
         let writer = inner.clone();
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(100);
             let mut next = 1u64;
             while !stop.is_cancelled() {
+                if !*caught_tx.borrow() {
+                    match any_job_event(&store).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            caught_tx.send_replace(true);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "job index cannot look at the log; retrying");
+                            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            continue;
+                        }
+                    }
+                }
                 let filter = store.subjects().all_job_events();
                 let mut events = match store.read(&filter, StartAt::Sequence(next)).await {
                     Ok(e) => e,
@@ -147,16 +187,36 @@ impl JobIndex {
                             g.jobs.insert(id, job);
                         }
                     }
+                    // Nothing matching was pending behind this event when the
+                    // server sent it: every job event stored before the index
+                    // started (and some after) is folded. Set before `seen`
+                    // moves, so a reader that waited for this event sees it.
+                    if ev.pending == Some(0) && !*caught_tx.borrow() {
+                        caught_tx.send_replace(true);
+                        tracing::info!(seq = ev.seq, "job index caught up with the log");
+                    }
                     let _ = tx.send(ev.seq);
                 }
             }
         });
-        Self { inner, seen }
+        Self { inner, seen, caught_up }
     }
 
     /// The highest log sequence folded so far.
     pub fn seen(&self) -> u64 {
         *self.seen.borrow()
+    }
+
+    /// Whether the index has folded every job event that was in the log when
+    /// it started (see the module header). Decisions wait for this.
+    pub fn caught_up(&self) -> bool {
+        *self.caught_up.borrow()
+    }
+
+    /// Waits until [`JobIndex::caught_up`]; false if the index stopped first.
+    pub async fn wait_caught_up(&self) -> bool {
+        let mut rx = self.caught_up.clone();
+        rx.wait_for(|c| *c).await.is_ok()
     }
 
     /// Waits until the index has folded `seq`, at most `within`.

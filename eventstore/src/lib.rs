@@ -28,6 +28,8 @@ pub use connect::{MIN_SERVER_VERSION, ServerVersion, check_server_version, conne
 pub use error::StoreError;
 pub use index::{IndexedJob, JobIndex};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
-pub use registry::{HEARTBEAT, WorkerRecord, list_workers, open_registry};
+pub use registry::{
+    DEFAULT_WORKER_TTL, HEARTBEAT, WorkerRecord, ensure_registry, heartbeat_every, list_workers, open_registry,
+};
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent};
 pub use streams::{StreamSettings, ensure_streams};

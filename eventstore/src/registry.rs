@@ -1,5 +1,11 @@
 //! The live worker registry: a key-value bucket whose entries expire unless
 //! their worker refreshes them, so a crashed worker disappears by itself.
+//!
+//! A worker refreshes its entry every third of the bucket's TTL for as long as
+//! it holds jobs: while it runs, and while it drains after SIGTERM (then with
+//! `draining: true`), until its last job has ended or been handed back. So an
+//! entry means "alive, and holding whatever leases it holds"; the reconciler
+//! takes over a running job only when its worker has no entry.
 
 use crate::error::StoreError;
 use async_nats::jetstream::{self, kv};
@@ -8,8 +14,11 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 
-/// How often a worker refreshes its entry; entries live three times as long.
+/// How often a worker refreshes its entry under the default TTL.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// How long an entry lives without a refresh, unless `nats.worker_ttl_secs`
+/// says otherwise when the bucket is created.
+pub const DEFAULT_WORKER_TTL: Duration = Duration::from_secs(15);
 
 /// What a live worker says about itself.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -19,27 +28,61 @@ pub struct WorkerRecord {
     pub labels: Vec<String>,
     pub concurrency: usize,
     pub running: usize,
+    /// Stopping: it takes no new jobs and lets its running ones finish.
+    #[serde(default)]
+    pub draining: bool,
     pub host: String,
     pub pid: u32,
     pub started_at: chrono::DateTime<chrono::Utc>,
     pub seen_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Opens (creating if needed) the namespace's worker registry.
+/// Opens (creating if needed, with the default TTL) the namespace's worker
+/// registry.
 pub async fn open_registry(js: &jetstream::Context, subjects: &Subjects) -> Result<kv::Store, StoreError> {
+    ensure_registry(js, subjects, DEFAULT_WORKER_TTL).await
+}
+
+/// Opens the namespace's worker registry, creating it with entries that live
+/// `ttl` if it does not exist. An existing bucket keeps its TTL (workers pace
+/// their heartbeat by it, see [`heartbeat_every`]); a different `ttl` is
+/// reported, not applied, so processes configured differently do not fight.
+pub async fn ensure_registry(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    ttl: Duration,
+) -> Result<kv::Store, StoreError> {
     let bucket = subjects.workers_bucket();
     match js.get_key_value(&bucket).await {
-        Ok(kv) => Ok(kv),
+        Ok(kv) => {
+            if ttl != DEFAULT_WORKER_TTL
+                && let Ok(status) = kv.status().await
+                && status.max_age() != ttl
+            {
+                tracing::warn!(bucket, existing = ?status.max_age(), wanted = ?ttl,
+                    "worker registry exists with another TTL; keeping it");
+            }
+            Ok(kv)
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: bucket.clone(),
                 description: "fetchml live workers".into(),
                 history: 1,
-                max_age: HEARTBEAT * 3,
+                max_age: ttl,
                 ..Default::default()
             })
             .await
             .map_err(|e| StoreError::Unavailable(format!("worker registry {bucket}: {e}"))),
+    }
+}
+
+/// How often a worker must refresh its entry in `kv`: a third of the bucket's
+/// TTL, so that one lost refresh does not make a live worker vanish.
+pub async fn heartbeat_every(kv: &kv::Store) -> Duration {
+    match kv.status().await.map(|s| s.max_age()) {
+        Ok(ttl) if !ttl.is_zero() => (ttl / 3).max(Duration::from_millis(100)),
+        _ => HEARTBEAT,
     }
 }
 

@@ -110,6 +110,10 @@ pub struct NatsSettings {
     pub progress_max_bytes: i64,
     /// Replicas per stream (1 for a single server, 3 for a cluster).
     pub replicas: usize,
+    /// How long a worker's registry entry lives without a refresh (workers
+    /// refresh every third of it, draining ones included). Applied when the
+    /// registry bucket is created.
+    pub worker_ttl_secs: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -167,6 +171,7 @@ impl Default for NatsSettings {
             progress_max_age_secs: s.progress_max_age.as_secs(),
             progress_max_bytes: s.progress_max_bytes,
             replicas: s.replicas,
+            worker_ttl_secs: fetchml_eventstore::DEFAULT_WORKER_TTL.as_secs(),
         }
     }
 }
@@ -270,6 +275,9 @@ impl Settings {
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return Err(invalid("nats.replicas", "must be 1-5".into()));
         }
+        if !(3..=3600).contains(&self.nats.worker_ttl_secs) {
+            return Err(invalid("nats.worker_ttl_secs", "must be 3-3600".into()));
+        }
         Ok(())
     }
 
@@ -284,6 +292,11 @@ impl Settings {
         // validate() has checked it; fall back to the default rather than panic.
         Namespace::parse(&self.nats.namespace)
             .unwrap_or_else(|_| Namespace::parse("fetchml").unwrap_or_else(|_| unreachable!()))
+    }
+
+    /// How long a worker's registry entry lives without a refresh.
+    pub fn worker_ttl(&self) -> Duration {
+        Duration::from_secs(self.nats.worker_ttl_secs)
     }
 
     pub fn stream_settings(&self) -> StreamSettings {
@@ -342,5 +355,7 @@ mod tests {
         assert!(e.to_string().contains("nats.namespace"), "{e}");
         let e = Settings::load_from(None, &env(&[("FETCHML_WORKER__CONCURRENCY", "0")])).unwrap_err();
         assert!(e.to_string().contains("worker.concurrency"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_NATS__WORKER_TTL_SECS", "2")])).unwrap_err();
+        assert!(e.to_string().contains("nats.worker_ttl_secs"), "{e}");
     }
 }

@@ -1,1 +1,216 @@
-//! Hardening tests: worker.
+//! Hardening tests: workers, dispatch and the reconciler (defects 10, 13 in
+//! part, 14, 15, 16 and 17). Real NATS; real worker processes where a worker
+//! is involved.
+
+use fetchml_dispatcher::{ReconcileError, ReconcileReport, reconcile_once};
+use fetchml_events::job::{JobCommand, JobSpec, Outcome};
+use fetchml_events::{Actor, JobId, UserName, WorkerId};
+use fetchml_eventstore::{CommandContext, EventStore, JobIndex};
+use fetchml_tests::app::{TestApp, spawn_app, spawn_app_with, spawn_worker, spawn_worker_with};
+use fetchml_tests::{CancellationToken, eventually, fresh_store};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use std::time::Duration;
+
+fn ctx() -> CommandContext {
+    CommandContext::new(Actor::User { name: UserName::parse("alice").unwrap() })
+}
+
+async fn queue(store: &EventStore) -> JobId {
+    let id = JobId::new();
+    let cmd = JobCommand::Queue { owner: UserName::parse("alice").unwrap(), spec: JobSpec::command(["true"]) };
+    store.execute_job(id, cmd, &ctx()).await.unwrap();
+    id
+}
+
+async fn start(store: &EventStore, id: JobId) -> u64 {
+    let cmd = JobCommand::Start { attempt: 1, worker: WorkerId::new(), at: chrono::Utc::now() };
+    store.execute_job(id, cmd, &ctx()).await.unwrap().seq
+}
+
+async fn succeed(store: &EventStore, id: JobId) -> u64 {
+    let cmd = JobCommand::Finish {
+        attempt: 1,
+        outcome: Outcome::Succeeded,
+        metrics: Default::default(),
+        at: chrono::Utc::now(),
+        jitter_permille: 500,
+    };
+    store.execute_job(id, cmd, &ctx()).await.unwrap().seq
+}
+
+async fn submit(app: &TestApp, spec: Value) -> String {
+    let (status, body) = app.submit(spec).await;
+    assert_eq!(status, 202, "{body}");
+    body["id"].as_str().unwrap().to_owned()
+}
+
+/// Defect 10: `_` is the dispatch subject's token for "no labels", so a job
+/// with `labels: ["_"]` was queued with the unlabelled jobs and ran on a
+/// worker offering no labels.
+#[tokio::test]
+async fn a_job_needing_the_label_of_no_labels_is_refused() {
+    let app = spawn_app().await;
+    for labels in [json!(["_"]), json!(["gpu", "_"]), json!(["_gpu"])] {
+        let (status, body) = app.submit(json!({"executor": "noop", "command": [], "labels": labels})).await;
+        assert_eq!(status, 422, "{labels}: {body}");
+        assert_eq!(body["error"]["code"], "invalid_label", "{body}");
+        assert!(body["error"]["field"].as_str().unwrap().starts_with("labels["), "{body}");
+    }
+}
+
+/// Defect 13 (the worker's part): built-in executor arguments and retry
+/// delays that could not mean what they say are refused at submit.
+#[tokio::test]
+async fn builtin_executor_arguments_and_huge_backoffs_are_refused_at_submit() {
+    let app = spawn_app().await;
+    let cases = [
+        (json!({"executor": "sleep", "command": ["abc"]}), "invalid_argument", "command[0]"),
+        (json!({"executor": "sleep", "command": ["-1"]}), "invalid_argument", "command[0]"),
+        (json!({"executor": "sleep", "command": ["18446744073709551616"]}), "out_of_range", "command[0]"),
+        (json!({"executor": "fail", "command": ["0"]}), "out_of_range", "command[0]"),
+        (
+            json!({"command": ["true"], "retry": {"backoff_initial_ms": 18446744073709551615u64,
+                "backoff_max_ms": 18446744073709551615u64}}),
+            "out_of_range",
+            "retry.backoff_initial_ms",
+        ),
+    ];
+    for (spec, code, field) in cases {
+        let (status, body) = app.submit(spec.clone()).await;
+        assert_eq!(status, 422, "{spec}: {body}");
+        assert_eq!((body["error"]["code"].as_str(), body["error"]["field"].as_str()), (Some(code), Some(field)));
+    }
+}
+
+/// Defect 14: a `working_dir` that is a symlink out of the job root was an
+/// `infrastructure` failure, retried three times and dead-lettered. It is the
+/// job's own fault: `code`, not retried.
+#[tokio::test]
+async fn a_symlink_out_of_the_job_root_fails_the_job_as_its_own_fault() {
+    let app = spawn_app().await;
+    let worker = spawn_worker(&app.settings);
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), worker.job_root.path().join("out")).unwrap();
+    let id = submit(&app, json!({"command": ["touch", "escaped"], "working_dir": "out/sub"})).await;
+    let job = app.until_terminal(&id).await;
+    assert_eq!(
+        (job["state"].as_str(), job["failure_class"].as_str(), job["attempt"].as_u64()),
+        (Some("failed"), Some("code"), Some(1)),
+        "{job}"
+    );
+    assert!(job["reason"].as_str().unwrap().contains("leaves the job root"), "{job}");
+    assert!(!app.event_types(&id).await.iter().any(|t| t == "job_retry_scheduled"));
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside the root");
+}
+
+/// Defect 15: right after a start the index is still replaying the log, and
+/// the reconciler took over attempts of jobs that had finished long before.
+/// The log: job X queued and started, then 2000 other jobs queued and
+/// cancelled, then X finished. An index that has folded X's start has 4000
+/// events still to read, and a pass then must neither act nor even look at
+/// a job; once the index has caught up there is nothing to do.
+#[tokio::test]
+async fn a_fresh_index_acts_on_nothing_until_it_has_caught_up_with_the_log() {
+    let store = fresh_store().await;
+    let x = queue(&store).await;
+    let x_started = start(&store, x).await;
+    futures::stream::iter(0..2000)
+        .for_each_concurrent(16, |_| async {
+            let id = queue(&store).await;
+            store.execute_job(id, JobCommand::Cancel { reason: "done".into() }, &ctx()).await.unwrap();
+        })
+        .await;
+    succeed(&store, x).await;
+
+    let stop = CancellationToken::new();
+    let index = JobIndex::spawn(store.clone(), stop.clone());
+    // Mid-replay: X looks running, on a worker that is not alive.
+    assert!(index.wait_for(x_started, Duration::from_secs(10)).await);
+    match reconcile_once(&store, &index, Duration::ZERO).await {
+        Err(ReconcileError::IndexBehind) => {}
+        Ok(r) => assert_eq!((r.redispatched, r.taken_over, r.moved_on), (0, 0, 0), "acted mid-replay: {r:?}"),
+        Err(e) => panic!("{e}"),
+    }
+    assert!(index.wait_caught_up().await);
+    let after = reconcile_once(&store, &index, Duration::ZERO).await.unwrap();
+    assert_eq!(after, ReconcileReport::default(), "every job had finished");
+    stop.cancel();
+}
+
+/// Defect 16: the reconciler listed waiting jobs first and tickets later, so a
+/// job that started, finished and had its ticket acknowledged in between
+/// looked ticketless and was dispatched again. Made deterministic: the index
+/// is stopped after it saw one job waiting and one running, then both finish
+/// in the log, with no ticket anywhere (no dispatcher runs): exactly the views
+/// the reconciler had in that interleaving.
+#[tokio::test]
+async fn the_reconciler_leaves_alone_jobs_that_finished_after_the_index_saw_them() {
+    let store = fresh_store().await;
+    let stop = CancellationToken::new();
+    let index = JobIndex::spawn(store.clone(), stop.clone());
+    let waiting = queue(&store).await;
+    let running = queue(&store).await;
+    let seen = start(&store, running).await;
+    assert!(index.wait_for(seen, Duration::from_secs(10)).await);
+    assert!(index.caught_up());
+    assert_eq!(index.select(|_| true).len(), 2);
+    stop.cancel(); // the index's view is now older than what follows
+    start(&store, waiting).await;
+    succeed(&store, waiting).await;
+    succeed(&store, running).await;
+
+    let report = reconcile_once(&store, &index, Duration::ZERO).await.unwrap();
+    assert_eq!((report.redispatched, report.taken_over, report.moved_on), (0, 0, 2), "{report:?}");
+    let dispatch = store.jetstream().get_stream(store.subjects().dispatch_stream()).await.unwrap();
+    assert_eq!(dispatch.get_info().await.unwrap().state.messages, 0, "no ticket was published");
+}
+
+/// Defect 17: a draining worker (SIGTERM, finishing its running jobs) stopped
+/// its heartbeat with the same signal that stopped pulling, and vanished from
+/// `GET /v1/workers` while it still ran jobs (and the reconciler would have
+/// handed them over). With a 3 s registry TTL, a job that outlives it: the
+/// worker must stay listed, as draining, for as long as the job runs.
+#[tokio::test]
+async fn a_draining_worker_stays_listed_as_draining_until_its_jobs_end() {
+    let app = spawn_app_with(|s| s.nats.worker_ttl_secs = 3).await;
+    let mut worker = spawn_worker_with(
+        &app.settings,
+        &[],
+        &[("FETCHML_NATS__WORKER_TTL_SECS", "3"), ("FETCHML_WORKER__DRAIN_SECS", "120")],
+    );
+    let id = submit(&app, json!({"executor": "sleep", "command": ["9000"]})).await;
+    app.until_state(&id, "running").await;
+    let workers = || async {
+        let (status, body) = app.get("/v1/workers").await;
+        assert_eq!(status, 200, "{body}");
+        body["items"].as_array().unwrap().clone()
+    };
+    let listed = eventually(Duration::from_secs(10), || async {
+        workers().await.into_iter().find(|w| w["pid"] == worker.pid()).map(|w| w["id"].clone())
+    })
+    .await;
+
+    let pid = nix::unistd::Pid::from_raw(worker.pid() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut draining_seen = false;
+    loop {
+        let items = workers().await;
+        let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+        if job["state"] != "running" {
+            // Finished by the draining worker, never handed over.
+            assert_eq!((job["state"].as_str(), job["attempt"].as_u64()), (Some("succeeded"), Some(1)), "{job}");
+            break;
+        }
+        // The job still ran after the listing was read, so its worker was alive.
+        let me = items.iter().find(|w| w["id"] == listed);
+        let me = me.unwrap_or_else(|| panic!("a draining worker running a job is missing from {items:?}"));
+        draining_seen |= me["draining"] == true;
+        tokio::time::sleep(Duration::from_millis(200)).await; // polling pace
+    }
+    assert!(draining_seen, "the entry said draining while the job finished");
+    // Done draining: the worker records its stop, leaves the registry and exits.
+    eventually(Duration::from_secs(20), || async { workers().await.iter().all(|w| w["id"] != listed).then_some(()) })
+        .await;
+    assert!(worker.terminate().success());
+}

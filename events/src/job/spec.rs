@@ -49,14 +49,21 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Longest retry delay a policy may ask for (a week). Submits over it are
+/// refused; [`RetryPolicy::backoff_ms`] also caps at it, so a policy stored
+/// before the bound existed cannot overflow into no delay at all.
+pub const MAX_BACKOFF_MS: u64 = 7 * 24 * 3600 * 1000;
+
 impl RetryPolicy {
     /// The delay before attempt `failed_attempt + 1`, given a random draw
     /// `jitter_permille` in 0..=1000 (the caller brings randomness; this stays pure).
+    /// Saturating throughout: a huge policy means a long delay, never a wrap.
     pub fn backoff_ms(&self, failed_attempt: u32, jitter_permille: u16) -> u64 {
         let exp = failed_attempt.saturating_sub(1).min(32);
-        let base = self.backoff_initial_ms.saturating_mul(1u64 << exp).min(self.backoff_max_ms);
-        let spread = base.saturating_mul(u64::from(self.jitter_percent)) / 100;
-        // Map 0..=1000 onto -spread..=+spread.
+        let base = self.backoff_initial_ms.saturating_mul(1u64 << exp).min(self.backoff_max_ms).min(MAX_BACKOFF_MS);
+        let spread = base * u64::from(self.jitter_percent.min(100)) / 100;
+        // Map 0..=1000 onto -spread..=+spread (base and spread are at most
+        // MAX_BACKOFF_MS, so nothing here can overflow).
         let j = u64::from(jitter_permille.min(1000));
         (base + spread * j / 500).saturating_sub(spread)
     }
@@ -71,9 +78,9 @@ pub enum ExecutorKind {
     Process,
     /// Succeeds at once.
     Noop,
-    /// Sleeps for `command[0]` milliseconds, then succeeds.
+    /// Sleeps for `command[0]` milliseconds (default 1000), then succeeds.
     Sleep,
-    /// Fails at once with exit code `command[0]` (default 1).
+    /// Fails at once with exit code `command[0]` (1-255, default 1).
     Fail,
     /// Runs `command` inside a container of `image` with podman.
     Podman,
@@ -132,6 +139,9 @@ pub const MAX_ARG_BYTES: usize = 64 * 1024;
 pub const MAX_ENV: usize = 256;
 pub const MAX_TAGS: usize = 64;
 pub const MAX_LABELS: usize = 8;
+
+/// Longest a `sleep` job may sleep, in milliseconds (a week).
+pub const MAX_SLEEP_MS: u64 = 7 * 24 * 3600 * 1000;
 
 /// Free-text limits, in characters (see [`crate::text`]).
 pub const MAX_EXPERIMENT_CHARS: usize = 128;
@@ -282,17 +292,31 @@ impl JobSpec {
         if self.labels.len() > MAX_LABELS {
             return Err(err("too_large", "labels", format!("at most {MAX_LABELS} labels")));
         }
-        for l in &self.labels {
-            // Labels become one token of a dispatch subject.
-            if crate::ids::PoolName::parse(l.as_str()).is_err() || l.contains('+') {
-                return Err(err("invalid_label", format!("labels.{l}"), "labels are 1-64 letters, digits, '_' or '-'"));
+        for (i, l) in self.labels.iter().enumerate() {
+            // Labels become one token of a dispatch subject; the rule (and why
+            // `_` is refused) lives with the subject encoding.
+            crate::subject::check_label(l).map_err(|e| err("invalid_label", format!("labels[{i}]"), e.to_string()))?;
+        }
+        match self.executor {
+            ExecutorKind::Sleep => {
+                self.sleep_ms()?;
             }
+            ExecutorKind::Fail => {
+                self.fail_exit_code()?;
+            }
+            ExecutorKind::Process | ExecutorKind::Noop | ExecutorKind::Podman => {}
         }
         if !(1..=100).contains(&self.retry.max_attempts) {
             return Err(err("out_of_range", "retry.max_attempts", "must be between 1 and 100"));
         }
         if self.retry.jitter_percent > 100 {
             return Err(err("out_of_range", "retry.jitter_percent", "must be between 0 and 100"));
+        }
+        if self.retry.backoff_initial_ms > MAX_BACKOFF_MS {
+            return Err(err("out_of_range", "retry.backoff_initial_ms", format!("must be at most {MAX_BACKOFF_MS}")));
+        }
+        if self.retry.backoff_max_ms > MAX_BACKOFF_MS {
+            return Err(err("out_of_range", "retry.backoff_max_ms", format!("must be at most {MAX_BACKOFF_MS}")));
         }
         if self.retry.backoff_max_ms < self.retry.backoff_initial_ms {
             return Err(err("out_of_range", "retry.backoff_max_ms", "must be at least backoff_initial_ms"));
@@ -302,6 +326,51 @@ impl JobSpec {
         }
         Ok(())
     }
+
+    /// The one argument of a built-in executor, if any: `command[0]`, with
+    /// nothing after it.
+    fn builtin_arg(&self) -> Result<Option<&str>, SpecError> {
+        if self.command.len() > 1 {
+            return Err(err("invalid_argument", "command[1]", "this executor takes at most one argument"));
+        }
+        Ok(self.command.first().map(String::as_str))
+    }
+
+    /// How long the `sleep` executor sleeps: `command[0]` milliseconds (plain
+    /// decimal digits, at most [`MAX_SLEEP_MS`]), 1000 without an argument.
+    /// Checked at submit by [`JobSpec::validate`] and used by the worker, so
+    /// both read the argument the same way.
+    pub fn sleep_ms(&self) -> Result<u64, SpecError> {
+        let Some(arg) = self.builtin_arg()? else { return Ok(1000) };
+        let ms = decimal(arg).ok_or_else(|| {
+            err("invalid_argument", "command[0]", "the sleep executor takes a number of milliseconds")
+        })?;
+        match ms {
+            Some(ms) if ms <= MAX_SLEEP_MS => Ok(ms),
+            _ => Err(err("out_of_range", "command[0]", format!("must be at most {MAX_SLEEP_MS} milliseconds"))),
+        }
+    }
+
+    /// The exit code the `fail` executor ends with: `command[0]` (1-255: a
+    /// failure, as an exit status can hold it), 1 without an argument.
+    pub fn fail_exit_code(&self) -> Result<i32, SpecError> {
+        let Some(arg) = self.builtin_arg()? else { return Ok(1) };
+        let code = decimal(arg)
+            .ok_or_else(|| err("invalid_argument", "command[0]", "the fail executor takes an exit code"))?;
+        match code {
+            Some(c @ 1..=255) => Ok(c as i32),
+            _ => Err(err("out_of_range", "command[0]", "the exit code of a failure is between 1 and 255")),
+        }
+    }
+}
+
+/// `s` as an unsigned decimal number: `None` if it is not one (sign, space,
+/// empty), `Some(None)` if it is one too large for u64.
+fn decimal(s: &str) -> Option<Option<u64>> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(s.parse().ok())
 }
 
 #[cfg(test)]
@@ -339,6 +408,76 @@ mod tests {
         let mut s = JobSpec::command(["x"]);
         s.labels = vec!["gpu".into(), "a.b".into()];
         assert_eq!(s.validate().unwrap_err().code, "invalid_label");
+    }
+
+    /// Defect 10: `_` is the dispatch subject's token for "no labels", so a job
+    /// needing the label `_` ran on workers offering none.
+    #[test]
+    fn the_label_of_no_labels_is_refused() {
+        for bad in ["_", "_gpu", "-x"] {
+            let mut s = JobSpec::command(["x"]);
+            s.labels = vec!["gpu".into(), bad.into()];
+            let e = s.validate().unwrap_err();
+            assert_eq!((e.code, e.field.as_str()), ("invalid_label", "labels[1]"), "{bad:?}");
+        }
+        let mut s = JobSpec::command(["x"]);
+        s.labels = vec!["gpu_x".into(), "a-100".into()];
+        assert!(s.validate().is_ok());
+    }
+
+    fn builtin(kind: ExecutorKind, argv: &[&str]) -> JobSpec {
+        let mut s = JobSpec::command(argv.iter().copied());
+        s.executor = kind;
+        s
+    }
+
+    /// Defect 13: `sleep abc`, `sleep -1` and `sleep 2^64` succeeded at once,
+    /// and `fail 0` ended `failed` with exit 0.
+    #[test]
+    fn builtin_executor_arguments_are_checked_at_submit() {
+        let refused = [
+            (ExecutorKind::Sleep, &["abc"][..], "invalid_argument", "command[0]"),
+            (ExecutorKind::Sleep, &["-1"], "invalid_argument", "command[0]"),
+            (ExecutorKind::Sleep, &["+5"], "invalid_argument", "command[0]"),
+            (ExecutorKind::Sleep, &[" 5"], "invalid_argument", "command[0]"),
+            (ExecutorKind::Sleep, &["18446744073709551616"], "out_of_range", "command[0]"),
+            (ExecutorKind::Sleep, &["604800001"], "out_of_range", "command[0]"),
+            (ExecutorKind::Sleep, &["5", "6"], "invalid_argument", "command[1]"),
+            (ExecutorKind::Fail, &["0"], "out_of_range", "command[0]"),
+            (ExecutorKind::Fail, &["256"], "out_of_range", "command[0]"),
+            (ExecutorKind::Fail, &["-1"], "invalid_argument", "command[0]"),
+            (ExecutorKind::Fail, &["x"], "invalid_argument", "command[0]"),
+        ];
+        for (kind, argv, code, field) in refused {
+            let e = builtin(kind, argv).validate().unwrap_err();
+            assert_eq!((e.code, e.field.as_str()), (code, field), "{kind:?} {argv:?}");
+        }
+        assert_eq!(builtin(ExecutorKind::Sleep, &["250"]).sleep_ms(), Ok(250));
+        assert_eq!(builtin(ExecutorKind::Sleep, &[]).sleep_ms(), Ok(1000));
+        assert_eq!(builtin(ExecutorKind::Fail, &["255"]).fail_exit_code(), Ok(255));
+        assert_eq!(builtin(ExecutorKind::Fail, &[]).fail_exit_code(), Ok(1));
+        // noop ignores its command (it stands in for a real one in tests).
+        assert!(builtin(ExecutorKind::Noop, &["train.py", "--lr"]).validate().is_ok());
+    }
+
+    /// Defect 13: a huge `backoff_initial_ms` overflowed into no delay.
+    #[test]
+    fn huge_backoffs_are_refused_and_saturate_where_stored() {
+        let mut s = JobSpec::command(["x"]);
+        s.retry.backoff_initial_ms = u64::MAX;
+        s.retry.backoff_max_ms = u64::MAX;
+        assert_eq!(s.validate().unwrap_err().field, "retry.backoff_initial_ms");
+        s.retry.backoff_initial_ms = 1000;
+        assert_eq!(s.validate().unwrap_err().field, "retry.backoff_max_ms");
+        // A policy stored before the bound: the longest delay, never none.
+        let p = s.retry.clone();
+        let p = RetryPolicy { backoff_initial_ms: u64::MAX, ..p };
+        for jitter in [0, 500, 1000] {
+            for attempt in [1, 2, 40] {
+                assert!(p.backoff_ms(attempt, jitter) >= MAX_BACKOFF_MS * 8 / 10, "{attempt} {jitter}");
+            }
+        }
+        assert_eq!(p.backoff_ms(1, 500), MAX_BACKOFF_MS);
     }
 
     #[test]

@@ -82,6 +82,9 @@ impl Application {
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
         let index = JobIndex::spawn(store.clone(), stop.clone());
+        // Create the worker registry with the configured TTL before any worker
+        // or reader creates it with the default.
+        fetchml_eventstore::ensure_registry(store.jetstream(), store.subjects(), settings.worker_ttl()).await?;
         let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
         let pg = fetchml_projections::pool(&settings.postgres.url)?;
         // Create the read-model tables now if Postgres answers, so the first

@@ -191,14 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if cli.json {
                 println!("{job}");
             } else {
-                println!(
-                    "{}  {}  attempt {}  exit {}  {}",
-                    job["id"].as_str().unwrap_or(""),
-                    job["state"].as_str().unwrap_or(""),
-                    job["attempt"],
-                    job["exit_code"],
-                    job["reason"].as_str().unwrap_or("")
-                );
+                println!("{}", status_line(&job));
             }
         }
         Command::Events { id } => {
@@ -292,6 +285,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// One line about a job: id, state, attempt, how its last attempt ended and
+/// why. Only what the job has is printed: an attempt that ended without an
+/// exit code (killed by a signal, lost with its worker, refused before it
+/// started) says so by its signal or failure class, never "exit null".
+fn status_line(job: &Value) -> String {
+    let mut parts = vec![
+        job["id"].as_str().unwrap_or("").to_owned(),
+        job["state"].as_str().unwrap_or("").to_owned(),
+        format!("attempt {}", job["attempt"].as_u64().unwrap_or(0)),
+    ];
+    let class = job["failure_class"].as_str();
+    if let Some(code) = job["exit_code"].as_i64() {
+        parts.push(format!("exit {code}"));
+    } else if let Some(sig) = job["signal"].as_i64() {
+        parts.push(format!("signal {sig}"));
+    } else if class.is_some() {
+        parts.push("no exit code".to_owned());
+    }
+    if let Some(class) = class {
+        parts.push(format!("{class} failure"));
+    }
+    if job["state"] == "retry_scheduled"
+        && let Some(nb) = job["not_before"].as_str()
+    {
+        parts.push(format!("next attempt after {nb}"));
+    }
+    if let Some(reason) = job["reason"].as_str().filter(|r| !r.is_empty()) {
+        parts.push(reason.to_owned());
+    }
+    parts.join("  ")
+}
+
 /// Polls the job until it ends (the streams issue replaces this with a
 /// WebSocket subscription); exits with the job's exit code, or 1.
 async fn wait_for(api: &Api, id: &str, json: bool) -> anyhow::Result<ExitCode> {
@@ -310,5 +335,34 @@ async fn wait_for(api: &Api, id: &str, json: bool) -> anyhow::Result<ExitCode> {
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Defect 14: `ml status` printed "exit null" for an attempt that ended
+    /// without an exit code.
+    #[test]
+    fn status_says_how_an_attempt_ended_without_printing_null() {
+        let failed = json!({"id": "j", "state": "failed", "attempt": 1, "exit_code": null, "signal": null,
+            "failure_class": "code", "reason": "working dir out leaves the job root"});
+        let line = status_line(&failed);
+        assert_eq!(line, "j  failed  attempt 1  no exit code  code failure  working dir out leaves the job root");
+        let killed = json!({"id": "j", "state": "dead_lettered", "attempt": 3, "exit_code": null, "signal": 9,
+            "failure_class": "infrastructure", "reason": "killed by signal 9"});
+        assert_eq!(
+            status_line(&killed),
+            "j  dead_lettered  attempt 3  signal 9  infrastructure failure  killed by signal 9"
+        );
+        let ok = json!({"id": "j", "state": "succeeded", "attempt": 1, "exit_code": 0, "signal": null,
+            "failure_class": null, "reason": null});
+        assert_eq!(status_line(&ok), "j  succeeded  attempt 1  exit 0");
+        let queued = json!({"id": "j", "state": "queued", "attempt": 0, "exit_code": null});
+        assert_eq!(status_line(&queued), "j  queued  attempt 0");
+        for job in [failed, killed, ok, queued] {
+            assert!(!status_line(&job).contains("null"));
+        }
     }
 }

@@ -30,7 +30,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 mod reconcile;
-pub use reconcile::{ReconcileReport, reconcile_once, run_reconciler};
+pub use reconcile::{ReconcileError, ReconcileReport, reconcile_once, run_reconciler};
 
 /// The durable consumer's name (per namespace: the streams are per namespace).
 pub const CONSUMER: &str = "dispatcher";

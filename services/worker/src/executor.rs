@@ -80,12 +80,18 @@ impl Executor for NoopExecutor {
     }
 }
 
-/// Sleeps `command[0]` milliseconds (default 1000), honouring cancel.
+/// Sleeps `command[0]` milliseconds (default 1000), honouring cancel. The
+/// argument is read by the rule the api checked at submit
+/// ([`JobSpec::sleep_ms`]); a job stored before that check with a bad one
+/// fails as the job's own fault instead of succeeding at once.
 pub struct SleepExecutor;
 impl Executor for SleepExecutor {
     fn run<'a>(&'a self, req: &'a ExecRequest, io: ExecIo) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let ms = req.spec.command.first().and_then(|s| s.parse().ok()).unwrap_or(1000);
+            let ms = match req.spec.sleep_ms() {
+                Ok(ms) => ms,
+                Err(e) => return failed(FailureClass::Code, None, None, e.to_string()),
+            };
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(ms)) => Outcome::Succeeded,
                 _ = io.cancel.cancelled() => failed(FailureClass::Unknown, None, None, "cancelled"),
@@ -94,12 +100,16 @@ impl Executor for SleepExecutor {
     }
 }
 
-/// Fails at once with exit code `command[0]` (default 1).
+/// Fails at once with exit code `command[0]` (1-255, default 1; see
+/// [`JobSpec::fail_exit_code`]).
 pub struct FailExecutor;
 impl Executor for FailExecutor {
     fn run<'a>(&'a self, req: &'a ExecRequest, _io: ExecIo) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
-            let code = req.spec.command.first().and_then(|s| s.parse().ok()).unwrap_or(1);
+            let code = match req.spec.fail_exit_code() {
+                Ok(c) => c,
+                Err(e) => return failed(FailureClass::Code, None, None, e.to_string()),
+            };
             failed(FailureClass::Code, Some(code), None, format!("exit status {code}"))
         })
     }
@@ -176,17 +186,81 @@ impl Executor for PodmanExecutor {
     }
 }
 
-/// Resolves the working directory inside the job root; refuses escapes through
-/// `..` or symlinks.
-fn working_dir(root: &Path, rel: Option<&str>) -> Result<PathBuf, String> {
-    std::fs::create_dir_all(root).map_err(|e| format!("cannot create job root {}: {e}", root.display()))?;
-    let root = root.canonicalize().map_err(|e| format!("job root {}: {e}", root.display()))?;
+/// Why a job's working directory could not be prepared. Whose fault it is
+/// decides the failure class, and so whether the attempt is retried.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkingDirError {
+    /// The worker's own job root is unusable: the machine's problem.
+    #[error("job root {root}: {source}")]
+    Root { root: PathBuf, source: std::io::Error },
+    /// The job's `working_dir` leads out of the job root (through a symlink;
+    /// `..` and absolute paths are refused at submit): the job's own doing,
+    /// and the same on every worker, so retrying cannot help.
+    #[error("working dir {rel} leaves the job root")]
+    Escapes { rel: String },
+    /// A part of `working_dir` exists and is not a directory.
+    #[error("working dir {rel}: {part} is not a directory")]
+    NotADirectory { rel: String, part: String },
+    /// Creating or resolving a part failed for another reason.
+    #[error("working dir {rel}: {source}")]
+    Io { rel: String, source: std::io::Error },
+}
+
+impl WorkingDirError {
+    pub fn class(&self) -> FailureClass {
+        match self {
+            WorkingDirError::Escapes { .. } | WorkingDirError::NotADirectory { .. } => FailureClass::Code,
+            WorkingDirError::Root { .. } | WorkingDirError::Io { .. } => FailureClass::Infrastructure,
+        }
+    }
+}
+
+/// Resolves the working directory inside the job root, creating what is
+/// missing one part at a time. Each part that exists is resolved (symlinks
+/// followed) and must still be inside the root before anything is created
+/// under it, so a symlink out of the root is refused and never written
+/// through. (A job that swaps a part for a symlink while this runs is not
+/// stopped here: jobs sharing a root trust each other that far.)
+pub fn working_dir(root: &Path, rel: Option<&str>) -> Result<PathBuf, WorkingDirError> {
+    let root_err = |source| WorkingDirError::Root { root: root.to_owned(), source };
+    std::fs::create_dir_all(root).map_err(root_err)?;
+    let root = root.canonicalize().map_err(root_err)?;
     let Some(rel) = rel else { return Ok(root) };
-    let dir = root.join(rel);
-    std::fs::create_dir_all(&dir).map_err(|e| format!("cannot create working dir {rel}: {e}"))?;
-    let dir = dir.canonicalize().map_err(|e| format!("working dir {rel}: {e}"))?;
-    if !dir.starts_with(&root) {
-        return Err(format!("working dir {rel} leaves the job root"));
+    let io = |source| WorkingDirError::Io { rel: rel.to_owned(), source };
+    let mut dir = root.clone();
+    for part in Path::new(rel).components() {
+        let next = match part {
+            std::path::Component::Normal(p) => dir.join(p),
+            std::path::Component::CurDir => continue,
+            // Refused at submit; a spec stored before that is still refused.
+            _ => return Err(WorkingDirError::Escapes { rel: rel.to_owned() }),
+        };
+        match std::fs::symlink_metadata(&next) {
+            Ok(_) => {
+                let resolved = next.canonicalize().map_err(io)?;
+                if !resolved.starts_with(&root) {
+                    return Err(WorkingDirError::Escapes { rel: rel.to_owned() });
+                }
+                if !resolved.is_dir() {
+                    let part = next.strip_prefix(&root).unwrap_or(&next).display().to_string();
+                    return Err(WorkingDirError::NotADirectory { rel: rel.to_owned(), part });
+                }
+                dir = resolved;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match std::fs::create_dir(&next) {
+                Ok(()) => dir = next,
+                // Another attempt created it meanwhile: resolve it next round.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let resolved = next.canonicalize().map_err(io)?;
+                    if !resolved.starts_with(&root) {
+                        return Err(WorkingDirError::Escapes { rel: rel.to_owned() });
+                    }
+                    dir = resolved;
+                }
+                Err(e) => return Err(io(e)),
+            },
+            Err(e) => return Err(io(e)),
+        }
     }
     Ok(dir)
 }
@@ -201,7 +275,7 @@ fn supervisor() -> Option<PathBuf> {
 async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
     let cwd = match working_dir(&req.job_root, req.spec.working_dir.as_deref()) {
         Ok(d) => d,
-        Err(reason) => return failed(FailureClass::Infrastructure, None, None, reason),
+        Err(e) => return failed(e.class(), None, None, e.to_string()),
     };
     let argv: Vec<String> = if req.spec.shell {
         vec!["/bin/sh".into(), "-c".into(), req.spec.command.join(" ")]
@@ -351,6 +425,29 @@ async fn forward(pipe: impl AsyncRead + Unpin, stream: LogStream, logs: mpsc::Se
 mod tests {
     use super::*;
     use fetchml_events::job::JobSpec;
+
+    /// Defect 14: a symlink out of the job root was an `infrastructure`
+    /// failure (retried three times, then dead-lettered); it is the job's own.
+    #[test]
+    fn a_symlink_out_of_the_job_root_is_the_jobs_fault_and_nothing_is_created_through_it() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("out")).unwrap();
+        for rel in ["out", "out/sub", "./out/a/b"] {
+            let e = working_dir(root.path(), Some(rel)).unwrap_err();
+            assert!(matches!(e, WorkingDirError::Escapes { .. }), "{rel}: {e}");
+            assert_eq!(e.class(), FailureClass::Code);
+        }
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing created outside the root");
+        std::fs::write(root.path().join("file"), b"x").unwrap();
+        let e = working_dir(root.path(), Some("file/sub")).unwrap_err();
+        assert_eq!(e.class(), FailureClass::Code, "{e}");
+        // Inside the root, a symlink that stays inside is fine.
+        std::os::unix::fs::symlink(root.path().join("a"), root.path().join("link")).unwrap();
+        let d = working_dir(root.path(), Some("a/b")).unwrap();
+        assert!(d.is_dir() && d.ends_with("a/b"));
+        assert_eq!(working_dir(root.path(), Some("link/b")).unwrap(), d);
+    }
 
     #[test]
     fn podman_runs_the_argv_in_a_named_container_without_a_shell() {

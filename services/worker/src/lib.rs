@@ -23,6 +23,11 @@
 //! the highest-priority non-empty queue first, and learns which queues have work
 //! from a plain subscription on the pool's dispatch subjects (no polling while
 //! idle, apart from a slow sweep that catches redeliveries).
+//!
+//! **Draining.** On stop the worker takes no new tickets, lets its running
+//! jobs finish (up to `drain_secs`), then hands the rest back. Throughout, it
+//! keeps its registry entry fresh, marked `draining`: it still holds leases,
+//! and a worker missing from the registry has its running jobs taken over.
 
 pub mod executor;
 mod progress;
@@ -37,11 +42,11 @@ use fetchml_events::dispatch::DispatchTicket;
 use fetchml_events::hash::GENESIS;
 use fetchml_events::ids::PoolName;
 use fetchml_events::job::{FailureClass, JobCommand, JobRejection, JobStatus, Metrics, Outcome};
-use fetchml_events::subject::served_label_keys;
+use fetchml_events::subject::{check_label, served_label_keys};
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, JobId, WorkerId};
 use fetchml_eventstore::{
-    CommandContext, EventStore, ExecuteError, HEARTBEAT, StoreError, WorkerRecord, open_registry,
+    CommandContext, EventStore, ExecuteError, StoreError, WorkerRecord, ensure_registry, heartbeat_every, open_registry,
 };
 use fetchml_runtime::Settings;
 use fetchml_runtime::settings::WorkerSettings;
@@ -49,9 +54,9 @@ use futures::StreamExt;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -89,6 +94,12 @@ pub struct Worker {
     pool: PoolName,
     id: WorkerId,
     running: Arc<AtomicUsize>,
+    /// Set once the worker stops taking jobs; shown in its registry entry.
+    draining: AtomicBool,
+    /// Wakes the heartbeat for an extra refresh (the start of a drain).
+    refresh: Notify,
+    /// How long a registry entry lives (used if this worker creates the bucket).
+    registry_ttl: Duration,
 }
 
 /// One (priority, label set) queue, ordered so that higher priorities come first.
@@ -103,7 +114,9 @@ impl Worker {
             return Err(WorkerError::Settings(format!("at most {MAX_WORKER_LABELS} labels per worker")));
         }
         for l in &settings.worker.labels {
-            PoolName::parse(l.as_str()).map_err(|e| WorkerError::Settings(format!("label {l:?}: {e}")))?;
+            // The same rule as a job's labels: a worker offering `_` would
+            // otherwise be the same queue as "no labels".
+            check_label(l).map_err(|e| WorkerError::Settings(format!("worker.labels: {e}")))?;
         }
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
         let store = EventStore::open(
@@ -119,6 +132,9 @@ impl Worker {
             pool,
             id: WorkerId::new(),
             running: Arc::new(AtomicUsize::new(0)),
+            draining: AtomicBool::new(false),
+            refresh: Notify::new(),
+            registry_ttl: settings.worker_ttl(),
         })
     }
 
@@ -172,7 +188,9 @@ impl Worker {
             .map_err(|e| WorkerError::Consumer(e.to_string()))?;
         let this = Arc::new(self);
         let head = this.announce_start().await?;
-        let heartbeat = this.clone().heartbeat(stop.clone());
+        // The heartbeat outlives `stop`: it ends after the drain (see the header).
+        let alive = CancellationToken::new();
+        let heartbeat = this.clone().heartbeat(alive.clone());
 
         let slots = Arc::new(Semaphore::new(this.settings.concurrency));
         let kill_all = CancellationToken::new();
@@ -241,13 +259,17 @@ impl Worker {
             while running.try_join_next().is_some() {}
         }
         tracing::info!(running = running.len(), "stopping: no new jobs; waiting for running ones");
+        this.draining.store(true, Ordering::Relaxed);
+        this.refresh.notify_one();
         let drain = Duration::from_secs(this.settings.drain_secs);
         if tokio::time::timeout(drain, async { while running.join_next().await.is_some() {} }).await.is_err() {
             tracing::warn!(running = running.len(), "drain deadline passed; handing the remaining jobs back");
             kill_all.cancel();
             while running.join_next().await.is_some() {}
         }
-        heartbeat.abort();
+        // Stop refreshing before the entry is deleted, so no refresh lands after.
+        alive.cancel();
+        let _ = heartbeat.await;
         this.announce_stop(head).await;
         Ok(())
     }
@@ -280,35 +302,57 @@ impl Worker {
         }
     }
 
-    /// Keeps this worker's registry entry fresh.
-    fn heartbeat(self: Arc<Self>, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Keeps this worker's registry entry fresh, every third of the bucket's
+    /// TTL, until `alive` is cancelled (after the drain).
+    fn heartbeat(self: Arc<Self>, alive: CancellationToken) -> tokio::task::JoinHandle<()> {
         tokio::spawn(async move {
             let started_at = chrono::Utc::now();
-            let mut tick = tokio::time::interval(HEARTBEAT);
+            let mut registry = None;
+            let mut every = fetchml_eventstore::HEARTBEAT;
+            let mut tick = tokio::time::interval(every);
             loop {
-                tokio::select! { _ = stop.cancelled() => return, _ = tick.tick() => {} }
+                tokio::select! {
+                    _ = alive.cancelled() => return,
+                    _ = tick.tick() => {}
+                    _ = self.refresh.notified() => {}
+                }
+                if registry.is_none() {
+                    match ensure_registry(self.store.jetstream(), self.store.subjects(), self.registry_ttl).await {
+                        Ok(kv) => {
+                            let paced = heartbeat_every(&kv).await;
+                            if paced != every {
+                                every = paced;
+                                tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+                            }
+                            registry = Some(kv);
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "registry heartbeat failed");
+                            continue;
+                        }
+                    }
+                }
                 let record = WorkerRecord {
                     id: self.id.to_string(),
                     pool: self.pool.to_string(),
                     labels: self.settings.labels.clone(),
                     concurrency: self.settings.concurrency,
                     running: self.running.load(Ordering::Relaxed),
+                    draining: self.draining.load(Ordering::Relaxed),
                     host: hostname(),
                     pid: std::process::id(),
                     started_at,
                     seen_at: chrono::Utc::now(),
                 };
-                let result = match open_registry(self.store.jetstream(), self.store.subjects()).await {
-                    Ok(kv) => match serde_json::to_vec(&record) {
-                        Ok(body) => {
-                            kv.put(self.id.to_string(), body.into()).await.map(|_| ()).map_err(|e| e.to_string())
-                        }
-                        Err(e) => Err(e.to_string()),
-                    },
+                let Some(kv) = &registry else { continue };
+                let result = match serde_json::to_vec(&record) {
+                    Ok(body) => kv.put(self.id.to_string(), body.into()).await.map(|_| ()).map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),
                 };
                 if let Err(e) = result {
                     tracing::warn!(error = %e, "registry heartbeat failed");
+                    // Opened again next time (the bucket may have been recreated).
+                    registry = None;
                 }
             }
         })

@@ -34,6 +34,10 @@ pub struct Plan {
     pub redact: bool,
 }
 
+/// How long an experiment subscription waits for the job index to catch up
+/// with the log after an api start.
+const INDEX_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The maximum number of jobs one subscription may name.
 pub const MAX_JOBS: usize = 64;
 
@@ -137,6 +141,15 @@ impl Plan {
                 }
             }
             Target::Experiment(name) => {
+                // Which jobs are in the experiment comes, for progress and for
+                // replays that start after a job was queued, from the job
+                // index: a subscription made while it still replays the log
+                // after a start would drop messages of jobs it has not read yet.
+                if !state.index.caught_up()
+                    && !tokio::time::timeout(INDEX_WAIT, state.index.wait_caught_up()).await.unwrap_or(false)
+                {
+                    return Err(refuse("not_caught_up", "the job index is still reading the log; try again", None));
+                }
                 experiment = Some(name.clone());
                 all_filters(&mut filters, ns, stream, owners.as_deref(), &kinds);
             }
