@@ -182,7 +182,7 @@ pub async fn list_jobs(
 
 const FULL_COLS: &str = "id, created_at, json_build_object(
     'id', id, 'state', state, 'attempt', attempt, 'exit_code', exit_code, 'failure_class', failure_class,
-    'reason', reason, 'owner', owner, 'pool', pool, 'priority', priority, 'labels', labels,
+    'reason', reason, 'not_before', not_before, 'owner', owner, 'pool', pool, 'priority', priority, 'labels', labels,
     'experiment', experiment, 'tags', tags, 'metrics', metrics, 'worker', worker,
     'created_at', created_at, 'started_at', started_at, 'finished_at', finished_at,
     'updated_at', updated_at, 'seq', last_seq)::jsonb AS item";
