@@ -238,13 +238,16 @@ async fn copy(pool: PgPool, statement: String, data: bytes::Bytes) -> Result<(),
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
+    // Not back into the pool afterwards: a COPY that Postgres refused, or
+    // that was dropped half-way (another table's COPY failed), leaves the
+    // connection in a state the next user would trip over.
+    conn.close_on_drop();
     let mut c = conn.copy_in_raw(&statement).await?;
     c.send(data).await?;
     c.finish().await?;
     Ok(())
 }
 
-/// Writes the folded rows into the (empty) tables `conn` sees.
 /// Writes the folded rows into the tables of `schema`, each table by its own
 /// connection at the same time.
 pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), ProjectionError> {

@@ -138,6 +138,53 @@ async fn no_event_the_log_can_hold_stops_the_projector_and_a_rebuild_agrees() {
     assert_eq!(live, fetchml_projections::checksums(&pool).await.unwrap());
 }
 
+#[tokio::test]
+async fn an_event_postgres_refuses_for_an_unforeseen_reason_is_a_fault_and_the_rest_goes_on() {
+    let app = spawn_app().await;
+    let (_, first) = app.submit(json!({"executor": "noop", "command": []})).await;
+    let (s, _) = app.get(&format!("/v1/jobs?after_seq={}", first["seq"])).await;
+    assert_eq!(s, 200);
+    // A refusal no rule of the projector foresees (a constraint an operator
+    // added, say): the same for the live tables and a rebuild's copies.
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+    sqlx::query("ALTER TABLE admin_jobs ADD CONSTRAINT test_refuses CHECK (experiment IS DISTINCT FROM 'refused')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    // One request, so that both jobs are likely in one projector batch.
+    let r = app
+        .http
+        .post(app.url("/v1/jobs/batch"))
+        .json(&json!({"jobs": [
+            {"executor": "noop", "command": [], "experiment": "refused"},
+            {"executor": "noop", "command": [], "experiment": "fine"},
+        ]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 202);
+    let jobs: Value = r.json().await.unwrap();
+    let (refused, fine) = (&jobs["jobs"][0], &jobs["jobs"][1]);
+    let last = refused["seq"].as_u64().unwrap().max(fine["seq"].as_u64().unwrap());
+    let (s, list) = app.get(&format!("/v1/jobs?after_seq={last}")).await;
+    assert_eq!(s, 200, "the projector is stuck: {list}");
+    let ids: Vec<&Value> = list["items"].as_array().unwrap().iter().map(|j| &j["id"]).collect();
+    assert!(ids.contains(&&fine["id"]) && !ids.contains(&&refused["id"]), "{list}");
+    let faults: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT seq, model, code FROM projection_faults").fetch_all(&pool).await.unwrap();
+    assert_eq!(faults, [(refused["seq"].as_i64().unwrap(), "jobs".to_owned(), "refused_by_postgres".to_owned())]);
+
+    // A rebuild skips what the live projector could not store...
+    let store = store_of(&app).await;
+    let live = fetchml_projections::checksums(&pool).await.unwrap();
+    fetchml_projections::rebuild(&pool, &store).await.unwrap();
+    assert_eq!(live, fetchml_projections::checksums(&pool).await.unwrap());
+    // ...and, knowing no faults (a fresh database), finds the same on its own.
+    sqlx::query("DELETE FROM projection_faults").execute(&pool).await.unwrap();
+    fetchml_projections::rebuild(&pool, &store).await.unwrap();
+    assert_eq!(live, fetchml_projections::checksums(&pool).await.unwrap());
+}
+
 /// Microsecond instants (Postgres keeps microseconds, the log nanoseconds).
 fn instant(v: &Value) -> Option<i64> {
     v.as_str().map(|s| s.parse::<DateTime<Utc>>().unwrap().timestamp_micros())
