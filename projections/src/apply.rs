@@ -76,7 +76,9 @@ pub async fn apply_batch(
         .map(|j| j.id)
         .collect();
     let mut rows = load_rows(conn, &existing).await?;
+    // The jobs whose rows changed, in the order first changed.
     let mut changed: Vec<Uuid> = Vec::new();
+    let mut in_changed: HashSet<Uuid> = HashSet::new();
     let mut metrics: BTreeMap<MetricKey, MetricRow> = BTreeMap::new();
     for j in &jobs {
         let row = rows.entry(j.id).or_insert(None);
@@ -86,7 +88,7 @@ pub async fn apply_batch(
         {
             fold::fold_metrics(&mut metrics, &mut faults, j.id, r, j.seq, j.env.occurred_at, &j.env.payload);
         }
-        if row.as_ref().map(|r| r.last_seq) != was && !changed.contains(&j.id) {
+        if row.as_ref().map(|r| r.last_seq) != was && in_changed.insert(j.id) {
             changed.push(j.id);
         }
     }

@@ -1,8 +1,9 @@
 //! The rebuild's fast path: fold the whole log in memory, then write the final
 //! rows with `COPY`, instead of several statements per event. The rows are
-//! exactly those the incremental projector (`apply.rs`) produces; the test
-//! that kills the projector and compares checksums with a rebuild holds both to
-//! that.
+//! exactly those the incremental projector (`apply.rs`) produces: both fold
+//! with `fold.rs` (the domain's `evolve`), decode with its NUL rule and find
+//! the same faults; the test that kills the projector and compares checksums
+//! with a rebuild holds both to that.
 
 use crate::ProjectionError;
 use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, attempt_of, enum_str};

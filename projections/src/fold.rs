@@ -359,6 +359,57 @@ pub(crate) fn array(items: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fetchml_events::job::{FailureClass, fold as domain_fold};
+
+    fn at(s: i64) -> DateTime<Utc> {
+        DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap()
+    }
+
+    fn history() -> Vec<JobEvent> {
+        vec![
+            JobEvent::JobQueued { owner: UserName::parse("alice").unwrap(), spec: JobSpec::command(["true"]) },
+            JobEvent::JobStarted { attempt: 1, worker: WorkerId::new() },
+            JobEvent::JobRetryScheduled {
+                attempt: 1,
+                exit_code: None,
+                signal: Some(9),
+                class: FailureClass::Infrastructure,
+                reason: "lost".into(),
+                not_before: at(3600),
+                metrics: Metrics::new(),
+            },
+            JobEvent::JobCancelled { reason: "enough".into() },
+        ]
+    }
+
+    #[test]
+    fn a_row_holds_the_domain_state_of_its_job() {
+        let events = history();
+        let mut row = None;
+        for (i, e) in events.iter().enumerate() {
+            assert!(JobRow::fold(&mut row, i as i64 + 1, at(i as i64), e));
+        }
+        let row = row.unwrap();
+        assert_eq!(row.job, domain_fold(&events).unwrap());
+        assert_eq!(row.job.not_before, None, "a cancelled job waits for nothing");
+        assert_eq!((row.started_at, row.finished_at, row.updated_at), (Some(at(1)), Some(at(3)), at(3)));
+    }
+
+    #[test]
+    fn a_replayed_or_ignored_event_changes_nothing() {
+        let events = history();
+        let mut row = None;
+        for (i, e) in events.iter().enumerate() {
+            JobRow::fold(&mut row, i as i64 + 1, at(i as i64), e);
+        }
+        let before = row.clone();
+        assert!(!JobRow::fold(&mut row, 2, at(99), &events[1]), "a replay");
+        assert_eq!(row, before);
+        // After the end, only a requeue counts: a late start is ignored.
+        assert!(!JobRow::fold(&mut row, 9, at(99), &events[1]));
+        let r = row.unwrap();
+        assert_eq!((r.job.status, r.updated_at, r.last_seq), (JobStatus::Cancelled, at(3), 9));
+    }
 
     #[test]
     fn nul_escapes_become_replacement_characters_and_nothing_else_changes() {

@@ -72,8 +72,7 @@ impl Health {
         if self.is_down() {
             return Err(ProjectionError::Down);
         }
-        let read = std::pin::pin!(read);
-        let mut read = read;
+        let mut read = std::pin::pin!(read);
         let result = tokio::select! {
             r = &mut read => r,
             _ = tokio::time::sleep(SLOW) => {

@@ -8,8 +8,14 @@
 //!   from sequence 1 yields the same tables.
 //! - **One writer.** A replica runs the projection only while it holds a
 //!   Postgres advisory lock on the connection it writes with; others wait.
+//! - **No event stops it.** A job's row is the domain's own fold (`fold.rs`).
+//!   What Postgres cannot hold is stored safely (NUL as U+FFFD) or recorded as
+//!   a fault in `projection_faults`, with the checkpoint, and skipped; a
+//!   refusal nothing foresaw is isolated to its event the same way. A rebuild
+//!   skips and records the same events.
 //! - **Postgres down.** Commands do not need Postgres; the projector retries
-//!   with backoff and catches up on its own when it returns.
+//!   with backoff and catches up on its own when it returns. Reads answer at
+//!   once while it is known down ([`Health`]).
 //! - **Rebuild without a gap.** `rebuild` fills fresh tables in a shadow schema
 //!   from sequence 1, then, holding exclusive locks, catches up to the live
 //!   checkpoint and swaps the tables in one transaction: readers wait for the
@@ -452,10 +458,8 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     // Events Postgres refused to the live projector, for reasons `fold.rs`
     // does not foresee: the rebuild skips them too and keeps their faults, so
     // that it yields the same tables. (Foreseen faults it finds on its own.)
-    let carried: Vec<Fault> = match faults_on(&mut conn, "public").await {
-        Ok(f) => f.into_iter().filter(|f| f.code == fold::code::REFUSED).collect(),
-        Err(e) => return Err(e),
-    };
+    let carried: Vec<Fault> =
+        faults_on(&mut conn, "public").await?.into_iter().filter(|f| f.code == fold::code::REFUSED).collect();
     let skip: HashSet<i64> = carried.iter().map(|f| f.seq).collect();
     // Fast path: fold everything in memory and COPY the final rows (the
     // incremental projector needs several statements per event).
