@@ -32,11 +32,11 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
+    read_your_writes(&state, &q).await?;
     // By the rules experiment names were stored under: a name no job can
     // have (NUL, control characters, too long) is a bad request, not a query.
     let name = fetchml_events::text::normalize(&name).into_owned();
     fetchml_projections::queries::check_value("name", &name, fetchml_events::job::MAX_EXPERIMENT_CHARS)?;
-    read_your_writes(&state, &q).await?;
     let read = fetchml_projections::queries::experiments(&state.pg, &scope, Some(&name));
     let mut items = state.pg_health.guard(read).await?;
     items.pop().map(Json).ok_or(ApiError::NotFound("experiment_not_found"))
