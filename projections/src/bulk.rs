@@ -1,41 +1,22 @@
 //! The rebuild's fast path: fold the whole log in memory, then write the final
 //! rows with `COPY`, instead of several statements per event. The rows are
-//! exactly those the incremental projector (`apply.rs`) produces; the test
-//! that kills the projector and compares checksums with a rebuild holds both to
-//! that.
+//! exactly those the incremental projector (`apply.rs`) produces: both fold
+//! with `fold.rs` (the domain's `evolve`), decode with its NUL rule and find
+//! the same faults; the test that kills the projector and compares checksums
+//! with a rebuild holds both to that.
 
 use crate::ProjectionError;
-use crate::apply::{attempt_of, enum_str};
+use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, attempt_of, enum_str};
 use chrono::{DateTime, Utc};
-use fetchml_events::envelope::peek;
-use fetchml_events::job::{Job, JobEvent, evolve};
+use fetchml_events::Envelope;
+use fetchml_events::job::JobEvent;
 use fetchml_events::worker::WorkerEvent;
-use fetchml_events::{AggregateKind, Envelope};
 use fetchml_eventstore::{EventStore, StartAt};
 use futures::StreamExt;
 use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
-
-struct JobRow {
-    state: Job,
-    created_at: DateTime<Utc>,
-    started_at: Option<DateTime<Utc>>,
-    finished_at: Option<DateTime<Utc>>,
-    updated_at: DateTime<Utc>,
-    last_seq: u64,
-}
-
-struct MetricRow {
-    last_value: f64,
-    last_step: Option<u64>,
-    last_job: Uuid,
-    min: f64,
-    max: f64,
-    updated_at: DateTime<Utc>,
-    last_seq: u64,
-}
 
 struct WorkerRow {
     pool: String,
@@ -53,8 +34,11 @@ pub struct Folded {
     jobs: HashMap<Uuid, JobRow>,
     order: Vec<Uuid>,
     timeline: String,
-    metrics: BTreeMap<(String, String, String), MetricRow>,
+    metrics: BTreeMap<MetricKey, MetricRow>,
     workers: BTreeMap<String, WorkerRow>,
+    faults: Vec<Fault>,
+    /// Events the live projector could not store: skipped here too.
+    skip: HashSet<i64>,
     pub last_seq: u64,
 }
 
@@ -132,29 +116,8 @@ fn row(out: &mut String, fields: &[Option<String>]) {
     out.push('\n');
 }
 
-/// A text[] literal.
-pub(crate) fn array(items: &[String]) -> String {
-    let mut s = String::from("{");
-    for (i, it) in items.iter().enumerate() {
-        if i > 0 {
-            s.push(',');
-        }
-        s.push('"');
-        for c in it.chars() {
-            if c == '"' || c == '\\' {
-                s.push('\\');
-            }
-            s.push(c);
-        }
-        s.push('"');
-    }
-    s.push('}');
-    s
-}
-
 impl Folded {
-    fn job_event(&mut self, seq: u64, env: Envelope<JobEvent>) {
-        let Ok(id) = env.aggregate_id.parse::<Uuid>() else { return };
+    fn job_event(&mut self, seq: u64, id: Uuid, env: Envelope<JobEvent>) {
         let at = env.occurred_at;
         let actor = serde_json::to_value(&env.actor).unwrap_or(Value::Null).to_string();
         let attempt = attempt_of(&env.payload).map(|a| a.to_string());
@@ -169,72 +132,20 @@ impl Folded {
                 Some(ts(at)),
             ],
         );
-        let p = &env.payload;
-        let existing = self.jobs.remove(&id);
-        let Some(mut r) = (match existing {
-            None => match p {
-                JobEvent::JobQueued { .. } => evolve(None, p).map(|state| {
-                    self.order.push(id);
-                    JobRow { state, created_at: at, started_at: None, finished_at: None, updated_at: at, last_seq: seq }
-                }),
-                _ => None,
-            },
-            Some(mut r) => {
-                if !matches!(p, JobEvent::JobQueued { .. }) {
-                    if let Some(s) = evolve(Some(r.state.clone()), p) {
-                        r.state = s;
-                    }
-                    r.updated_at = at;
-                    r.last_seq = seq;
-                    match p {
-                        JobEvent::JobStarted { .. } => r.started_at = Some(at),
-                        // The incremental projector clears not_before on every
-                        // ending, a cancel of a scheduled retry included.
-                        JobEvent::JobCancelled { .. } => {
-                            r.state.not_before = None;
-                            r.finished_at = Some(at);
-                        }
-                        JobEvent::JobRetryScheduled { .. } | JobEvent::JobRequeued { .. } => r.finished_at = None,
-                        e if e.is_terminal() => r.finished_at = Some(at),
-                        _ => {}
-                    }
-                }
-                Some(r)
-            }
-        }) else {
-            return;
-        };
-        let metrics = match p {
-            JobEvent::JobSucceeded { metrics, .. }
-            | JobEvent::JobRetryScheduled { metrics, .. }
-            | JobEvent::JobFailed { metrics, .. }
-            | JobEvent::JobTimedOut { metrics, .. }
-            | JobEvent::JobDeadLettered { metrics, .. } => Some(metrics),
-            _ => None,
-        };
-        if let (Some(metrics), Some(exp)) = (metrics, r.state.spec.experiment.clone()) {
-            for (name, m) in metrics {
-                let key = (exp.clone(), r.state.owner.to_string(), name.clone());
-                let e = self.metrics.entry(key).or_insert(MetricRow {
-                    last_value: m.value,
-                    last_step: m.step,
-                    last_job: id,
-                    min: m.value,
-                    max: m.value,
-                    updated_at: at,
-                    last_seq: seq,
-                });
-                e.last_value = m.value;
-                e.last_step = m.step;
-                e.last_job = id;
-                e.min = e.min.min(m.value);
-                e.max = e.max.max(m.value);
-                e.updated_at = at;
-                e.last_seq = seq;
-            }
+        let seq = seq as i64;
+        let mut r = self.jobs.remove(&id);
+        let new = r.is_none();
+        if JobRow::fold(&mut r, seq, at, &env.payload)
+            && let Some(row) = r.as_ref()
+        {
+            fold::fold_metrics(&mut self.metrics, &mut self.faults, id, row, seq, at, &env.payload);
         }
-        r.last_seq = seq;
-        self.jobs.insert(id, r);
+        if let Some(row) = r {
+            if new {
+                self.order.push(id);
+            }
+            self.jobs.insert(id, row);
+        }
     }
 
     fn worker_event(&mut self, seq: u64, env: Envelope<WorkerEvent>) {
@@ -269,16 +180,8 @@ const RANGE: u64 = 25_000;
 /// Ranges read at once: memory is about RANGE_READERS × RANGE × an event.
 const RANGE_READERS: usize = 4;
 
-/// An event decoded by a range reader.
-enum Decoded {
-    Job(u64, Box<Envelope<JobEvent>>),
-    Worker(u64, Box<Envelope<WorkerEvent>>),
-    /// Audit events (users), and anything undecodable: only its sequence counts.
-    Skip(u64),
-}
-
 /// Reads and decodes events `from..=to`.
-async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded>, ProjectionError> {
+async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<(u64, Decoded)>, ProjectionError> {
     let mut out = Vec::with_capacity((to - from + 1) as usize);
     let mut events = store.read(&store.subjects().all_events(), StartAt::Sequence(from)).await?;
     let user_prefix = format!("{}.ev.user.", store.subjects().namespace());
@@ -289,18 +192,8 @@ async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded
         }
         let seq = ev.seq;
         // Audit events never reach the read models: skip them unparsed.
-        let decoded = if ev.subject.starts_with(&user_prefix) {
-            Decoded::Skip(seq)
-        } else {
-            match peek(&ev.payload).map(|p| p.aggregate_kind) {
-                Some(AggregateKind::Job) => Envelope::<JobEvent>::decode(&ev.payload)
-                    .map_or(Decoded::Skip(seq), |e| Decoded::Job(seq, Box::new(e))),
-                Some(AggregateKind::Worker) => Envelope::<WorkerEvent>::decode(&ev.payload)
-                    .map_or(Decoded::Skip(seq), |e| Decoded::Worker(seq, Box::new(e))),
-                Some(AggregateKind::User) | None => Decoded::Skip(seq),
-            }
-        };
-        out.push(decoded);
+        let decoded = if ev.subject.starts_with(&user_prefix) { Decoded::Skip } else { fold::decode(seq, &ev.payload) };
+        out.push((seq, decoded));
         // `pending == 0`: nothing further is stored (the range ran past the
         // last event matching the filter); don't wait for new ones.
         if seq >= to || ev.pending == Some(0) {
@@ -310,9 +203,10 @@ async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<Decoded
     Ok(out)
 }
 
-/// Folds events `1..=to` of the log.
-pub async fn fold(store: &EventStore, to: u64) -> Result<Folded, ProjectionError> {
-    let mut f = Folded::default();
+/// Folds events `1..=to` of the log, skipping the events of `carried` (faults
+/// the live projector recorded) and keeping those faults.
+pub async fn fold(store: &EventStore, to: u64, carried: Vec<Fault>) -> Result<Folded, ProjectionError> {
+    let mut f = Folded { skip: carried.iter().map(|c| c.seq).collect(), faults: carried, ..Folded::default() };
     if to == 0 {
         return Ok(f);
     }
@@ -322,17 +216,16 @@ pub async fn fold(store: &EventStore, to: u64) -> Result<Folded, ProjectionError
         .buffered(RANGE_READERS);
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk.map_err(|e| ProjectionError::Rebuild(format!("range reader failed: {e}")))??;
-        for d in chunk {
+        for (seq, d) in chunk {
+            f.last_seq = seq;
+            if f.skip.contains(&(seq as i64)) {
+                continue;
+            }
             match d {
-                Decoded::Job(seq, env) => {
-                    f.last_seq = seq;
-                    f.job_event(seq, *env);
-                }
-                Decoded::Worker(seq, env) => {
-                    f.last_seq = seq;
-                    f.worker_event(seq, *env);
-                }
-                Decoded::Skip(seq) => f.last_seq = seq,
+                Decoded::Job(id, env) => f.job_event(seq, id, *env),
+                Decoded::Worker(env) => f.worker_event(seq, *env),
+                Decoded::Skip => {}
+                Decoded::Fault(fault) => f.faults.push(fault),
             }
         }
     }
@@ -346,13 +239,16 @@ async fn copy(pool: PgPool, statement: String, data: bytes::Bytes) -> Result<(),
         return Ok(());
     }
     let mut conn = pool.acquire().await?;
+    // Not back into the pool afterwards: a COPY that Postgres refused, or
+    // that was dropped half-way (another table's COPY failed), leaves the
+    // connection in a state the next user would trip over.
+    conn.close_on_drop();
     let mut c = conn.copy_in_raw(&statement).await?;
     c.send(data).await?;
     c.finish().await?;
     Ok(())
 }
 
-/// Writes the folded rows into the (empty) tables `conn` sees.
 /// Writes the folded rows into the tables of `schema`, each table by its own
 /// connection at the same time.
 pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), ProjectionError> {
@@ -368,7 +264,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
     let mut analyst = String::new();
     for id in &f.order {
         let Some(r) = f.jobs.get(id) else { continue };
-        let j = &r.state;
+        let j = &r.job;
         let opt_ts = |t: Option<DateTime<Utc>>| t.map(ts);
         let metrics = serde_json::to_string(&j.metrics).unwrap_or_else(|_| "{}".into());
         row(
@@ -470,6 +366,25 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         format!("COPY {schema}.workers (id, pool, labels, concurrency, host, pid, state, started_at, stopped_at, last_seq) FROM STDIN"),
         w.into(),
     ));
+    let mut faults = String::new();
+    f.faults.sort_by(|a, b| (a.seq, &a.model).cmp(&(b.seq, &b.model)));
+    f.faults.dedup_by(|a, b| (a.seq, &a.model) == (b.seq, &b.model));
+    for fault in &f.faults {
+        row(
+            &mut faults,
+            &[
+                Some(fault.seq.to_string()),
+                Some(fault.model.clone()),
+                Some(fault.code.clone()),
+                Some(fault.message.clone()),
+            ],
+        );
+    }
+    copies.push(copy(
+        pool.clone(),
+        format!("COPY {schema}.projection_faults (seq, model, code, message) FROM STDIN"),
+        faults.into(),
+    ));
     futures::future::try_join_all(copies).await?;
     timeline.await.map_err(|e| ProjectionError::Rebuild(format!("timeline COPY: {e}")))??;
     if f.last_seq > 0 {
@@ -485,7 +400,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
 }
 
 fn analyst_row(out: &mut String, id: &Uuid, r: &JobRow, metrics: &str) {
-    let j = &r.state;
+    let j = &r.job;
     row(
         out,
         &[

@@ -8,8 +8,14 @@
 //!   from sequence 1 yields the same tables.
 //! - **One writer.** A replica runs the projection only while it holds a
 //!   Postgres advisory lock on the connection it writes with; others wait.
+//! - **No event stops it.** A job's row is the domain's own fold (`fold.rs`).
+//!   What Postgres cannot hold is stored safely (NUL as U+FFFD) or recorded as
+//!   a fault in `projection_faults`, with the checkpoint, and skipped; a
+//!   refusal nothing foresaw is isolated to its event the same way. A rebuild
+//!   skips and records the same events.
 //! - **Postgres down.** Commands do not need Postgres; the projector retries
-//!   with backoff and catches up on its own when it returns.
+//!   with backoff and catches up on its own when it returns. Reads answer at
+//!   once while it is known down ([`Health`]).
 //! - **Rebuild without a gap.** `rebuild` fills fresh tables in a shadow schema
 //!   from sequence 1, then, holding exclusive locks, catches up to the live
 //!   checkpoint and swaps the tables in one transaction: readers wait for the
@@ -17,13 +23,19 @@
 
 mod apply;
 mod bulk;
+pub mod fold;
+pub mod health;
 pub mod queries;
+
+pub use fold::Fault;
+pub use health::Health;
 
 use fetchml_eventstore::{EventStore, StartAt, StoreError};
 use futures::StreamExt;
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{Connection, PgConnection, PgPool};
+use std::collections::HashSet;
 use std::str::FromStr;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -37,8 +49,9 @@ const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
 /// deadlock on table locks taken in different orders.
 const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
 /// The tables a rebuild replaces.
-pub const TABLES: [&str; 7] = [
+pub const TABLES: [&str; 8] = [
     "projection_checkpoints",
+    "projection_faults",
     "admin_jobs",
     "researcher_jobs",
     "analyst_jobs",
@@ -60,27 +73,54 @@ pub enum ProjectionError {
     WrongNamespace { found: String, ours: String },
     #[error("rebuild: {0}")]
     Rebuild(String),
+    /// A stored row does not hold what the projector writes (edited by hand?).
+    #[error("read model row: {0}")]
+    Corrupt(String),
+    /// Postgres was found unreachable moments ago and has not answered since
+    /// (see [`Health`]): answered at once instead of waiting for the pool.
+    #[error("postgres is unreachable")]
+    Down,
 }
 
 impl ProjectionError {
     /// Postgres cannot be reached (as opposed to a query that is wrong).
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            ProjectionError::Postgres(
-                sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+        matches!(self, ProjectionError::Down)
+            || matches!(
+                self,
+                ProjectionError::Postgres(
+                    sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_)
+                )
             )
-        ) || matches!(self, ProjectionError::Postgres(sqlx::Error::Database(e))
+            || matches!(self, ProjectionError::Postgres(sqlx::Error::Database(e))
             // 57P: shutting down; 08: connection; 42P01: tables not created yet.
             if e.code().is_some_and(|c| c.starts_with("57P") || c.starts_with("08") || c == "42P01"))
     }
+
+    /// Postgres refused the data itself (SQLSTATE class 22: data exception,
+    /// 23: integrity constraint, 54: program limit such as an index entry too
+    /// large), as opposed to being unreachable or the statement being wrong.
+    /// For a projector, the event's fault; for a query, its parameters'.
+    pub fn is_data_error(&self) -> bool {
+        matches!(self, ProjectionError::Corrupt(_))
+            || matches!(self, ProjectionError::Postgres(sqlx::Error::Database(e))
+                if e.code().is_some_and(|c| c.starts_with("22") || c.starts_with("23") || c.starts_with("54")))
+    }
 }
+
+/// How long a use of the pool waits for a connection by default.
+pub const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// A pool that connects lazily: the api starts (and accepts commands) while
 /// Postgres is down.
 pub fn pool(url: &str) -> Result<PgPool, ProjectionError> {
+    pool_with(url, ACQUIRE_TIMEOUT)
+}
+
+/// [`pool`] with an acquire timeout of its own.
+pub fn pool_with(url: &str, acquire_timeout: Duration) -> Result<PgPool, ProjectionError> {
     let opts = PgConnectOptions::from_str(url)?;
-    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(Duration::from_secs(2)).connect_lazy_with(opts))
+    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(acquire_timeout).connect_lazy_with(opts))
 }
 
 /// Applies the migrations owned by this crate.
@@ -125,26 +165,118 @@ async fn checkpoint_on(conn: &mut PgConnection) -> Result<u64, ProjectionError> 
     Ok(v.unwrap_or(0) as u64)
 }
 
-/// Applies `batch` and moves the checkpoint, in one transaction.
+/// Applies `batch` and moves the checkpoint, in one transaction, with the
+/// faults found. If Postgres refuses the batch's data, the batch is applied
+/// again event by event, and each event it still refuses is recorded as a
+/// fault (with the checkpoint) and skipped: no event stops the projector.
+/// Any other error (Postgres gone, a wrong statement) is returned, and the
+/// batch is tried again later.
 async fn commit_batch(
     conn: &mut PgConnection,
     batch: &[fetchml_eventstore::StoredEvent],
+    skip: &HashSet<i64>,
+) -> Result<(), ProjectionError> {
+    match try_commit(conn, batch, skip).await {
+        Err(e) if e.is_data_error() && batch.len() > 1 => {
+            tracing::warn!(error = %e, events = batch.len(), "postgres refused a batch; applying it event by event");
+            for one in batch.chunks(1) {
+                commit_one(conn, one, skip).await?;
+            }
+            Ok(())
+        }
+        Err(e) if e.is_data_error() => commit_one(conn, batch, skip).await,
+        other => other,
+    }
+}
+
+/// Commits one event, or its fault if Postgres refuses it.
+async fn commit_one(
+    conn: &mut PgConnection,
+    one: &[fetchml_eventstore::StoredEvent],
+    skip: &HashSet<i64>,
+) -> Result<(), ProjectionError> {
+    let Some(ev) = one.first() else { return Ok(()) };
+    match try_commit(conn, one, skip).await {
+        Err(e) if e.is_data_error() => {
+            let fault = Fault::new(ev.seq, "jobs", fold::code::REFUSED, e.to_string());
+            let mut tx = conn.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
+            record_faults(&mut tx, std::slice::from_ref(&fault)).await?;
+            move_checkpoint(&mut tx, ev.seq).await?;
+            tx.commit().await?;
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+async fn try_commit(
+    conn: &mut PgConnection,
+    batch: &[fetchml_eventstore::StoredEvent],
+    skip: &HashSet<i64>,
 ) -> Result<(), ProjectionError> {
     let Some(last) = batch.last() else { return Ok(()) };
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock_shared($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
-    apply::apply_batch(&mut tx, batch).await?;
+    let faults = apply::apply_batch(&mut tx, batch, skip).await?;
+    record_faults(&mut tx, &faults).await?;
+    move_checkpoint(&mut tx, last.seq).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn move_checkpoint(conn: &mut PgConnection, seq: u64) -> Result<(), ProjectionError> {
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())
          ON CONFLICT (name) DO UPDATE SET last_seq = EXCLUDED.last_seq, updated_at = now()
          WHERE projection_checkpoints.last_seq < EXCLUDED.last_seq",
     )
     .bind(JOBS)
-    .bind(last.seq as i64)
-    .execute(&mut *tx)
+    .bind(seq as i64)
+    .execute(&mut *conn)
     .await?;
-    tx.commit().await?;
     Ok(())
+}
+
+/// Records `faults` (in the caller's transaction) and logs the new ones.
+async fn record_faults(conn: &mut PgConnection, faults: &[Fault]) -> Result<(), ProjectionError> {
+    for f in faults {
+        let new = sqlx::query(
+            "INSERT INTO projection_faults (seq, model, code, message) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(f.seq)
+        .bind(&f.model)
+        .bind(&f.code)
+        .bind(&f.message)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+            > 0;
+        if new {
+            f.log();
+        }
+    }
+    Ok(())
+}
+
+/// The faults recorded so far (every model).
+pub async fn faults(pool: &PgPool) -> Result<Vec<Fault>, ProjectionError> {
+    faults_on(&mut *pool.acquire().await?, "public").await
+}
+
+async fn faults_on(conn: &mut PgConnection, schema: &str) -> Result<Vec<Fault>, ProjectionError> {
+    let rows: Vec<(i64, String, String, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT seq, model, code, message FROM {schema}.projection_faults ORDER BY seq, model"
+    )))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(rows.into_iter().map(|(seq, model, code, message)| Fault { seq, model, code, message }).collect())
+}
+
+/// How many faults are recorded.
+pub async fn fault_count(pool: &PgPool) -> Result<u64, ProjectionError> {
+    let n: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_faults").fetch_one(pool).await?;
+    Ok(n as u64)
 }
 
 /// Batching: up to `max` events, or whatever arrived within `wait` of the
@@ -165,11 +297,19 @@ pub struct Projector {
     pool: PgPool,
     store: EventStore,
     batching: Batching,
+    health: Option<Health>,
 }
 
 impl Projector {
     pub fn new(pool: PgPool, store: EventStore, batching: Batching) -> Self {
-        Self { pool, store, batching }
+        Self { pool, store, batching, health: None }
+    }
+
+    /// Shares what the projector learns about Postgres (down, up again) with
+    /// the reads of the same process.
+    pub fn with_health(mut self, health: Health) -> Self {
+        self.health = Some(health);
+        self
     }
 
     /// Projects until `stop`, surviving Postgres and NATS outages.
@@ -179,6 +319,11 @@ impl Projector {
             match self.run_once(&stop).await {
                 Ok(()) => return,
                 Err(e) => {
+                    if let Some(h) = &self.health
+                        && e.is_unavailable()
+                    {
+                        h.mark_down();
+                    }
                     tracing::warn!(error = %e, "projector stopped; retrying");
                     tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -219,7 +364,10 @@ impl Projector {
                     _ => break,
                 }
             }
-            commit_batch(&mut conn, &batch).await?;
+            commit_batch(&mut conn, &batch, &HashSet::new()).await?;
+            if let Some(h) = &self.health {
+                h.mark_up();
+            }
         }
     }
 }
@@ -307,15 +455,37 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     // Unqualified names now mean the shadow tables on this connection.
     sqlx::query(AssertSqlSafe(format!("SET search_path TO {SHADOW}"))).execute(&mut conn).await?;
     let head = store.last_sequence().await?;
+    // Events Postgres refused to the live projector, for reasons `fold.rs`
+    // does not foresee: the rebuild skips them too and keeps their faults, so
+    // that it yields the same tables. (Foreseen faults it finds on its own.)
+    let carried: Vec<Fault> =
+        faults_on(&mut conn, "public").await?.into_iter().filter(|f| f.code == fold::code::REFUSED).collect();
+    let skip: HashSet<i64> = carried.iter().map(|f| f.seq).collect();
     // Fast path: fold everything in memory and COPY the final rows (the
     // incremental projector needs several statements per event).
     let t0 = std::time::Instant::now();
-    let folded = bulk::fold(store, head).await?;
+    let folded = bulk::fold(store, head, carried).await?;
     let mut done = folded.last_seq;
     let read = t0.elapsed();
-    bulk::write(pool, SHADOW, folded).await?;
-    let indexing = std::time::Instant::now();
-    futures::future::try_join_all(TABLES.iter().map(|t| copy_indexes(pool, t))).await?;
+    let indexing;
+    match bulk::write(pool, SHADOW, folded).await {
+        Ok(()) => {
+            indexing = std::time::Instant::now();
+            futures::future::try_join_all(TABLES.iter().map(|t| copy_indexes(pool, t))).await?;
+        }
+        // Postgres refused a row no fault rule foresaw (a fresh database has
+        // no live faults to learn from): fill the shadow tables the slow way,
+        // event by event where needed, as the live projector does.
+        Err(e) if e.is_data_error() => {
+            tracing::warn!(error = %e, "rebuild: postgres refused a row of the fast path; projecting event by event");
+            let shadow: Vec<String> = TABLES.iter().map(|t| format!("{SHADOW}.{t}")).collect();
+            sqlx::query(AssertSqlSafe(format!("TRUNCATE {}", shadow.join(", ")))).execute(&mut conn).await?;
+            indexing = std::time::Instant::now();
+            futures::future::try_join_all(TABLES.iter().map(|t| copy_indexes(pool, t))).await?;
+            done = project_range(&mut conn, store, 1, head, &skip).await?;
+        }
+        Err(e) => return Err(e),
+    }
     let index = indexing.elapsed();
     let write = t0.elapsed() - read;
     // Swap: lock the live tables (the live projector's next batch waits), catch
@@ -332,7 +502,7 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
         .await?;
     let target = (live_cp.unwrap_or(0) as u64).max(done);
     if target > done {
-        done = project_range(&mut tx, store, done + 1, target).await?;
+        done = project_range(&mut tx, store, done + 1, target, &skip).await?;
     }
     for t in TABLES {
         sqlx::query(AssertSqlSafe(format!("DROP TABLE public.{t}"))).execute(&mut *tx).await?;
@@ -358,6 +528,7 @@ async fn project_range(
     store: &EventStore,
     from: u64,
     to: u64,
+    skip: &HashSet<i64>,
 ) -> Result<u64, ProjectionError> {
     let mut events = store.read(&store.subjects().all_events(), StartAt::Sequence(from)).await?;
     let mut batch = Vec::with_capacity(1000);
@@ -371,12 +542,12 @@ async fn project_range(
         last = ev.seq;
         batch.push(ev);
         if batch.len() >= 1000 || last >= to {
-            commit_batch(conn, &batch).await?;
+            commit_batch(conn, &batch, skip).await?;
             batch.clear();
         }
     }
     if !batch.is_empty() {
-        commit_batch(conn, &batch).await?;
+        commit_batch(conn, &batch, skip).await?;
     }
     Ok(last)
 }
@@ -392,6 +563,7 @@ pub async fn checksums(pool: &PgPool) -> Result<Vec<(String, String)>, Projectio
         ("experiment_metrics", "experiment, owner, metric"),
         ("workers", "id"),
         ("job_timeline", "job_id, seq"),
+        ("projection_faults", "seq, model"),
     ] {
         let sum: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(
             "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY {order}), '')) FROM {t} t"

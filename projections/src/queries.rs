@@ -4,6 +4,8 @@
 
 use crate::ProjectionError;
 use chrono::{DateTime, Utc};
+use fetchml_events::job::{Job, MAX_EXPERIMENT_CHARS, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS};
+use fetchml_events::text::{TextError, TextKind};
 use serde_json::{Value, json};
 use sqlx::{PgPool, Postgres, QueryBuilder, Row};
 use uuid::Uuid;
@@ -19,6 +21,19 @@ pub enum Scope {
     Summary,
 }
 
+impl Scope {
+    /// Whether a job of `owner` is in this model.
+    pub fn admits(&self, owner: &str) -> bool {
+        match self {
+            Scope::Owners(o) => o.iter().any(|x| x == owner),
+            Scope::All | Scope::Summary => true,
+        }
+    }
+}
+
+/// The job list's filters, one type for every path that lists jobs: the SQL
+/// of [`list_jobs`] is built from it ([`JobFilter::push_where`]) and the
+/// as-of replay applies [`JobFilter::matches`], so the two cannot drift.
 #[derive(Clone, Debug, Default)]
 pub struct JobFilter {
     pub state: Option<String>,
@@ -34,7 +49,106 @@ pub struct JobFilter {
     pub after: Option<(DateTime<Utc>, Uuid)>,
 }
 
+/// Longest owner or pool name a filter may give, in characters.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// Why a filter cannot be applied (the api answers 400 `invalid_parameter`,
+/// naming `param`).
+#[derive(Debug, thiserror::Error)]
+pub enum FilterError {
+    /// The value breaks the rules for free text (`fetchml_events::text`): no
+    /// stored name can hold it, and Postgres could not compare it (NUL).
+    #[error("{param}: {source}")]
+    Text { param: &'static str, source: TextError },
+    /// The caller's model does not hold what the filter selects by.
+    #[error("{param}: {reason}")]
+    NotInModel { param: &'static str, reason: &'static str },
+}
+
+impl FilterError {
+    /// The query parameter at fault.
+    pub fn param(&self) -> &'static str {
+        match self {
+            FilterError::Text { param, .. } | FilterError::NotInModel { param, .. } => param,
+        }
+    }
+}
+
+/// Checks one filter value by the rules names and tags were stored under.
+pub fn check_value(param: &'static str, value: &str, max_chars: usize) -> Result<(), FilterError> {
+    fetchml_events::text::check(value, TextKind::Line, max_chars).map_err(|source| FilterError::Text { param, source })
+}
+
+impl JobFilter {
+    /// Checks the filter's values, and that `scope`'s model can select by them.
+    pub fn check(&self, scope: &Scope) -> Result<(), FilterError> {
+        if let Some(o) = &self.owner {
+            check_value("owner", o, MAX_NAME_CHARS)?;
+        }
+        if let Some(p) = &self.pool {
+            check_value("pool", p, MAX_NAME_CHARS)?;
+        }
+        if let Some(e) = &self.experiment {
+            check_value("experiment", e, MAX_EXPERIMENT_CHARS)?;
+        }
+        if let Some((k, v)) = &self.tag {
+            check_value("tag", k, MAX_TAG_KEY_CHARS)?;
+            check_value("tag", v, MAX_TAG_VALUE_CHARS)?;
+            // Analysts' summaries carry no tags (they are free text, like the
+            // reason, and may say what a job does). A filter by tag is refused
+            // rather than answered with nothing: an empty list would claim no
+            // job has the tag, and answering by tag at all would let an analyst
+            // probe tag values one request at a time.
+            if matches!(scope, Scope::Summary) {
+                return Err(FilterError::NotInModel {
+                    param: "tag",
+                    reason: "job summaries carry no tags; a tag filter needs jobs:read",
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `job` (as the domain folds it), created at `created_at`,
+    /// passes the filter. The cursor and the limit are not filters.
+    pub fn matches(&self, job: &Job, created_at: DateTime<Utc>) -> bool {
+        self.state.as_ref().is_none_or(|s| job.status.as_str() == s)
+            && self.owner.as_ref().is_none_or(|o| job.owner.as_str() == o)
+            && self.pool.as_ref().is_none_or(|p| job.spec.pool.as_str() == p)
+            && self.experiment.as_ref().is_none_or(|e| job.spec.experiment.as_deref() == Some(e.as_str()))
+            && self.tag.as_ref().is_none_or(|(k, v)| job.spec.tags.get(k) == Some(v))
+            && self.created_after.is_none_or(|t| created_at >= t)
+            && self.created_before.is_none_or(|t| created_at < t)
+    }
+
+    /// The same conditions as [`JobFilter::matches`], in SQL.
+    fn push_where(&self, q: &mut QueryBuilder<Postgres>) {
+        if let Some(s) = &self.state {
+            q.push(" AND state = ").push_bind(s.clone());
+        }
+        if let Some(o) = &self.owner {
+            q.push(" AND owner = ").push_bind(o.clone());
+        }
+        if let Some(p) = &self.pool {
+            q.push(" AND pool = ").push_bind(p.clone());
+        }
+        if let Some(e) = &self.experiment {
+            q.push(" AND experiment = ").push_bind(e.clone());
+        }
+        if let Some((k, v)) = &self.tag {
+            q.push(" AND tags ->> ").push_bind(k.clone()).push(" = ").push_bind(v.clone());
+        }
+        if let Some(t) = self.created_after {
+            q.push(" AND created_at >= ").push_bind(t);
+        }
+        if let Some(t) = self.created_before {
+            q.push(" AND created_at < ").push_bind(t);
+        }
+    }
+}
+
 /// One page of jobs and the cursor of its last item (when more may follow).
+/// The filter should have passed [`JobFilter::check`] for `scope`.
 pub async fn list_jobs(
     pool: &PgPool,
     scope: &Scope,
@@ -49,27 +163,7 @@ pub async fn list_jobs(
     if let Scope::Owners(owners) = scope {
         q.push(" AND owner = ANY(").push_bind(owners.clone()).push(")");
     }
-    if let Some(s) = &f.state {
-        q.push(" AND state = ").push_bind(s.clone());
-    }
-    if let Some(o) = &f.owner {
-        q.push(" AND owner = ").push_bind(o.clone());
-    }
-    if let Some(p) = &f.pool {
-        q.push(" AND pool = ").push_bind(p.clone());
-    }
-    if let Some(e) = &f.experiment {
-        q.push(" AND experiment = ").push_bind(e.clone());
-    }
-    if let Some((k, v)) = &f.tag {
-        q.push(" AND tags ->> ").push_bind(k.clone()).push(" = ").push_bind(v.clone());
-    }
-    if let Some(t) = f.created_after {
-        q.push(" AND created_at >= ").push_bind(t);
-    }
-    if let Some(t) = f.created_before {
-        q.push(" AND created_at < ").push_bind(t);
-    }
+    f.push_where(&mut q);
     let (cmp, dir) = if f.ascending { (">", "ASC") } else { ("<", "DESC") };
     if let Some((t, id)) = f.after {
         q.push(format!(" AND (created_at, id) {cmp} (")).push_bind(t).push(", ").push_bind(id).push(")");
@@ -88,7 +182,7 @@ pub async fn list_jobs(
 
 const FULL_COLS: &str = "id, created_at, json_build_object(
     'id', id, 'state', state, 'attempt', attempt, 'exit_code', exit_code, 'failure_class', failure_class,
-    'reason', reason, 'owner', owner, 'pool', pool, 'priority', priority, 'labels', labels,
+    'reason', reason, 'not_before', not_before, 'owner', owner, 'pool', pool, 'priority', priority, 'labels', labels,
     'experiment', experiment, 'tags', tags, 'metrics', metrics, 'worker', worker,
     'created_at', created_at, 'started_at', started_at, 'finished_at', finished_at,
     'updated_at', updated_at, 'seq', last_seq)::jsonb AS item";

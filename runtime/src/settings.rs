@@ -159,6 +159,9 @@ pub struct WorkerSettings {
 pub struct PostgresSettings {
     /// Read models live here (from the identity/read-model issue on).
     pub url: String,
+    /// How long a read waits for a pooled connection before it answers 503.
+    /// While Postgres is known to be down, reads answer 503 at once instead.
+    pub acquire_timeout_ms: u64,
 }
 
 impl Default for NatsSettings {
@@ -206,7 +209,7 @@ impl Default for WorkerSettings {
 
 impl Default for PostgresSettings {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into() }
+        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into(), acquire_timeout_ms: 2000 }
     }
 }
 
@@ -259,6 +262,9 @@ impl Settings {
         PoolName::parse(&self.worker.pool).map_err(|e| invalid("worker.pool", e.to_string()))?;
         if self.worker.concurrency == 0 || self.worker.concurrency > 1024 {
             return Err(invalid("worker.concurrency", "must be 1-1024".into()));
+        }
+        if self.postgres.acquire_timeout_ms == 0 {
+            return Err(invalid("postgres.acquire_timeout_ms", "must be at least 1".into()));
         }
         if self.auth.session_ttl_secs < 60 {
             return Err(invalid("auth.session_ttl_secs", "must be at least 60".into()));

@@ -115,7 +115,7 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     for v in ["0.5", "0.25"] {
         let script = format!(r###"echo '##fetchml {{"metric": "loss", "value": {v}, "step": 3}}'"###);
         last =
-            submit(&app, &app.http, json!({"command": ["sh", "-c", script], "experiment": "x", "tags": {"t": "a\tb"}}))
+            submit(&app, &app.http, json!({"command": ["sh", "-c", script], "experiment": "x", "tags": {"t": "a\\b"}}))
                 .await;
         app.until_terminal(last["id"].as_str().unwrap()).await;
     }

@@ -21,6 +21,8 @@
 mod spec;
 
 pub use spec::{ExecutorKind, JobSpec, Resources, RetryPolicy, SpecError, default_pool, default_priority};
+// The text limits, for the filters that select by these fields.
+pub use spec::{MAX_EXPERIMENT_CHARS, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS};
 
 use crate::envelope::{AggregateKind, DomainEvent, EnvelopeError};
 use crate::ids::{UserName, WorkerId};
@@ -490,6 +492,9 @@ pub fn evolve(state: Option<Job>, event: &JobEvent) -> Option<Job> {
         JobEvent::JobCancelled { reason } => {
             job.status = JobStatus::Cancelled;
             job.reason = Some(reason.clone());
+            // A cancelled job has no next attempt to wait for (a cancel of a
+            // scheduled retry must not keep showing when it would have run).
+            job.not_before = None;
         }
         JobEvent::JobRequeued { .. } => {
             job.status = JobStatus::Queued;

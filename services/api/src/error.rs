@@ -74,7 +74,23 @@ impl From<StoreError> for ApiError {
 
 impl From<fetchml_projections::ProjectionError> for ApiError {
     fn from(e: fetchml_projections::ProjectionError) -> Self {
+        // A query's data error comes from what the request asked for (a
+        // value Postgres cannot compare), not from the read models being
+        // unavailable: the filters are checked first, so this is a backstop.
+        if e.is_data_error() {
+            tracing::warn!(error = %e, "a read model refused a query's parameters");
+            return ApiError::bad_request(
+                "invalid_parameter",
+                "a parameter holds a value the read models cannot compare",
+            );
+        }
         ApiError::ReadModel(e)
+    }
+}
+
+impl From<fetchml_projections::queries::FilterError> for ApiError {
+    fn from(e: fetchml_projections::queries::FilterError) -> Self {
+        ApiError::bad_request("invalid_parameter", e.to_string())
     }
 }
 

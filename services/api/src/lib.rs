@@ -33,6 +33,9 @@ pub struct AppState {
     pub auth: std::sync::Arc<auth::Auth>,
     /// The read models (connects lazily: commands work while Postgres is down).
     pub pg: sqlx::PgPool,
+    /// Whether Postgres answers (shared with the embedded projector): reads
+    /// go through `pg_health.guard` and answer 503 at once while it is down.
+    pub pg_health: fetchml_projections::Health,
     pub read_your_writes: Duration,
     pub stream_limits: stream::session::Limits,
     pub max_stream_connections: usize,
@@ -86,7 +89,11 @@ impl Application {
         // or reader creates it with the default.
         fetchml_eventstore::ensure_registry(store.jetstream(), store.subjects(), settings.worker_ttl()).await?;
         let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
-        let pg = fetchml_projections::pool(&settings.postgres.url)?;
+        let pg = fetchml_projections::pool_with(
+            &settings.postgres.url,
+            Duration::from_millis(settings.postgres.acquire_timeout_ms),
+        )?;
+        let pg_health = fetchml_projections::Health::new(&settings.postgres.url)?;
         // Create the read-model tables now if Postgres answers, so the first
         // queries do not race the projector; if it does not, the projector
         // migrates when it comes back (commands never wait for Postgres).
@@ -111,6 +118,7 @@ impl Application {
             index,
             auth,
             pg,
+            pg_health,
             read_your_writes,
             stream_limits,
             max_stream_connections: st.max_connections_per_user,
@@ -152,7 +160,8 @@ impl Application {
                 self.state.pg.clone(),
                 self.state.store.clone(),
                 fetchml_projections::Batching::default(),
-            );
+            )
+            .with_health(self.state.pg_health.clone());
             tokio::spawn(projector.run(stop.clone()));
         }
         // The users file is re-read on SIGHUP and whenever it changes on disk.

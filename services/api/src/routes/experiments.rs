@@ -20,7 +20,7 @@ pub async fn list(
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
     read_your_writes(&state, &q).await?;
-    let items = fetchml_projections::queries::experiments(&state.pg, &scope, None).await?;
+    let items = state.pg_health.guard(fetchml_projections::queries::experiments(&state.pg, &scope, None)).await?;
     Ok(Json(json!({ "items": items })))
 }
 
@@ -35,6 +35,11 @@ pub async fn get(
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
     read_your_writes(&state, &q).await?;
-    let mut items = fetchml_projections::queries::experiments(&state.pg, &scope, Some(&name)).await?;
+    // By the rules experiment names were stored under: a name no job can
+    // have (NUL, control characters, too long) is a bad request, not a query.
+    let name = fetchml_events::text::normalize(&name).into_owned();
+    fetchml_projections::queries::check_value("name", &name, fetchml_events::job::MAX_EXPERIMENT_CHARS)?;
+    let read = fetchml_projections::queries::experiments(&state.pg, &scope, Some(&name));
+    let mut items = state.pg_health.guard(read).await?;
     items.pop().map(Json).ok_or(ApiError::NotFound("experiment_not_found"))
 }

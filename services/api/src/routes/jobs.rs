@@ -469,7 +469,8 @@ pub async fn read_your_writes(state: &AppState, q: &HashMap<String, String>) -> 
     if let Some(seq) = q.get("after_seq") {
         let seq: u64 =
             seq.parse().map_err(|_| ApiError::bad_request("invalid_parameter", "after_seq: not a sequence number"))?;
-        if !fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes).await? {
+        let caught_up = state.pg_health.guard(fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes));
+        if !caught_up.await? {
             return Err(ApiError::NotCaughtUp(seq));
         }
     }
@@ -517,11 +518,11 @@ pub async fn list(
         .transpose()?;
     let time =
         |k: &str| q.get(k).map(|t| t.parse::<DateTime<Utc>>().map_err(|_| bad(k, "not an RFC 3339 time"))).transpose();
+    // Names and tags are stored in NFC: compare in NFC.
+    let nfc = |s: &str| fetchml_events::text::normalize(s).into_owned();
     let tag = q
         .get("tag")
-        .map(|t| {
-            t.split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())).ok_or_else(|| bad("tag", "expected key=value"))
-        })
+        .map(|t| t.split_once('=').map(|(k, v)| (nfc(k), nfc(v))).ok_or_else(|| bad("tag", "expected key=value")))
         .transpose()?;
     let ascending = match q.get("sort").map(String::as_str) {
         None | Some("-created_at") => false,
@@ -542,7 +543,7 @@ pub async fn list(
         state: state_filter,
         owner: q.get("owner").cloned(),
         pool: q.get("pool").cloned(),
-        experiment: q.get("experiment").cloned(),
+        experiment: q.get("experiment").map(|e| nfc(e)),
         tag,
         created_after: time("created_after")?,
         created_before: time("created_before")?,
@@ -550,11 +551,15 @@ pub async fn list(
         limit,
         after: after.map(|(t, id)| (t, *id.as_uuid())),
     };
+    // One check for both paths: values by the text rules, and what the
+    // caller's model can select by.
+    filter.check(&scope)?;
     if q.contains_key("as_of_seq") || q.contains_key("as_of") {
         return as_of(&state, &scope, &q, &filter).await;
     }
     read_your_writes(&state, &q).await?;
-    let (items, next) = fetchml_projections::queries::list_jobs(&state.pg, &scope, &filter).await?;
+    let (items, next) =
+        state.pg_health.guard(fetchml_projections::queries::list_jobs(&state.pg, &scope, &filter)).await?;
     let next = next.map(|(t, id)| make_cursor((t, JobId::from_uuid(id))));
     Ok(Json(json!({ "items": items, "next": next })))
 }
@@ -626,18 +631,7 @@ async fn as_of(
     let mut rows: Vec<(JobId, fetchml_events::job::Job, DateTime<Utc>, u64)> = jobs
         .into_iter()
         .map(|(id, (j, c, s))| (id, j, c, s))
-        .filter(|(_, j, _, _)| match scope {
-            Scope::Owners(o) => o.iter().any(|x| x == j.owner.as_str()),
-            _ => true,
-        })
-        .filter(|(_, j, c, _)| {
-            f.state.as_ref().is_none_or(|s| j.status.as_str() == s)
-                && f.owner.as_ref().is_none_or(|o| j.owner.as_str() == o)
-                && f.pool.as_ref().is_none_or(|p| j.spec.pool.as_str() == p)
-                && f.experiment.as_ref().is_none_or(|e| j.spec.experiment.as_deref() == Some(e.as_str()))
-                && f.created_after.is_none_or(|t| *c >= t)
-                && f.created_before.is_none_or(|t| *c < t)
-        })
+        .filter(|(_, j, c, _)| scope.admits(j.owner.as_str()) && f.matches(j, *c))
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse((r.2, r.0)));
     let items: Vec<Value> = rows
