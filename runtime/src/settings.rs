@@ -81,6 +81,9 @@ pub struct AuthSettings {
     pub max_failures_per_minute: usize,
     /// How long a verified API key is served from memory before argon2 runs again.
     pub key_cache_secs: u64,
+    /// Identical refusals (same user, permission, resource, source) within this
+    /// window are recorded as one counted `access_denied` event; 0 records each.
+    pub refusal_window_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -90,6 +93,7 @@ impl Default for AuthSettings {
             session_ttl_secs: 3600,
             max_failures_per_minute: 10,
             key_cache_secs: 600,
+            refusal_window_secs: 10,
         }
     }
 }

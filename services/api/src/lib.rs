@@ -7,6 +7,8 @@
 
 pub mod auth;
 mod error;
+pub mod policy;
+mod refusals;
 pub(crate) mod routes;
 pub use routes::jobs::MAX_BATCH;
 pub mod stream;
@@ -82,7 +84,7 @@ impl Application {
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
         let index = JobIndex::spawn(store.clone(), stop.clone());
-        let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
+        let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth, stop.clone()).await?);
         let pg = fetchml_projections::pool(&settings.postgres.url)?;
         // Create the read-model tables now if Postgres answers, so the first
         // queries do not race the projector; if it does not, the projector

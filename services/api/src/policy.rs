@@ -113,10 +113,8 @@ pub fn view(p: &Principal, dir: &Directory, owner: &UserName) -> View {
 /// of the job `p` sees.
 pub fn decide(p: &Principal, dir: &Directory, owner: &UserName, action: JobAction) -> Result<View, Denied> {
     let seen = view(p, dir, owner);
-    let hidden = || Denied {
-        permission: "jobs:read",
-        answer: if reads_jobs(p) { Answer::NotFound } else { Answer::Forbidden },
-    };
+    let hidden =
+        || Denied { permission: "jobs:read", answer: if reads_jobs(p) { Answer::NotFound } else { Answer::Forbidden } };
     let own = &p.name == owner;
     let allowed = match action {
         JobAction::Read => seen != View::Hidden,
@@ -205,9 +203,24 @@ mod tests {
             ("bob", [Err(nf), Err(nf), Err(nf), Err(nf), Err(nf)]),
             (
                 "ana",
-                [Ok(View::Summary), Err(f("jobs:read")), Err(f("jobs:logs")), Err(f("jobs:cancel")), Err(f("jobs:retry"))],
+                [
+                    Ok(View::Summary),
+                    Err(f("jobs:read")),
+                    Err(f("jobs:logs")),
+                    Err(f("jobs:cancel")),
+                    Err(f("jobs:retry")),
+                ],
             ),
-            ("eve", [Err(f("jobs:read")), Err(f("jobs:read")), Err(f("jobs:read")), Err(f("jobs:read")), Err(f("jobs:read"))]),
+            (
+                "eve",
+                [
+                    Err(f("jobs:read")),
+                    Err(f("jobs:read")),
+                    Err(f("jobs:read")),
+                    Err(f("jobs:read")),
+                    Err(f("jobs:read")),
+                ],
+            ),
         ];
         for (name, expected) in table {
             let p = who(&d, name);

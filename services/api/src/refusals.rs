@@ -97,7 +97,12 @@ mod tests {
     use super::*;
 
     fn kind(actor: &str, resource: &str) -> RefusalKind {
-        RefusalKind { actor: actor.into(), permission: "jobs:create".into(), resource: resource.into(), source: "ip".into() }
+        RefusalKind {
+            actor: actor.into(),
+            permission: "jobs:create".into(),
+            resource: resource.into(),
+            source: "ip".into(),
+        }
     }
 
     #[test]

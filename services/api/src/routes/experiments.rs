@@ -1,9 +1,11 @@
-//! Experiments: jobs grouped by experiment name, from the caller's read model.
+//! Experiments: jobs grouped by experiment name, from the caller's read model
+//! (scoped by [`crate::policy::list_scope`]; every refusal is recorded).
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::jobs::{read_your_writes, scope_of};
+use crate::policy;
+use crate::routes::jobs::read_your_writes;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
@@ -17,7 +19,8 @@ pub async fn list(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     state.auth.require(&caller, "experiments:read", "experiments")?;
-    let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
+    let scope =
+        state.auth.enforce(&caller, policy::list_scope(&caller.principal, &state.auth.directory()), "experiments")?;
     read_your_writes(&state, &q).await?;
     let items = fetchml_projections::queries::experiments(&state.pg, &scope, None).await?;
     Ok(Json(json!({ "items": items })))
@@ -31,7 +34,8 @@ pub async fn get(
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     state.auth.require(&caller, "experiments:read", "experiments")?;
-    let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
+    let scope =
+        state.auth.enforce(&caller, policy::list_scope(&caller.principal, &state.auth.directory()), "experiments")?;
     read_your_writes(&state, &q).await?;
     let mut items = fetchml_projections::queries::experiments(&state.pg, &scope, Some(&name)).await?;
     items.pop().map(Json).ok_or(ApiError::NotFound("experiment_not_found"))
