@@ -254,6 +254,27 @@ async fn a_burst_of_identical_refusals_is_folded_into_counted_events() {
     assert!(denied.0.len() <= 4, "{} events for one burst", denied.0.len());
 }
 
+/// Refusals of a burst are all stored even unfolded: audit appends to one
+/// user's chain do not race each other into conflicts (and get lost).
+#[tokio::test]
+async fn every_refusal_of_a_burst_is_stored_when_folding_is_off() {
+    let app = spawn_app_with(|s| s.auth.refusal_window_secs = 0).await;
+    let ana = app.as_user("ana");
+    let burst = 100;
+    let answers = futures::future::join_all((0..burst).map(|_| {
+        let ana = ana.clone();
+        let url = app.url("/v1/jobs");
+        async move { ana.post(url).json(&json!({"command": ["true"]})).send().await.unwrap().status().as_u16() }
+    }))
+    .await;
+    assert!(answers.iter().all(|s| *s == 403), "{answers:?}");
+    eventually(Duration::from_secs(30), || async {
+        let n = user_events(&app, "ana").await.iter().filter(|e| e["type"] == "access_denied").count();
+        (n == burst).then_some(())
+    })
+    .await;
+}
+
 /// One visibility policy: a `jobs:read:group` caller gets the same answer from
 /// the job read, the logs route and the stream; an outsider gets "not found"
 /// from all three.

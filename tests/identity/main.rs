@@ -132,7 +132,8 @@ async fn failed_authentications_are_recorded_and_throttled() {
     let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "too_many_attempts");
-    // The source is throttled: even the right key waits now.
+    // The source is throttled: even the right key waits now, as it is not
+    // known-good yet (a cached key or a session would pass).
     let (s, _) = call(&app.http, "GET", app.url("/v1/jobs"), None).await;
     assert_eq!(s, 429);
 

@@ -111,7 +111,7 @@ pub struct Auth {
     session_ttl: Duration,
     throttle: Throttle,
     dummy: String,
-    store: EventStore,
+    audit: Auditor,
     /// Bounds concurrent argon2 verifications (19 MiB and a core each): a burst
     /// of first requests must not allocate gigabytes or starve the api.
     verify_gate: tokio::sync::Semaphore,
@@ -173,7 +173,7 @@ impl Auth {
             session_ttl,
             throttle: Throttle::new(settings.max_failures_per_minute, Duration::from_secs(60)),
             dummy,
-            store,
+            audit: Auditor { store, chains: Arc::default() },
             verify_gate: tokio::sync::Semaphore::new(
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 4),
             ),
@@ -218,7 +218,7 @@ impl Auth {
     }
 
     fn audit(&self, who: &str, event: UserEvent, actor: Actor) {
-        append_audit(self.store.clone(), who.to_owned(), event, actor);
+        self.audit.append(who.to_owned(), event, actor);
     }
 
     fn system() -> Actor {
@@ -485,7 +485,7 @@ impl Auth {
             self.audit(&kind.actor, denied(&kind, 1), actor.clone());
             let window = self.refusals.window();
             if !window.is_zero() {
-                let (refusals, store, stop) = (self.refusals.clone(), self.store.clone(), self.stop.clone());
+                let (refusals, audit, stop) = (self.refusals.clone(), self.audit.clone(), self.stop.clone());
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = tokio::time::sleep(window) => {}
@@ -493,7 +493,7 @@ impl Auth {
                     }
                     let folded = refusals.close(&kind);
                     if folded > 0 {
-                        append_audit(store, kind.actor.clone(), denied(&kind, folded), actor);
+                        audit.append(kind.actor.clone(), denied(&kind, folded), actor);
                     }
                 });
             }
@@ -518,16 +518,30 @@ impl Auth {
     }
 }
 
-/// Appends an audit event to `who`'s chain in the background (a request does
-/// not wait for its audit record; a failure is logged).
-fn append_audit(store: EventStore, who: String, event: UserEvent, actor: Actor) {
-    let subject = store.subjects().user(&who);
-    tokio::spawn(async move {
-        let ctx = CommandContext::new(actor);
-        if let Err(e) = store.append_to_chain(&subject, &who, event, &ctx).await {
-            tracing::error!(error = %e, user = %who, "audit event not stored");
-        }
-    });
+/// Appends audit events to the users' chains in the background (a request
+/// does not wait for its audit record; a failure is logged). Appends to one
+/// chain are serialized here: concurrent appends to one chain would conflict
+/// on its expected sequence and, past the store's retries, be lost.
+#[derive(Clone)]
+struct Auditor {
+    store: EventStore,
+    /// One lock per chain (user), created on first use: as many as users.
+    chains: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+}
+
+impl Auditor {
+    fn append(&self, who: String, event: UserEvent, actor: Actor) {
+        let store = self.store.clone();
+        let chain = self.chains.lock().unwrap_or_else(|p| p.into_inner()).entry(who.clone()).or_default().clone();
+        let subject = store.subjects().user(&who);
+        tokio::spawn(async move {
+            let _turn = chain.lock().await;
+            let ctx = CommandContext::new(actor);
+            if let Err(e) = store.append_to_chain(&subject, &who, event, &ctx).await {
+                tracing::error!(error = %e, user = %who, "audit event not stored");
+            }
+        });
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
