@@ -263,36 +263,36 @@ impl Auth {
         }
     }
 
+    /// A cached key, as [`Auth::cached`]; a login with it is still recorded.
+    fn known_good(&self, dir: &Directory, digest: &str, method: &str, source: &str) -> Option<(Principal, String)> {
+        let hit = self.cached(dir, digest)?;
+        if method == "login" {
+            self.authenticated(&hit.0, method, source);
+        }
+        Some(hit)
+    }
+
+    /// Records a successful authentication (a login, or a key's first use).
+    fn authenticated(&self, p: &Principal, method: &str, source: &str) {
+        let event = UserEvent::UserAuthenticated { method: method.into(), source: source.into() };
+        self.audit(p.name.as_str(), event, Actor::User { name: p.name.clone() });
+    }
+
     /// Verifies an API key (argon2 on a blocking thread, unless cached);
     /// returns the principal and the key id.
     async fn verify_key(&self, key: &str, source: &str, method: &str) -> Result<(Principal, String), ApiError> {
         let dir = self.directory();
         let digest = sha256_hex(key);
-        let login = || {
-            move |p: &Principal| {
-                self.audit(
-                    p.name.as_str(),
-                    UserEvent::UserAuthenticated { method: method.into(), source: source.into() },
-                    Actor::User { name: p.name.clone() },
-                )
-            }
-        };
-        if let Some((p, key_id)) = self.cached(&dir, &digest) {
-            if method == "login" {
-                login()(&p);
-            }
-            return Ok((p, key_id));
+        if let Some(hit) = self.known_good(&dir, &digest, method, source) {
+            return Ok(hit);
         }
         // Not known-good: this attempt may fail, so the throttle applies.
         self.throttled(&Self::source_key(source))?;
         // One verification per core at a time; whoever waited re-checks the
         // cache, so a burst of requests with one new key costs one argon2 run.
         let _permit = self.verify_gate.acquire().await.map_err(|e| ApiError::Internal(e.into()))?;
-        if let Some((p, key_id)) = self.cached(&dir, &digest) {
-            if method == "login" {
-                login()(&p);
-            }
-            return Ok((p, key_id));
+        if let Some(hit) = self.known_good(&dir, &digest, method, source) {
+            return Ok(hit);
         }
         let Some(parsed) = ParsedKey::parse(key) else {
             return Err(self.fail(None, method, source, "malformed key"));
@@ -326,7 +326,7 @@ impl Auth {
                 until: Instant::now() + self.cache_ttl,
             },
         );
-        login()(&principal);
+        self.authenticated(&principal, method, source);
         Ok((principal, parsed.key_id.to_owned()))
     }
 
