@@ -64,8 +64,10 @@ impl Plan {
         let kinds: Vec<String> = match stream {
             StreamKind::Events => Vec::new(),
             StreamKind::Progress => {
+                // By default, every kind the caller may see: log lines only
+                // with a logs permission (checked per job or owner below).
                 let wanted: Vec<String> = kinds.map(<[String]>::to_vec).unwrap_or_else(|| {
-                    if summary_only {
+                    if summary_only || !(p.may("jobs:logs") || p.may("jobs:logs:all")) {
                         vec!["metric".into(), "percent".into()]
                     } else {
                         vec!["log".into(), "metric".into(), "percent".into()]
