@@ -50,7 +50,6 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
-use tokio_util::sync::CancellationToken;
 
 /// How a caller proved who they are.
 #[derive(Clone, Debug)]
@@ -118,8 +117,6 @@ pub struct Auth {
     /// Bumped by every reload and logout: open streams re-check their credential.
     revocations: tokio::sync::watch::Sender<u64>,
     refusals: Arc<Refusals>,
-    /// Cancelled when the api stops: open refusal windows are recorded then.
-    stop: CancellationToken,
 }
 
 /// Why a credential is not (or no longer) good.
@@ -142,7 +139,6 @@ impl Auth {
     pub async fn new(
         store: EventStore,
         settings: &fetchml_runtime::settings::AuthSettings,
-        stop: CancellationToken,
     ) -> Result<Self, AuthSetupError> {
         let directory = Directory::load(&settings.users_file)?;
         let mtime = std::fs::metadata(&settings.users_file).and_then(|m| m.modified()).ok();
@@ -179,7 +175,6 @@ impl Auth {
             ),
             revocations: tokio::sync::watch::Sender::new(0),
             refusals: Arc::new(Refusals::new(Duration::from_secs(settings.refusal_window_secs))),
-            stop,
         })
     }
 
@@ -485,20 +480,32 @@ impl Auth {
             self.audit(&kind.actor, denied(&kind, 1), actor.clone());
             let window = self.refusals.window();
             if !window.is_zero() {
-                let (refusals, audit, stop) = (self.refusals.clone(), self.audit.clone(), self.stop.clone());
+                let (refusals, audit) = (self.refusals.clone(), self.audit.clone());
                 tokio::spawn(async move {
-                    tokio::select! {
-                        _ = tokio::time::sleep(window) => {}
-                        _ = stop.cancelled() => {}
-                    }
+                    tokio::time::sleep(window).await;
                     let folded = refusals.close(&kind);
                     if folded > 0 {
-                        audit.append(kind.actor.clone(), denied(&kind, folded), actor);
+                        audit.store(kind.actor.clone(), denied(&kind, folded), actor).await;
                     }
                 });
             }
         }
         answer
+    }
+
+    /// Records the refusals still folded in open windows, now (the api is
+    /// stopping: a window's own timer would not run to its end).
+    pub async fn close_refusal_windows(&self) {
+        for (kind, count) in self.refusals.close_all() {
+            let Ok(name) = UserName::parse(&kind.actor) else { continue };
+            let event = UserEvent::AccessDenied {
+                permission: kind.permission,
+                resource: kind.resource,
+                source: kind.source,
+                count,
+            };
+            self.audit.store(kind.actor, event, Actor::User { name }).await;
+        }
     }
 
     /// Answers a policy decision: `Ok` as is; a refusal is recorded (as by
@@ -530,17 +537,21 @@ struct Auditor {
 }
 
 impl Auditor {
+    /// Appends in the background.
     fn append(&self, who: String, event: UserEvent, actor: Actor) {
-        let store = self.store.clone();
+        let this = self.clone();
+        tokio::spawn(async move { this.store(who, event, actor).await });
+    }
+
+    /// Appends, waiting for its turn on the chain and for the store.
+    async fn store(&self, who: String, event: UserEvent, actor: Actor) {
         let chain = self.chains.lock().unwrap_or_else(|p| p.into_inner()).entry(who.clone()).or_default().clone();
-        let subject = store.subjects().user(&who);
-        tokio::spawn(async move {
-            let _turn = chain.lock().await;
-            let ctx = CommandContext::new(actor);
-            if let Err(e) = store.append_to_chain(&subject, &who, event, &ctx).await {
-                tracing::error!(error = %e, user = %who, "audit event not stored");
-            }
-        });
+        let _turn = chain.lock().await;
+        let subject = self.store.subjects().user(&who);
+        let ctx = CommandContext::new(actor);
+        if let Err(e) = self.store.append_to_chain(&subject, &who, event, &ctx).await {
+            tracing::error!(error = %e, user = %who, "audit event not stored");
+        }
     }
 }
 

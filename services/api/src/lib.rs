@@ -84,7 +84,7 @@ impl Application {
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
         let index = JobIndex::spawn(store.clone(), stop.clone());
-        let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth, stop.clone()).await?);
+        let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
         let pg = fetchml_projections::pool(&settings.postgres.url)?;
         // Create the read-model tables now if Postgres answers, so the first
         // queries do not race the projector; if it does not, the projector
@@ -156,6 +156,7 @@ impl Application {
         }
         // The users file is re-read on SIGHUP and whenever it changes on disk.
         tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));
+        let auth = self.state.auth.clone();
         let app = router(self.state, self.settings.api.max_body_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();
@@ -172,6 +173,8 @@ impl Application {
             })
             .await;
         stop.cancel();
+        // Refusals still being folded are recorded before the api exits.
+        auth.close_refusal_windows().await;
         if let Some(d) = dispatcher {
             match d.await {
                 Ok(Ok(())) => {}

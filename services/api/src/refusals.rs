@@ -9,7 +9,8 @@
 //! most two events per window. Distinct refusals are bounded too: past
 //! [`MAX_KINDS_PER_ACTOR`] kinds open for one actor, further ones fold into a
 //! single event per actor with permission, resource and source `*`.
-//! A window of 0 turns folding off (one event per refusal).
+//! A window of 0 turns folding off (one event per refusal). When the api
+//! stops, every open window is recorded at once (`Auth::close_refusal_windows`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -85,6 +86,13 @@ impl Refusals {
         }
     }
 
+    /// Ends every open window (the api is stopping): each kind with refusals
+    /// folded into it, and how many.
+    pub fn close_all(&self) -> Vec<(RefusalKind, u64)> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.drain().filter(|(_, n)| *n > 0).collect()
+    }
+
     /// Ends the window of `kind`: how many refusals were folded into it after
     /// the first (0: nothing more to record).
     pub fn close(&self, kind: &RefusalKind) -> u64 {
@@ -118,6 +126,9 @@ mod tests {
         assert_eq!(r.close(&kind("ana", "jobs")), 199);
         assert_eq!(r.close(&kind("ana", "jobs")), 0);
         assert!(matches!(r.note(kind("ana", "jobs")), Noted::First(_)));
+        r.note(kind("ana", "jobs"));
+        assert_eq!(r.close_all(), vec![(kind("ana", "jobs"), 1)]);
+        assert_eq!(r.close(&kind("ana", "jobs")), 0);
     }
 
     #[test]
