@@ -29,8 +29,10 @@
 //!
 //! Every login, logout, first use of a key, failed attempt and denied request
 //! is appended to the event log (User aggregate); repeated identical refusals
-//! are folded into counted events (see [`crate::refusals`]). An unknown key id is
-//! checked against a dummy hash, so it costs what a known one costs.
+//! are folded into counted events (see [`crate::refusals`]). Appends to one
+//! user's chain are made one at a time, so a burst cannot lose records to
+//! sequence conflicts. An unknown key id is checked against a dummy hash, so it
+//! costs what a known one costs.
 
 use crate::AppState;
 use crate::error::ApiError;
