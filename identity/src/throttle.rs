@@ -1,6 +1,8 @@
-//! Throttling of failed authentications, per source address and per user. Each
-//! key may fail `limit` times per `window`; past that it must wait until the
-//! oldest failure leaves the window (the answer's Retry-After).
+//! Throttling of failed authentications. Each key (the api uses a source
+//! address, and a (source address, user) pair) may fail `limit` times per
+//! `window`; past that it must wait until the oldest failure leaves the window
+//! (the answer's Retry-After). Only failures are recorded: what a key may still
+//! do while throttled (a known-good credential passes) is the caller's policy.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;

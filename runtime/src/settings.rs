@@ -77,10 +77,15 @@ pub struct AuthSettings {
     pub users_file: PathBuf,
     /// Lifetime of a token from `POST /v1/auth/login`.
     pub session_ttl_secs: u64,
-    /// Failed authentications allowed per source address, and per user, per minute.
+    /// Failed authentications allowed per source address, and per (source
+    /// address, user) pair, per minute; past it, credentials not already known
+    /// to be good (a cached key, a valid session) get 429 from that address.
     pub max_failures_per_minute: usize,
     /// How long a verified API key is served from memory before argon2 runs again.
     pub key_cache_secs: u64,
+    /// Identical refusals (same user, permission, resource, source) within this
+    /// window are recorded as one counted `access_denied` event; 0 records each.
+    pub refusal_window_secs: u64,
 }
 
 impl Default for AuthSettings {
@@ -90,6 +95,7 @@ impl Default for AuthSettings {
             session_ttl_secs: 3600,
             max_failures_per_minute: 10,
             key_cache_secs: 600,
+            refusal_window_secs: 10,
         }
     }
 }

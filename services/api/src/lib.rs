@@ -7,6 +7,8 @@
 
 pub mod auth;
 mod error;
+pub mod policy;
+mod refusals;
 pub(crate) mod routes;
 pub use routes::jobs::MAX_BATCH;
 pub mod stream;
@@ -166,6 +168,7 @@ impl Application {
         }
         // The users file is re-read on SIGHUP and whenever it changes on disk.
         tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));
+        let auth = self.state.auth.clone();
         let app = router(self.state, self.settings.api.max_body_bytes);
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();
@@ -182,6 +185,8 @@ impl Application {
             })
             .await;
         stop.cancel();
+        // Refusals still being folded are recorded before the api exits.
+        auth.close_refusal_windows().await;
         if let Some(d) = dispatcher {
             match d.await {
                 Ok(Ok(())) => {}

@@ -1,9 +1,11 @@
-//! Experiments: jobs grouped by experiment name, from the caller's read model.
+//! Experiments: jobs grouped by experiment name, from the caller's read model
+//! (scoped by [`crate::policy::list_scope`]; every refusal is recorded).
 
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::routes::jobs::{read_your_writes, scope_of};
+use crate::policy;
+use crate::routes::jobs::read_your_writes;
 use axum::Json;
 use axum::extract::{Path, Query, State};
 use serde_json::{Value, json};
@@ -18,7 +20,8 @@ pub async fn list(
 ) -> Result<Json<Value>, ApiError> {
     super::body::only_known_params(&q, &["after_seq"])?;
     state.auth.require(&caller, "experiments:read", "experiments")?;
-    let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
+    let scope =
+        state.auth.enforce(&caller, policy::list_scope(&caller.principal, &state.auth.directory()), "experiments")?;
     read_your_writes(&state, &q).await?;
     let items = state.pg_health.guard(fetchml_projections::queries::experiments(&state.pg, &scope, None)).await?;
     Ok(Json(json!({ "items": items })))
@@ -33,7 +36,8 @@ pub async fn get(
 ) -> Result<Json<Value>, ApiError> {
     super::body::only_known_params(&q, &["after_seq"])?;
     state.auth.require(&caller, "experiments:read", "experiments")?;
-    let scope = scope_of(&state, &caller).ok_or(ApiError::Forbidden("jobs:read"))?;
+    let scope =
+        state.auth.enforce(&caller, policy::list_scope(&caller.principal, &state.auth.directory()), "experiments")?;
     read_your_writes(&state, &q).await?;
     // By the rules experiment names were stored under: a name no job can
     // have (NUL, control characters, too long) is a bad request, not a query.

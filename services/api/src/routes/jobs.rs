@@ -3,6 +3,7 @@
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::policy::{self, JobAction, View};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -18,53 +19,21 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 
-/// How much of a job the caller may see.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Access {
-    /// Everything: command line, environment, logs, history.
-    Full,
-    /// State, timing, pool and metrics only (analysts).
-    Summary,
-    None,
-}
-
-fn access(state: &AppState, caller: &Caller, owner: &UserName) -> Access {
-    let p = &caller.principal;
-    let group = || p.may("jobs:read:group") && state.auth.user(owner).is_some_and(|o| p.shares_group_with(&o));
-    if p.may("jobs:read:all") || (p.may("jobs:read") && &p.name == owner) || group() {
-        Access::Full
-    } else if p.may("jobs:read:summary") {
-        Access::Summary
-    } else {
-        Access::None
-    }
-}
-
-/// The answer to a job the caller may not see: 404 (existence is not
-/// revealed) for callers who read jobs at all, else 403. Recorded either way.
-fn hidden(state: &AppState, caller: &Caller, id: JobId) -> ApiError {
-    let reads = ["jobs:read", "jobs:read:all", "jobs:read:group", "jobs:read:summary"].iter().any(|p| caller.may(p));
-    let answer = if reads { ApiError::NotFound("job_not_found") } else { ApiError::Forbidden("jobs:read") };
-    state.auth.deny(caller, "jobs:read", &format!("job/{id}"), answer)
-}
-
-/// Loads a job the caller may act on with `own`/`all` permissions.
-async fn authorize_command(
+/// Loads a job and checks `action` on it against the visibility policy
+/// ([`crate::policy`]); a refusal is recorded. `Ok` carries the job and how
+/// much of it the caller sees.
+pub async fn authorize(
     state: &AppState,
     caller: &Caller,
     id: JobId,
-    own: &'static str,
-    all: &'static str,
-) -> Result<(), ApiError> {
+    action: JobAction,
+    resource: &str,
+) -> Result<(LoadedJob, View), ApiError> {
     let loaded = load(state, id).await?;
-    let Some(job) = loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
-    if caller.may(all) || (caller.may(own) && caller.name() == &job.owner) {
-        return Ok(());
-    }
-    if access(state, caller, &job.owner) == Access::None {
-        return Err(hidden(state, caller, id));
-    }
-    Err(state.auth.deny(caller, own, &format!("job/{id}"), ApiError::Forbidden(own)))
+    let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
+    let decision = policy::decide(&caller.principal, &state.auth.directory(), &job.owner, action);
+    let view = state.auth.enforce(caller, decision, resource)?;
+    Ok((loaded, view))
 }
 
 const MAX_IDEMPOTENCY_KEY: usize = 200;
@@ -306,12 +275,10 @@ pub async fn get_job(
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&raw_id)?;
-    let loaded = load(&state, id).await?;
-    let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
-    let view = match access(&state, &caller, &job.owner) {
-        Access::Full => job_view(&loaded),
-        Access::Summary => job_view(&loaded).map(summary_only),
-        Access::None => return Err(hidden(&state, &caller, id)),
+    let (loaded, view) = authorize(&state, &caller, id, JobAction::Read, &format!("job/{id}")).await?;
+    let view = match view {
+        View::Full => job_view(&loaded),
+        _ => job_view(&loaded).map(summary_only),
     };
     view.map(Json).ok_or(ApiError::NotFound("job_not_found"))
 }
@@ -355,21 +322,8 @@ pub async fn job_events(
     Path(raw_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = parse_job_id(&raw_id)?;
-    let loaded = load(&state, id).await?;
-    let Some(job) = &loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
-    match access(&state, &caller, &job.owner) {
-        Access::Full => {}
-        // The history holds the command line and environment.
-        Access::Summary => {
-            return Err(state.auth.deny(
-                &caller,
-                "jobs:read",
-                &format!("job/{id}/events"),
-                ApiError::Forbidden("jobs:read"),
-            ));
-        }
-        Access::None => return Err(hidden(&state, &caller, id)),
-    }
+    // The history holds the command line and environment: full view only.
+    let (loaded, _) = authorize(&state, &caller, id, JobAction::History, &format!("job/{id}/events")).await?;
     // The job's own subject, as `load` found it: a wildcard filter
     // (`<ns>.ev.job.*.*.<id>`) would make the server scan its subject index.
     let Some(subject) = &loaded.subject else { return Err(ApiError::NotFound("job_not_found")) };
@@ -405,18 +359,18 @@ fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
 }
 
 /// A command on an existing job by a user: reason from the body, authorized
-/// with the `own` permission on one's own jobs or `all` on any.
+/// by the policy (the `own` permission on one's own jobs, `all` on any).
 async fn user_command(
     state: &AppState,
     caller: &Caller,
     raw_id: &str,
     body: &Bytes,
-    (default_reason, own, all): (&str, &'static str, &'static str),
+    (default_reason, action): (&str, JobAction),
     command: impl FnOnce(String) -> JobCommand,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let id = parse_job_id(raw_id)?;
     let reason = reason_from(body, default_reason)?;
-    authorize_command(state, caller, id, own, all).await?;
+    authorize(state, caller, id, action, &format!("job/{id}")).await?;
     let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
     let done = state.store.execute_job(id, command(reason), &ctx).await?;
     Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
@@ -431,7 +385,7 @@ pub async fn cancel(
     Path(raw_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let perms = ("cancelled by user", "jobs:cancel", "jobs:cancel:all");
+    let perms = ("cancelled by user", JobAction::Cancel);
     user_command(&state, &caller, &raw_id, &body, perms, |reason| JobCommand::Cancel { reason }).await
 }
 
@@ -444,24 +398,16 @@ pub async fn retry(
     Path(raw_id): Path<String>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let perms = ("retried by user", "jobs:retry", "jobs:retry:all");
+    let perms = ("retried by user", JobAction::Retry);
     user_command(&state, &caller, &raw_id, &body, perms, |reason| JobCommand::Retry { reason }).await
 }
 
 const DEFAULT_LIMIT: usize = 50;
 const MAX_LIMIT: usize = 500;
 
-/// The read model a caller's queries go to.
+/// The read model a caller's queries go to ([`policy::list_scope`]).
 pub fn scope_of(state: &AppState, caller: &Caller) -> Option<Scope> {
-    if caller.may("jobs:read:all") {
-        Some(Scope::All)
-    } else if caller.may("jobs:read") || caller.may("jobs:read:group") {
-        Some(Scope::Owners(state.auth.visible_owners(&caller.principal)))
-    } else if caller.may("jobs:read:summary") {
-        Some(Scope::Summary)
-    } else {
-        None
-    }
+    policy::list_scope(&caller.principal, &state.auth.directory()).ok()
 }
 
 /// `?after_seq=N`: waits (bounded) until the read models include write N.

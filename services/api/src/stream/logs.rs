@@ -33,14 +33,10 @@ pub async fn job_logs(
         ),
         None => StartAt::Beginning,
     };
-    let loaded = crate::routes::jobs::load(&state, id).await?;
+    let (loaded, _) =
+        crate::routes::jobs::authorize(&state, &caller, id, crate::policy::JobAction::Logs, &format!("job/{id}/logs"))
+            .await?;
     let Some(job) = loaded.state else { return Err(ApiError::NotFound("job_not_found")) };
-    let own = caller.name() == &job.owner;
-    if !(caller.may("jobs:logs:all") || (own && caller.may("jobs:logs"))) {
-        let visible = caller.may("jobs:read:all") || (own && caller.may("jobs:read"));
-        let answer = if visible { ApiError::Forbidden("jobs:logs") } else { ApiError::NotFound("job_not_found") };
-        return Err(state.auth.deny(&caller, "jobs:logs", &format!("job/{id}/logs"), answer));
-    }
     let subjects = state.store.subjects();
     let subject = subjects.progress(&job.owner, id, "log");
     let stream_name = subjects.progress_stream();

@@ -1,12 +1,15 @@
 //! What a subscription may read, decided once when it is made: the subjects
 //! the server filters on, a check per message where subjects cannot say enough
-//! (experiments), and the redaction an analyst's view needs.
+//! (experiments), and the redaction an analyst's view needs. Who may see what
+//! is decided by [`crate::policy`], like every route.
 
 use super::protocol::{StreamKind, Target};
 use crate::AppState;
 use crate::auth::Caller;
+use crate::policy::JobAction;
 use fetchml_events::JobId;
 use fetchml_eventstore::StoredEvent;
+use fetchml_projections::queries::Scope;
 use serde_json::{Value, json};
 use std::collections::HashSet;
 
@@ -51,19 +54,24 @@ impl Plan {
     ) -> Result<Plan, Refusal> {
         let subjects = state.store.subjects();
         let ns = subjects.namespace().as_str();
-        let all = caller.may("jobs:read:all");
-        let summary_only =
-            !all && !caller.may("jobs:read") && !caller.may("jobs:read:group") && caller.may("jobs:read:summary");
-        if !all && !summary_only && !caller.may("jobs:read") && !caller.may("jobs:read:group") {
-            return Err(refuse("forbidden", "you may not read jobs", Some("jobs:read")));
-        }
-        let owners: Option<Vec<String>> = (!all && !summary_only).then(|| state.auth.visible_owners(&caller.principal));
+        // Who sees what is the policy's ([`crate::policy`]), as for every route.
+        let p = &caller.principal;
+        let dir = state.auth.directory();
+        let deny = |d: crate::policy::Denied, message: String| refuse(d.code(), message, Some(d.permission));
+        let scope = crate::policy::list_scope(p, &dir).map_err(|d| deny(d, "you may not read jobs".into()))?;
+        let summary_only = matches!(scope, Scope::Summary);
+        let owners: Option<Vec<String>> = match scope {
+            Scope::Owners(o) => Some(o),
+            Scope::All | Scope::Summary => None,
+        };
         // Progress kinds the caller may see.
         let kinds: Vec<String> = match stream {
             StreamKind::Events => Vec::new(),
             StreamKind::Progress => {
+                // By default, every kind the caller may see: log lines only
+                // with a logs permission (checked per job or owner below).
                 let wanted: Vec<String> = kinds.map(<[String]>::to_vec).unwrap_or_else(|| {
-                    if summary_only {
+                    if summary_only || !(p.may("jobs:logs") || p.may("jobs:logs:all")) {
                         vec!["metric".into(), "percent".into()]
                     } else {
                         vec!["log".into(), "metric".into(), "percent".into()]
@@ -73,13 +81,13 @@ impl Plan {
                     if !["log", "metric", "percent"].contains(&k.as_str()) {
                         return Err(refuse("invalid_kind", format!("unknown progress kind {k:?}"), None));
                     }
-                    if k == "log" && !(caller.may("jobs:logs") || caller.may("jobs:logs:all")) {
-                        return Err(refuse("forbidden", "you may not read logs", Some("jobs:logs")));
-                    }
                 }
                 wanted
             }
         };
+        let wants_logs = kinds.iter().any(|k| k == "log");
+        // A job the caller sees only in summary is redacted, whatever the scope.
+        let mut redact = summary_only;
         let mut filters = Vec::new();
         let push_job = |filters: &mut Vec<String>, owner: &str, pool: &str, id: &str| match stream {
             StreamKind::Events => filters.push(format!("{ns}.ev.job.{owner}.{pool}.{id}")),
@@ -112,12 +120,17 @@ impl Plan {
                     let Some(job) = loaded.state else {
                         return Err(refuse("job_not_found", format!("job {id} not found"), None));
                     };
-                    let visible = all
-                        || summary_only
-                        || owners.as_ref().is_some_and(|o| o.iter().any(|x| x == job.owner.as_str()));
-                    if !visible {
-                        return Err(refuse("job_not_found", format!("job {id} not found"), Some("jobs:read")));
+                    let refused = |d: crate::policy::Denied| match d.answer {
+                        crate::policy::Answer::NotFound => deny(d, format!("job {id} not found")),
+                        crate::policy::Answer::Forbidden => {
+                            deny(d, format!("job {id}: you lack the permission {}", d.permission))
+                        }
+                    };
+                    let view = crate::policy::decide(p, &dir, &job.owner, JobAction::Read).map_err(refused)?;
+                    if wants_logs {
+                        crate::policy::decide(p, &dir, &job.owner, JobAction::Logs).map_err(refused)?;
                     }
+                    redact |= view == crate::policy::View::Summary;
                     push_job(&mut filters, "*", "*", &id.to_string());
                 }
             }
@@ -140,20 +153,31 @@ impl Plan {
                     }
                 }
             }
-            Target::Experiment(name) => {
-                // Which jobs are in the experiment comes, for progress and for
-                // replays that start after a job was queued, from the job
-                // index: a subscription made while it still replays the log
-                // after a start would drop messages of jobs it has not read yet.
-                if !state.index.caught_up()
-                    && !tokio::time::timeout(INDEX_WAIT, state.index.wait_caught_up()).await.unwrap_or(false)
-                {
-                    return Err(refuse("not_caught_up", "the job index is still reading the log; try again", None));
+            Target::Experiment(_) | Target::All => {
+                if let Target::Experiment(name) = target {
+                    // Which jobs are in the experiment comes, for progress and
+                    // for replays that start after a job was queued, from the
+                    // job index: a subscription made while it still replays the
+                    // log after a start would drop messages of jobs it has not
+                    // read yet.
+                    if !state.index.caught_up()
+                        && !tokio::time::timeout(INDEX_WAIT, state.index.wait_caught_up()).await.unwrap_or(false)
+                    {
+                        return Err(refuse("not_caught_up", "the job index is still reading the log; try again", None));
+                    }
+                    experiment = Some(name.clone());
                 }
-                experiment = Some(name.clone());
-                all_filters(&mut filters, ns, stream, owners.as_deref(), &kinds);
+                // Log lines go to whoever may read them, the rest by the read scope.
+                let (logs, rest): (Vec<String>, Vec<String>) = kinds.iter().cloned().partition(|k| k == "log");
+                if !logs.is_empty() {
+                    let log_owners =
+                        crate::policy::log_owners(p, &dir).map_err(|d| deny(d, "you may not read logs".into()))?;
+                    all_filters(&mut filters, ns, stream, log_owners.as_deref(), &logs);
+                }
+                if stream == StreamKind::Events || !rest.is_empty() {
+                    all_filters(&mut filters, ns, stream, owners.as_deref(), &rest);
+                }
             }
-            Target::All => all_filters(&mut filters, ns, stream, owners.as_deref(), &kinds),
         }
         if filters.is_empty() {
             return Err(refuse("invalid_target", "nothing to subscribe to", None));
@@ -162,7 +186,7 @@ impl Plan {
             StreamKind::Events => subjects.events_stream(),
             StreamKind::Progress => subjects.progress_stream(),
         };
-        Ok(Plan { stream, stream_name, filters, experiment, redact: summary_only })
+        Ok(Plan { stream, stream_name, filters, experiment, redact })
     }
 
     /// The message as this subscriber may see it, or `None` to skip it.

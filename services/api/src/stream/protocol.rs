@@ -9,6 +9,10 @@ pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Close codes (4000-4999 are the application's).
 pub mod close {
+    /// The credential the connection was opened with was revoked (logout, or
+    /// its key or user removed from the users file), its user's role or groups
+    /// changed, or its session expired: authenticate again and reconnect.
+    pub const REVOKED: u16 = 4001;
     /// The client fell too far behind; resume from the `lagged` message's `resume_from`.
     pub const TOO_SLOW: u16 = 4008;
     /// No frame from the client (not even a pong) within the idle timeout.

@@ -112,8 +112,15 @@ pub async fn run<S, R>(
     let idle = tokio::time::sleep(limits.idle_timeout);
     tokio::pin!(idle);
     let mut lags: Vec<Lag> = Vec::new();
+    // A session outlives no revocation of the credential it was opened with.
+    let revoked = state.auth.revoked(&caller);
+    tokio::pin!(revoked);
     loop {
         tokio::select! {
+            _ = &mut revoked => {
+                let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::REVOKED, "credentials revoked".into()))).await;
+                break;
+            }
             _ = shutdown.cancelled() => {
                 let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::GOING_AWAY, "server shutting down".into()))).await;
                 break;
