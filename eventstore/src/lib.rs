@@ -29,5 +29,5 @@ pub use error::StoreError;
 pub use index::{IndexedJob, JobIndex};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
 pub use registry::{HEARTBEAT, WorkerRecord, list_workers, open_registry};
-pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent};
+pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
 pub use streams::{StreamSettings, ensure_streams};
