@@ -267,7 +267,8 @@ async fn a_slow_reader_that_keeps_pinging_gets_lagged_and_4008() {
             ..session::Limits::default()
         };
         // The socket: room for one frame beyond what the client has read.
-        let (sink, mut socket) = futures::channel::mpsc::channel::<Outbound>(0);
+        let (sink, mut socket) = tokio::sync::mpsc::channel::<Outbound>(1);
+        let sink = tokio_util::sync::PollSender::new(sink);
         let (client, inbound) = futures::channel::mpsc::unbounded::<Inbound>();
         let shutdown = fetchml_tests::CancellationToken::new();
         let run = tokio::spawn(session::run(state.clone(), caller, limits, sink, inbound, shutdown.clone()));
@@ -275,14 +276,14 @@ async fn a_slow_reader_that_keeps_pinging_gets_lagged_and_4008() {
             Outbound::Text(t) => serde_json::from_str::<Value>(t).unwrap(),
             other => panic!("expected a text frame, got {other:?}"),
         };
-        assert_eq!(text(&socket.next().await.unwrap())["type"], "hello");
+        assert_eq!(text(&socket.recv().await.unwrap())["type"], "hello");
         let sub =
             json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "from": "beginning"});
         client.unbounded_send(Inbound::Text(sub.to_string())).unwrap();
-        assert_eq!(text(&socket.next().await.unwrap())["type"], "subscribed");
+        assert_eq!(text(&socket.recv().await.unwrap())["type"], "subscribed");
         let mut last_seen = 0;
         for _ in 0..3 {
-            let m = text(&socket.next().await.unwrap());
+            let m = text(&socket.recv().await.unwrap());
             assert_eq!(m["type"], "message");
             last_seen = m["seq"].as_u64().unwrap();
         }
@@ -294,9 +295,12 @@ async fn a_slow_reader_that_keeps_pinging_gets_lagged_and_4008() {
             }
         }
         publish(more_lines).await;
+        // The session gives up on it: its subscription (a consumer on the
+        // server) is stopped while the client still has not read.
+        eventually(Duration::from_secs(30), || async { (progress_consumers(&app).await == 0).then_some(()) }).await;
         // When it reads again: what got through, where to resume, then 4008.
         let mut frames = Vec::new();
-        while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(30), socket.next()).await {
+        while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await {
             frames.push(f);
         }
         let texts: Vec<Value> = frames.iter().filter(|f| matches!(f, Outbound::Text(_))).map(|f| text(f)).collect();
