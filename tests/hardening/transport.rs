@@ -303,7 +303,7 @@ async fn a_slow_reader_that_keeps_pinging_gets_lagged_and_4008() {
         while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await {
             frames.push(f);
         }
-        let texts: Vec<Value> = frames.iter().filter(|f| matches!(f, Outbound::Text(_))).map(|f| text(f)).collect();
+        let texts: Vec<Value> = frames.iter().filter(|f| matches!(f, Outbound::Text(_))).map(text).collect();
         if let Some(seq) = texts.iter().filter(|m| m["type"] == "message").filter_map(|m| m["seq"].as_u64()).max() {
             last_seen = seq;
         }

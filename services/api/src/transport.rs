@@ -329,24 +329,16 @@ mod tests {
             .layer(axum::middleware::from_fn(move |req, next| edge(limits.clone(), req, next)))
     }
 
+    /// Calls the router as a connection would (no `tower::ServiceExt` here).
     async fn call(app: Router, req: Request) -> (StatusCode, serde_json::Value, axum::http::HeaderMap) {
-        use tower_service_call::call;
-        let r = call(app, req).await;
+        let svc = TowerToHyperService::new(app);
+        let r = match hyper::service::Service::call(&svc, req).await {
+            Ok(r) => r,
+            Err(e) => match e {},
+        };
         let (status, headers) = (r.status(), r.headers().clone());
         let bytes = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap_or_default();
         (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null), headers)
-    }
-
-    /// Calls a router without `tower::ServiceExt` (not a dependency).
-    mod tower_service_call {
-        use super::*;
-        pub async fn call(app: Router, req: Request) -> Response {
-            let svc = TowerToHyperService::new(app);
-            match hyper::service::Service::call(&svc, req).await {
-                Ok(r) => r,
-                Err(e) => match e {},
-            }
-        }
     }
 
     fn limits() -> HttpLimits {
