@@ -301,7 +301,11 @@ async fn a_slow_reader_that_keeps_pinging_gets_lagged_and_4008() {
         // When it reads again: what got through, where to resume, then 4008.
         let mut frames = Vec::new();
         while let Ok(Some(f)) = tokio::time::timeout(Duration::from_secs(30), socket.recv()).await {
+            let closed = matches!(f, Outbound::Close(..));
             frames.push(f);
+            if closed {
+                break;
+            }
         }
         let texts: Vec<Value> = frames.iter().filter(|f| matches!(f, Outbound::Text(_))).map(text).collect();
         if let Some(seq) = texts.iter().filter(|m| m["type"] == "message").filter_map(|m| m["seq"].as_u64()).max() {
@@ -312,7 +316,100 @@ async fn a_slow_reader_that_keeps_pinging_gets_lagged_and_4008() {
         assert_eq!(lagged[0]["sub"], "p");
         assert_eq!(lagged[0]["resume_from"].as_u64(), Some(last_seen + 1), "{frames:?}");
         assert!(matches!(frames.last(), Some(Outbound::Close(4008, _))), "{more_lines}: {frames:?}");
+        // The client answers the close; the session ends.
+        client.unbounded_send(Inbound::Close).unwrap();
         tokio::time::timeout(Duration::from_secs(30), run).await.unwrap().unwrap();
-        drop(client);
+    }
+}
+
+/// The same over a real socket: a client with a small receive buffer that
+/// pings (WebSocket and protocol pings) but does not read while a flood
+/// arrives, with the server pinging often too.
+#[tokio::test]
+async fn a_pinging_client_that_does_not_read_gets_lagged_and_4008_over_a_socket() {
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let app = spawn_app_with(|s| {
+        s.streaming.buffer = 64;
+        s.streaming.send_timeout_ms = 300;
+        s.streaming.ping_secs = 1;
+    })
+    .await;
+    let (_, job) = app.submit(json!({"executor": "noop", "command": [], "pool": "nobody-serves-this"})).await;
+    let job_id: fetchml_events::JobId = job["id"].as_str().unwrap().parse().unwrap();
+    let mut req = format!("ws://{}/v1/stream", app.addr).into_client_request().unwrap();
+    req.headers_mut().insert("authorization", format!("Bearer {}", key_of("alice")).parse().unwrap());
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(4096).unwrap();
+    let tcp = sock.connect(app.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "from": "live"});
+    tx.send(Message::Text(sub.to_string().into())).await.unwrap();
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), rx.next()).await.unwrap() {
+            Some(Ok(Message::Text(t))) if t.contains("subscribed") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("expected subscribed, got {other:?}"),
+        }
+    }
+    // Flood the job's log while the client only pings.
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let subject = store.subjects().progress(&fetchml_events::UserName::parse("alice").unwrap(), job_id, "log");
+    let js = store.jetstream().clone();
+    let pad = "x".repeat(200);
+    // More than the socket buffers on both sides hold.
+    let mut acks = futures::stream::FuturesUnordered::new();
+    for i in 0..40_000 {
+        let body = json!({"job_id": job_id, "attempt": 1, "stream": "stdout", "line": format!("{i} {pad}")});
+        acks.push(std::future::IntoFuture::into_future(
+            js.publish(subject.clone(), body.to_string().into()).await.unwrap(),
+        ));
+        if acks.len() > 512 {
+            acks.next().await.unwrap().unwrap();
+        }
+        if i % 2000 == 0 {
+            let _ = tokio::time::timeout(Duration::from_millis(50), tx.send(Message::Ping(Vec::new().into()))).await;
+            let ping = Message::Text(json!({"op": "ping"}).to_string().into());
+            let _ = tokio::time::timeout(Duration::from_millis(50), tx.send(ping)).await;
+        }
+    }
+    while let Some(a) = acks.next().await {
+        a.unwrap();
+    }
+    // Keep pinging until the server has given up on the subscription.
+    let tx = std::sync::Arc::new(tokio::sync::Mutex::new(tx));
+    eventually(Duration::from_secs(60), || {
+        let (tx, app) = (tx.clone(), &app);
+        async move {
+            let mut tx = tx.lock().await;
+            let _ = tokio::time::timeout(Duration::from_millis(50), tx.send(Message::Ping(Vec::new().into()))).await;
+            drop(tx);
+            (progress_consumers(app).await == 0).then_some(())
+        }
+    })
+    .await;
+    // Reading now: messages, where to resume, then 4008.
+    let mut last_seen = None;
+    let mut lagged = None;
+    let code = loop {
+        match tokio::time::timeout(Duration::from_secs(30), rx.next()).await.expect("a frame within 30 s") {
+            Some(Ok(Message::Text(t))) => {
+                let m: Value = serde_json::from_str(&t).unwrap();
+                match m["type"].as_str() {
+                    Some("message") => last_seen = m["seq"].as_u64(),
+                    Some("lagged") => lagged = m["resume_from"].as_u64(),
+                    _ => {}
+                }
+            }
+            Some(Ok(Message::Close(Some(f)))) => break u16::from(f.code),
+            Some(Ok(_)) => continue,
+            other => panic!("expected a close frame, got {other:?} (lagged {lagged:?})"),
+        }
+    };
+    assert_eq!(code, 4008);
+    let resume = lagged.expect("a lagged notice");
+    if let Some(seen) = last_seen {
+        assert_eq!(resume, seen + 1);
     }
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -152,7 +152,7 @@ async fn accept_failed(e: io::Error) {
 struct Connection {
     tcp: Option<TcpStream>,
     permit: Option<OwnedSemaphorePermit>,
-    /// We shut our side down (hyper closes the connection).
+    /// Our side is shut down already (hyper closed the connection).
     closing: bool,
 }
 
@@ -212,18 +212,20 @@ impl AsyncWrite for Connection {
 
 impl Drop for Connection {
     /// A socket closed while the peer is still sending (an early 413, a body
-    /// timeout) would answer its data with a reset, which can destroy our
-    /// response before the peer reads it. So after our side is shut down, the
-    /// rest is read and discarded for a moment (bounded in time and bytes), as
-    /// web servers' "lingering close" does; the slot is held until then.
+    /// timeout, a WebSocket client's pings) would answer its data with a
+    /// reset, which can destroy our last answer before the peer reads it. So
+    /// our side is shut down (after what is queued) and the rest is read and
+    /// discarded for a moment, bounded in time and bytes, as web servers'
+    /// "lingering close" does; the slot is held until then.
     fn drop(&mut self) {
         let (Some(mut tcp), Some(permit)) = (self.tcp.take(), self.permit.take()) else { return };
-        if !self.closing {
-            return;
-        }
         let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        let shut = self.closing;
         rt.spawn(async move {
             let linger = async {
+                if !shut {
+                    let _ = tcp.shutdown().await;
+                }
                 let mut buf = [0u8; 8192];
                 let mut left: usize = 1 << 20;
                 while left > 0 {
@@ -233,11 +235,14 @@ impl Drop for Connection {
                     }
                 }
             };
-            let _ = tokio::time::timeout(Duration::from_secs(2), linger).await;
+            let _ = tokio::time::timeout(LINGER, linger).await;
             drop(permit);
         });
     }
 }
+
+/// How long a closed connection is drained at most (see `Connection`'s `Drop`).
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The router's outermost layer: the request-level rules of the transport.
 ///

@@ -129,10 +129,13 @@ pub async fn run<S, R>(
     let idle = tokio::time::sleep(limits.idle_timeout);
     tokio::pin!(idle);
     let mut lags: Vec<Lag> = Vec::new();
+    // Set when we send a close frame: how long to wait for the client's.
+    let mut closed_by_us: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => {
                 let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::GOING_AWAY, "server shutting down".into()))).await;
+                closed_by_us = Some(limits.send_timeout);
                 break;
             }
             frame = inbound.next() => {
@@ -142,6 +145,7 @@ pub async fn run<S, R>(
                     Some(Inbound::TooLarge) => {
                         let reason = format!("frames over {} bytes are refused", limits.max_message_bytes.saturating_mul(16));
                         let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::TOO_BIG, reason))).await;
+                        closed_by_us = Some(limits.send_timeout);
                         break;
                     }
                     Some(Inbound::Ping) | Some(Inbound::Pong) => None,
@@ -156,7 +160,8 @@ pub async fn run<S, R>(
                         // is a slow client like any other.
                         Err(_) => {
                             cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                            return;
+                            closed_by_us = Some(limits.idle_timeout);
+                            break;
                         }
                     }
                 }
@@ -185,7 +190,8 @@ pub async fn run<S, R>(
                     // may not arrive; resume from after the last one handed over.
                     Err(_) => {
                         cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                        return;
+                        closed_by_us = Some(limits.idle_timeout);
+                        break;
                     }
                 }
             }
@@ -193,7 +199,8 @@ pub async fn run<S, R>(
                 if let Some(l) = lag {
                     lags.push(l);
                     cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                    return;
+                    closed_by_us = Some(limits.idle_timeout);
+                    break;
                 }
             }
             _ = ping.tick() => {
@@ -202,12 +209,14 @@ pub async fn run<S, R>(
                     Ok(Err(_)) => break,
                     Err(_) => {
                         cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                        return;
+                        closed_by_us = Some(limits.idle_timeout);
+                        break;
                     }
                 }
             }
             _ = &mut idle => {
                 let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::IDLE, "idle".into()))).await;
+                closed_by_us = Some(limits.send_timeout);
                 break;
             }
         }
@@ -215,6 +224,25 @@ pub async fn run<S, R>(
     for (_, sub) in subs {
         sub.stop.cancel();
     }
+    if let Some(within) = closed_by_us {
+        await_client_close(&mut inbound, within).await;
+    }
+}
+
+/// The end of the closing handshake: after our close frame, reads (and drops)
+/// what the client still sends until its own close frame, for at most
+/// `within`. A socket closed with the client's frames unread (its pings, say)
+/// is reset, and the reset can destroy our last frames (`lagged`, the close
+/// code) before the client has read them.
+async fn await_client_close<R: Stream<Item = Inbound> + Unpin>(inbound: &mut R, within: Duration) {
+    let drain = async {
+        while let Some(frame) = inbound.next().await {
+            if matches!(frame, Inbound::Close) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, drain).await;
 }
 
 /// Notes that subscription `sub`'s message `seq` was handed to the socket
