@@ -16,8 +16,12 @@
 //! - **Body timeout** (`api.body_timeout_ms`) and **early 413**: see [`edge`],
 //!   the router's outermost layer.
 //! - **Graceful drain**: on shutdown the listener stops accepting, idle
-//!   connections close, and requests in flight finish; WebSocket sessions close
-//!   themselves with 1001 on the same signal.
+//!   connections close, and requests in flight finish (a following logs
+//!   request ends too); WebSocket sessions close themselves with 1001 on the
+//!   same signal.
+//! - **Lingering close**: a closed connection shuts its side down and drains
+//!   what the peer still sends for up to 2 s, so that our last answer is not
+//!   destroyed by a TCP reset (see `Connection`'s `Drop`).
 //!
 //! Every connection gets `TCP_NODELAY` (responses are written whole: Nagle
 //! would only hold them) and its peer address as `ConnectInfo<SocketAddr>`.
