@@ -31,5 +31,5 @@ pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
 pub use registry::{
     DEFAULT_WORKER_TTL, HEARTBEAT, WorkerRecord, ensure_registry, heartbeat_every, list_workers, open_registry,
 };
-pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent};
+pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
 pub use streams::{StreamSettings, ensure_streams};

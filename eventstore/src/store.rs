@@ -264,7 +264,7 @@ impl EventStore {
         stream: &str,
         filters: Vec<String>,
         start: StartAt,
-    ) -> Result<impl Stream<Item = Result<StoredEvent, StoreError>> + use<>, StoreError> {
+    ) -> Result<StreamReader, StoreError> {
         let deliver_policy = match start {
             StartAt::Beginning => DeliverPolicy::All,
             StartAt::Sequence(seq) => DeliverPolicy::ByStartSequence { start_sequence: seq.max(1) },
@@ -279,17 +279,27 @@ impl EventStore {
         let s = self.js.get_stream_no_info(stream).await.map_err(StoreError::unavailable)?;
         let (filter_subject, filter_subjects) =
             if filters.len() == 1 { (filters[0].clone(), Vec::new()) } else { (String::new(), filters) };
+        // Named by us, so that the reader can delete it when it is dropped.
+        let name = format!("read_{}", uuid::Uuid::now_v7().simple());
         let consumer = s
-            .create_consumer(OrderedConfig { filter_subject, filter_subjects, deliver_policy, ..Default::default() })
+            .create_consumer(OrderedConfig {
+                name: Some(name.clone()),
+                filter_subject,
+                filter_subjects,
+                deliver_policy,
+                ..Default::default()
+            })
             .await
             .map_err(StoreError::unavailable)?;
         let messages = consumer.messages().await.map_err(StoreError::unavailable)?;
-        Ok(messages.map(|m| {
-            let m = m.map_err(StoreError::unavailable)?;
-            let info = m.info().map_err(StoreError::unavailable)?;
-            let (seq, pending) = (info.stream_sequence, info.pending);
-            Ok(StoredEvent { seq, subject: m.subject.to_string(), payload: m.payload.clone(), pending: Some(pending) })
-        }))
+        Ok(StreamReader {
+            messages,
+            js: self.js.clone(),
+            stream: stream.to_owned(),
+            name,
+            recreated: 0,
+            last_consumer_seq: 0,
+        })
     }
 
     /// The sequence of the last PROGRESS message on exactly `subject`, if any.
@@ -313,6 +323,71 @@ impl EventStore {
     pub async fn last_sequence(&self) -> Result<u64, StoreError> {
         let info = self.events.get_info().await.map_err(StoreError::unavailable)?;
         Ok(info.state.last_sequence)
+    }
+}
+
+/// A read of [`EventStore::read_stream`]: one ordered consumer.
+///
+/// Dropping it deletes the consumer on the server at once. Otherwise the
+/// server would keep it (and whatever it holds) until its pull request
+/// expired and its inactivity threshold passed, up to a minute after the reader
+/// left: a client that opens and abandons streams quickly would pile them up.
+pub struct StreamReader {
+    messages: async_nats::jetstream::consumer::pull::Ordered,
+    js: jetstream::Context,
+    stream: String,
+    name: String,
+    /// How often the client library recreated the consumer (after a server
+    /// restart or a gap): the live one is then named `{name}_{recreated}`.
+    recreated: u64,
+    last_consumer_seq: u64,
+}
+
+impl Stream for StreamReader {
+    type Item = Result<StoredEvent, StoreError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let m = match std::task::ready!(self.messages.poll_next_unpin(cx)) {
+            None => return std::task::Poll::Ready(None),
+            Some(Err(e)) => return std::task::Poll::Ready(Some(Err(StoreError::unavailable(e)))),
+            Some(Ok(m)) => m,
+        };
+        let info = match m.info() {
+            Ok(i) => (i.stream_sequence, i.pending, i.consumer_sequence),
+            Err(e) => return std::task::Poll::Ready(Some(Err(StoreError::unavailable(e)))),
+        };
+        let (seq, pending, consumer_seq) = info;
+        // A recreated consumer counts from 1 again.
+        if consumer_seq <= self.last_consumer_seq {
+            self.recreated += 1;
+        }
+        self.last_consumer_seq = consumer_seq;
+        std::task::Poll::Ready(Some(Ok(StoredEvent {
+            seq,
+            subject: m.subject.to_string(),
+            payload: m.payload.clone(),
+            pending: Some(pending),
+        })))
+    }
+}
+
+impl Drop for StreamReader {
+    fn drop(&mut self) {
+        let Ok(rt) = tokio::runtime::Handle::try_current() else { return };
+        // The live consumer. (One being recreated at this very moment is left
+        // to the server's inactivity threshold.)
+        let name = match self.recreated {
+            0 => std::mem::take(&mut self.name),
+            n => format!("{}_{n}", self.name),
+        };
+        let (js, stream) = (self.js.clone(), std::mem::take(&mut self.stream));
+        rt.spawn(async move {
+            // Not found: already gone; fine.
+            let _ = js.delete_consumer_from_stream(&name, &stream).await;
+        });
     }
 }
 

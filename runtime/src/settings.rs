@@ -127,8 +127,20 @@ pub struct NatsSettings {
 pub struct ApiSettings {
     /// Where the HTTP api listens.
     pub listen: String,
-    /// Largest request body accepted.
+    /// Largest request body accepted; a larger `Content-Length` is answered 413
+    /// before any of the body is read (and without `100 Continue`).
     pub max_body_bytes: usize,
+    /// A request's headers must arrive within this, counted from the
+    /// connection's start or from the end of the previous response: it is also
+    /// how long an idle keep-alive connection stays open (then it is closed).
+    pub header_read_timeout_ms: u64,
+    /// A request's body must arrive within this after its headers (else 408
+    /// `body_timeout` and the connection is closed).
+    pub body_timeout_ms: u64,
+    /// Open connections at most (WebSockets included); further ones wait in the
+    /// listen backlog until one closes. Keep it below the process's open-file
+    /// limit (`ulimit -n`), which NATS and Postgres connections share.
+    pub max_connections: usize,
     /// Run the dispatcher (EVENTS → DISPATCH) and its reconciler inside the api process.
     pub embedded_dispatcher: bool,
     /// Run the projector (event log → Postgres read models) inside the api process.
@@ -190,6 +202,9 @@ impl Default for ApiSettings {
         Self {
             listen: "127.0.0.1:9101".into(),
             max_body_bytes: 1 << 20,
+            header_read_timeout_ms: 10_000,
+            body_timeout_ms: 30_000,
+            max_connections: 512,
             embedded_dispatcher: true,
             embedded_projector: true,
             read_your_writes_ms: 5000,
@@ -283,6 +298,15 @@ impl Settings {
         }
         if self.api.max_body_bytes < 1024 {
             return Err(invalid("api.max_body_bytes", "must be at least 1024".into()));
+        }
+        if self.api.header_read_timeout_ms == 0 {
+            return Err(invalid("api.header_read_timeout_ms", "must be at least 1".into()));
+        }
+        if self.api.body_timeout_ms == 0 {
+            return Err(invalid("api.body_timeout_ms", "must be at least 1".into()));
+        }
+        if self.api.max_connections == 0 {
+            return Err(invalid("api.max_connections", "must be at least 1".into()));
         }
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return Err(invalid("nats.replicas", "must be 1-5".into()));

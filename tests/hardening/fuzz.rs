@@ -60,17 +60,17 @@ fn spec() -> impl Strategy<Value = Value> {
     ];
     (
         command,
-        proptest::option::of(executor).prop_map(|e| e.or(Some("noop"))),
-        proptest::option::of(text(12)),
-        proptest::option::of(prop::collection::vec(text(6), 0..3)),
-        proptest::option::of(number()),
-        proptest::option::of(text(16)),
-        proptest::option::of(prop::collection::btree_map(text(6), text(10), 0..3)),
-        proptest::option::of(prop::collection::btree_map(text(6), text(6), 0..2)),
-        proptest::option::of(text(10)),
-        proptest::option::of(number()),
-        proptest::option::of((number(), number(), number(), number())),
-        proptest::option::of(number()),
+        prop_oneof![3 => Just(Some("noop")), 1 => proptest::option::weighted(0.3, executor)],
+        proptest::option::weighted(0.3, text(12)),
+        proptest::option::weighted(0.3, prop::collection::vec(text(6), 0..3)),
+        proptest::option::weighted(0.3, number()),
+        proptest::option::weighted(0.3, text(16)),
+        proptest::option::weighted(0.3, prop::collection::btree_map(text(6), text(10), 0..3)),
+        proptest::option::weighted(0.3, prop::collection::btree_map(text(6), text(6), 0..2)),
+        proptest::option::weighted(0.3, text(10)),
+        proptest::option::weighted(0.3, number()),
+        proptest::option::weighted(0.3, (number(), number(), number(), number())),
+        proptest::option::weighted(0.3, number()),
     )
         .prop_map(
             |(command, executor, pool, labels, priority, experiment, tags, env, workdir, timeout, retry, gpus)| {

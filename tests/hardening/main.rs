@@ -6,6 +6,7 @@
 
 mod auth;
 mod edge;
+mod fuzz;
 mod projector;
 mod transport;
 mod worker;

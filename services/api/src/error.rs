@@ -33,6 +33,13 @@ pub enum ApiError {
     ReadModel(#[source] fetchml_projections::ProjectionError),
     #[error("the event store is unavailable")]
     Unavailable(#[source] StoreError),
+    /// The transport's refusals (see `transport::edge`).
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("the request body did not arrive in time")]
+    BodyTimeout,
+    #[error("this route does not take that method (see Allow)")]
+    MethodNotAllowed,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -58,6 +65,9 @@ impl ApiError {
             ApiError::ReadModel(e) if e.is_unavailable() => (StatusCode::SERVICE_UNAVAILABLE, "read_model_unavailable"),
             ApiError::ReadModel(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "event_store_unavailable"),
+            ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
+            ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
+            ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

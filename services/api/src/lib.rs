@@ -12,6 +12,7 @@ mod refusals;
 pub(crate) mod routes;
 pub use routes::jobs::MAX_BATCH;
 pub mod stream;
+pub mod transport;
 
 pub use error::ApiError;
 
@@ -48,8 +49,8 @@ pub struct AppState {
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
-pub fn router(state: AppState, max_body_bytes: usize) -> Router {
-    routes::router(max_body_bytes).with_state(state)
+pub fn router(state: AppState, limits: &transport::HttpLimits) -> Router {
+    routes::router(limits).with_state(state)
 }
 
 /// A built api: listener bound, NATS connected, streams in place.
@@ -169,21 +170,15 @@ impl Application {
         // The users file is re-read on SIGHUP and whenever it changes on disk.
         tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));
         let auth = self.state.auth.clone();
-        let app = router(self.state, self.settings.api.max_body_bytes);
+        let limits = transport::HttpLimits::from_settings(&self.settings.api);
+        let app = router(self.state, &limits);
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();
-        // Responses are small and written whole: Nagle would only hold them.
-        let listener = axum::serve::ListenerExt::tap_io(self.listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
+        tokio::spawn(async move {
+            shutdown.await;
+            stop_serving.cancel();
         });
-        let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-            .with_graceful_shutdown(async move {
-                shutdown.await;
-                stop_serving.cancel();
-            })
-            .await;
+        transport::serve(self.listener, app, limits, stop.clone()).await;
         stop.cancel();
         // Refusals still being folded are recorded before the api exits.
         auth.close_refusal_windows().await;
@@ -194,7 +189,7 @@ impl Application {
                 Err(e) => tracing::error!(error = %e, "dispatcher task failed"),
             }
         }
-        served.map_err(Into::into)
+        Ok(())
     }
 }
 

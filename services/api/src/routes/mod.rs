@@ -11,7 +11,10 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-pub fn router(max_body_bytes: usize) -> Router<AppState> {
+/// Every route, under the transport's request rules ([`crate::transport::edge`]:
+/// early 413, body timeout, JSON for the transport's own answers).
+pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
+    let edge_limits = std::sync::Arc::new(limits.clone());
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -30,6 +33,7 @@ pub fn router(max_body_bytes: usize) -> Router<AppState> {
         .route("/v1/workers", get(workers::list))
         .route("/v1/stream", get(crate::stream::upgrade))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
-        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
+        .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)))
         .layer(tower_http::trace::TraceLayer::new_for_http())
 }

@@ -89,8 +89,19 @@ async fn serve(state: AppState, caller: Caller, limits: session::Limits, socket:
         Ok(Message::Binary(_)) => Inbound::Binary,
         Ok(Message::Ping(_)) => Inbound::Ping,
         Ok(Message::Pong(_)) => Inbound::Pong,
-        Ok(Message::Close(_)) | Err(_) => Inbound::Close,
+        Ok(Message::Close(_)) => Inbound::Close,
+        Err(e) if is_too_large(&e) => Inbound::TooLarge,
+        Err(_) => Inbound::Close,
     });
     let shutdown = state.shutdown.clone();
     session::run(state, caller, limits, Box::pin(sink), Box::pin(inbound), shutdown).await;
+}
+
+/// Whether a read failed because the frame or message is over the transport's
+/// limit (the connection is then closed with 1009 rather than dropped).
+fn is_too_large(e: &axum::Error) -> bool {
+    use tokio_tungstenite::tungstenite::Error;
+    std::error::Error::source(e)
+        .and_then(|inner| inner.downcast_ref::<Error>())
+        .is_some_and(|e| matches!(e, Error::Capacity(_)))
 }

@@ -9,10 +9,16 @@
 //!
 //! Backpressure: subscriptions feed one bounded buffer per connection, waiting
 //! on it at most the send timeout (which slows only their own consumer). If it
-//! stays full that long (the client reads too slowly), or a write cannot finish
-//! within the send timeout, the session stops its subscriptions, tells
-//! the client where each one should resume (`lagged`), and closes with 4008.
-//! Other connections are not affected: nothing here waits on another client.
+//! stays full that long (the client reads too slowly), or any write (a message,
+//! a reply such as `pong`, the server's ping) cannot finish within the send
+//! timeout, the session stops its subscriptions, tells the client where each
+//! one should resume (`lagged`: right after the last message handed to the
+//! socket), and closes with 4008. A client that keeps sending pings but does
+//! not read is such a client. Other connections are not affected: nothing here
+//! waits on another client.
+//!
+//! A frame far over the message limit (refused by the transport) closes the
+//! connection with 1009.
 
 use super::plan::Plan;
 use super::protocol::{ClientMsg, From, PROTOCOL_VERSION, ServerMsg, StreamKind, close};
@@ -32,6 +38,8 @@ pub enum Inbound {
     Binary,
     Ping,
     Pong,
+    /// A frame over the transport's hard limit (the connection cannot go on).
+    TooLarge,
     Close,
 }
 
@@ -70,15 +78,24 @@ impl Default for Limits {
 
 struct Outgoing {
     sub: String,
-    stream: StreamKind,
     seq: u64,
     text: String,
+}
+
+/// One open subscription.
+struct Sub {
+    stop: CancellationToken,
+    stream: StreamKind,
+    /// Where to resume if nothing was delivered yet (`None`: unknown, `live`
+    /// and time starts).
+    start: Option<u64>,
+    /// The last message handed to the socket.
+    delivered: Option<u64>,
 }
 
 /// A subscription fell behind: it stopped at `seq` (not delivered).
 struct Lag {
     sub: String,
-    stream: StreamKind,
     seq: u64,
 }
 
@@ -97,7 +114,7 @@ pub async fn run<S, R>(
 {
     let (tx, mut rx) = mpsc::channel::<Outgoing>(limits.buffer.max(1));
     let (lag_tx, mut lag_rx) = mpsc::unbounded_channel::<Lag>();
-    let mut subs: HashMap<String, CancellationToken> = HashMap::new();
+    let mut subs: HashMap<String, Sub> = HashMap::new();
     let hello = ServerMsg::Hello {
         protocol: PROTOCOL_VERSION,
         user: caller.name().to_string(),
@@ -115,42 +132,61 @@ pub async fn run<S, R>(
     // A session outlives no revocation of the credential it was opened with.
     let revoked = state.auth.revoked(&caller);
     tokio::pin!(revoked);
+    // Set when we send a close frame: how long to wait for the client's.
+    let mut closed_by_us: Option<Duration> = None;
     loop {
         tokio::select! {
             _ = &mut revoked => {
                 let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::REVOKED, "credentials revoked".into()))).await;
+                closed_by_us = Some(limits.send_timeout);
                 break;
             }
             _ = shutdown.cancelled() => {
                 let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::GOING_AWAY, "server shutting down".into()))).await;
+                closed_by_us = Some(limits.send_timeout);
                 break;
             }
             frame = inbound.next() => {
                 idle.as_mut().reset(tokio::time::Instant::now() + limits.idle_timeout);
                 let reply = match frame {
                     None | Some(Inbound::Close) => break,
+                    Some(Inbound::TooLarge) => {
+                        let reason = format!("frames over {} bytes are refused", limits.max_message_bytes.saturating_mul(16));
+                        let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::TOO_BIG, reason))).await;
+                        closed_by_us = Some(limits.send_timeout);
+                        break;
+                    }
                     Some(Inbound::Ping) | Some(Inbound::Pong) => None,
                     Some(Inbound::Binary) => Some(ServerMsg::error(None, "binary_not_supported", "send JSON text frames")),
                     Some(Inbound::Text(t)) => handle_client(&state, &caller, &limits, &t, &mut subs, &tx, &lag_tx).await,
                 };
-                if let Some(r) = reply
-                    && !matches!(tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Text(r.to_text()))).await, Ok(Ok(())))
-                {
-                    break;
+                if let Some(r) = reply {
+                    match tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Text(r.to_text()))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => break,
+                        // A client that sends (pings, say) but does not read
+                        // is a slow client like any other.
+                        Err(_) => {
+                            cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
+                            closed_by_us = Some(limits.idle_timeout);
+                            break;
+                        }
+                    }
                 }
             }
             out = rx.recv() => {
                 let Some(out) = out else { continue };
                 // Write what is waiting in one go and flush once: a flush per
                 // message would cap a connection far below what NATS delivers.
-                let mut last = (out.sub.clone(), out.stream, out.seq);
+                // A message counts as delivered once handed to the socket.
                 let write = async {
                     sink.feed(Outbound::Text(out.text)).await.map_err(|_| ())?;
+                    handed_over(&mut subs, &out.sub, out.seq);
                     let mut n = 1;
                     while n < 256 {
                         let Ok(more) = rx.try_recv() else { break };
-                        last = (more.sub.clone(), more.stream, more.seq);
                         sink.feed(Outbound::Text(more.text)).await.map_err(|_| ())?;
+                        handed_over(&mut subs, &more.sub, more.seq);
                         n += 1;
                     }
                     sink.flush().await.map_err(|_| ())
@@ -161,9 +197,9 @@ pub async fn run<S, R>(
                     // The client does not read: what was being written may or
                     // may not arrive; resume from after the last one handed over.
                     Err(_) => {
-                        lags.push(Lag { sub: last.0, stream: last.1, seq: last.2 + 1 });
                         cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                        return;
+                        closed_by_us = Some(limits.idle_timeout);
+                        break;
                     }
                 }
             }
@@ -171,53 +207,98 @@ pub async fn run<S, R>(
                 if let Some(l) = lag {
                     lags.push(l);
                     cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                    return;
+                    closed_by_us = Some(limits.idle_timeout);
+                    break;
                 }
             }
             _ = ping.tick() => {
-                if !matches!(tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Ping)).await, Ok(Ok(()))) {
-                    break;
+                match tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Ping)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
+                        closed_by_us = Some(limits.idle_timeout);
+                        break;
+                    }
                 }
             }
             _ = &mut idle => {
                 let _ = tokio::time::timeout(limits.send_timeout, sink.send(Outbound::Close(close::IDLE, "idle".into()))).await;
+                closed_by_us = Some(limits.send_timeout);
                 break;
             }
         }
     }
-    for (_, stop) in subs {
-        stop.cancel();
+    for (_, sub) in subs {
+        sub.stop.cancel();
+    }
+    if let Some(within) = closed_by_us {
+        await_client_close(&mut inbound, within).await;
     }
 }
 
-/// Stops every subscription, tells the client where each should resume, and
-/// closes with 4008.
+/// The end of the closing handshake: after our close frame, reads (and drops)
+/// what the client still sends until its own close frame, for at most
+/// `within`. A socket closed with the client's frames unread (its pings, say)
+/// is reset, and the reset can destroy our last frames (`lagged`, the close
+/// code) before the client has read them.
+async fn await_client_close<R: Stream<Item = Inbound> + Unpin>(inbound: &mut R, within: Duration) {
+    let drain = async {
+        while let Some(frame) = inbound.next().await {
+            if matches!(frame, Inbound::Close) {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(within, drain).await;
+}
+
+/// Notes that subscription `sub`'s message `seq` was handed to the socket
+/// (sequence 0 is its `subscribed` confirmation, not a message).
+fn handed_over(subs: &mut HashMap<String, Sub>, sub: &str, seq: u64) {
+    if seq > 0
+        && let Some(s) = subs.get_mut(sub)
+    {
+        s.delivered = Some(seq);
+    }
+}
+
+/// Stops every subscription, tells the client where each should resume
+/// (right after the last message handed to the socket; else the earliest one
+/// not delivered; else where it started), and closes with 4008.
 async fn cut_off<S: Sink<Outbound> + Unpin>(
     sink: &mut S,
     limits: &Limits,
-    subs: &mut HashMap<String, CancellationToken>,
+    subs: &mut HashMap<String, Sub>,
     rx: &mut mpsc::Receiver<Outgoing>,
     lag_rx: &mut mpsc::UnboundedReceiver<Lag>,
     lags: Vec<Lag>,
 ) {
-    for (_, stop) in subs.drain() {
-        stop.cancel();
-    }
     // The earliest undelivered sequence of each subscription.
-    let mut resume: BTreeMap<String, (StreamKind, u64)> = BTreeMap::new();
-    let mut note = |sub: String, stream: StreamKind, seq: u64| {
-        let e = resume.entry(sub).or_insert((stream, seq));
-        e.1 = e.1.min(seq);
+    let mut pending: HashMap<String, u64> = HashMap::new();
+    let mut note = |sub: String, seq: u64| {
+        if seq > 0 {
+            let e = pending.entry(sub).or_insert(seq);
+            *e = (*e).min(seq);
+        }
     };
     rx.close();
     while let Ok(o) = rx.try_recv() {
-        note(o.sub, o.stream, o.seq);
+        note(o.sub, o.seq);
     }
     while let Ok(l) = lag_rx.try_recv() {
-        note(l.sub, l.stream, l.seq);
+        note(l.sub, l.seq);
     }
     for l in lags {
-        note(l.sub, l.stream, l.seq);
+        note(l.sub, l.seq);
+    }
+    let mut resume: BTreeMap<String, (StreamKind, u64)> = BTreeMap::new();
+    for (id, sub) in subs.drain() {
+        sub.stop.cancel();
+        let from = sub.delivered.map(|d| d + 1).or_else(|| pending.get(&id).copied()).or(sub.start);
+        if let Some(seq) = from {
+            resume.insert(id, (sub.stream, seq));
+        }
     }
     // The socket may be full: the notices queue behind the data already
     // written and get out when the client reads again, if it does so within
@@ -236,7 +317,7 @@ async fn handle_client(
     caller: &Caller,
     limits: &Limits,
     text: &str,
-    subs: &mut HashMap<String, CancellationToken>,
+    subs: &mut HashMap<String, Sub>,
     tx: &mpsc::Sender<Outgoing>,
     lag_tx: &mpsc::UnboundedSender<Lag>,
 ) -> Option<ServerMsg> {
@@ -254,8 +335,8 @@ async fn handle_client(
     match msg {
         ClientMsg::Ping {} => Some(ServerMsg::Pong {}),
         ClientMsg::Unsubscribe { id } => match subs.remove(&id) {
-            Some(stop) => {
-                stop.cancel();
+            Some(sub) => {
+                sub.stop.cancel();
                 Some(ServerMsg::Unsubscribed { id })
             }
             None => Some(ServerMsg::error(Some(id), "unknown_subscription", "no such subscription")),
@@ -284,23 +365,23 @@ async fn handle_client(
                     return Some(ServerMsg::error(Some(id), r.code, r.message));
                 }
             };
-            let start = match from {
-                From::Beginning => StartAt::Beginning,
-                From::Live => StartAt::New,
-                From::Seq(s) => StartAt::Sequence(s),
-                From::Time(t) => StartAt::Time(t),
+            let (start, first) = match from {
+                From::Beginning => (StartAt::Beginning, Some(1)),
+                From::Live => (StartAt::New, None),
+                From::Seq(s) => (StartAt::Sequence(s), Some(s.max(1))),
+                From::Time(t) => (StartAt::Time(t), None),
             };
             let events = match state.store.read_stream(&plan.stream_name, plan.filters.clone(), start).await {
                 Ok(e) => e,
                 Err(e) => return Some(ServerMsg::error(Some(id), "unavailable", e.to_string())),
             };
             let stop = CancellationToken::new();
-            subs.insert(id.clone(), stop.clone());
+            subs.insert(id.clone(), Sub { stop: stop.clone(), stream, start: first, delivered: None });
             // The confirmation goes through the same ordered buffer as the
             // messages, so it always comes first.
             let confirm = ServerMsg::Subscribed { id: id.clone(), stream }.to_text();
-            if tx.try_send(Outgoing { sub: id.clone(), stream, seq: 0, text: confirm }).is_err() {
-                let _ = lag_tx.send(Lag { sub: id.clone(), stream, seq: 0 });
+            if tx.try_send(Outgoing { sub: id.clone(), seq: 0, text: confirm }).is_err() {
+                let _ = lag_tx.send(Lag { sub: id.clone(), seq: 0 });
             }
             tokio::spawn(pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout));
             None
@@ -332,10 +413,10 @@ async fn pump(
             ServerMsg::Message { sub: id.clone(), stream: plan.stream, seq: ev.seq, subject_kind, data }.to_text();
         // Waiting here slows only this subscription's own consumer; a buffer
         // that stays full for the send timeout means the client is too slow.
-        match tx.send_timeout(Outgoing { sub: id.clone(), stream: plan.stream, seq: ev.seq, text }, patience).await {
+        match tx.send_timeout(Outgoing { sub: id.clone(), seq: ev.seq, text }, patience).await {
             Ok(()) => {}
             Err(mpsc::error::SendTimeoutError::Timeout(o)) => {
-                let _ = lag_tx.send(Lag { sub: o.sub, stream: o.stream, seq: o.seq });
+                let _ = lag_tx.send(Lag { sub: o.sub, seq: o.seq });
                 return;
             }
             Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
