@@ -184,7 +184,7 @@ const RANGE_READERS: usize = 4;
 async fn read_range(store: EventStore, from: u64, to: u64) -> Result<Vec<(u64, Decoded)>, ProjectionError> {
     let mut out = Vec::with_capacity((to - from + 1) as usize);
     let mut events = store.read(&store.subjects().all_events(), StartAt::Sequence(from)).await?;
-    let user_prefix = format!("{}.ev.user.", store.subjects().namespace());
+    let user_prefix = store.subjects().user_prefix();
     while let Some(ev) = events.next().await {
         let ev = ev?;
         if ev.seq > to {

@@ -7,7 +7,8 @@ use super::protocol::{StreamKind, Target};
 use crate::AppState;
 use crate::auth::Caller;
 use crate::policy::JobAction;
-use fetchml_events::JobId;
+use fetchml_events::subject::Subjects;
+use fetchml_events::{JobId, UserName};
 use fetchml_eventstore::StoredEvent;
 use fetchml_projections::queries::Scope;
 use serde_json::{Value, json};
@@ -53,15 +54,14 @@ impl Plan {
         kinds: Option<&[String]>,
     ) -> Result<Plan, Refusal> {
         let subjects = state.store.subjects();
-        let ns = subjects.namespace().as_str();
         // Who sees what is the policy's ([`crate::policy`]), as for every route.
         let p = &caller.principal;
         let dir = state.auth.directory();
         let deny = |d: crate::policy::Denied, message: String| refuse(d.code(), message, Some(d.permission));
         let scope = crate::policy::list_scope(p, &dir).map_err(|d| deny(d, "you may not read jobs".into()))?;
         let summary_only = matches!(scope, Scope::Summary);
-        let owners: Option<Vec<String>> = match scope {
-            Scope::Owners(o) => Some(o),
+        let owners: Option<Vec<UserName>> = match scope {
+            Scope::Owners(o) => Some(user_names(o)),
             Scope::All | Scope::Summary => None,
         };
         // Progress kinds the caller may see.
@@ -89,11 +89,12 @@ impl Plan {
         // A job the caller sees only in summary is redacted, whatever the scope.
         let mut redact = summary_only;
         let mut filters = Vec::new();
-        let push_job = |filters: &mut Vec<String>, owner: &str, pool: &str, id: &str| match stream {
-            StreamKind::Events => filters.push(format!("{ns}.ev.job.{owner}.{pool}.{id}")),
+        // One job's own subjects: exact, so the server filters without a scan.
+        let push_job = |filters: &mut Vec<String>, job_subject: &str, owner: &UserName, id: JobId| match stream {
+            StreamKind::Events => filters.push(job_subject.to_owned()),
             StreamKind::Progress => {
                 for k in &kinds {
-                    filters.push(format!("{ns}.progress.{owner}.{id}.{k}"));
+                    filters.push(subjects.progress(owner, id, k));
                 }
             }
         };
@@ -117,7 +118,7 @@ impl Plan {
                     let loaded = crate::routes::jobs::load(state, id)
                         .await
                         .map_err(|e| refuse("unavailable", e.to_string(), None))?;
-                    let Some(job) = loaded.state else {
+                    let (Some(job), Some(job_subject)) = (loaded.state, loaded.subject) else {
                         return Err(refuse("job_not_found", format!("job {id} not found"), None));
                     };
                     let refused = |d: crate::policy::Denied| match d.answer {
@@ -131,17 +132,17 @@ impl Plan {
                         crate::policy::decide(p, &dir, &job.owner, JobAction::Logs).map_err(refused)?;
                     }
                     redact |= view == crate::policy::View::Summary;
-                    push_job(&mut filters, "*", "*", &id.to_string());
+                    push_job(&mut filters, &job_subject, &job.owner, id);
                 }
             }
             Target::Pool(pool) => {
-                if fetchml_events::ids::PoolName::parse(pool.as_str()).is_err() {
+                let Ok(pool) = fetchml_events::ids::PoolName::parse(pool.as_str()) else {
                     return Err(refuse("invalid_target", "not a pool name", None));
-                }
+                };
                 match (&owners, stream) {
-                    (None, StreamKind::Events) => filters.push(format!("{ns}.ev.job.*.{pool}.*")),
+                    (None, StreamKind::Events) => filters.push(subjects.job_events_in_pool(None, &pool)),
                     (Some(o), StreamKind::Events) => {
-                        o.iter().for_each(|o| filters.push(format!("{ns}.ev.job.{o}.{pool}.*")))
+                        o.iter().for_each(|o| filters.push(subjects.job_events_in_pool(Some(o), &pool)))
                     }
                     // Progress subjects carry no pool: filter per message by job.
                     (_, StreamKind::Progress) => {
@@ -172,10 +173,11 @@ impl Plan {
                 if !logs.is_empty() {
                     let log_owners =
                         crate::policy::log_owners(p, &dir).map_err(|d| deny(d, "you may not read logs".into()))?;
-                    all_filters(&mut filters, ns, stream, log_owners.as_deref(), &logs);
+                    let log_owners = log_owners.map(user_names);
+                    all_filters(&mut filters, subjects, stream, log_owners.as_deref(), &logs);
                 }
                 if stream == StreamKind::Events || !rest.is_empty() {
-                    all_filters(&mut filters, ns, stream, owners.as_deref(), &rest);
+                    all_filters(&mut filters, subjects, stream, owners.as_deref(), &rest);
                 }
             }
         }
@@ -225,17 +227,29 @@ impl Plan {
     }
 }
 
-fn all_filters(filters: &mut Vec<String>, ns: &str, stream: StreamKind, owners: Option<&[String]>, kinds: &[String]) {
+fn all_filters(
+    filters: &mut Vec<String>,
+    subjects: &Subjects,
+    stream: StreamKind,
+    owners: Option<&[UserName]>,
+    kinds: &[String],
+) {
     match (owners, stream) {
-        (None, StreamKind::Events) => filters.push(format!("{ns}.ev.job.>")),
-        (Some(o), StreamKind::Events) => o.iter().for_each(|o| filters.push(format!("{ns}.ev.job.{o}.>"))),
-        (None, StreamKind::Progress) => kinds.iter().for_each(|k| filters.push(format!("{ns}.progress.*.*.{k}"))),
+        (None, StreamKind::Events) => filters.push(subjects.all_job_events()),
+        (Some(o), StreamKind::Events) => o.iter().for_each(|o| filters.push(subjects.job_events_of_owner(o))),
+        (None, StreamKind::Progress) => kinds.iter().for_each(|k| filters.push(subjects.progress_of_kind(None, k))),
         (Some(o), StreamKind::Progress) => {
             for o in o {
-                kinds.iter().for_each(|k| filters.push(format!("{ns}.progress.{o}.*.{k}")));
+                kinds.iter().for_each(|k| filters.push(subjects.progress_of_kind(Some(o), k)));
             }
         }
     }
+}
+
+/// Owner names as subject tokens. They come from the users file, which
+/// validates them; a name that is not a token could never own a job.
+fn user_names(owners: Vec<String>) -> Vec<UserName> {
+    owners.into_iter().filter_map(|o| UserName::parse(o).ok()).collect()
 }
 
 /// An analyst's view of an event: no actor, no owner, no command line,
