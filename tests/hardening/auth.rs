@@ -226,20 +226,25 @@ async fn two_authorization_headers_are_refused() {
     assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], "ambiguous_credentials");
 }
 
-/// Defect 12: a burst of identical refused requests is on record as a few
-/// events whose counts add up to the burst.
-#[tokio::test]
-async fn a_burst_of_identical_refusals_is_folded_into_counted_events() {
-    let app = spawn_app_with(|s| s.auth.refusal_window_secs = 1).await;
+/// `n` submits by the analyst at once, each refused (403).
+async fn refused_submits_by_ana(app: &fetchml_tests::app::TestApp, n: u64) {
     let ana = app.as_user("ana");
-    let burst = 200;
-    let answers = futures::future::join_all((0..burst).map(|_| {
+    let answers = futures::future::join_all((0..n).map(|_| {
         let ana = ana.clone();
         let url = app.url("/v1/jobs");
         async move { ana.post(url).json(&json!({"command": ["true"]})).send().await.unwrap().status().as_u16() }
     }))
     .await;
     assert!(answers.iter().all(|s| *s == 403), "{answers:?}");
+}
+
+/// Defect 12: a burst of identical refused requests is on record as a few
+/// events whose counts add up to the burst.
+#[tokio::test]
+async fn a_burst_of_identical_refusals_is_folded_into_counted_events() {
+    let app = spawn_app_with(|s| s.auth.refusal_window_secs = 1).await;
+    let burst: u64 = 200;
+    refused_submits_by_ana(&app, burst).await;
     let denied = eventually(Duration::from_secs(20), || async {
         let ev: Vec<Value> = user_events(&app, "ana")
             .await
@@ -259,15 +264,8 @@ async fn a_burst_of_identical_refusals_is_folded_into_counted_events() {
 #[tokio::test]
 async fn every_refusal_of_a_burst_is_stored_when_folding_is_off() {
     let app = spawn_app_with(|s| s.auth.refusal_window_secs = 0).await;
-    let ana = app.as_user("ana");
-    let burst = 100;
-    let answers = futures::future::join_all((0..burst).map(|_| {
-        let ana = ana.clone();
-        let url = app.url("/v1/jobs");
-        async move { ana.post(url).json(&json!({"command": ["true"]})).send().await.unwrap().status().as_u16() }
-    }))
-    .await;
-    assert!(answers.iter().all(|s| *s == 403), "{answers:?}");
+    let burst: usize = 100;
+    refused_submits_by_ana(&app, burst as u64).await;
     eventually(Duration::from_secs(30), || async {
         let n = user_events(&app, "ana").await.iter().filter(|e| e["type"] == "access_denied").count();
         (n == burst).then_some(())
