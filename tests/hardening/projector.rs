@@ -297,7 +297,7 @@ async fn reads_answer_at_once_while_postgres_is_down_and_recover_when_it_is_back
     pg.stop_server();
     let (s, b) = app.get("/v1/jobs").await;
     assert_eq!((s, b["error"]["code"].as_str()), (503, Some("read_model_unavailable")), "{b}");
-    for path in ["/v1/jobs", "/v1/experiments", "/v1/experiments/x"] {
+    for path in ["/v1/jobs", "/v1/experiments", "/v1/experiments/x", "/v1/workers?history=true"] {
         let t = Instant::now();
         let (s, b) = app.get(path).await;
         assert_eq!((s, b["error"]["code"].as_str()), (503, Some("read_model_unavailable")), "{path}: {b}");

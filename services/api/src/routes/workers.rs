@@ -22,7 +22,7 @@ pub async fn list(
         Some(_) => return Err(ApiError::bad_request("invalid_parameter", "history: true or false")),
     };
     if history {
-        let items = fetchml_projections::queries::worker_history(&state.pg, 1000).await?;
+        let items = state.pg_health.guard(fetchml_projections::queries::worker_history(&state.pg, 1000)).await?;
         return Ok(Json(json!({ "items": items })));
     }
     let kv = open_registry(state.store.jetstream(), state.store.subjects()).await?;
