@@ -137,6 +137,20 @@ pub fn install() -> &'static PrometheusHandle {
     })
 }
 
+/// Shows each counter and gauge in `names` at 0 until it moves: a series
+/// that appears only at its first increment makes `rate()` miss that
+/// increment and leaves dashboards blank rather than at 0. Each process
+/// names its own, so a worker does not show the api's.
+pub fn show_from_zero(counters: &[&'static str], gauges: &[&'static str]) {
+    install();
+    for name in counters {
+        metrics::counter!(*name).increment(0);
+    }
+    for name in gauges {
+        metrics::gauge!(*name).increment(0.0);
+    }
+}
+
 /// The current values in the Prometheus text format (version 0.0.4).
 pub fn render() -> String {
     install().render()

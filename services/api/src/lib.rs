@@ -88,7 +88,19 @@ impl Application {
         let listener = TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source })?;
         if settings.api.metrics {
             // Before anything records (the NATS connection counts reconnects).
-            fetchml_runtime::metrics::install();
+            use fetchml_runtime::metrics as m;
+            m::show_from_zero(
+                &[
+                    m::JOBS_ACCEPTED,
+                    m::AUTH_FAILURES,
+                    m::AUTH_THROTTLED,
+                    m::STREAM_OPENED,
+                    m::STREAM_LAGGED,
+                    m::NATS_RECONNECTS,
+                    m::POSTGRES_RECONNECTS,
+                ],
+                &[m::STREAM_CONNECTIONS],
+            );
         }
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-api").await?;
         let store =

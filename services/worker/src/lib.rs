@@ -126,7 +126,8 @@ impl Worker {
         // Bound first, like the api: a taken port is reported before anything starts.
         let metrics = match settings.worker_metrics_listen().map_err(|e| WorkerError::Settings(e.to_string()))? {
             Some(addr) => {
-                fetchml_runtime::metrics::install();
+                use fetchml_runtime::metrics as m;
+                m::show_from_zero(&[m::NATS_RECONNECTS], &[m::WORKER_RUNNING]);
                 Some(
                     tokio::net::TcpListener::bind(addr)
                         .await
