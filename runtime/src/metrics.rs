@@ -84,6 +84,32 @@ pub const NATS_RECONNECTS: &str = "fetchml_nats_reconnects_total";
 /// Counter: Postgres found answering again after it was marked down.
 pub const POSTGRES_RECONNECTS: &str = "fetchml_postgres_reconnects_total";
 
+/// Every metric above (the README's table and the Grafana dashboard are
+/// checked against it).
+pub const ALL: [&str; 21] = [
+    HTTP_REQUESTS,
+    HTTP_DURATION,
+    HTTP_ERRORS,
+    JOBS_ACCEPTED,
+    JOBS_REFUSED,
+    JOBS_BY_STATE,
+    QUEUE_DEPTH,
+    QUEUE_OLDEST,
+    QUEUE_WAIT,
+    RUN_TIME,
+    ATTEMPTS,
+    WORKER_RUNNING,
+    PROJECTION_LAG_EVENTS,
+    PROJECTION_LAG_SECONDS,
+    STREAM_CONNECTIONS,
+    STREAM_OPENED,
+    STREAM_LAGGED,
+    AUTH_FAILURES,
+    AUTH_THROTTLED,
+    NATS_RECONNECTS,
+    POSTGRES_RECONNECTS,
+];
+
 /// HTTP latencies: most answers take a millisecond or two; the top buckets
 /// catch reads waiting for a read model (`after_seq`) and slow appends.
 const HTTP_BUCKETS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
@@ -202,5 +228,52 @@ mod tests {
         );
         assert!(text.contains("# HELP fetchml_nats_reconnects_total"));
         assert!(text.contains("# TYPE fetchml_nats_reconnects_total counter"));
+    }
+
+    /// The `fetchml_…` names in `text`, with a histogram's `_bucket`,
+    /// `_count` and `_sum` series named by their family.
+    fn names_in(text: &str) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("fetchml_") {
+            let tail = &rest[i..];
+            let end = tail.find(|c: char| !(c.is_ascii_lowercase() || c == '_')).unwrap_or(tail.len());
+            let name = &tail[..end];
+            let family = ["_bucket", "_count", "_sum"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s).filter(|f| ALL.contains(f)))
+                .unwrap_or(name);
+            out.insert(family.to_owned());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    #[test]
+    fn the_grafana_dashboard_graphs_only_metrics_that_exist() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/grafana/fetchml.json");
+        let text = std::fs::read_to_string(path).expect("deploy/grafana/fetchml.json");
+        // Skip the dashboard's own ids ("fetchml-overview") and title.
+        let names = names_in(&text);
+        for core in [QUEUE_WAIT, RUN_TIME, HTTP_DURATION, QUEUE_DEPTH, PROJECTION_LAG_SECONDS, ATTEMPTS] {
+            assert!(names.contains(core), "the dashboard does not graph {core}");
+        }
+        let unknown: Vec<String> =
+            names.into_iter().filter(|n| n.len() > "fetchml_".len() && !ALL.contains(&n.as_str())).collect();
+        assert!(unknown.is_empty(), "the dashboard names metrics nobody exports: {unknown:?}");
+    }
+
+    #[test]
+    fn names_follow_the_prometheus_conventions() {
+        for name in ALL {
+            assert!(name.starts_with("fetchml_"), "{name}");
+            assert!(name.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{name}");
+        }
+        for counter in [HTTP_REQUESTS, HTTP_ERRORS, JOBS_ACCEPTED, JOBS_REFUSED, ATTEMPTS, STREAM_OPENED] {
+            assert!(counter.ends_with("_total"), "{counter}");
+        }
+        for seconds in [HTTP_DURATION, QUEUE_OLDEST, QUEUE_WAIT, RUN_TIME, PROJECTION_LAG_SECONDS] {
+            assert!(seconds.ends_with("_seconds"), "{seconds}");
+        }
     }
 }
