@@ -86,6 +86,32 @@ async fn a_job_run_moves_the_counters_and_histograms_of_the_api_and_the_worker()
 }
 
 #[tokio::test]
+async fn a_nats_restart_is_counted_as_a_reconnect_by_the_api_and_the_worker() {
+    let mut nats = fetchml_tests::NatsProcess::start();
+    let url = nats.url();
+    let app = spawn_app_with(|s| s.nats.url = url).await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let _worker = spawn_worker_with(&app.settings, &[], &[("FETCHML_WORKER__METRICS_LISTEN", &listen)]);
+    let worker_url = format!("http://{listen}/metrics");
+    // The worker serves metrics from `run` on, after it has connected.
+    assert_eq!(scrape(&worker_url).await.get("fetchml_nats_reconnects_total", &[]), Some(0.0));
+    let before = scrape(&app.url("/metrics")).await.sum("fetchml_nats_reconnects_total", &[]);
+
+    nats.restart();
+
+    eventually(Duration::from_secs(30), || async {
+        let w = scrape(&worker_url).await;
+        (w.get("fetchml_nats_reconnects_total", &[]) >= Some(1.0)).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(30), || async {
+        let a = scrape(&app.url("/metrics")).await;
+        (a.sum("fetchml_nats_reconnects_total", &[]) > before).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn metrics_can_be_turned_off_on_the_api() {
     let app = spawn_app_with(|s| s.api.metrics = false).await;
     let r = reqwest::get(app.url("/metrics")).await.unwrap();
