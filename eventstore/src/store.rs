@@ -324,7 +324,7 @@ impl EventStore {
         match self.events.direct_get(seq).await {
             Ok(m) => {
                 let nanos = m.time.unix_timestamp_nanos();
-                Ok(DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX)).into())
+                Ok(Some(DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))))
             }
             Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
             Err(e) => Err(StoreError::unavailable(e)),
