@@ -2,6 +2,8 @@
 
 use crate::error::StoreError;
 use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// The oldest nats-server fetchml accepts. 2.9 (Debian's) has known JetStream
@@ -50,11 +52,24 @@ pub fn check_server_version(reported: &str) -> Result<ServerVersion, StoreError>
 /// while disconnected fail with [`StoreError::Unavailable`] after the request
 /// timeout instead of hanging.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, StoreError> {
+    let first = Arc::new(AtomicBool::new(true));
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))
         .max_reconnects(None)
+        // The client reconnects by itself; count each return so an operator
+        // sees a flapping link (`fetchml_nats_reconnects_total`). Every
+        // connection raises `Connected`, the first one too: that one is not a
+        // reconnect.
+        .event_callback(move |event| {
+            let first = first.clone();
+            async move {
+                if matches!(event, async_nats::Event::Connected) && !first.swap(false, Ordering::Relaxed) {
+                    metrics::counter!("fetchml_nats_reconnects_total").increment(1);
+                }
+            }
+        })
         .connect(url)
         .await
         .map_err(|e| StoreError::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;

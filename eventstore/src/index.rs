@@ -231,6 +231,13 @@ impl JobIndex {
         g.jobs.values().filter(|j| keep(j)).cloned().collect()
     }
 
+    /// Visits every unfinished job under the read lock, cloning nothing (for
+    /// summaries such as the queue gauges; keep `visit` short).
+    pub fn for_each_unfinished(&self, mut visit: impl FnMut(&IndexedJob)) {
+        let g = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        g.jobs.values().for_each(&mut visit);
+    }
+
     /// The experiment a job (finished or not) belongs to.
     pub fn experiment_of(&self, id: JobId) -> Option<Arc<str>> {
         let g = self.inner.read().unwrap_or_else(|p| p.into_inner());

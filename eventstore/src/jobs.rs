@@ -155,7 +155,15 @@ impl EventStore {
             };
             let events = fetchml_events::job::decide(loaded.state.as_ref(), cmd.clone())?;
             match self.append_job_events(&loaded, &subject, events, ctx).await {
-                Ok(done) => return Ok(done),
+                Ok(done) => {
+                    // Counted here, where every submit path ends, and only
+                    // once stored and new (a duplicate returned above or
+                    // with `duplicate` set is the same job again).
+                    if matches!(cmd, JobCommand::Queue { .. }) && !done.duplicate {
+                        metrics::counter!("fetchml_jobs_accepted_total").increment(1);
+                    }
+                    return Ok(done);
+                }
                 Err(StoreError::Conflict { .. }) if attempt < MAX_CONFLICT_RETRIES => {
                     tracing::debug!(attempt, "lost a race for the job; deciding again");
                     continue;

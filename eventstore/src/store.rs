@@ -318,6 +318,19 @@ impl EventStore {
         Ok(s.get_info().await.map_err(StoreError::unavailable)?.state.last_sequence)
     }
 
+    /// When the event at `seq` was stored (`None` if there is none): the
+    /// projection lag in seconds is the age of the first unprojected event.
+    pub async fn stored_at(&self, seq: u64) -> Result<Option<DateTime<Utc>>, StoreError> {
+        match self.events.direct_get(seq).await {
+            Ok(m) => {
+                let nanos = m.time.unix_timestamp_nanos();
+                Ok(Some(DateTime::from_timestamp_nanos(i64::try_from(nanos).unwrap_or(i64::MAX))))
+            }
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
     /// The sequence of the last event in the log (0 when empty). Readiness and
     /// read-your-writes use it.
     pub async fn last_sequence(&self) -> Result<u64, StoreError> {

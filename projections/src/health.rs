@@ -99,6 +99,7 @@ impl Health {
     /// Postgres answered.
     pub fn mark_up(&self) {
         if self.inner.down.swap(false, Ordering::AcqRel) {
+            metrics::counter!("fetchml_postgres_reconnects_total").increment(1);
             tracing::info!("postgres answers again; reads are served");
         }
     }

@@ -270,3 +270,9 @@ pub async fn worker_history(pool: &PgPool, limit: i64) -> Result<Vec<Value>, Pro
     .await?;
     rows.iter().map(|r| r.try_get::<Value, _>("item").map_err(Into::into)).collect()
 }
+
+/// How many jobs are in each state (`admin_jobs` holds every job; its index on
+/// `state` makes this an index-only count). For the `fetchml_jobs` gauge.
+pub async fn jobs_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, ProjectionError> {
+    Ok(sqlx::query_as("SELECT state, count(*) FROM admin_jobs GROUP BY state").fetch_all(pool).await?)
+}

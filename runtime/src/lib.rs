@@ -2,6 +2,7 @@
 //! typed settings loaded from YAML and overlaid by the environment, logging,
 //! and the shutdown signal.
 
+pub mod metrics;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

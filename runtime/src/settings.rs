@@ -151,6 +151,10 @@ pub struct ApiSettings {
     pub reconcile_every_secs: u64,
     /// Jobs changed more recently than this are left to the dispatcher.
     pub reconcile_grace_secs: u64,
+    /// Serve Prometheus metrics at `GET /metrics` on `listen`, without
+    /// authentication (aggregate counts only: no job ids, users or paths).
+    /// Turn off when the api is reachable beyond the hosts that may see them.
+    pub metrics: bool,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -170,6 +174,10 @@ pub struct WorkerSettings {
     pub kill_grace_secs: u64,
     /// On shutdown, how long running jobs may finish before they are handed back.
     pub drain_secs: u64,
+    /// Where this worker serves Prometheus metrics (`GET /metrics`, no
+    /// authentication), e.g. `127.0.0.1:9102`; `None` (the default) serves
+    /// none: several workers on one host would otherwise fight over one port.
+    pub metrics_listen: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -210,6 +218,7 @@ impl Default for ApiSettings {
             read_your_writes_ms: 5000,
             reconcile_every_secs: 10,
             reconcile_grace_secs: 10,
+            metrics: true,
         }
     }
 }
@@ -224,6 +233,7 @@ impl Default for WorkerSettings {
             lease_secs: 30,
             kill_grace_secs: 10,
             drain_secs: 30,
+            metrics_listen: None,
         }
     }
 }
@@ -280,6 +290,7 @@ impl Settings {
             return Err(invalid("nats.url", format!("{:?} must start with nats:// or tls://", self.nats.url)));
         }
         self.api_listen()?;
+        self.worker_metrics_listen()?;
         PoolName::parse(&self.worker.pool).map_err(|e| invalid("worker.pool", e.to_string()))?;
         if self.worker.concurrency == 0 || self.worker.concurrency > 1024 {
             return Err(invalid("worker.concurrency", "must be 1-1024".into()));
@@ -321,6 +332,15 @@ impl Settings {
         self.api.listen.parse().map_err(|e| SettingsError::Invalid {
             field: "api.listen",
             message: format!("{:?} is not host:port: {e}", self.api.listen),
+        })
+    }
+
+    /// The worker's metrics address, if it serves metrics.
+    pub fn worker_metrics_listen(&self) -> Result<Option<SocketAddr>, SettingsError> {
+        let Some(raw) = &self.worker.metrics_listen else { return Ok(None) };
+        raw.parse().map(Some).map_err(|e| SettingsError::Invalid {
+            field: "worker.metrics_listen",
+            message: format!("{raw:?} is not host:port: {e}"),
         })
     }
 

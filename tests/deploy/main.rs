@@ -8,13 +8,20 @@ use fetchml_tests::{free_port, repo_root};
 use std::path::Path;
 use std::process::Command;
 
-fn script(name: &str, home: &Path, api_port: u16, nats_port: u16, db: &str) -> std::process::Output {
+/// `ports`: the api's, NATS's and the worker's metrics listener's.
+fn script(
+    name: &str,
+    home: &Path,
+    (api_port, nats_port, metrics_port): (u16, u16, u16),
+    db: &str,
+) -> std::process::Output {
     let nats_dir = fetchml_tests::nats_server_binary().parent().unwrap().parent().unwrap().to_owned();
     Command::new(repo_root().join("deploy").join(name))
         .env("FETCHML_HOME", home)
         .env("FETCHML_NATS_DIR", nats_dir)
         .env("FETCHML_API_PORT", api_port.to_string())
         .env("FETCHML_NATS_PORT", nats_port.to_string())
+        .env("FETCHML_WORKER_METRICS_PORT", metrics_port.to_string())
         .env("FETCHML_PROFILE", "dev")
         // deploy/test built the binaries; cargo's lock is held by this run.
         .env("FETCHML_SKIP_BUILD", "1")
@@ -39,22 +46,23 @@ fn alive(pid: u32) -> bool {
 }
 
 /// Runs `down` if the test ends early, so a failed test leaves nothing running.
-struct DownOnDrop<'a>(&'a Path, u16, u16, &'a str);
+struct DownOnDrop<'a>(&'a Path, (u16, u16, u16), &'a str);
 
 impl Drop for DownOnDrop<'_> {
     fn drop(&mut self) {
-        let _ = script("down", self.0, self.1, self.2, self.3);
+        let _ = script("down", self.0, self.1, self.2);
     }
 }
 
 #[tokio::test]
 async fn up_then_down_leaves_nothing_of_ours_running() {
     let home = tempfile::tempdir().unwrap();
-    let (api_port, nats_port) = (free_port(), free_port());
+    let ports = (free_port(), free_port(), free_port());
+    let (api_port, _, metrics_port) = ports;
     // A database of the test's own (up creates one if missing; this one is dropped after).
     let db = fetchml_tests::fresh_database();
-    let _down = DownOnDrop(home.path(), api_port, nats_port, &db.name);
-    let up = script("up", home.path(), api_port, nats_port, &db.name);
+    let _down = DownOnDrop(home.path(), ports, &db.name);
+    let up = script("up", home.path(), ports, &db.name);
     assert!(up.status.success(), "up failed: {}", String::from_utf8_lossy(&up.stderr));
     assert!(String::from_utf8_lossy(&up.stdout).contains(&format!("http://127.0.0.1:{api_port}")));
 
@@ -64,13 +72,21 @@ async fn up_then_down_leaves_nothing_of_ours_running() {
 
     let ready = reqwest::get(format!("http://127.0.0.1:{api_port}/readyz")).await.unwrap();
     assert_eq!(ready.status().as_u16(), 200);
+    // Both Prometheus endpoints answer: the api's and the worker's own.
+    let api_metrics = reqwest::get(format!("http://127.0.0.1:{api_port}/metrics")).await.unwrap();
+    assert_eq!(api_metrics.status().as_u16(), 200);
+    let worker_metrics = fetchml_tests::eventually(std::time::Duration::from_secs(30), || async {
+        reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics")).await.ok()?.text().await.ok()
+    })
+    .await;
+    assert!(worker_metrics.contains("fetchml_worker_running_jobs"), "{worker_metrics}");
 
-    let again = script("up", home.path(), api_port, nats_port, &db.name);
+    let again = script("up", home.path(), ports, &db.name);
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("already running"));
     assert_eq!(pids(home.path()), started, "a second up changed something");
 
-    let down = script("down", home.path(), api_port, nats_port, &db.name);
+    let down = script("down", home.path(), ports, &db.name);
     assert!(down.status.success(), "down failed: {}", String::from_utf8_lossy(&down.stderr));
     for pid in &started {
         assert!(!alive(*pid), "pid {pid} still runs after down");

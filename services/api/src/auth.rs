@@ -241,11 +241,15 @@ impl Auth {
         let event =
             UserEvent::AuthenticationFailed { method: method.into(), source: source.into(), reason: reason.into() };
         self.audit(&who, event, Self::system());
+        metrics::counter!(fetchml_runtime::metrics::AUTH_FAILURES).increment(1);
         ApiError::Unauthenticated("invalid credentials")
     }
 
     fn throttled(&self, key: &str) -> Result<(), ApiError> {
-        self.throttle.check(key, Instant::now()).map_err(ApiError::Throttled)
+        self.throttle.check(key, Instant::now()).map_err(|wait| {
+            metrics::counter!(fetchml_runtime::metrics::AUTH_THROTTLED).increment(1);
+            ApiError::Throttled(wait)
+        })
     }
 
     /// A key verified before (and neither expired from the cache nor revoked

@@ -145,6 +145,8 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         let mut response = (status, Json(json!({ "error": error }))).into_response();
+        // For the request metrics (refusals by code); see `crate::metrics`.
+        response.extensions_mut().insert(crate::metrics::ErrorCode(code));
         if let ApiError::Throttled(wait) = &self
             && let Ok(v) = axum::http::HeaderValue::from_str(&wait.as_secs().max(1).to_string())
         {

@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod error;
+pub mod metrics;
 pub mod policy;
 mod refusals;
 pub(crate) mod routes;
@@ -46,6 +47,8 @@ pub struct AppState {
     pub as_of_max_events: u64,
     /// Cancelled when the api stops (stream sessions close with 1001).
     pub shutdown: CancellationToken,
+    /// `GET /metrics` state; `None` when `api.metrics` is off (404).
+    pub metrics: Option<std::sync::Arc<metrics::Scrapes>>,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -83,6 +86,22 @@ impl Application {
         // Bind first: a taken port is the most common start-up mistake and
         // should be reported before we touch anything else.
         let listener = TcpListener::bind(addr).await.map_err(|source| BuildError::Bind { addr, source })?;
+        if settings.api.metrics {
+            // Before anything records (the NATS connection counts reconnects).
+            use fetchml_runtime::metrics as m;
+            m::show_from_zero(
+                &[
+                    m::JOBS_ACCEPTED,
+                    m::AUTH_FAILURES,
+                    m::AUTH_THROTTLED,
+                    m::STREAM_OPENED,
+                    m::STREAM_LAGGED,
+                    m::NATS_RECONNECTS,
+                    m::POSTGRES_RECONNECTS,
+                ],
+                &[m::STREAM_CONNECTIONS],
+            );
+        }
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-api").await?;
         let store =
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
@@ -128,6 +147,7 @@ impl Application {
             stream_connections: stream::ConnectionCount::default(),
             as_of_max_events: st.as_of_max_events,
             shutdown: stop.clone(),
+            metrics: settings.api.metrics.then(Default::default),
         };
         Ok(Self { listener, state, settings, stop })
     }

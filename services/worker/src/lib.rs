@@ -30,6 +30,7 @@
 //! and a worker missing from the registry has its running jobs taken over.
 
 pub mod executor;
+mod metrics_listener;
 mod progress;
 pub mod supervise;
 
@@ -68,6 +69,8 @@ pub enum WorkerError {
     Settings(String),
     #[error("dispatch consumer: {0}")]
     Consumer(String),
+    #[error("cannot listen for metrics on {addr}: {source} (another worker there? set worker.metrics_listen)")]
+    MetricsBind { addr: std::net::SocketAddr, source: std::io::Error },
 }
 
 /// Longest a worker may advertise labels for (subsets grow as 2^n).
@@ -100,6 +103,8 @@ pub struct Worker {
     refresh: Notify,
     /// How long a registry entry lives (used if this worker creates the bucket).
     registry_ttl: Duration,
+    /// `GET /metrics`, when `worker.metrics_listen` is set; served while `run` runs.
+    metrics: Option<tokio::net::TcpListener>,
 }
 
 /// One (priority, label set) queue, ordered so that higher priorities come first.
@@ -118,6 +123,19 @@ impl Worker {
             // otherwise be the same queue as "no labels".
             check_label(l).map_err(|e| WorkerError::Settings(format!("worker.labels: {e}")))?;
         }
+        // Bound first, like the api: a taken port is reported before anything starts.
+        let metrics = match settings.worker_metrics_listen().map_err(|e| WorkerError::Settings(e.to_string()))? {
+            Some(addr) => {
+                use fetchml_runtime::metrics as m;
+                m::show_from_zero(&[m::NATS_RECONNECTS], &[m::WORKER_RUNNING]);
+                Some(
+                    tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|source| WorkerError::MetricsBind { addr, source })?,
+                )
+            }
+            None => None,
+        };
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
         let store = EventStore::open(
             nats.clone(),
@@ -135,7 +153,13 @@ impl Worker {
             draining: AtomicBool::new(false),
             refresh: Notify::new(),
             registry_ttl: settings.worker_ttl(),
+            metrics,
         })
+    }
+
+    /// Where this worker serves `GET /metrics`, if it does.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn id(&self) -> WorkerId {
@@ -178,7 +202,13 @@ impl Worker {
 
     /// Pulls and runs jobs until `stop` is cancelled, then lets running jobs
     /// finish for up to `drain_secs`, and hands the rest back.
-    pub async fn run(self, stop: CancellationToken) -> Result<(), WorkerError> {
+    pub async fn run(mut self, stop: CancellationToken) -> Result<(), WorkerError> {
+        // Metrics are served until the worker has stopped, drain included.
+        let metrics_done = CancellationToken::new();
+        let _stop_metrics = metrics_done.clone().drop_guard();
+        if let Some(listener) = self.metrics.take() {
+            tokio::spawn(metrics_listener::serve(listener, metrics_done));
+        }
         let queues = self.queues().await?;
         let served: BTreeSet<String> = served_label_keys(&self.settings.labels).into_iter().collect();
         let mut wake = self
@@ -252,7 +282,9 @@ impl Worker {
             let kill = kill_all.child_token();
             running.spawn(async move {
                 this2.running.fetch_add(1, Ordering::Relaxed);
+                metrics::gauge!(fetchml_runtime::metrics::WORKER_RUNNING).increment(1);
                 this2.handle(msg, kill).await;
+                metrics::gauge!(fetchml_runtime::metrics::WORKER_RUNNING).decrement(1);
                 this2.running.fetch_sub(1, Ordering::Relaxed);
                 drop(permit);
             });
@@ -448,6 +480,7 @@ impl Worker {
             }
         };
         tracing::info!(job = %job_id, attempt, "started");
+        record_queue_wait(&loaded, &state.spec);
         let mut current = loaded;
         for (seq, env) in started.appended {
             current = current.with(seq, env);
@@ -475,10 +508,15 @@ impl Worker {
             kill_grace: Duration::from_secs(self.settings.kill_grace_secs),
         };
         let exec = executor::for_spec(req.spec.executor);
+        let ran_from = std::time::Instant::now();
         let mut outcome = exec.run(&req, ExecIo { logs: log_tx, cancel: cancel.clone() }).await;
+        let ran = ran_from.elapsed();
         let metrics = forward.await.unwrap_or_default();
         watch.abort();
 
+        let ran_outcome = if fenced.is_cancelled() { "ended_elsewhere" } else { outcome_label(&outcome) };
+        metrics::histogram!(fetchml_runtime::metrics::RUN_TIME, "pool" => self.pool.to_string(), "outcome" => ran_outcome)
+            .record(ran.as_secs_f64());
         if fenced.is_cancelled() {
             // Someone else moved the job on (cancel, or a takeover after our
             // lease was thought lost): nothing of ours to record.
@@ -564,6 +602,10 @@ impl Worker {
             };
             match self.store.execute_job_on(job, known.take(), cmd, &ctx).await {
                 Ok(done) => {
+                    if !done.duplicate {
+                        metrics::counter!(fetchml_runtime::metrics::ATTEMPTS, "outcome" => outcome_label(&outcome))
+                            .increment(1);
+                    }
                     let status = done.state.map(|s| s.status.as_str()).unwrap_or("?");
                     tracing::info!(job = %job, attempt, status, "finished");
                     return;
@@ -581,6 +623,34 @@ impl Worker {
         }
         tracing::error!(job = %job, attempt, "gave up recording the outcome; the lease will expire and the job be retried");
     }
+}
+
+/// An attempt's outcome as a label: `succeeded` or the failure class.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded => "succeeded",
+        Outcome::Failed { class: FailureClass::Infrastructure, .. } => "infrastructure",
+        Outcome::Failed { class: FailureClass::Code, .. } => "code",
+        Outcome::Failed { class: FailureClass::Resource, .. } => "resource",
+        Outcome::Failed { class: FailureClass::Unknown, .. } => "unknown",
+    }
+}
+
+/// Queue-to-start of the attempt just started: from when the job could run
+/// (its last event before the start: queued, requeued, or a retry scheduled,
+/// counted from the end of its backoff) until now. The pool is this worker's
+/// and the priority 1-10, so the labels stay few.
+fn record_queue_wait(before_start: &fetchml_eventstore::LoadedJob, spec: &fetchml_events::job::JobSpec) {
+    let Some((_, last)) = before_start.history.last() else { return };
+    let ready =
+        before_start.state.as_ref().and_then(|s| s.not_before).map_or(last.occurred_at, |nb| nb.max(last.occurred_at));
+    let waited = (chrono::Utc::now() - ready).to_std().unwrap_or_default();
+    metrics::histogram!(
+        fetchml_runtime::metrics::QUEUE_WAIT,
+        "pool" => spec.pool.to_string(),
+        "priority" => spec.priority.to_string()
+    )
+    .record(waited.as_secs_f64());
 }
 
 /// One message from `consumer`: what is there now, or (with `wait`) the first

@@ -18,6 +18,7 @@ pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
     Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(crate::metrics::serve))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
@@ -36,4 +37,5 @@ pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)))
         .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(crate::metrics::track))
 }

@@ -33,12 +33,16 @@ impl ConnectionCount {
             return None;
         }
         *n += 1;
+        // The slot's life is the connection's: the gauge follows it.
+        metrics::counter!(fetchml_runtime::metrics::STREAM_OPENED).increment(1);
+        metrics::gauge!(fetchml_runtime::metrics::STREAM_CONNECTIONS).increment(1);
         Some(ConnectionSlot { counts: self.clone(), user: user.to_owned() })
     }
 }
 
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
+        metrics::gauge!(fetchml_runtime::metrics::STREAM_CONNECTIONS).decrement(1);
         let mut g = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(n) = g.get_mut(&self.user) {
             *n = n.saturating_sub(1);

@@ -274,6 +274,7 @@ async fn cut_off<S: Sink<Outbound> + Unpin>(
     lag_rx: &mut mpsc::UnboundedReceiver<Lag>,
     lags: Vec<Lag>,
 ) {
+    metrics::counter!(fetchml_runtime::metrics::STREAM_LAGGED).increment(1);
     // The earliest undelivered sequence of each subscription.
     let mut pending: HashMap<String, u64> = HashMap::new();
     let mut note = |sub: String, seq: u64| {
