@@ -5,14 +5,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde::Deserialize;
-use serde_json::{Value, json};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LoginBody {
-    api_key: String,
-}
+use fetchml_api_types::{LoginAnswer, LoginRequest, Whoami};
 
 /// `POST /v1/auth/login` with `{"api_key": "fml_..."}`: a short-lived bearer
 /// token, so that argon2 is paid once per session rather than per request.
@@ -20,10 +13,10 @@ pub async fn login(
     State(state): State<AppState>,
     Source(source): Source,
     body: Bytes,
-) -> Result<Json<Value>, ApiError> {
-    let b: LoginBody = super::body::json_object(&body, r#"{"api_key": "..."}"#)?;
+) -> Result<Json<LoginAnswer>, ApiError> {
+    let b: LoginRequest = super::body::json_object(&body, r#"{"api_key": "..."}"#)?;
     let (token, expires_at, p) = state.auth.login(&b.api_key, &source).await?;
-    Ok(Json(json!({ "token": token, "expires_at": expires_at, "user": p.name, "role": p.role })))
+    Ok(Json(LoginAnswer { expires_at, role: p.role, token, user: p.name }))
 }
 
 /// `POST /v1/auth/logout`, sent with the session token to end: 204; the token
@@ -36,7 +29,12 @@ pub async fn logout(State(state): State<AppState>, caller: Caller) -> Result<Sta
 }
 
 /// `GET /v1/auth/whoami`: who the credentials belong to.
-pub async fn whoami(caller: Caller) -> Json<Value> {
-    let p = &caller.principal;
-    Json(json!({ "user": p.name, "role": p.role, "groups": p.groups, "permissions": p.permissions }))
+pub async fn whoami(caller: Caller) -> Json<Whoami> {
+    let p = caller.principal;
+    Json(Whoami {
+        groups: p.groups,
+        permissions: p.permissions.iter().map(|s| (*s).to_owned()).collect(),
+        role: p.role,
+        user: p.name,
+    })
 }

@@ -5,26 +5,26 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::policy;
+use crate::routes::body::Params;
 use crate::routes::jobs::read_your_writes;
 use axum::Json;
-use axum::extract::{Path, Query, State};
-use serde_json::{Value, json};
-use std::collections::HashMap;
+use axum::extract::{Path, State};
+use fetchml_api_types::{ExperimentList, ReadQuery};
+use serde_json::Value;
 
 /// `GET /v1/experiments`: job counts by state and, per metric, the last,
 /// lowest and highest value.
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    super::body::only_known_params(&q, &["after_seq"])?;
+    Params(q): Params<ReadQuery>,
+) -> Result<Json<ExperimentList>, ApiError> {
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope =
         state.auth.enforce(&caller, policy::list_scope(&caller.principal, &state.auth.directory()), "experiments")?;
-    read_your_writes(&state, &q).await?;
+    read_your_writes(&state, q.after_seq).await?;
     let items = state.pg_health.guard(fetchml_projections::queries::experiments(&state.pg, &scope, None)).await?;
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(ExperimentList { items }))
 }
 
 /// `GET /v1/experiments/{name}`.
@@ -32,13 +32,12 @@ pub async fn get(
     State(state): State<AppState>,
     caller: Caller,
     Path(name): Path<String>,
-    Query(q): Query<HashMap<String, String>>,
+    Params(q): Params<ReadQuery>,
 ) -> Result<Json<Value>, ApiError> {
-    super::body::only_known_params(&q, &["after_seq"])?;
     state.auth.require(&caller, "experiments:read", "experiments")?;
     let scope =
         state.auth.enforce(&caller, policy::list_scope(&caller.principal, &state.auth.directory()), "experiments")?;
-    read_your_writes(&state, &q).await?;
+    read_your_writes(&state, q.after_seq).await?;
     // By the rules experiment names were stored under: a name no job can
     // have (NUL, control characters, too long) is a bad request, not a query.
     let name = fetchml_events::text::normalize(&name).into_owned();
