@@ -9,11 +9,17 @@ use crate::routes::body::Params;
 use crate::routes::jobs::read_your_writes;
 use axum::Json;
 use axum::extract::{Path, State};
-use fetchml_api_types::{ExperimentList, ReadQuery};
+use fetchml_api_types::{ErrorBody, ExperimentList, ReadQuery};
 use serde_json::Value;
 
 /// `GET /v1/experiments`: job counts by state and, per metric, the last,
 /// lowest and highest value.
+#[utoipa::path(get, path = "/v1/experiments", tag = "experiments", security(("bearer" = [])), params(ReadQuery), responses(
+    (status = 200, description = "Every experiment the caller sees", body = ExperimentList),
+    (status = 400, description = "`invalid_parameter`, `unknown_parameter`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 503, description = "`read_model_unavailable`, `not_caught_up`", body = ErrorBody),
+))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -28,6 +34,14 @@ pub async fn list(
 }
 
 /// `GET /v1/experiments/{name}`.
+#[utoipa::path(get, path = "/v1/experiments/{name}", tag = "experiments", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The experiment's name"), ReadQuery), responses(
+    (status = 200, description = "One experiment", body = fetchml_api_types::Experiment),
+    (status = 400, description = "`invalid_parameter`, `unknown_parameter`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`experiment_not_found`", body = ErrorBody),
+    (status = 503, description = "`read_model_unavailable`, `not_caught_up`", body = ErrorBody),
+))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Caller,

@@ -18,11 +18,16 @@ use std::time::Duration;
 const READ_MODELS_WITHIN: Duration = Duration::from_millis(500);
 
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process runs", body = Health)))]
 pub async fn healthz() -> Json<Health> {
     Json(Health { status: "ok".into() })
 }
 
 /// Readiness: NATS is connected and the event log answers.
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "NATS is connected and the event log answers", body = Ready),
+    (status = 503, description = "`not_ready`", body = ErrorBody),
+))]
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let connected = state.nats.connection_state() == async_nats::connection::State::Connected;
     let last = if connected { state.store.last_sequence().await.ok() } else { None };

@@ -10,6 +10,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
+use fetchml_api_types::ErrorBody;
 use fetchml_api_types::{
     AsOfDetail, AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted,
     DEFAULT_LIST_LIMIT, EventList, JobAnswer, JobPage, JobSummary, JobView, JobsAnswer, ListJobsQuery, MAX_LIST_LIMIT,
@@ -65,6 +66,14 @@ pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
 
 /// `POST /v1/jobs`: queue a job. 202 `{"id", "seq"}` once `job_queued` is stored.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-200 visible ASCII characters: a retried submit names the same job and stores one event")),
+    responses(
+        (status = 202, description = "`job_queued` is stored in the log", body = Submitted),
+        (status = 400, description = "`invalid_body`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: no `jobs:create`", body = ErrorBody),
+        (status = 422, description = "The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused`", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
@@ -156,6 +165,15 @@ const BATCH_IN_FLIGHT: usize = 128;
 /// `i` is named by the key and `i`, so resending the same batch with the same
 /// key stores only what is missing.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", security(("bearer" = [])), request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Job `i` of the batch is named by the key and `i`: resending the same batch stores only what is missing")),
+    responses(
+        (status = 202, description = "Every job is stored, in request order", body = BatchAnswer),
+        (status = 400, description = "`invalid_body`, `empty_batch`, `batch_too_large`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: no `jobs:create`", body = ErrorBody),
+        (status = 422, description = "A spec is invalid (`field` like `jobs[3].command`; nothing stored), or `idempotency_key_reused`. When some jobs were stored before the refusal, `jobs` says which", body = ErrorBody),
+        (status = 503, description = "`event_store_unavailable`; when NATS failed mid-batch, `jobs` (see `BatchAnswer`) says per job which were stored", body = ErrorBody),
+    ))]
 pub async fn submit_batch(
     State(state): State<AppState>,
     caller: Caller,
@@ -264,6 +282,12 @@ async fn refuse_reused_batch_key(
 
 /// `GET /v1/jobs/{id}`: the job folded from its own events (strongly consistent).
 #[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")), responses(
+    (status = 200, description = "The job folded from its own events: in full, or the summary for `jobs:read:summary`", body = JobAnswer),
+    (status = 400, description = "`invalid_job_id`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`job_not_found` (also for a job the caller may not see)", body = ErrorBody),
+))]
 pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
@@ -304,6 +328,12 @@ fn summary_only(full: JobView) -> JobSummary {
 
 /// `GET /v1/jobs/{id}/events`: the job's history, in order, as stored.
 #[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")), responses(
+    (status = 200, description = "The job's stored events in order", body = EventList),
+    (status = 400, description = "`invalid_job_id`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`job_not_found`", body = ErrorBody),
+))]
 pub async fn job_events(
     State(state): State<AppState>,
     caller: Caller,
@@ -359,6 +389,15 @@ async fn user_command(
 /// `POST /v1/jobs/{id}/cancel`: a queued job never starts afterwards; a
 /// running one's process group gets SIGTERM, then SIGKILL after the grace.
 #[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")),
+    request_body(content = Option<ReasonRequest>, description = "Optional; an empty body is allowed"),
+    responses(
+        (status = 202, description = "The event is stored", body = CommandAccepted),
+        (status = 400, description = "`invalid_job_id`, `invalid_body`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`job_terminal`: the job already ended; `stale_attempt`", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
@@ -372,6 +411,15 @@ pub async fn cancel(
 /// `POST /v1/jobs/{id}/retry`: queue a failed, timed-out, dead-lettered or
 /// cancelled job again as a new attempt.
 #[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")),
+    request_body(content = Option<ReasonRequest>, description = "Optional; an empty body is allowed"),
+    responses(
+        (status = 202, description = "The event is stored", body = CommandAccepted),
+        (status = 400, description = "`invalid_job_id`, `invalid_body`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`job_not_retryable`: only a failed, timed-out, dead-lettered or cancelled job can be retried; `stale_attempt`", body = ErrorBody),
+    ))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
@@ -404,6 +452,12 @@ pub async fn read_your_writes(state: &AppState, after_seq: Option<u64>) -> Resul
 /// `limit`; `cursor` (from `next`); `after_seq` (wait until the list includes
 /// that write).
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), params(ListJobsQuery), responses(
+    (status = 200, description = "A page from the caller's read model, or with `as_of_seq`/`as_of` the list as it was then", body = JobsAnswer),
+    (status = 400, description = "`invalid_parameter`, `unknown_parameter`, `as_of_too_far`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+    (status = 403, description = "`forbidden` (also: `owner` by a role that sees no owners)", body = ErrorBody),
+    (status = 503, description = "`read_model_unavailable` (Postgres), `not_caught_up` (`after_seq`), `event_store_unavailable`", body = ErrorBody),
+))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,

@@ -3,12 +3,18 @@ use crate::error::ApiError;
 use crate::routes::body::Params;
 use axum::Json;
 use axum::extract::State;
-use fetchml_api_types::{WorkerList, WorkersQuery};
+use fetchml_api_types::{ErrorBody, WorkerList, WorkersQuery};
 use fetchml_eventstore::{list_workers, open_registry};
 
 /// `GET /v1/workers`: the live workers (entries expire when a worker stops
 /// renewing them).
 /// With `?history=true`, every worker ever started (from the read model).
+#[utoipa::path(get, path = "/v1/workers", tag = "workers", security(("bearer" = [])), params(WorkersQuery), responses(
+    (status = 200, description = "The live workers, or with `history=true` every worker ever started", body = WorkerList),
+    (status = 400, description = "`invalid_parameter`, `unknown_parameter`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 503, description = "`read_model_unavailable` (`history=true`), `event_store_unavailable`", body = ErrorBody),
+))]
 pub async fn list(
     State(state): State<AppState>,
     caller: crate::auth::Caller,

@@ -23,7 +23,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
-use fetchml_api_types::LogsQuery;
+use fetchml_api_types::{ErrorBody, LogLine, LogsQuery};
 use fetchml_events::JobId;
 use fetchml_eventstore::{EventStore, StartAt, StreamReader};
 use futures::StreamExt;
@@ -35,6 +35,12 @@ use tokio_util::sync::CancellationToken;
 /// How often a follower checks whether the job has ended.
 const END_CHECK: Duration = Duration::from_millis(500);
 
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)"), LogsQuery), responses(
+    (status = 200, description = "The job's log lines as NDJSON, one `LogLine` per line", content_type = "application/x-ndjson", body = LogLine),
+    (status = 400, description = "`invalid_job_id`, `invalid_parameter`, `unknown_parameter`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`job_not_found`", body = ErrorBody),
+))]
 pub async fn job_logs(
     State(state): State<AppState>,
     caller: Caller,
