@@ -172,6 +172,7 @@ pub struct JobPage {
     #[schema(value_type = Vec<JobRow>)]
     pub items: Vec<Value>,
     /// The `cursor` of the next page; `null` on the last one.
+    #[schema(required = true)]
     pub next: Option<String>,
 }
 

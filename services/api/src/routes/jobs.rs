@@ -438,6 +438,11 @@ pub fn scope_of(state: &AppState, caller: &Caller) -> Option<Scope> {
 /// `?after_seq=N`: waits (bounded) until the read models include write N.
 pub async fn read_your_writes(state: &AppState, after_seq: Option<u64>) -> Result<(), ApiError> {
     if let Some(seq) = after_seq {
+        // A sequence the log has not reached yet was never answered to a
+        // write: a mistake to say so now, not a wait that ends in a 503.
+        if seq > state.store.last_sequence().await? {
+            return Err(ApiError::bad_request("invalid_parameter", "after_seq: beyond the log's last sequence"));
+        }
         let caught_up = state.pg_health.guard(fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes));
         if !caught_up.await? {
             return Err(ApiError::NotCaughtUp(seq));
