@@ -34,7 +34,9 @@ async fn the_live_api_answers_as_its_openapi_description_says_for_every_role() {
                 "--checks",
                 "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
             ])
-            .args(["--max-examples", MAX_EXAMPLES, "--workers", "2", "--seed", "1"])
+            // One worker: hypothesis parses lambdas' source with `ast` while
+            // generating, which is not thread-safe on CPython 3.11.
+            .args(["--max-examples", MAX_EXAMPLES, "--workers", "1", "--seed", "1"])
             // No stateful phase: the description has no links, and a chain
             // that submits a job and then follows its logs would wait (as it
             // should) for a job that no worker runs here.
