@@ -186,21 +186,18 @@ pub struct AsOfJob {
     pub failure_class: Option<FailureClass>,
     pub id: JobId,
     pub metrics: BTreeMap<String, Metric>,
+    /// Absent for callers who see summaries only (as are `reason` and `tags`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserName>,
     pub pool: PoolName,
     pub priority: u8,
+    /// For full readers: the reason, or `null`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<Option<String>>,
     pub seq: u64,
     pub state: JobStatus,
-    /// Absent for callers who see summaries only.
-    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
-    pub detail: Option<AsOfDetail>,
-}
-
-/// What only full readers see of an [`AsOfJob`].
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct AsOfDetail {
-    pub owner: UserName,
-    pub reason: Option<String>,
-    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
 }
 
 /// `GET /v1/jobs?as_of_seq=N` (or `as_of=TIME`): the list as it was then.

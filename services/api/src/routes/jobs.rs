@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fetchml_api_types::ErrorBody;
 use fetchml_api_types::{
-    AsOfDetail, AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted,
-    DEFAULT_LIST_LIMIT, EventList, JobAnswer, JobPage, JobSummary, JobView, JobsAnswer, ListJobsQuery, MAX_LIST_LIMIT,
-    ReasonRequest, SortOrder, Submitted,
+    AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted, DEFAULT_LIST_LIMIT,
+    EventList, JobAnswer, JobPage, JobSummary, JobView, JobsAnswer, ListJobsQuery, MAX_LIST_LIMIT, ReasonRequest,
+    SortOrder, Submitted,
 };
 use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec};
 use fetchml_events::text::TextKind;
@@ -589,6 +589,7 @@ async fn as_of(
         .filter(|(_, j, c, _)| scope.admits(j.owner.as_str()) && f.matches(j, *c))
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse((r.2, r.0)));
+    let full = !matches!(scope, Scope::Summary);
     let items = rows
         .iter()
         .take(f.limit)
@@ -604,11 +605,10 @@ async fn as_of(
             priority: j.spec.priority,
             seq: *seq,
             state: j.status,
-            detail: (!matches!(scope, Scope::Summary)).then(|| AsOfDetail {
-                owner: j.owner.clone(),
-                reason: j.reason.clone(),
-                tags: j.spec.tags.clone(),
-            }),
+            // What a summary reader may not see is left out, not nulled.
+            owner: full.then(|| j.owner.clone()),
+            reason: full.then(|| j.reason.clone()),
+            tags: full.then(|| j.spec.tags.clone()),
         })
         .collect();
     Ok(AsOfPage { as_of_seq: reached, items, total: rows.len() as u64 })
