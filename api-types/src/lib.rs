@@ -6,8 +6,10 @@
 //! throughout:
 //! - bodies and query strings refuse unknown fields (`deny_unknown_fields`):
 //!   a misspelt field or filter is an error, never silently ignored;
-//! - answers serialize every field, `null` included, in alphabetical order:
-//!   the order the answers had when they were built as `serde_json::Value`s.
+//! - answers send a field that has no value as `null` rather than leaving it
+//!   out (except where a role may not see it), and their fields are declared
+//!   in alphabetical order: the order the answers had when they were built as
+//!   `serde_json::Value`s (a nested job spec keeps its declaration order).
 //!
 //! The read models' rows (job lists, experiments, worker history) are built by
 //! Postgres and pass through the api as JSON; [`JobRow`], [`Experiment`] and
