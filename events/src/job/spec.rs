@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 /// What a job needs from the machine it runs on. Workers advertise capacity;
 /// matching on them beyond pool and labels is left to the pool's operator.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Resources {
     #[serde(default)]
@@ -22,7 +22,7 @@ pub struct Resources {
 }
 
 /// When a failed attempt is tried again.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
     /// Attempts in all, the first included (1 = never retry).
@@ -71,7 +71,7 @@ impl RetryPolicy {
 
 /// How a job is executed. `process` runs argv; the built-ins exist for tests and
 /// benchmarks and never spawn anything.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ExecutorKind {
     #[default]
@@ -87,7 +87,7 @@ pub enum ExecutorKind {
 }
 
 /// A job as submitted and stored in `job_queued`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct JobSpec {
     /// argv; never passed through a shell unless `shell` is true.
@@ -101,11 +101,13 @@ pub struct JobSpec {
     #[serde(default)]
     pub working_dir: Option<String>,
     #[serde(default = "default_pool")]
+    #[schema(default = "default")]
     pub pool: PoolName,
     #[serde(default)]
     pub labels: Vec<String>,
     /// 1 (lowest) to 10 (highest).
     #[serde(default = "default_priority")]
+    #[schema(minimum = 1, maximum = 10, default = 5)]
     pub priority: u8,
     #[serde(default)]
     pub timeout_secs: Option<u64>,

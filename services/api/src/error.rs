@@ -5,9 +5,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use fetchml_api_types::{ErrorBody, ErrorDetail};
 use fetchml_events::job::{JobRejection, SpecError};
 use fetchml_eventstore::{ExecuteError, StoreError};
-use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -117,21 +117,21 @@ impl From<ExecuteError> for ApiError {
 impl ApiError {
     /// The `error` object of a response body: `code`, `message` and, for an
     /// invalid spec, `field`.
-    pub fn body(&self) -> serde_json::Value {
+    pub fn detail(&self) -> ErrorDetail {
         let (_, code) = self.status_and_code();
-        let mut error = json!({ "code": code, "message": self.to_string() });
-        if let ApiError::InvalidSpec(e) | ApiError::Rejected(JobRejection::InvalidSpec(e)) = self {
-            error["field"] = json!(e.field);
-            error["message"] = json!(e.message);
+        match self {
+            ApiError::InvalidSpec(e) | ApiError::Rejected(JobRejection::InvalidSpec(e)) => {
+                ErrorDetail { code: code.to_owned(), field: Some(e.field.clone()), message: e.message.clone() }
+            }
+            _ => ErrorDetail { code: code.to_owned(), field: None, message: self.to_string() },
         }
-        error
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = self.status_and_code();
-        let error = self.body();
+        let error = self.detail();
         // ERROR is for what an operator must look at: a fault of ours. A read
         // model still catching up is expected and answered with a retry hint;
         // a dependency that is down is worth a warning (its own health checks
@@ -144,7 +144,7 @@ impl IntoResponse for ApiError {
             _ if status.is_server_error() => tracing::warn!(code, error = %self, "request failed"),
             _ => {}
         }
-        let mut response = (status, Json(json!({ "error": error }))).into_response();
+        let mut response = (status, Json(ErrorBody { error })).into_response();
         // For the request metrics (refusals by code); see `crate::metrics`.
         response.extensions_mut().insert(crate::metrics::ErrorCode(code));
         if let ApiError::Throttled(wait) = &self

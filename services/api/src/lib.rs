@@ -12,6 +12,7 @@ pub mod policy;
 mod refusals;
 pub(crate) mod routes;
 pub use routes::jobs::MAX_BATCH;
+pub use routes::openapi::openapi_json;
 pub mod stream;
 pub mod transport;
 

@@ -99,6 +99,10 @@ fn method_label(method: &Method) -> &'static str {
 }
 
 /// `GET /metrics`: the process's metrics in the Prometheus text format.
+#[utoipa::path(get, path = "/metrics", tag = "health", responses(
+    (status = 200, description = "The process's metrics in the Prometheus text format (no credentials needed)", body = String, content_type = "text/plain; version=0.0.4"),
+    (status = 404, description = "`route_not_found`: metrics are off (`api.metrics: false`)", body = fetchml_api_types::ErrorBody),
+))]
 pub async fn serve(State(state): State<AppState>) -> Result<Response, ApiError> {
     let Some(scrapes) = state.metrics.clone() else { return Err(ApiError::NotFound("route_not_found")) };
     refresh_queues(&state, &scrapes);

@@ -3,6 +3,8 @@
 
 use anyhow::{Context as _, bail};
 use clap::{Parser, Subcommand};
+use fetchml_api_types::{CommandAccepted, ErrorBody, Submitted};
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -103,17 +105,22 @@ struct Api {
 }
 
 impl Api {
-    async fn call(&self, req: reqwest::RequestBuilder) -> anyhow::Result<Value> {
+    /// Sends `req` and reads the answer as `T` (the api's answer types, or
+    /// `Value` to print it as it came); a refusal becomes an error that
+    /// names its code, message and field.
+    async fn call<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> anyhow::Result<T> {
         let resp = req.send().await.with_context(|| format!("cannot reach the fetchml api at {}", self.base))?;
         let status = resp.status();
-        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        let body =
+            resp.bytes().await.with_context(|| format!("the answer of the fetchml api at {} broke off", self.base))?;
         if !status.is_success() {
-            let code = body["error"]["code"].as_str().unwrap_or("unknown");
-            let msg = body["error"]["message"].as_str().unwrap_or("");
-            let field = body["error"]["field"].as_str().map(|f| format!(" (field {f})")).unwrap_or_default();
-            bail!("{status}: {code}: {msg}{field}");
+            let Ok(ErrorBody { error }) = serde_json::from_slice::<ErrorBody>(&body) else {
+                bail!("{status}: unknown: the api's answer is not an error body");
+            };
+            let field = error.field.map(|f| format!(" (field {f})")).unwrap_or_default();
+            bail!("{status}: {}: {}{field}", error.code, error.message);
         }
-        Ok(body)
+        serde_json::from_slice(&body).with_context(|| format!("unexpected answer from the fetchml api ({status})"))
     }
 
     async fn job(&self, id: &str) -> anyhow::Result<Value> {
@@ -175,10 +182,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(k) = idempotency_key {
                 req = req.header("Idempotency-Key", k);
             }
-            let out = api.call(req).await?;
-            let id = out["id"].as_str().unwrap_or_default().to_owned();
+            let out: Submitted = api.call(req).await?;
+            let id = out.id.to_string();
             if cli.json {
-                println!("{out}");
+                println!("{}", serde_json::to_string(&out)?);
             } else {
                 println!("{id}");
             }
@@ -195,7 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Events { id } => {
-            let events = api.call(api.http.get(format!("{}/v1/jobs/{id}/events", api.base))).await?;
+            let events: Value = api.call(api.http.get(format!("{}/v1/jobs/{id}/events", api.base))).await?;
             if cli.json {
                 println!("{events}");
             } else {
@@ -219,7 +226,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(e) = experiment {
                 url.query_pairs_mut().append_pair("experiment", &e);
             }
-            let out = api.call(api.http.get(url)).await?;
+            let out: Value = api.call(api.http.get(url)).await?;
             if cli.json {
                 println!("{out}");
             } else {
@@ -236,12 +243,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Cancel { id } => {
-            let out = api.call(api.http.post(format!("{}/v1/jobs/{id}/cancel", api.base))).await?;
-            println!("{}", if cli.json { out.to_string() } else { format!("cancel requested (seq {})", out["seq"]) });
+            let out: CommandAccepted = api.call(api.http.post(format!("{}/v1/jobs/{id}/cancel", api.base))).await?;
+            let text =
+                if cli.json { serde_json::to_string(&out)? } else { format!("cancel requested (seq {})", out.seq) };
+            println!("{text}");
         }
         Command::Retry { id } => {
-            let out = api.call(api.http.post(format!("{}/v1/jobs/{id}/retry", api.base))).await?;
-            println!("{}", if cli.json { out.to_string() } else { format!("queued again (seq {})", out["seq"]) });
+            let out: CommandAccepted = api.call(api.http.post(format!("{}/v1/jobs/{id}/retry", api.base))).await?;
+            let text = if cli.json { serde_json::to_string(&out)? } else { format!("queued again (seq {})", out.seq) };
+            println!("{text}");
         }
         Command::Logs { id, follow } => {
             let url = format!("{}/v1/jobs/{id}/logs?follow={follow}", api.base);
@@ -271,7 +281,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Whoami => {
-            let out = api.call(api.http.get(format!("{}/v1/auth/whoami", api.base))).await?;
+            let out: Value = api.call(api.http.get(format!("{}/v1/auth/whoami", api.base))).await?;
             println!(
                 "{}",
                 if cli.json {

@@ -61,6 +61,8 @@ enum Command {
         #[arg(long, default_value = "researcher")]
         role: String,
     },
+    /// Print the api's OpenAPI 3.1 description (as in docs/openapi.json).
+    Openapi,
     /// Check a users file and report the first mistake precisely.
     CheckUsers {
         #[arg(default_value = "configs/users.yaml")]
@@ -99,6 +101,10 @@ fn main() -> ExitCode {
     fetchml_runtime::telemetry::init();
     match &cli.command {
         Command::Keygen { user, role } => return keygen(user, role),
+        Command::Openapi => {
+            print!("{}", fetchml_api::openapi_json());
+            return ExitCode::SUCCESS;
+        }
         Command::CheckUsers { file } => {
             return match fetchml_identity::Directory::load(file) {
                 Ok(d) => {
@@ -215,7 +221,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Verify => return verify(&settings).await,
-        Command::Supervise { .. } | Command::Keygen { .. } | Command::CheckUsers { .. } => {
+        Command::Supervise { .. } | Command::Keygen { .. } | Command::CheckUsers { .. } | Command::Openapi => {
             unreachable!("handled before the runtime starts")
         }
     }

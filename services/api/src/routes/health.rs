@@ -10,19 +10,25 @@ use crate::AppState;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use axum::response::{IntoResponse, Response};
+use fetchml_api_types::{ErrorBody, ErrorDetail, Health, Ready};
 use std::time::Duration;
 
 /// Longest `/readyz` waits for Postgres before it reports the read models unknown.
 const READ_MODELS_WITHIN: Duration = Duration::from_millis(500);
 
 /// Liveness: the process answers.
-pub async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(get, path = "/healthz", tag = "health", responses((status = 200, description = "The process runs", body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok".into() })
 }
 
 /// Readiness: NATS is connected and the event log answers.
-pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) {
+#[utoipa::path(get, path = "/readyz", tag = "health", responses(
+    (status = 200, description = "NATS is connected and the event log answers", body = Ready),
+    (status = 503, description = "`not_ready`", body = ErrorBody),
+))]
+pub async fn readyz(State(state): State<AppState>) -> Response {
     let connected = state.nats.connection_state() == async_nats::connection::State::Connected;
     let last = if connected { state.store.last_sequence().await.ok() } else { None };
     let faults =
@@ -37,19 +43,18 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Value>) 
         _ => ("unavailable", None),
     };
     match last {
-        Some(seq) => (
-            StatusCode::OK,
-            Json(json!({
-                "status": "ready", "nats": "connected", "last_seq": seq,
-                "read_models": read_models, "projection_faults": faults,
-            })),
-        ),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "error": {
-                "code": "not_ready",
-                "message": if connected { "the event log does not answer" } else { "not connected to NATS" },
-            }})),
-        ),
+        Some(seq) => Json(Ready {
+            last_seq: seq,
+            nats: "connected".into(),
+            projection_faults: faults,
+            read_models: read_models.into(),
+            status: "ready".into(),
+        })
+        .into_response(),
+        None => {
+            let message = if connected { "the event log does not answer" } else { "not connected to NATS" };
+            let error = ErrorDetail { code: "not_ready".into(), field: None, message: message.into() };
+            (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response()
+        }
     }
 }

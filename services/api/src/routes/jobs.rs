@@ -4,19 +4,25 @@ use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::policy::{self, JobAction, View};
+use crate::routes::body::{JobPath, Params};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
-use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec, JobStatus};
+use fetchml_api_types::ErrorBody;
+use fetchml_api_types::{
+    AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted, DEFAULT_LIST_LIMIT,
+    EventList, JobAnswer, JobPage, JobSummary, JobView, JobsAnswer, ListJobsQuery, MAX_LIST_LIMIT, ReasonRequest,
+    SortOrder, Submitted,
+};
+use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec};
 use fetchml_events::text::TextKind;
 use fetchml_events::{Actor, CommandId, JobId, UserName};
 use fetchml_eventstore::{CommandContext, Executed, LoadedJob};
 use fetchml_projections::queries::{JobFilter, Scope};
 use futures::StreamExt;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 
 /// Loads a job and checks `action` on it against the visibility policy
@@ -58,25 +64,29 @@ pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
     })
 }
 
-fn parse_job_id(raw: &str) -> Result<JobId, ApiError> {
-    raw.parse().map_err(|_| ApiError::bad_request("invalid_job_id", format!("{raw:?} is not a job id")))
-}
-
 /// `POST /v1/jobs`: queue a job. 202 `{"id", "seq"}` once `job_queued` is stored.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = JobSpec,
+    params(("Idempotency-Key" = Option<String>, Header, description = "1-200 visible ASCII characters: a retried submit names the same job and stores one event")),
+    responses(
+        (status = 202, description = "`job_queued` is stored in the log", body = Submitted),
+        (status = 400, description = "`invalid_body`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: no `jobs:create`", body = ErrorBody),
+        (status = 422, description = "The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused`", body = ErrorBody),
+    ))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Submitted>), ApiError> {
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let mut spec: JobSpec = super::body::json_object(&body, "a job spec")?;
     spec.normalize();
     let key = idempotency_key(&headers)?.map(|key| Idempotent { digest: request_digest(&spec), key });
     let (id, done) = queue(&state, caller.name(), spec, key).await;
     let done = done?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate }))))
+    Ok((StatusCode::ACCEPTED, Json(Submitted { duplicate: done.duplicate, id, seq: done.seq })))
 }
 
 /// An idempotent request: the client's key and a digest of what it asked.
@@ -145,12 +155,6 @@ pub const MAX_BATCH: usize = 1000;
 /// (pipelined on the one connection), few enough not to starve other requests.
 const BATCH_IN_FLIGHT: usize = 128;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct BatchBody {
-    jobs: Vec<Value>,
-}
-
 /// `POST /v1/jobs/batch`: queue up to [`MAX_BATCH`] jobs in one request,
 /// `{"jobs": [spec, ...]}`. Every spec is validated before any is stored, so an
 /// invalid batch stores nothing. The appends then run pipelined; each job is
@@ -161,15 +165,24 @@ struct BatchBody {
 /// `i` is named by the key and `i`, so resending the same batch with the same
 /// key stores only what is missing.
 #[tracing::instrument(skip_all)]
+#[utoipa::path(post, path = "/v1/jobs/batch", tag = "jobs", security(("bearer" = [])), request_body = BatchRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Job `i` of the batch is named by the key and `i`: resending the same batch stores only what is missing")),
+    responses(
+        (status = 202, description = "Every job is stored, in request order", body = BatchAnswer),
+        (status = 400, description = "`invalid_body`, `empty_batch`, `batch_too_large`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 403, description = "`forbidden`: no `jobs:create`", body = ErrorBody),
+        (status = 422, description = "A spec is invalid (`field` like `jobs[3].command`; nothing stored), or `idempotency_key_reused`. When some jobs were stored before the refusal, `jobs` says which", body = ErrorBody),
+        (status = 503, description = "`event_store_unavailable`; when NATS failed mid-batch, `jobs` (see `BatchAnswer`) says per job which were stored", body = ErrorBody),
+    ))]
 pub async fn submit_batch(
     State(state): State<AppState>,
     caller: Caller,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<BatchAnswer>), ApiError> {
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let key = idempotency_key(&headers)?;
-    let batch: BatchBody = super::body::json_object(&body, r#"{"jobs": [...]}"#)?;
+    let batch: BatchRequest = super::body::json_object(&body, r#"{"jobs": [...]}"#)?;
     if batch.jobs.is_empty() {
         return Err(ApiError::bad_request("empty_batch", "a batch holds at least one job"));
     }
@@ -212,23 +225,23 @@ pub async fn submit_batch(
     let mut items = Vec::with_capacity(results.len());
     for (id, r) in results {
         match r {
-            Ok(done) => items.push(json!({ "id": id, "seq": done.seq, "duplicate": done.duplicate })),
+            Ok(done) => items.push(BatchItem::Stored(Submitted { duplicate: done.duplicate, id, seq: done.seq })),
             Err(e) => {
-                items.push(json!({ "id": id, "error": e.body() }));
+                items.push(BatchItem::Failed(BatchFailure { error: e.detail(), id }));
                 first_error.get_or_insert(e);
             }
         }
     }
     match first_error {
-        None => Ok((StatusCode::ACCEPTED, Json(json!({ "jobs": items })))),
+        None => Ok((StatusCode::ACCEPTED, Json(BatchAnswer { error: None, jobs: items }))),
         Some(e) => {
             let (status, _) = e.status_and_code();
-            let mut error = e.body();
+            let mut error = e.detail();
             if status.is_server_error() {
                 tracing::error!(error = ?e, "batch partly stored");
-                error["message"] = json!(format!("{e}; see jobs for which were stored"));
+                error.message = format!("{e}; see jobs for which were stored");
             }
-            Ok((status, Json(json!({ "error": error, "jobs": items }))))
+            Ok((status, Json(BatchAnswer { error: Some(error), jobs: items })))
         }
     }
 }
@@ -268,60 +281,64 @@ async fn refuse_reused_batch_key(
 }
 
 /// `GET /v1/jobs/{id}`: the job folded from its own events (strongly consistent).
-#[tracing::instrument(skip_all, fields(job = %raw_id))]
+#[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")), responses(
+    (status = 200, description = "The job folded from its own events: in full, or the summary for `jobs:read:summary`", body = JobAnswer),
+    (status = 400, description = "`invalid_job_id`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`job_not_found` (also for a job the caller may not see)", body = ErrorBody),
+))]
 pub async fn get_job(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_job_id(&raw_id)?;
+    JobPath(id): JobPath,
+) -> Result<Json<JobAnswer>, ApiError> {
     let (loaded, view) = authorize(&state, &caller, id, JobAction::Read, &format!("job/{id}")).await?;
-    let view = match view {
-        View::Full => job_view(&loaded),
-        _ => job_view(&loaded).map(summary_only),
-    };
-    view.map(Json).ok_or(ApiError::NotFound("job_not_found"))
+    let full = job_view(&loaded).ok_or(ApiError::NotFound("job_not_found"))?;
+    Ok(Json(match view {
+        View::Full => JobAnswer::Full(Box::new(full)),
+        _ => JobAnswer::Summary(Box::new(summary_only(full))),
+    }))
 }
 
 /// What an analyst may see of a job: no command line, environment, working
 /// directory, owner or free-text reason (which can quote the command).
-fn summary_only(full: Value) -> Value {
-    let keep = [
-        "id",
-        "state",
-        "attempt",
-        "exit_code",
-        "signal",
-        "failure_class",
-        "created_at",
-        "started_at",
-        "finished_at",
-        "metrics",
-        "seq",
-        "version",
-    ];
-    let mut out = serde_json::Map::new();
-    for k in keep {
-        if let Some(v) = full.get(k) {
-            out.insert(k.to_owned(), v.clone());
-        }
+fn summary_only(full: JobView) -> JobSummary {
+    let spec = full.spec;
+    JobSummary {
+        attempt: full.attempt,
+        created_at: full.created_at,
+        exit_code: full.exit_code,
+        experiment: spec.experiment,
+        failure_class: full.failure_class,
+        finished_at: full.finished_at,
+        id: full.id,
+        labels: spec.labels,
+        metrics: full.metrics,
+        pool: spec.pool,
+        priority: spec.priority,
+        resources: spec.resources,
+        seq: full.seq,
+        signal: full.signal,
+        started_at: full.started_at,
+        state: full.state,
+        version: full.version,
     }
-    for k in ["pool", "priority", "labels", "experiment", "resources"] {
-        if let Some(v) = full.get("spec").and_then(|s| s.get(k)) {
-            out.insert(k.to_owned(), v.clone());
-        }
-    }
-    Value::Object(out)
 }
 
 /// `GET /v1/jobs/{id}/events`: the job's history, in order, as stored.
-#[tracing::instrument(skip_all, fields(job = %raw_id))]
+#[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(get, path = "/v1/jobs/{id}/events", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")), responses(
+    (status = 200, description = "The job's stored events in order", body = EventList),
+    (status = 400, description = "`invalid_job_id`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`job_not_found`", body = ErrorBody),
+))]
 pub async fn job_events(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
-    let id = parse_job_id(&raw_id)?;
+    JobPath(id): JobPath,
+) -> Result<Json<EventList>, ApiError> {
     // The history holds the command line and environment: full view only.
     let (loaded, _) = authorize(&state, &caller, id, JobAction::History, &format!("job/{id}/events")).await?;
     // The job's own subject, as `load` found it: a wildcard filter
@@ -334,23 +351,17 @@ pub async fn job_events(
         v["seq"] = json!(ev.seq);
         items.push(v);
     }
-    Ok(Json(json!({ "items": items })))
+    Ok(Json(EventList { items }))
 }
 
 /// Longest cancel or retry reason, in characters.
 pub const MAX_REASON_CHARS: usize = 1024;
 
-#[derive(Deserialize, Default)]
-#[serde(default, deny_unknown_fields)]
-pub struct ReasonBody {
-    reason: Option<String>,
-}
-
 fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
     if body.is_empty() {
         return Ok(default.to_owned());
     }
-    let b: ReasonBody = super::body::json_object(body, r#"{"reason": "..."}"#)?;
+    let b: ReasonRequest = super::body::json_object(body, r#"{"reason": "..."}"#)?;
     let Some(mut reason) = b.reason else { return Ok(default.to_owned()) };
     fetchml_events::text::normalize_in_place(&mut reason);
     fetchml_events::text::check(&reason, TextKind::Multiline, MAX_REASON_CHARS)
@@ -363,47 +374,61 @@ fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
 async fn user_command(
     state: &AppState,
     caller: &Caller,
-    raw_id: &str,
+    id: JobId,
     body: &Bytes,
     (default_reason, action): (&str, JobAction),
     command: impl FnOnce(String) -> JobCommand,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let id = parse_job_id(raw_id)?;
+) -> Result<(StatusCode, Json<CommandAccepted>), ApiError> {
     let reason = reason_from(body, default_reason)?;
     authorize(state, caller, id, action, &format!("job/{id}")).await?;
     let ctx = CommandContext::new(Actor::User { name: caller.name().clone() });
     let done = state.store.execute_job(id, command(reason), &ctx).await?;
-    Ok((StatusCode::ACCEPTED, Json(json!({ "seq": done.seq }))))
+    Ok((StatusCode::ACCEPTED, Json(CommandAccepted { seq: done.seq })))
 }
 
 /// `POST /v1/jobs/{id}/cancel`: a queued job never starts afterwards; a
 /// running one's process group gets SIGTERM, then SIGKILL after the grace.
-#[tracing::instrument(skip_all, fields(job = %raw_id))]
+#[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")),
+    request_body(content = Option<ReasonRequest>, description = "Optional; an empty body is allowed"),
+    responses(
+        (status = 202, description = "The event is stored", body = CommandAccepted),
+        (status = 400, description = "`invalid_job_id`, `invalid_body`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`job_terminal`: the job already ended; `stale_attempt`", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw_id): Path<String>,
+    JobPath(id): JobPath,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CommandAccepted>), ApiError> {
     let perms = ("cancelled by user", JobAction::Cancel);
-    user_command(&state, &caller, &raw_id, &body, perms, |reason| JobCommand::Cancel { reason }).await
+    user_command(&state, &caller, id, &body, perms, |reason| JobCommand::Cancel { reason }).await
 }
 
 /// `POST /v1/jobs/{id}/retry`: queue a failed, timed-out, dead-lettered or
 /// cancelled job again as a new attempt.
-#[tracing::instrument(skip_all, fields(job = %raw_id))]
+#[tracing::instrument(skip_all, fields(job = %id))]
+#[utoipa::path(post, path = "/v1/jobs/{id}/retry", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)")),
+    request_body(content = Option<ReasonRequest>, description = "Optional; an empty body is allowed"),
+    responses(
+        (status = 202, description = "The event is stored", body = CommandAccepted),
+        (status = 400, description = "`invalid_job_id`, `invalid_body`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+        (status = 403, description = "`forbidden`", body = ErrorBody),
+        (status = 404, description = "`job_not_found`", body = ErrorBody),
+        (status = 409, description = "`job_not_retryable`: only a failed, timed-out, dead-lettered or cancelled job can be retried; `stale_attempt`", body = ErrorBody),
+    ))]
 pub async fn retry(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw_id): Path<String>,
+    JobPath(id): JobPath,
     body: Bytes,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<CommandAccepted>), ApiError> {
     let perms = ("retried by user", JobAction::Retry);
-    user_command(&state, &caller, &raw_id, &body, perms, |reason| JobCommand::Retry { reason }).await
+    user_command(&state, &caller, id, &body, perms, |reason| JobCommand::Retry { reason }).await
 }
-
-const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 500;
 
 /// The read model a caller's queries go to ([`policy::list_scope`]).
 pub fn scope_of(state: &AppState, caller: &Caller) -> Option<Scope> {
@@ -411,10 +436,13 @@ pub fn scope_of(state: &AppState, caller: &Caller) -> Option<Scope> {
 }
 
 /// `?after_seq=N`: waits (bounded) until the read models include write N.
-pub async fn read_your_writes(state: &AppState, q: &HashMap<String, String>) -> Result<(), ApiError> {
-    if let Some(seq) = q.get("after_seq") {
-        let seq: u64 =
-            seq.parse().map_err(|_| ApiError::bad_request("invalid_parameter", "after_seq: not a sequence number"))?;
+pub async fn read_your_writes(state: &AppState, after_seq: Option<u64>) -> Result<(), ApiError> {
+    if let Some(seq) = after_seq {
+        // A sequence the log has not reached yet was never answered to a
+        // write: a mistake to say so now, not a wait that ends in a 503.
+        if seq > state.store.last_sequence().await? {
+            return Err(ApiError::bad_request("invalid_parameter", "after_seq: beyond the log's last sequence"));
+        }
         let caught_up = state.pg_health.guard(fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes));
         if !caught_up.await? {
             return Err(ApiError::NotCaughtUp(seq));
@@ -429,85 +457,71 @@ pub async fn read_your_writes(state: &AppState, q: &HashMap<String, String>) -> 
 /// `limit`; `cursor` (from `next`); `after_seq` (wait until the list includes
 /// that write).
 #[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), params(ListJobsQuery), responses(
+    (status = 200, description = "A page from the caller's read model, or with `as_of_seq`/`as_of` the list as it was then", body = JobsAnswer),
+    (status = 400, description = "`invalid_parameter`, `unknown_parameter`, `as_of_too_far`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+    (status = 403, description = "`forbidden` (also: `owner` by a role that sees no owners)", body = ErrorBody),
+    (status = 503, description = "`read_model_unavailable` (Postgres), `not_caught_up` (`after_seq`), `event_store_unavailable`", body = ErrorBody),
+))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Caller,
-    Query(q): Query<HashMap<String, String>>,
-) -> Result<Json<Value>, ApiError> {
-    let known = [
-        "state",
-        "owner",
-        "pool",
-        "experiment",
-        "tag",
-        "created_after",
-        "created_before",
-        "sort",
-        "limit",
-        "cursor",
-        "after_seq",
-        "as_of_seq",
-        "as_of",
-    ];
-    super::body::only_known_params(&q, &known)?;
+    Params(q): Params<ListJobsQuery>,
+) -> Result<Json<JobsAnswer>, ApiError> {
     let Some(scope) = scope_of(&state, &caller) else {
         return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
     };
-    if matches!(scope, Scope::Summary) && q.contains_key("owner") {
+    if matches!(scope, Scope::Summary) && q.owner.is_some() {
         // Analysts see no owners, so they may not select by one either.
         return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
     }
     let bad = |field: &str, msg: &str| ApiError::bad_request("invalid_parameter", format!("{field}: {msg}"));
-    let state_filter = q
-        .get("state")
-        .map(|s| JobStatus::parse(s).map(|st| st.as_str().to_owned()).ok_or_else(|| bad("state", "unknown state")))
-        .transpose()?;
-    let time =
-        |k: &str| q.get(k).map(|t| t.parse::<DateTime<Utc>>().map_err(|_| bad(k, "not an RFC 3339 time"))).transpose();
     // Names and tags are stored in NFC: compare in NFC.
     let nfc = |s: &str| fetchml_events::text::normalize(s).into_owned();
     let tag = q
-        .get("tag")
+        .tag
+        .as_deref()
         .map(|t| t.split_once('=').map(|(k, v)| (nfc(k), nfc(v))).ok_or_else(|| bad("tag", "expected key=value")))
         .transpose()?;
-    let ascending = match q.get("sort").map(String::as_str) {
-        None | Some("-created_at") => false,
-        Some("created_at") => true,
-        Some(_) => return Err(bad("sort", "created_at or -created_at")),
-    };
-    let limit = match q.get("limit") {
-        Some(l) => {
-            l.parse::<usize>().ok().filter(|l| (1..=MAX_LIMIT).contains(l)).ok_or_else(|| bad("limit", "1-500"))?
-        }
-        None => DEFAULT_LIMIT,
+    let limit = match q.limit {
+        Some(l) if (1..=MAX_LIST_LIMIT).contains(&l) => l,
+        Some(_) => return Err(bad("limit", "1-500")),
+        None => DEFAULT_LIST_LIMIT,
     };
     let after = q
-        .get("cursor")
+        .cursor
+        .as_deref()
         .map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`")))
         .transpose()?;
     let filter = JobFilter {
-        state: state_filter,
-        owner: q.get("owner").cloned(),
-        pool: q.get("pool").cloned(),
-        experiment: q.get("experiment").map(|e| nfc(e)),
+        state: q.state.map(|st| st.as_str().to_owned()),
+        owner: q.owner.clone(),
+        pool: q.pool.clone(),
+        experiment: q.experiment.as_deref().map(nfc),
         tag,
-        created_after: time("created_after")?,
-        created_before: time("created_before")?,
-        ascending,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        ascending: q.sort.unwrap_or_default() == SortOrder::OldestFirst,
         limit,
         after: after.map(|(t, id)| (t, *id.as_uuid())),
     };
     // One check for both paths: values by the text rules, and what the
     // caller's model can select by.
     filter.check(&scope)?;
-    if q.contains_key("as_of_seq") || q.contains_key("as_of") {
-        return as_of(&state, &scope, &q, &filter).await;
+    let point = match (q.as_of_seq, q.as_of) {
+        (None, None) => None,
+        (Some(n), None) => Some((Some(n), None)),
+        (None, Some(t)) => Some((None, Some(t))),
+        _ => return Err(ApiError::bad_request("invalid_parameter", "give as_of_seq or as_of, not both")),
+    };
+    if let Some((upto, until)) = point {
+        return Ok(Json(JobsAnswer::AsOf(as_of(&state, &scope, upto, until, &filter).await?)));
     }
-    read_your_writes(&state, &q).await?;
+    read_your_writes(&state, q.after_seq).await?;
     let (items, next) =
         state.pg_health.guard(fetchml_projections::queries::list_jobs(&state.pg, &scope, &filter)).await?;
     let next = next.map(|(t, id)| make_cursor((t, JobId::from_uuid(id))));
-    Ok(Json(json!({ "items": items, "next": next })))
+    Ok(Json(JobsAnswer::Page(JobPage { items, next })))
 }
 
 /// `GET /v1/jobs?as_of_seq=N` (or `as_of=TIME`): the job list as it was then,
@@ -517,18 +531,13 @@ pub async fn list(
 async fn as_of(
     state: &AppState,
     scope: &Scope,
-    q: &HashMap<String, String>,
+    upto: Option<u64>,
+    until: Option<DateTime<Utc>>,
     f: &JobFilter,
-) -> Result<Json<Value>, ApiError> {
-    use fetchml_events::job::{JobEvent, evolve};
-    use futures::StreamExt;
-    let bad = |msg: &str| ApiError::bad_request("invalid_parameter", msg.to_owned());
+) -> Result<AsOfPage, ApiError> {
+    use fetchml_events::job::evolve;
     let head = state.store.last_sequence().await?;
-    let (upto, until) = match (q.get("as_of_seq"), q.get("as_of")) {
-        (Some(n), None) => (n.parse::<u64>().map_err(|_| bad("as_of_seq: not a sequence"))?.min(head), None),
-        (None, Some(t)) => (head, Some(t.parse::<DateTime<Utc>>().map_err(|_| bad("as_of: not an RFC 3339 time"))?)),
-        _ => return Err(bad("give as_of_seq or as_of, not both")),
-    };
+    let upto = upto.map_or(head, |n| n.min(head));
     if upto > state.as_of_max_events {
         return Err(ApiError::bad_request(
             "as_of_too_far",
@@ -580,24 +589,29 @@ async fn as_of(
         .filter(|(_, j, c, _)| scope.admits(j.owner.as_str()) && f.matches(j, *c))
         .collect();
     rows.sort_by_key(|r| std::cmp::Reverse((r.2, r.0)));
-    let items: Vec<Value> = rows
+    let full = !matches!(scope, Scope::Summary);
+    let items = rows
         .iter()
         .take(f.limit)
-        .map(|(id, j, created, seq)| {
-            let mut v = json!({
-                "id": id, "state": j.status, "attempt": j.attempt, "exit_code": j.exit_code,
-                "failure_class": j.failure_class, "pool": j.spec.pool, "priority": j.spec.priority,
-                "experiment": j.spec.experiment, "metrics": j.metrics, "created_at": created, "seq": seq,
-            });
-            if !matches!(scope, Scope::Summary) {
-                v["owner"] = json!(j.owner);
-                v["reason"] = json!(j.reason);
-                v["tags"] = json!(j.spec.tags);
-            }
-            v
+        .map(|(id, j, created, seq)| AsOfJob {
+            attempt: j.attempt,
+            created_at: *created,
+            exit_code: j.exit_code,
+            experiment: j.spec.experiment.clone(),
+            failure_class: j.failure_class,
+            id: *id,
+            metrics: j.metrics.clone(),
+            pool: j.spec.pool.clone(),
+            priority: j.spec.priority,
+            seq: *seq,
+            state: j.status,
+            // What a summary reader may not see is left out, not nulled.
+            owner: full.then(|| j.owner.clone()),
+            reason: full.then(|| j.reason.clone()),
+            tags: full.then(|| j.spec.tags.clone()),
         })
         .collect();
-    Ok(Json(json!({ "items": items, "as_of_seq": reached, "total": rows.len() })))
+    Ok(AsOfPage { as_of_seq: reached, items, total: rows.len() as u64 })
 }
 
 fn make_cursor((t, id): (DateTime<Utc>, JobId)) -> String {
@@ -609,7 +623,7 @@ fn parse_cursor(c: &str) -> Option<(DateTime<Utc>, JobId)> {
     Some((DateTime::from_timestamp_micros(t.parse().ok()?)?, id.parse().ok()?))
 }
 
-fn job_view(loaded: &LoadedJob) -> Option<Value> {
+fn job_view(loaded: &LoadedJob) -> Option<JobView> {
     let job = loaded.state.as_ref()?;
     let first = loaded.history.first().map(|(_, e)| e.occurred_at);
     let started = loaded
@@ -619,24 +633,24 @@ fn job_view(loaded: &LoadedJob) -> Option<Value> {
         .find(|(_, e)| matches!(e.payload, JobEvent::JobStarted { .. }))
         .map(|(_, e)| e.occurred_at);
     let finished = job.status.is_terminal().then(|| loaded.history.last().map(|(_, e)| e.occurred_at)).flatten();
-    Some(json!({
-        "id": loaded.id,
-        "state": job.status,
-        "attempt": job.attempt,
-        "exit_code": job.exit_code,
-        "signal": job.signal,
-        "failure_class": job.failure_class,
-        "reason": job.reason,
-        "not_before": job.not_before,
-        "attempts_in_run": job.attempts_in_run,
-        "metrics": job.metrics,
-        "owner": job.owner,
-        "worker": job.worker,
-        "spec": job.spec,
-        "created_at": first,
-        "started_at": started,
-        "finished_at": finished,
-        "version": job.version,
-        "seq": loaded.last_seq(),
-    }))
+    Some(JobView {
+        attempt: job.attempt,
+        attempts_in_run: job.attempts_in_run,
+        created_at: first,
+        exit_code: job.exit_code,
+        failure_class: job.failure_class,
+        finished_at: finished,
+        id: loaded.id,
+        metrics: job.metrics.clone(),
+        not_before: job.not_before,
+        owner: job.owner.clone(),
+        reason: job.reason.clone(),
+        seq: loaded.last_seq(),
+        signal: job.signal,
+        spec: job.spec.clone(),
+        started_at: started,
+        state: job.status,
+        version: job.version,
+        worker: job.worker,
+    })
 }

@@ -3,6 +3,7 @@ pub(crate) mod body;
 mod experiments;
 mod health;
 pub(crate) mod jobs;
+pub(crate) mod openapi;
 mod workers;
 
 use crate::AppState;
@@ -33,6 +34,7 @@ pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
         .route("/v1/experiments/{name}", get(experiments::get))
         .route("/v1/workers", get(workers::list))
         .route("/v1/stream", get(crate::stream::upgrade))
+        .route("/v1/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)))

@@ -18,11 +18,12 @@
 use crate::AppState;
 use crate::auth::Caller;
 use crate::error::ApiError;
+use crate::routes::body::{JobPath, Params};
 use axum::body::Body;
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::Response;
+use fetchml_api_types::{ErrorBody, LogLine, LogsQuery};
 use fetchml_events::JobId;
 use fetchml_eventstore::{EventStore, StartAt, StreamReader};
 use futures::StreamExt;
@@ -34,59 +35,19 @@ use tokio_util::sync::CancellationToken;
 /// How often a follower checks whether the job has ended.
 const END_CHECK: Duration = Duration::from_millis(500);
 
-/// The query of the logs route: `follow` (`true` or `false`) and `from_seq`.
-#[derive(Debug, PartialEq)]
-struct LogsQuery {
-    follow: bool,
-    /// The first stream sequence wanted (`None`: from the job's first line).
-    from_seq: Option<u64>,
-}
-
-impl LogsQuery {
-    /// Refuses what the route does not know (`unknown_parameter`) and what it
-    /// cannot read, a parameter given twice included (`invalid_parameter`).
-    fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
-        let bad = |msg: String| ApiError::bad_request("invalid_parameter", msg);
-        let mut q = LogsQuery { follow: false, from_seq: None };
-        let mut seen: Vec<&str> = Vec::new();
-        for (k, v) in pairs {
-            if seen.contains(&k.as_str()) {
-                return Err(bad(format!("{k}: given more than once")));
-            }
-            seen.push(k);
-            match k.as_str() {
-                "follow" => {
-                    q.follow = match v.as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(bad(format!("follow: {v:?} is not true or false"))),
-                    }
-                }
-                "from_seq" => {
-                    q.from_seq = Some(v.parse().map_err(|_| bad(format!("from_seq: {v:?} is not a sequence")))?)
-                }
-                _ => {
-                    return Err(ApiError::bad_request(
-                        "unknown_parameter",
-                        format!("unknown query parameter {k:?} (known: follow, from_seq)"),
-                    ));
-                }
-            }
-        }
-        Ok(q)
-    }
-}
-
+#[utoipa::path(get, path = "/v1/jobs/{id}/logs", tag = "jobs", security(("bearer" = [])), params(("id" = JobId, Path, description = "The job id (lowercase hyphenated UUID)"), LogsQuery), responses(
+    (status = 200, description = "The job's log lines as NDJSON, one `LogLine` per line", content_type = "application/x-ndjson", body = LogLine),
+    (status = 400, description = "`invalid_job_id`, `invalid_parameter`, `unknown_parameter`", body = ErrorBody),
+    (status = 403, description = "`forbidden`", body = ErrorBody),
+    (status = 404, description = "`job_not_found`", body = ErrorBody),
+))]
 pub async fn job_logs(
     State(state): State<AppState>,
     caller: Caller,
-    Path(raw_id): Path<String>,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    JobPath(id): JobPath,
+    Params(q): Params<LogsQuery>,
 ) -> Result<Response, ApiError> {
-    let id: JobId =
-        raw_id.parse().map_err(|_| ApiError::bad_request("invalid_job_id", format!("{raw_id:?} is not a job id")))?;
-    let Query(pairs) = query.map_err(|e| ApiError::bad_request("invalid_parameter", e.body_text()))?;
-    let q = LogsQuery::parse(&pairs)?;
+    let follow = q.follow.unwrap_or(false);
     let (loaded, _) =
         crate::routes::jobs::authorize(&state, &caller, id, crate::policy::JobAction::Logs, &format!("job/{id}/logs"))
             .await?;
@@ -97,7 +58,7 @@ pub async fn job_logs(
     let log_subject = subjects.progress(&job.owner, id, "log");
     // Everything before `from_seq` counts as delivered.
     let delivered = q.from_seq.map_or(0, |s| s.saturating_sub(1));
-    let end = if q.follow {
+    let end = if follow {
         None
     } else {
         // A plain read stops at what exists now.
@@ -194,22 +155,21 @@ impl Follower {
 mod tests {
     use super::*;
 
-    fn parse(q: &[(&str, &str)]) -> Result<LogsQuery, (axum::http::StatusCode, &'static str)> {
-        let pairs: Vec<(String, String)> = q.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        LogsQuery::parse(&pairs).map_err(|e| e.status_and_code())
+    fn parse(q: &str) -> Result<LogsQuery, (axum::http::StatusCode, &'static str)> {
+        crate::routes::body::query::<LogsQuery>(q).map_err(|e| e.status_and_code())
     }
 
     #[test]
     fn the_logs_query_takes_follow_and_from_seq_and_nothing_else() {
-        assert_eq!(parse(&[]), Ok(LogsQuery { follow: false, from_seq: None }));
-        assert_eq!(parse(&[("follow", "true"), ("from_seq", "7")]), Ok(LogsQuery { follow: true, from_seq: Some(7) }));
-        assert_eq!(parse(&[("follow", "false")]), Ok(LogsQuery { follow: false, from_seq: None }));
+        assert_eq!(parse(""), Ok(LogsQuery { follow: None, from_seq: None }));
+        assert_eq!(parse("follow=true&from_seq=7"), Ok(LogsQuery { follow: Some(true), from_seq: Some(7) }));
+        assert_eq!(parse("follow=false"), Ok(LogsQuery { follow: Some(false), from_seq: None }));
         let bad = Err((axum::http::StatusCode::BAD_REQUEST, "invalid_parameter"));
-        assert_eq!(parse(&[("follow", "maybe")]), bad);
-        assert_eq!(parse(&[("follow", "")]), bad);
-        assert_eq!(parse(&[("follow", "TRUE")]), bad);
-        assert_eq!(parse(&[("from_seq", "-1")]), bad);
-        assert_eq!(parse(&[("from_seq", "1"), ("from_seq", "2")]), bad);
-        assert_eq!(parse(&[("foo", "1")]), Err((axum::http::StatusCode::BAD_REQUEST, "unknown_parameter")));
+        assert_eq!(parse("follow=maybe"), bad);
+        assert_eq!(parse("follow="), bad);
+        assert_eq!(parse("follow=TRUE"), bad);
+        assert_eq!(parse("from_seq=-1"), bad);
+        assert_eq!(parse("from_seq=1&from_seq=2"), bad);
+        assert_eq!(parse("foo=1"), Err((axum::http::StatusCode::BAD_REQUEST, "unknown_parameter")));
     }
 }

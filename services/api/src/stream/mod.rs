@@ -51,6 +51,16 @@ impl Drop for ConnectionSlot {
 }
 
 /// `GET /v1/stream`: authenticated at the upgrade like any request.
+#[utoipa::path(get, path = "/v1/stream", tag = "streams", security(("bearer" = [])),
+    description = "The WebSocket of live streams (protocol version 1, JSON text frames; see docs/streams.md). The client sends `StreamClientMessage`s (`subscribe`, `unsubscribe`, `ping`); the server answers `StreamServerMessage`s: `hello` first, then `subscribed`, `message`, `lagged`, `unsubscribed`, `error`, `pong`. Close codes: 4001 credentials revoked or expired, 4008 too slow (resume from `lagged.resume_from`), 4009 idle, 4029 too many connections for this user, 1001 server going away, 1009 frame too large.",
+    params(
+        ("Upgrade" = String, Header, description = "`websocket`"),
+        ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+    ),
+    responses(
+        (status = 101, description = "Switched to the WebSocket protocol; frames are `StreamClientMessage` (client) and `StreamServerMessage` (server)"),
+        (status = 400, description = "Not a WebSocket upgrade request"),
+    ))]
 pub async fn upgrade(
     State(state): State<AppState>,
     caller: Caller,

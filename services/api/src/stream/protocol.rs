@@ -26,7 +26,7 @@ pub mod close {
 }
 
 /// Which stream a subscription reads.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum StreamKind {
     /// Lifecycle events (the audit log).
@@ -36,8 +36,9 @@ pub enum StreamKind {
 }
 
 /// What a subscription covers.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = StreamTarget)]
 pub enum Target {
     Job(JobId),
     Jobs(Vec<JobId>),
@@ -48,8 +49,9 @@ pub enum Target {
 }
 
 /// Where a subscription starts. Sequences are per stream.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = StreamFrom)]
 pub enum From {
     Beginning,
     /// Only what is appended from now on.
@@ -60,8 +62,10 @@ pub enum From {
     Time(DateTime<Utc>),
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+/// What a client sends on `GET /v1/stream`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+#[schema(as = StreamClientMessage)]
 pub enum ClientMsg {
     Subscribe {
         id: String,
@@ -80,15 +84,46 @@ pub enum ClientMsg {
     Ping {},
 }
 
-#[derive(Clone, Debug, Serialize)]
+/// What the server sends on `GET /v1/stream`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
+#[schema(as = StreamServerMessage)]
 pub enum ServerMsg {
-    Hello { protocol: u32, user: String, max_subscriptions: usize, max_message_bytes: usize },
-    Subscribed { id: String, stream: StreamKind },
-    Unsubscribed { id: String },
-    Message { sub: String, stream: StreamKind, seq: u64, subject_kind: String, data: Value },
-    Lagged { sub: String, stream: StreamKind, resume_from: u64 },
-    Error { id: Option<String>, code: &'static str, message: String },
+    /// The first message of every connection.
+    Hello {
+        protocol: u32,
+        user: String,
+        max_subscriptions: usize,
+        max_message_bytes: usize,
+    },
+    Subscribed {
+        id: String,
+        stream: StreamKind,
+    },
+    Unsubscribed {
+        id: String,
+    },
+    /// One stored event (`events`) or progress message (`progress`) of subscription `sub`.
+    Message {
+        sub: String,
+        stream: StreamKind,
+        seq: u64,
+        subject_kind: String,
+        #[schema(value_type = Object)]
+        data: Value,
+    },
+    /// The client fell behind; the connection closes with 4008.
+    Lagged {
+        sub: String,
+        stream: StreamKind,
+        resume_from: u64,
+    },
+    Error {
+        id: Option<String>,
+        #[schema(value_type = String)]
+        code: &'static str,
+        message: String,
+    },
     Pong {},
 }
 
