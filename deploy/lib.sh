@@ -59,7 +59,13 @@ ensure_schemathesis() {
   fi
   say "installing schemathesis $SCHEMATHESIS_VERSION into $SCHEMATHESIS_VENV"
   rm -rf "$SCHEMATHESIS_VENV"
-  python3 -m venv "$SCHEMATHESIS_VENV" || die "cannot create a Python virtualenv (install python3-venv)"
+  if ! python3 -m venv "$SCHEMATHESIS_VENV" 2>/dev/null; then
+    # Debian's python3 keeps venv in a package of its own.
+    say "python3 cannot create a virtualenv; installing python3-venv"
+    rm -rf "$SCHEMATHESIS_VENV"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$SCHEMATHESIS_VENV" || die "cannot create a Python virtualenv (install python3-venv)"
+  fi
   "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "schemathesis $SCHEMATHESIS_VERSION did not install"
 }
