@@ -70,6 +70,22 @@ ensure_schemathesis() {
     "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "schemathesis $SCHEMATHESIS_VERSION did not install"
 }
 
+# Installs the reference page's renderer (web/docs: Redoc, pinned by its
+# lockfile) unless the locked version is already there.
+DOCS_DIR="$ROOT/web/docs"
+ensure_docs_assets() {
+  if [ -f "$DOCS_DIR/node_modules/redoc/bundles/redoc.standalone.js" ] \
+      && [ "$DOCS_DIR/node_modules/.package-lock.json" -nt "$DOCS_DIR/package-lock.json" ]; then
+    return
+  fi
+  if ! command -v npm >/dev/null; then
+    say "npm is missing; installing Debian's nodejs and npm"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  say "installing the api reference page's renderer (npm ci in web/docs)"
+  (cd "$DOCS_DIR" && npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci in $DOCS_DIR failed"
+}
+
 pg_answers() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
 
 # Uses the PostgreSQL that answers on $PG_HOST:$PG_PORT; otherwise installs the

@@ -155,6 +155,11 @@ pub struct ApiSettings {
     /// authentication (aggregate counts only: no job ids, users or paths).
     /// Turn off when the api is reachable beyond the hosts that may see them.
     pub metrics: bool,
+    /// Redoc's standalone bundle (npm package `redoc`, pinned in
+    /// `web/docs/package.json`; `./deploy/up` and `./deploy/test` install it),
+    /// served with the reference page at `GET /docs`. A relative path is taken
+    /// from the working directory. Missing: `/docs` answers 404.
+    pub docs_bundle: PathBuf,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -219,6 +224,7 @@ impl Default for ApiSettings {
             reconcile_every_secs: 10,
             reconcile_grace_secs: 10,
             metrics: true,
+            docs_bundle: PathBuf::from("web/docs/node_modules/redoc/bundles/redoc.standalone.js"),
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// `GET /metrics` state; `None` when `api.metrics` is off (404).
     pub metrics: Option<std::sync::Arc<metrics::Scrapes>>,
+    /// The reference page's renderer, read once at start (`None`: /docs is 404).
+    pub docs_bundle: Option<bytes::Bytes>,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -149,6 +151,7 @@ impl Application {
             as_of_max_events: st.as_of_max_events,
             shutdown: stop.clone(),
             metrics: settings.api.metrics.then(Default::default),
+            docs_bundle: routes::docs::load_bundle(&settings.api.docs_bundle),
         };
         Ok(Self { listener, state, settings, stop })
     }

@@ -1,5 +1,6 @@
 mod auth;
 pub(crate) mod body;
+pub(crate) mod docs;
 mod experiments;
 mod health;
 pub(crate) mod jobs;
@@ -20,6 +21,8 @@ pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(crate::metrics::serve))
+        .route("/docs", get(docs::page))
+        .route("/docs/redoc.standalone.js", get(docs::bundle))
         .route("/v1/auth/login", post(auth::login))
         .route("/v1/auth/logout", post(auth::logout))
         .route("/v1/auth/whoami", get(auth::whoami))
