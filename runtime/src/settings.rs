@@ -151,6 +151,16 @@ pub struct ApiSettings {
     pub reconcile_every_secs: u64,
     /// Jobs changed more recently than this are left to the dispatcher.
     pub reconcile_grace_secs: u64,
+    /// A request must have its answer's head within this (counted from its
+    /// head, reading the body included), else 504 `request_timeout`. Streams
+    /// (`/v1/stream`, `/v1/jobs/{id}/logs`) send their head at once and are
+    /// never cut by it. A command cut by it may still have been stored: retry
+    /// it with the same `Idempotency-Key`.
+    pub request_timeout_ms: u64,
+    /// Browser origins allowed to call the api (CORS), e.g.
+    /// `https://dash.example.org`; `["*"]` allows any. Empty (the default):
+    /// CORS is off and preflight requests are answered 405.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -210,6 +220,8 @@ impl Default for ApiSettings {
             read_your_writes_ms: 5000,
             reconcile_every_secs: 10,
             reconcile_grace_secs: 10,
+            request_timeout_ms: 30_000,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -305,6 +317,10 @@ impl Settings {
         if self.api.body_timeout_ms == 0 {
             return Err(invalid("api.body_timeout_ms", "must be at least 1".into()));
         }
+        if self.api.request_timeout_ms == 0 {
+            return Err(invalid("api.request_timeout_ms", "must be at least 1".into()));
+        }
+        check_origins(&self.api.cors_allowed_origins).map_err(|m| invalid("api.cors_allowed_origins", m))?;
         if self.api.max_connections == 0 {
             return Err(invalid("api.max_connections", "must be at least 1".into()));
         }
@@ -344,6 +360,25 @@ impl Settings {
             ..StreamSettings::default()
         }
     }
+}
+
+/// Each origin is `*` (alone) or `scheme://host[:port]` as a browser sends it
+/// in `Origin`: no path, no trailing slash (it would never match).
+fn check_origins(origins: &[String]) -> Result<(), String> {
+    if origins.iter().any(|o| o == "*") {
+        return if origins.len() == 1 { Ok(()) } else { Err("\"*\" must be the only entry".into()) };
+    }
+    for o in origins {
+        let Some((scheme, host)) = o.split_once("://") else {
+            return Err(format!("{o:?} is not scheme://host[:port]"));
+        };
+        let host_ok = !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !matches!(scheme, "http" | "https") || !host_ok {
+            return Err(format!("{o:?} is not http(s)://host[:port] (no path, no trailing slash)"));
+        }
+    }
+    Ok(())
 }
 
 fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
@@ -393,5 +428,11 @@ mod tests {
         assert!(e.to_string().contains("worker.concurrency"), "{e}");
         let e = Settings::load_from(None, &env(&[("FETCHML_NATS__WORKER_TTL_SECS", "2")])).unwrap_err();
         assert!(e.to_string().contains("nats.worker_ttl_secs"), "{e}");
+        for bad in ["[\"https://a.example/\"]", "[\"a.example\"]", "[\"*\", \"https://a.example\"]"] {
+            let e = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", bad)])).unwrap_err();
+            assert!(e.to_string().contains("api.cors_allowed_origins"), "{bad}: {e}");
+        }
+        let ok = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
+        assert_eq!(ok.unwrap().api.cors_allowed_origins, ["http://127.0.0.1:3000"]);
     }
 }

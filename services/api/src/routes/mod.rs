@@ -12,10 +12,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 /// Every route, under the transport's request rules ([`crate::transport::edge`]:
-/// early 413, body timeout, JSON for the transport's own answers).
-pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
+/// early 413, body timeout, JSON for the transport's own answers), inside the
+/// HTTP hygiene layers ([`crate::http`]: request ids, spans, CORS, gzip, deadline).
+pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::HttpOptions) -> Router<AppState> {
     let edge_limits = std::sync::Arc::new(limits.clone());
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/v1/auth/login", post(auth::login))
@@ -34,6 +35,6 @@ pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
         .route("/v1/stream", get(crate::stream::upgrade))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
+        .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)));
+    crate::http::around(routes, options)
 }
