@@ -432,7 +432,8 @@ mod tests {
             let e = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", bad)])).unwrap_err();
             assert!(e.to_string().contains("api.cors_allowed_origins"), "{bad}: {e}");
         }
-        let ok = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
+        let ok =
+            Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
         assert_eq!(ok.unwrap().api.cors_allowed_origins, ["http://127.0.0.1:3000"]);
     }
 }

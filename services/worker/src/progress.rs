@@ -22,6 +22,7 @@ use fetchml_events::subject::Subjects;
 use fetchml_events::{JobId, UserName};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub const PREFIX: &str = "##fetchml ";
 /// Distinct metrics kept per attempt; more are still streamed, not recorded.
@@ -98,7 +99,9 @@ pub fn forward(
             }
         }
         metrics
-    })
+    }
+    // In the attempt's span: its lines name the job.
+    .in_current_span())
 }
 
 #[cfg(test)]
