@@ -2,6 +2,8 @@
 
 //! The thin path end to end over HTTP, with a real worker process, real NATS.
 
+mod hygiene;
+
 use fetchml_tests::app::{spawn_app, spawn_worker};
 use serde_json::json;
 
