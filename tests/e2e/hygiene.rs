@@ -18,33 +18,62 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 /// Log lines written on this thread while the guard lives. `#[tokio::test]`
 /// runs the test and the api it spawns on one thread, so these are the api's
 /// (and its embedded dispatcher's) lines, and no other test's.
+///
+/// One global subscriber writes each line to its thread's buffer, if any.
+/// Scoped subscribers (`set_default`) per test would be simpler, but tracing
+/// caches each call site's interest across threads, and with tests starting
+/// and ending their own subscribers in parallel a line is sometimes lost.
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
-impl Captured {
-    fn start() -> (Self, tracing::subscriber::DefaultGuard) {
-        let buf = Captured::default();
-        let writer = buf.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new("info,fetchml_api=debug"))
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .finish();
-        (buf, tracing::subscriber::set_default(subscriber))
-    }
+thread_local! {
+    static CAPTURE: std::cell::RefCell<Option<Captured>> = const { std::cell::RefCell::new(None) };
+}
 
-    fn lines(&self) -> Vec<String> {
-        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().map(str::to_owned).collect()
+/// Stops this thread's capture when dropped.
+struct CaptureGuard;
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        CAPTURE.with(|c| c.borrow_mut().take());
     }
 }
 
-impl std::io::Write for Captured {
+/// The writer of the global subscriber: the current thread's buffer.
+struct ThreadBuffer;
+
+impl std::io::Write for ThreadBuffer {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
+        CAPTURE.with(|c| {
+            if let Some(Captured(buf)) = &*c.borrow() {
+                buf.lock().unwrap().extend_from_slice(b);
+            }
+        });
         Ok(b.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+impl Captured {
+    fn start() -> (Self, CaptureGuard) {
+        static GLOBAL: std::sync::Once = std::sync::Once::new();
+        GLOBAL.call_once(|| {
+            let subscriber = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new("info,fetchml_api=debug"))
+                .with_ansi(false)
+                .with_writer(|| ThreadBuffer)
+                .finish();
+            tracing::subscriber::set_global_default(subscriber).expect("no other global subscriber in e2e");
+        });
+        let buf = Captured::default();
+        CAPTURE.with(|c| *c.borrow_mut() = Some(buf.clone()));
+        (buf, CaptureGuard)
+    }
+
+    fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).lines().map(str::to_owned).collect()
     }
 }
 

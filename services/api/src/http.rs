@@ -144,8 +144,9 @@ fn request_span(req: &Request) -> Span {
     tracing::info_span!(
         "request",
         method = %req.method(),
-        route,
-        request_id,
+        // Display, not Debug: unquoted in text logs.
+        route = %route,
+        request_id = %request_id,
         correlation = %correlation_of(request_id),
         status = tracing::field::Empty,
         latency_ms = tracing::field::Empty,
