@@ -34,6 +34,18 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub auth: AuthSettings,
     pub streaming: StreamingSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where traces go besides the log (see `crate::telemetry`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// The OTLP/HTTP traces URL of an OpenTelemetry collector, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`: every span (requests, dispatches,
+    /// job attempts) is exported there. Empty (the default): no export, at no
+    /// cost. Needs a binary built with the `otlp` cargo feature.
+    pub otlp_endpoint: String,
 }
 
 /// Limits of `GET /v1/stream` connections.
@@ -326,6 +338,10 @@ impl Settings {
         }
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return Err(invalid("nats.replicas", "must be 1-5".into()));
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !otlp.is_empty() && !otlp.starts_with("http://") && !otlp.starts_with("https://") {
+            return Err(invalid("telemetry.otlp_endpoint", format!("{otlp:?} must start with http:// or https://")));
         }
         if !(3..=3600).contains(&self.nats.worker_ttl_secs) {
             return Err(invalid("nats.worker_ttl_secs", "must be 3-3600".into()));
