@@ -122,3 +122,57 @@ mod otlp {
         Ok((Some(tracing_opentelemetry::layer().with_tracer(tracer)), Telemetry(Some(provider))))
     }
 }
+
+/// Runs with `cargo test -p fetchml-runtime --features otlp` (the suite
+/// builds without the feature).
+#[cfg(all(test, feature = "otlp"))]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+
+    /// A one-request OTLP/HTTP collector: the request's head and body.
+    fn collector(listener: std::net::TcpListener) -> std::thread::JoinHandle<(String, Vec<u8>)> {
+        std::thread::spawn(move || {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                reader.read_line(&mut line).unwrap();
+                if line == "\r\n" || line.is_empty() {
+                    break;
+                }
+                head.push_str(&line);
+            }
+            let len = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            let mut body = vec![0; len];
+            reader.read_exact(&mut body).unwrap();
+            reader.get_mut().write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").unwrap();
+            (head, body)
+        })
+    }
+
+    #[test]
+    fn spans_reach_an_otlp_http_collector_with_the_service_name() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let endpoint = format!("http://{}/v1/traces", listener.local_addr().unwrap());
+        let server = collector(listener);
+        let settings = TelemetrySettings { otlp_endpoint: endpoint };
+        let (layer, telemetry) = otlp::layer::<tracing_subscriber::Registry>(&settings, "fetchml-test").unwrap();
+        let subscriber = tracing_subscriber::registry().with(layer);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info_span!("request", route = "/v1/jobs/{id}").in_scope(|| tracing::info!("answered"));
+        });
+        telemetry.shutdown(); // flushes the batch
+        let (head, body) = server.join().unwrap();
+        assert!(head.starts_with("POST /v1/traces "), "{head}");
+        assert!(head.to_ascii_lowercase().contains("content-type: application/x-protobuf"), "{head}");
+        let has = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+        assert!(has(b"fetchml-test") && has(b"request") && has(b"/v1/jobs/{id}"), "{body:?}");
+    }
+}
