@@ -317,6 +317,7 @@ impl LoggingWorker {
             .env("FETCHML_NATS__NAMESPACE", &app.settings.nats.namespace)
             .env("FETCHML_WORKER__JOB_ROOT", job_root.path())
             .env("FETCHML_WORKER__LEASE_SECS", "3")
+            .env("FETCHML_NATS__PROGRESS_MAX_BYTES", fetchml_tests::TEST_PROGRESS_BYTES.to_string())
             .env("RUST_LOG", "info")
             .env_remove("FETCHML_LOG_FORMAT")
             .stdin(Stdio::null())
@@ -336,6 +337,9 @@ impl Drop for LoggingWorker {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("the worker's log:\n{}", self.lines().join("\n"));
+        }
     }
 }
 

@@ -530,9 +530,7 @@ impl Worker {
     ) -> tokio::task::JoinHandle<()> {
         let every = Duration::from_secs(self.settings.lease_secs) / 3;
         let store = self.store.clone();
-        // In the attempt's span (`in_current_span`): its lines name the job.
-        tokio::spawn(
-            async move {
+        let renew = async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -553,9 +551,9 @@ impl Worker {
                     }
                 }
             }
-        }
-            .in_current_span(),
-        )
+        };
+        // In the attempt's span: its lines name the job.
+        tokio::spawn(renew.in_current_span())
     }
 
     /// Records how the attempt ended, retrying while NATS is unreachable. The
@@ -635,28 +633,25 @@ fn watch_job(
     fenced: CancellationToken,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(
-        async move {
-            let ours = our_start.to_string();
-            while let Some(m) = sub.next().await {
-                let mine = serde_json::from_slice::<serde_json::Value>(&m.payload)
-                    .ok()
-                    .and_then(|v| {
-                        v.get("causation_id")
-                            .and_then(|c| c.as_str())
-                            .map(|c| c.replace('-', "") == ours.replace('-', ""))
-                    })
-                    .unwrap_or(false);
-                if !mine {
-                    tracing::info!(job = %job, "job changed under the running attempt; stopping it");
-                    fenced.cancel();
-                    cancel.cancel();
-                    return;
-                }
+    let watch = async move {
+        let ours = our_start.to_string();
+        while let Some(m) = sub.next().await {
+            let mine = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                .ok()
+                .and_then(|v| {
+                    v.get("causation_id").and_then(|c| c.as_str()).map(|c| c.replace('-', "") == ours.replace('-', ""))
+                })
+                .unwrap_or(false);
+            if !mine {
+                tracing::info!(job = %job, "job changed under the running attempt; stopping it");
+                fenced.cancel();
+                cancel.cancel();
+                return;
             }
         }
-        .in_current_span(),
-    )
+    };
+    // In the attempt's span: its lines name the job.
+    tokio::spawn(watch.in_current_span())
 }
 
 fn hostname() -> String {

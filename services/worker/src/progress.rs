@@ -68,7 +68,7 @@ pub fn forward(
     attempt: u32,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> tokio::task::JoinHandle<Metrics> {
-    tokio::spawn(async move {
+    let publish = async move {
         let mut metrics = Metrics::new();
         while let Some(line) = rx.recv().await {
             let at = chrono::Utc::now();
@@ -99,9 +99,9 @@ pub fn forward(
             }
         }
         metrics
-    }
+    };
     // In the attempt's span: its lines name the job.
-    .in_current_span())
+    tokio::spawn(publish.in_current_span())
 }
 
 #[cfg(test)]

@@ -62,22 +62,19 @@ pub async fn upgrade(
     let ws = ws.max_message_size(hard).max_frame_size(hard);
     // The session stays in the request's span (request id, route) for its life.
     let span = tracing::Span::current();
-    Ok(ws.on_upgrade(move |socket| {
-        async move {
-            let Some(slot) = slot else {
-                let mut socket = socket;
-                let _ = socket
-                    .send(Message::Close(Some(CloseFrame {
-                        code: protocol::close::TOO_MANY_CONNECTIONS,
-                        reason: "too many stream connections for this user".into(),
-                    })))
-                    .await;
-                return;
-            };
-            serve(state, caller, limits, socket).await;
-            drop(slot);
-        }
-        .instrument(span)
+    Ok(ws.on_upgrade(move |socket| async move {
+        let Some(slot) = slot else {
+            let mut socket = socket;
+            let _ = socket
+                .send(Message::Close(Some(CloseFrame {
+                    code: protocol::close::TOO_MANY_CONNECTIONS,
+                    reason: "too many stream connections for this user".into(),
+                })))
+                .await;
+            return;
+        };
+        serve(state, caller, limits, socket).instrument(span).await;
+        drop(slot);
     }))
 }
 
