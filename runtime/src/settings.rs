@@ -163,11 +163,13 @@ pub struct ApiSettings {
     pub reconcile_every_secs: u64,
     /// Jobs changed more recently than this are left to the dispatcher.
     pub reconcile_grace_secs: u64,
-    /// A request must have its answer's head within this (counted from its
-    /// head, reading the body included), else 504 `request_timeout`. Streams
-    /// (`/v1/stream`, `/v1/jobs/{id}/logs`) send their head at once and are
-    /// never cut by it. A command cut by it may still have been stored: retry
-    /// it with the same `Idempotency-Key`.
+    /// A request must have its answer's head within this, else 504
+    /// `request_timeout`. Counted from the request's head, reading the body
+    /// included, so it must exceed `body_timeout_ms` (a stalled body is then
+    /// told apart: 408 `body_timeout`). Streams (`/v1/stream`,
+    /// `/v1/jobs/{id}/logs`) send their head at once and are never cut by it.
+    /// A command cut by it may still have been stored: retry it with the same
+    /// `Idempotency-Key`.
     pub request_timeout_ms: u64,
     /// Browser origins allowed to call the api (CORS), e.g.
     /// `https://dash.example.org`; `["*"]` allows any. Empty (the default):
@@ -232,7 +234,7 @@ impl Default for ApiSettings {
             read_your_writes_ms: 5000,
             reconcile_every_secs: 10,
             reconcile_grace_secs: 10,
-            request_timeout_ms: 30_000,
+            request_timeout_ms: 60_000,
             cors_allowed_origins: Vec::new(),
         }
     }
@@ -329,8 +331,14 @@ impl Settings {
         if self.api.body_timeout_ms == 0 {
             return Err(invalid("api.body_timeout_ms", "must be at least 1".into()));
         }
-        if self.api.request_timeout_ms == 0 {
-            return Err(invalid("api.request_timeout_ms", "must be at least 1".into()));
+        if self.api.request_timeout_ms <= self.api.body_timeout_ms {
+            return Err(invalid(
+                "api.request_timeout_ms",
+                format!(
+                    "must be larger than api.body_timeout_ms ({}), so that a stalled body gets 408 body_timeout",
+                    self.api.body_timeout_ms
+                ),
+            ));
         }
         check_origins(&self.api.cors_allowed_origins).map_err(|m| invalid("api.cors_allowed_origins", m))?;
         if self.api.max_connections == 0 {
@@ -448,6 +456,8 @@ mod tests {
             let e = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", bad)])).unwrap_err();
             assert!(e.to_string().contains("api.cors_allowed_origins"), "{bad}: {e}");
         }
+        let e = Settings::load_from(None, &env(&[("FETCHML_API__REQUEST_TIMEOUT_MS", "30000")])).unwrap_err();
+        assert!(e.to_string().contains("api.request_timeout_ms"), "{e}");
         let ok =
             Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
         assert_eq!(ok.unwrap().api.cors_allowed_origins, ["http://127.0.0.1:3000"]);

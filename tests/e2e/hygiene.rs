@@ -183,8 +183,12 @@ async fn next_line(r: &mut reqwest::Response, buf: &mut Vec<u8>) -> Option<Value
 #[tokio::test]
 async fn a_slow_answer_gets_504_request_timeout_while_streams_outlive_the_deadline() {
     // Well above what an ordinary request takes, well below the 5 s that
-    // `after_seq` waits for the read models.
-    let app = spawn_app_with(|s| s.api.request_timeout_ms = 2000).await;
+    // `after_seq` waits for the read models (and above the body deadline).
+    let app = spawn_app_with(|s| {
+        s.api.request_timeout_ms = 2000;
+        s.api.body_timeout_ms = 1000;
+    })
+    .await;
     let _worker = spawn_worker(&app.settings);
     let (status, job) = app.submit(json!({"command": ["sh", "-c", "while :; do echo tick; sleep 0.05; done"]})).await;
     assert_eq!(status, 202, "{job}");

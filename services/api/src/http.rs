@@ -21,7 +21,9 @@
 //! - **Deadline** (`api.request_timeout_ms`): the answer's head must be ready
 //!   within it, else 504 `request_timeout` in the JSON error format. It bounds
 //!   the head only: the streaming routes (`/v1/stream`, `/v1/jobs/{id}/logs`)
-//!   send their head at once and their bodies are never cut by it.
+//!   send their head at once and their bodies are never cut by it. It counts
+//!   the body's arrival too, and is longer than the body deadline (checked by
+//!   the settings), so a stalled body still gets the transport's 408.
 //! - **Correlation**: the request id becomes the correlation id of every
 //!   command the request runs (see [`fetchml_eventstore::correlation`]): a
 //!   UUID request id is used as is, any other is mapped to a UUIDv5 (the span
