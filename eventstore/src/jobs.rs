@@ -16,15 +16,26 @@ use uuid::Uuid;
 pub struct CommandContext {
     /// The id of this request; a retry of the same request carries the same id.
     pub command_id: CommandId,
+    /// What set this command in motion (see [`crate::correlation`]).
     pub correlation_id: Uuid,
     pub actor: Actor,
     pub now: DateTime<Utc>,
 }
 
 impl CommandContext {
+    /// A new command by `actor`, correlated with the current request scope
+    /// ([`crate::correlation::scope`]) if there is one, else with itself.
     pub fn new(actor: Actor) -> Self {
         let command_id = CommandId::new();
-        Self { command_id, correlation_id: *command_id.as_uuid(), actor, now: Utc::now() }
+        let correlation_id = crate::correlation::current().unwrap_or(*command_id.as_uuid());
+        Self { command_id, correlation_id, actor, now: Utc::now() }
+    }
+
+    /// This command, correlated with `id` (a command that continues what
+    /// another request started, such as a worker running a queued job).
+    pub fn correlated(mut self, id: Uuid) -> Self {
+        self.correlation_id = id;
+        self
     }
 }
 
@@ -49,6 +60,14 @@ impl LoadedJob {
         self.state = evolve(self.state.take(), &event.payload);
         self.history.push((seq, event));
         self
+    }
+
+    /// The correlation id of the event at `seq` (what a ticket names as its
+    /// cause), else of the job's first event: the request that set the job,
+    /// or this attempt of it, in motion. `None` for a job with no history.
+    pub fn correlation_at(&self, seq: u64) -> Option<Uuid> {
+        let cause = self.history.iter().find(|(s, _)| *s == seq).or(self.history.first());
+        cause.map(|(_, e)| e.correlation_id)
     }
 
     /// The stream sequence of the job's last event, 0 if none.

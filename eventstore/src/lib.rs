@@ -17,6 +17,7 @@
 //!   server), or everything from a sequence or time (an ordered consumer).
 
 mod connect;
+pub mod correlation;
 mod error;
 mod index;
 mod jobs;

@@ -34,6 +34,18 @@ pub struct Settings {
     pub postgres: PostgresSettings,
     pub auth: AuthSettings,
     pub streaming: StreamingSettings,
+    pub telemetry: TelemetrySettings,
+}
+
+/// Where traces go besides the log (see `crate::telemetry`).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetrySettings {
+    /// The OTLP/HTTP traces URL of an OpenTelemetry collector, e.g.
+    /// `http://127.0.0.1:4318/v1/traces`: every span (requests, dispatches,
+    /// job attempts) is exported there. Empty (the default): no export, at no
+    /// cost. Needs a binary built with the `otlp` cargo feature.
+    pub otlp_endpoint: String,
 }
 
 /// Limits of `GET /v1/stream` connections.
@@ -160,6 +172,18 @@ pub struct ApiSettings {
     /// served with the reference page at `GET /docs`. A relative path is taken
     /// from the working directory. Missing: `/docs` answers 404.
     pub docs_bundle: PathBuf,
+    /// A request must have its answer's head within this, else 504
+    /// `request_timeout`. Counted from the request's head, reading the body
+    /// included, so it must exceed `body_timeout_ms` (a stalled body is then
+    /// told apart: 408 `body_timeout`). Streams (`/v1/stream`,
+    /// `/v1/jobs/{id}/logs`) send their head at once and are never cut by it.
+    /// A command cut by it may still have been stored: retry it with the same
+    /// `Idempotency-Key`.
+    pub request_timeout_ms: u64,
+    /// Browser origins allowed to call the api (CORS), e.g.
+    /// `https://dash.example.org`; `["*"]` allows any. Empty (the default):
+    /// CORS is off and preflight requests are answered 405.
+    pub cors_allowed_origins: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -225,6 +249,8 @@ impl Default for ApiSettings {
             reconcile_grace_secs: 10,
             metrics: true,
             docs_bundle: PathBuf::from("web/docs/node_modules/redoc/bundles/redoc.standalone.js"),
+            request_timeout_ms: 60_000,
+            cors_allowed_origins: Vec::new(),
         }
     }
 }
@@ -322,11 +348,25 @@ impl Settings {
         if self.api.body_timeout_ms == 0 {
             return Err(invalid("api.body_timeout_ms", "must be at least 1".into()));
         }
+        if self.api.request_timeout_ms <= self.api.body_timeout_ms {
+            return Err(invalid(
+                "api.request_timeout_ms",
+                format!(
+                    "must be larger than api.body_timeout_ms ({}), so that a stalled body gets 408 body_timeout",
+                    self.api.body_timeout_ms
+                ),
+            ));
+        }
+        check_origins(&self.api.cors_allowed_origins).map_err(|m| invalid("api.cors_allowed_origins", m))?;
         if self.api.max_connections == 0 {
             return Err(invalid("api.max_connections", "must be at least 1".into()));
         }
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return Err(invalid("nats.replicas", "must be 1-5".into()));
+        }
+        let otlp = &self.telemetry.otlp_endpoint;
+        if !otlp.is_empty() && !otlp.starts_with("http://") && !otlp.starts_with("https://") {
+            return Err(invalid("telemetry.otlp_endpoint", format!("{otlp:?} must start with http:// or https://")));
         }
         if !(3..=3600).contains(&self.nats.worker_ttl_secs) {
             return Err(invalid("nats.worker_ttl_secs", "must be 3-3600".into()));
@@ -370,6 +410,25 @@ impl Settings {
             ..StreamSettings::default()
         }
     }
+}
+
+/// Each origin is `*` (alone) or `scheme://host[:port]` as a browser sends it
+/// in `Origin`: no path, no trailing slash (it would never match).
+fn check_origins(origins: &[String]) -> Result<(), String> {
+    if origins.iter().any(|o| o == "*") {
+        return if origins.len() == 1 { Ok(()) } else { Err("\"*\" must be the only entry".into()) };
+    }
+    for o in origins {
+        let Some((scheme, host)) = o.split_once("://") else {
+            return Err(format!("{o:?} is not scheme://host[:port]"));
+        };
+        let host_ok = !host.is_empty()
+            && host.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '[' | ']'));
+        if !matches!(scheme, "http" | "https") || !host_ok {
+            return Err(format!("{o:?} is not http(s)://host[:port] (no path, no trailing slash)"));
+        }
+    }
+    Ok(())
 }
 
 fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), String> {
@@ -419,5 +478,14 @@ mod tests {
         assert!(e.to_string().contains("worker.concurrency"), "{e}");
         let e = Settings::load_from(None, &env(&[("FETCHML_NATS__WORKER_TTL_SECS", "2")])).unwrap_err();
         assert!(e.to_string().contains("nats.worker_ttl_secs"), "{e}");
+        for bad in ["[\"https://a.example/\"]", "[\"a.example\"]", "[\"*\", \"https://a.example\"]"] {
+            let e = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", bad)])).unwrap_err();
+            assert!(e.to_string().contains("api.cors_allowed_origins"), "{bad}: {e}");
+        }
+        let e = Settings::load_from(None, &env(&[("FETCHML_API__REQUEST_TIMEOUT_MS", "30000")])).unwrap_err();
+        assert!(e.to_string().contains("api.request_timeout_ms"), "{e}");
+        let ok =
+            Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
+        assert_eq!(ok.unwrap().api.cors_allowed_origins, ["http://127.0.0.1:3000"]);
     }
 }

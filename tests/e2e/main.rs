@@ -3,6 +3,7 @@
 //! The thin path end to end over HTTP, with a real worker process, real NATS.
 
 mod docs;
+mod hygiene;
 mod metrics;
 
 use fetchml_tests::app::{spawn_app, spawn_worker};

@@ -40,6 +40,11 @@ pub enum ApiError {
     BodyTimeout,
     #[error("this route does not take that method (see Allow)")]
     MethodNotAllowed,
+    /// The answer was not ready within `api.request_timeout_ms` (`crate::http`).
+    #[error(
+        "the answer was not ready in time; retry later (a command may have been stored: retry it with the same Idempotency-Key)"
+    )]
+    RequestTimeout,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -68,6 +73,7 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "body_too_large"),
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            ApiError::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request_timeout"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

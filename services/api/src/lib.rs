@@ -7,6 +7,7 @@
 
 pub mod auth;
 mod error;
+pub mod http;
 pub mod metrics;
 pub mod policy;
 mod refusals;
@@ -55,8 +56,8 @@ pub struct AppState {
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
-pub fn router(state: AppState, limits: &transport::HttpLimits) -> Router {
-    routes::router(limits).with_state(state)
+pub fn router(state: AppState, limits: &transport::HttpLimits, options: &http::HttpOptions) -> Router {
+    routes::router(limits, options).with_state(state)
 }
 
 /// A built api: listener bound, NATS connected, streams in place.
@@ -195,7 +196,7 @@ impl Application {
         tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));
         let auth = self.state.auth.clone();
         let limits = transport::HttpLimits::from_settings(&self.settings.api);
-        let app = router(self.state, &limits);
+        let app = router(self.state, &limits, &http::HttpOptions::from_settings(&self.settings.api));
         tracing::info!(addr = %self.listener.local_addr()?, "api listening");
         let stop_serving = stop.clone();
         tokio::spawn(async move {

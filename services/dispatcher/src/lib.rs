@@ -9,6 +9,10 @@
 //! in the log, the job reaches the work queue even if any process dies at any
 //! instant. Any number of dispatchers may run: they share the durable consumer.
 //!
+//! Each job's dispatch runs in a span `dispatch` with `job` and `correlation`
+//! (the causing event's `correlation_id`: the request that set it in motion),
+//! so its log lines can be found by the api's request id.
+//!
 //! The work queue is an index derived from the log, and [`reconcile_once`]
 //! rebuilds what is missing from it: a waiting job with no ticket gets one, and
 //! a running job whose worker is gone and whose ticket was lost gets a takeover
@@ -28,6 +32,7 @@ use fetchml_eventstore::{EventStore, StoreError, StoredEvent};
 use futures::StreamExt;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 mod reconcile;
 pub use reconcile::{ReconcileError, ReconcileReport, reconcile_once, run_reconciler};
@@ -144,8 +149,12 @@ async fn dispatch_batch(
             }
         };
         let stored = StoredEvent { seq, subject: msg.subject.to_string(), payload: msg.payload.clone(), pending: None };
-        if let Some((spec, ticket)) = ticket_for(store, &stored).await? {
-            acks.push(send_ticket(js, store.subjects(), &spec, &ticket, &ticket.msg_id()).await?);
+        if let Some((spec, ticket, correlation)) = ticket_for(store, &stored).await? {
+            let span = tracing::info_span!("dispatch", job = %ticket.job_id, correlation = %correlation);
+            let ack =
+                send_ticket(js, store.subjects(), &spec, &ticket, &ticket.msg_id()).instrument(span.clone()).await?;
+            span.in_scope(|| tracing::info!(seq, pool = %spec.pool, priority = spec.priority, "dispatched"));
+            acks.push(ack);
         }
     }
     for ack in acks {
@@ -154,8 +163,11 @@ async fn dispatch_batch(
     Ok(())
 }
 
-/// The ticket `event` asks for, if any.
-async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(JobSpec, DispatchTicket)>, StoreError> {
+/// The ticket `event` asks for, if any, with the event's correlation id.
+async fn ticket_for(
+    store: &EventStore,
+    event: &StoredEvent,
+) -> Result<Option<(JobSpec, DispatchTicket, uuid::Uuid)>, StoreError> {
     // Most job events (started, finished) ask for nothing: skip them before
     // building them. An unreadable type falls through to the full decode,
     // which says what is wrong.
@@ -203,7 +215,7 @@ async fn ticket_for(store: &EventStore, event: &StoredEvent) -> Result<Option<(J
         not_before,
         takeover: false,
     };
-    Ok(Some((spec, ticket)))
+    Ok(Some((spec, ticket, envelope.correlation_id)))
 }
 
 /// Sends `ticket` to the job's queue subject, deduplicated by `msg_id`; the

@@ -1,7 +1,6 @@
 //! `fetchml`: the server-side binary. Each subcommand is a thin shell around a
 //! library (`fetchml-api`, `fetchml-worker`, `fetchml-dispatcher`).
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fetchml_events::hash::ChainVerifier;
 use fetchml_events::subject::Subjects;
@@ -98,14 +97,17 @@ fn main() -> ExitCode {
     if let Command::Supervise { parent, grace, argv } = &cli.command {
         return fetchml_worker::supervise::supervise(*parent, std::time::Duration::from_secs(*grace), argv);
     }
-    fetchml_runtime::telemetry::init();
     match &cli.command {
-        Command::Keygen { user, role } => return keygen(user, role),
+        Command::Keygen { user, role } => {
+            fetchml_runtime::telemetry::init();
+            return keygen(user, role);
+        }
         Command::Openapi => {
             print!("{}", fetchml_api::openapi_json());
             return ExitCode::SUCCESS;
         }
         Command::CheckUsers { file } => {
+            fetchml_runtime::telemetry::init();
             return match fetchml_identity::Directory::load(file) {
                 Ok(d) => {
                     println!("ok: {} users", d.len());
@@ -119,6 +121,22 @@ fn main() -> ExitCode {
         }
         _ => {}
     }
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("fetchml: loading settings: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    // Before the async runtime: the OTLP exporter's blocking HTTP client must
+    // not be built, nor its last spans flushed, on a runtime thread.
+    let telemetry = match fetchml_runtime::telemetry::init_with(&settings.telemetry, service_name(&cli.command)) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("fetchml: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {
@@ -126,12 +144,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let code = match runtime.block_on(run(cli, settings)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("fetchml: {e:#}");
             ExitCode::FAILURE
         }
+    };
+    drop(runtime);
+    telemetry.shutdown();
+    code
+}
+
+/// How this process is named in exported traces.
+fn service_name(command: &Command) -> &'static str {
+    match command {
+        Command::Api { .. } => "fetchml-api",
+        Command::Worker { .. } => "fetchml-worker",
+        Command::Dispatcher => "fetchml-dispatcher",
+        Command::Projector => "fetchml-projector",
+        _ => "fetchml",
     }
 }
 
@@ -149,8 +181,7 @@ fn stop_on_signal() -> CancellationToken {
     stop
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let mut settings = Settings::load(cli.config.as_deref()).context("loading settings")?;
+async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Api { listen } => {
             if let Some(l) = listen {

@@ -24,6 +24,12 @@
 //! from a plain subscription on the pool's dispatch subjects (no polling while
 //! idle, apart from a slow sweep that catches redeliveries).
 //!
+//! **Tracing.** Each ticket is handled in a span `handle` with `worker`, `job`
+//! and `correlation`: the correlation id of the event that asked for this
+//! attempt (normally the submit's, which is the api's request id). The
+//! attempt's commands carry the same correlation id into the log, and the
+//! tasks the attempt spawns (lease, watch, progress) stay in the span.
+//!
 //! **Draining.** On stop the worker takes no new tickets, lets its running
 //! jobs finish (up to `drain_secs`), then hands the rest back. Throughout, it
 //! keeps its registry entry fresh, marked `draining`: it still holds leases,
@@ -60,6 +66,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use tracing::field::Empty;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -390,7 +398,7 @@ impl Worker {
         })
     }
 
-    #[tracing::instrument(skip_all, fields(worker = %self.id))]
+    #[tracing::instrument(skip_all, fields(worker = %self.id, job = Empty, correlation = Empty))]
     async fn handle(&self, msg: jetstream::Message, kill: CancellationToken) {
         let ticket: DispatchTicket = match serde_json::from_slice(&msg.payload) {
             Ok(t) => t,
@@ -402,6 +410,8 @@ impl Worker {
         };
         let delivered = msg.info().map(|i| i.delivered).unwrap_or(1);
         let job_id = ticket.job_id;
+        let span = tracing::Span::current();
+        span.record("job", tracing::field::display(job_id));
         let retry_later = |why: &str, e: &dyn std::fmt::Display| {
             tracing::warn!(job = %job_id, error = %e, "{why}; retrying later");
         };
@@ -418,6 +428,9 @@ impl Worker {
             let _ = msg.ack_with(AckKind::Term).await;
             return;
         };
+        // The request that asked for this attempt, for our commands and logs.
+        let correlation = loaded.correlation_at(ticket.cause_seq).unwrap_or_else(uuid::Uuid::now_v7);
+        span.record("correlation", tracing::field::display(correlation));
         let actor = Actor::Worker { id: self.id };
         if state.status == JobStatus::Running {
             if delivered > 1 || ticket.takeover {
@@ -430,7 +443,8 @@ impl Worker {
                     reason: format!("worker lost: lease of attempt {} expired", state.attempt),
                 };
                 tracing::warn!(job = %job_id, attempt = state.attempt, "lease expired; recording the lost attempt");
-                self.record_outcome(job_id, state.attempt, outcome, Metrics::new(), &actor, Some(loaded)).await;
+                let ended = (outcome, Metrics::new());
+                self.record_outcome(job_id, state.attempt, ended, &actor, correlation, Some(loaded)).await;
             }
             // Otherwise a duplicate ticket while the attempt runs elsewhere.
             let _ = msg.double_ack().await;
@@ -460,7 +474,7 @@ impl Worker {
             }
         };
         let start = JobCommand::Start { attempt, worker: self.id, at: chrono::Utc::now() };
-        let ctx = CommandContext::new(actor.clone());
+        let ctx = CommandContext::new(actor.clone()).correlated(correlation);
         let started = match self.store.execute_job_on(job_id, Some(loaded.clone()), start, &ctx).await {
             Ok(done) => done,
             Err(ExecuteError::Rejected(JobRejection::NotYet(nb))) => {
@@ -530,7 +544,7 @@ impl Worker {
                     reason: "worker stopped before the job finished".into(),
                 };
             }
-            self.record_outcome(job_id, attempt, outcome, metrics, &actor, Some(current)).await;
+            self.record_outcome(job_id, attempt, (outcome, metrics), &actor, correlation, Some(current)).await;
         }
         cancel.cancel();
         lease.abort();
@@ -554,7 +568,7 @@ impl Worker {
     ) -> tokio::task::JoinHandle<()> {
         let every = Duration::from_secs(self.settings.lease_secs) / 3;
         let store = self.store.clone();
-        tokio::spawn(async move {
+        let renew = async move {
             let mut tick = tokio::time::interval(every);
             tick.tick().await;
             loop {
@@ -575,7 +589,9 @@ impl Worker {
                     }
                 }
             }
-        })
+        };
+        // In the attempt's span: its lines name the job.
+        tokio::spawn(renew.in_current_span())
     }
 
     /// Records how the attempt ended, retrying while NATS is unreachable. The
@@ -584,12 +600,12 @@ impl Worker {
         &self,
         job: JobId,
         attempt: u32,
-        outcome: Outcome,
-        metrics: Metrics,
+        (outcome, metrics): (Outcome, Metrics),
         actor: &Actor,
+        correlation: uuid::Uuid,
         mut known: Option<fetchml_eventstore::LoadedJob>,
     ) {
-        let ctx = CommandContext::new(actor.clone());
+        let ctx = CommandContext::new(actor.clone()).correlated(correlation);
         let jitter = jitter_permille();
         let mut backoff = Duration::from_millis(100);
         for _ in 0..120 {
@@ -687,7 +703,7 @@ fn watch_job(
     fenced: CancellationToken,
     cancel: CancellationToken,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
+    let watch = async move {
         let ours = our_start.to_string();
         while let Some(m) = sub.next().await {
             let mine = serde_json::from_slice::<serde_json::Value>(&m.payload)
@@ -703,7 +719,9 @@ fn watch_job(
                 return;
             }
         }
-    })
+    };
+    // In the attempt's span: its lines name the job.
+    tokio::spawn(watch.in_current_span())
 }
 
 fn hostname() -> String {

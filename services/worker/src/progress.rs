@@ -22,6 +22,7 @@ use fetchml_events::subject::Subjects;
 use fetchml_events::{JobId, UserName};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
+use tracing::Instrument;
 
 pub const PREFIX: &str = "##fetchml ";
 /// Distinct metrics kept per attempt; more are still streamed, not recorded.
@@ -67,7 +68,7 @@ pub fn forward(
     attempt: u32,
     mut rx: mpsc::Receiver<LogLine>,
 ) -> tokio::task::JoinHandle<Metrics> {
-    tokio::spawn(async move {
+    let publish = async move {
         let mut metrics = Metrics::new();
         while let Some(line) = rx.recv().await {
             let at = chrono::Utc::now();
@@ -98,7 +99,9 @@ pub fn forward(
             }
         }
         metrics
-    })
+    };
+    // In the attempt's span: its lines name the job.
+    tokio::spawn(publish.in_current_span())
 }
 
 #[cfg(test)]

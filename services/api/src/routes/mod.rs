@@ -14,10 +14,11 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
 /// Every route, under the transport's request rules ([`crate::transport::edge`]:
-/// early 413, body timeout, JSON for the transport's own answers).
-pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
+/// early 413, body timeout, JSON for the transport's own answers), inside the
+/// HTTP hygiene layers ([`crate::http`]: request ids, spans, CORS, gzip, deadline).
+pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::HttpOptions) -> Router<AppState> {
     let edge_limits = std::sync::Arc::new(limits.clone());
-    Router::new()
+    let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(crate::metrics::serve))
@@ -40,7 +41,9 @@ pub fn router(limits: &crate::transport::HttpLimits) -> Router<AppState> {
         .route("/v1/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)))
-        .layer(tower_http::trace::TraceLayer::new_for_http())
-        .layer(axum::middleware::from_fn(crate::metrics::track))
+        .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)));
+    // Request metrics outside the hygiene layers, so they count the 504s of
+    // the deadline and the CORS preflights too (MatchedPath is set by then:
+    // Router::layer runs after routing).
+    crate::http::around(routes, options).layer(axum::middleware::from_fn(crate::metrics::track))
 }

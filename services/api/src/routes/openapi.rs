@@ -89,7 +89,8 @@ pub async fn serve() -> impl IntoResponse {
 
 /// Adds the bearer scheme and, to every operation, the answers any route can
 /// give: 401/429 and the credential's 400 where credentials are needed, 413
-/// and 408 where a body is read, 500 everywhere.
+/// and 408 where a body is read, 504 (the request deadline) except on streams,
+/// 500 everywhere.
 struct CommonResponses;
 
 impl Modify for CommonResponses {
@@ -104,18 +105,20 @@ impl Modify for CommonResponses {
                     .build(),
             ),
         );
-        for item in doc.paths.paths.values_mut() {
+        for (path, item) in doc.paths.paths.iter_mut() {
+            // Streams answer their head at once: the request deadline never cuts them.
+            let streams = path == "/v1/stream" || path == "/v1/jobs/{id}/logs";
             if let Some(op) = item.get.as_mut() {
-                add_common(op, false);
+                add_common(op, false, !streams);
             }
             if let Some(op) = item.post.as_mut() {
-                add_common(op, true);
+                add_common(op, true, true);
             }
         }
     }
 }
 
-fn add_common(op: &mut Operation, has_body: bool) {
+fn add_common(op: &mut Operation, has_body: bool, deadline: bool) {
     let secured = op.security.as_ref().is_some_and(|s| !s.is_empty());
     let responses = &mut op.responses.responses;
     let mut add = |status: &str, description: &str| {
@@ -142,6 +145,12 @@ fn add_common(op: &mut Operation, has_body: bool) {
     if has_body {
         add("408", "`body_timeout`: the body did not arrive in time");
         add("413", "`body_too_large`: the body is larger than `api.max_body_bytes`");
+    }
+    if deadline {
+        add(
+            "504",
+            "`request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`)",
+        );
     }
     add("500", "`internal`: a fault of ours (details only in the log)");
 }

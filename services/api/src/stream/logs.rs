@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// How often a follower checks whether the job has ended.
 const END_CHECK: Duration = Duration::from_millis(500);
@@ -78,7 +79,8 @@ pub async fn job_logs(
             tx,
             shutdown: state.shutdown.clone(),
         };
-        tokio::spawn(follower.run(events));
+        // In the request's span: the follower's lines carry its request id.
+        tokio::spawn(follower.run(events).in_current_span());
     }
     let body = Body::from_stream(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|x| (x, rx)) }));
     Response::builder()

@@ -15,6 +15,7 @@ use futures::{SinkExt, StreamExt};
 use session::{Inbound, Outbound};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use tracing::Instrument;
 
 /// Open stream connections per user, capped (`stream.max_connections_per_user`).
 #[derive(Clone, Default)]
@@ -73,6 +74,8 @@ pub async fn upgrade(
     // transport refuses only what is far beyond it (closing with 1009).
     let hard = limits.max_message_bytes.saturating_mul(16);
     let ws = ws.max_message_size(hard).max_frame_size(hard);
+    // The session stays in the request's span (request id, route) for its life.
+    let span = tracing::Span::current();
     Ok(ws.on_upgrade(move |socket| async move {
         let Some(slot) = slot else {
             let mut socket = socket;
@@ -84,7 +87,7 @@ pub async fn upgrade(
                 .await;
             return;
         };
-        serve(state, caller, limits, socket).await;
+        serve(state, caller, limits, socket).instrument(span).await;
         drop(slot);
     }))
 }

@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 /// A frame from the client.
 #[derive(Debug)]
@@ -384,7 +385,10 @@ async fn handle_client(
             if tx.try_send(Outgoing { sub: id.clone(), seq: 0, text: confirm }).is_err() {
                 let _ = lag_tx.send(Lag { sub: id.clone(), seq: 0 });
             }
-            tokio::spawn(pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout));
+            tokio::spawn(
+                pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
+                    .in_current_span(),
+            );
             None
         }
     }
