@@ -6,7 +6,7 @@
 
 use fetchml_tests::app::{TestApp, fetchml_binary, key_of, spawn_app, spawn_app_with, spawn_worker};
 use fetchml_tests::eventually;
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use serde_json::{Value, json};
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -154,13 +154,7 @@ async fn a_request_s_log_lines_carry_its_request_id_and_its_route_template_not_i
 type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a message within 30 s") {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
+    fetchml_tests::next_ws_json(ws).await
 }
 
 /// A WebSocket subscribed to the live events of job `id`.

@@ -32,13 +32,7 @@ async fn connect(app: &TestApp, user: &str, rcvbuf: Option<u32>) -> Ws {
 }
 
 async fn next_json(ws: &mut Ws) -> Value {
-    loop {
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.expect("a message within 30 s") {
-            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            other => panic!("expected a text message, got {other:?}"),
-        }
-    }
+    fetchml_tests::next_ws_json(ws).await
 }
 
 async fn send(ws: &mut Ws, v: Value) {
