@@ -168,8 +168,7 @@ pub async fn run<S, R>(
                         // A client that sends (pings, say) but does not read
                         // is a slow client like any other.
                         Err(_) => {
-                            cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                            closed_by_us = Some(limits.idle_timeout);
+                            closed_by_us = Some(cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await);
                             break;
                         }
                     }
@@ -198,8 +197,7 @@ pub async fn run<S, R>(
                     // The client does not read: what was being written may or
                     // may not arrive; resume from after the last one handed over.
                     Err(_) => {
-                        cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                        closed_by_us = Some(limits.idle_timeout);
+                        closed_by_us = Some(cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await);
                         break;
                     }
                 }
@@ -207,8 +205,7 @@ pub async fn run<S, R>(
             lag = lag_rx.recv() => {
                 if let Some(l) = lag {
                     lags.push(l);
-                    cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                    closed_by_us = Some(limits.idle_timeout);
+                    closed_by_us = Some(cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await);
                     break;
                 }
             }
@@ -217,8 +214,7 @@ pub async fn run<S, R>(
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => break,
                     Err(_) => {
-                        cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await;
-                        closed_by_us = Some(limits.idle_timeout);
+                        closed_by_us = Some(cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await);
                         break;
                     }
                 }
@@ -266,7 +262,8 @@ fn handed_over(subs: &mut HashMap<String, Sub>, sub: &str, seq: u64) {
 
 /// Stops every subscription, tells the client where each should resume
 /// (right after the last message handed to the socket; else the earliest one
-/// not delivered; else where it started), and closes with 4008.
+/// not delivered; else where it started), and closes with 4008. Returns how
+/// long to wait for the client's close.
 async fn cut_off<S: Sink<Outbound> + Unpin>(
     sink: &mut S,
     limits: &Limits,
@@ -274,7 +271,7 @@ async fn cut_off<S: Sink<Outbound> + Unpin>(
     rx: &mut mpsc::Receiver<Outgoing>,
     lag_rx: &mut mpsc::UnboundedReceiver<Lag>,
     lags: Vec<Lag>,
-) {
+) -> Duration {
     metrics::counter!(fetchml_runtime::metrics::STREAM_LAGGED).increment(1);
     // The earliest undelivered sequence of each subscription.
     let mut pending: HashMap<String, u64> = HashMap::new();
@@ -312,6 +309,8 @@ async fn cut_off<S: Sink<Outbound> + Unpin>(
         sink.send(Outbound::Close(close::TOO_SLOW, "too slow: resume from the lagged sequence".into())).await.ok()
     };
     let _ = tokio::time::timeout(limits.idle_timeout, farewell).await;
+    // How long the caller then waits for the client's own close frame.
+    limits.idle_timeout
 }
 
 async fn handle_client(
