@@ -385,8 +385,13 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         format!("COPY {schema}.projection_faults (seq, model, code, message) FROM STDIN"),
         faults.into(),
     ));
-    futures::future::try_join_all(copies).await?;
-    timeline.await.map_err(|e| ProjectionError::Rebuild(format!("timeline COPY: {e}")))??;
+    // Every COPY ends before this returns, failed or not: a caller that falls
+    // back to the slow path truncates the tables, and a timeline COPY still
+    // running then would commit its rows after the truncation.
+    let results = futures::future::join_all(copies).await;
+    let timeline = timeline.await.map_err(|e| ProjectionError::Rebuild(format!("timeline COPY: {e}")));
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    timeline??;
     if f.last_seq > 0 {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {schema}.projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())"

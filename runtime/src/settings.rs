@@ -35,6 +35,45 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub streaming: StreamingSettings,
     pub telemetry: TelemetrySettings,
+    pub secrets: SecretSettings,
+}
+
+/// Credentials a job needs, kept out of the log (see `fetchml_events::job::CredentialRules`).
+/// The api applies the `refuse_*` rules at submit; the worker resolves the
+/// names a job lists in `secrets` from `file` and, if `from_env`, its own
+/// environment (the file wins).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecretSettings {
+    /// `env` names refused at submit: glob patterns, `*` any run of
+    /// characters, case-insensitive. An empty list refuses no name.
+    pub refuse_env_names: Vec<String>,
+    /// `env` values refused at submit when they start with one of these
+    /// (values of 16 characters or more without spaces).
+    pub refuse_env_value_prefixes: Vec<String>,
+    /// Worker: a YAML map `NAME: value` of the secrets this host provides.
+    /// Readable by the worker's user only (mode 0600 or stricter), or the
+    /// worker refuses to start.
+    pub file: Option<PathBuf>,
+    /// Worker: also provide secrets from the worker's own environment.
+    pub from_env: bool,
+}
+
+impl Default for SecretSettings {
+    fn default() -> Self {
+        let d = fetchml_events::job::CredentialRules::default();
+        Self { refuse_env_names: d.names, refuse_env_value_prefixes: d.value_prefixes, file: None, from_env: true }
+    }
+}
+
+impl SecretSettings {
+    /// The submit-time rules.
+    pub fn credential_rules(&self) -> fetchml_events::job::CredentialRules {
+        fetchml_events::job::CredentialRules {
+            names: self.refuse_env_names.clone(),
+            value_prefixes: self.refuse_env_value_prefixes.clone(),
+        }
+    }
 }
 
 /// Where traces go besides the log (see `crate::telemetry`).

@@ -18,8 +18,10 @@
 //! one terminal event. Each command yields exactly one event, so a decision is
 //! stored atomically.
 
+mod secret;
 mod spec;
 
+pub use secret::{CredentialRules, DEFAULT_NAME_PATTERNS, DEFAULT_VALUE_PREFIXES};
 pub use spec::{ExecutorKind, JobSpec, Resources, RetryPolicy, SpecError, default_pool, default_priority};
 // The text limits, for the filters that select by these fields.
 pub use spec::{MAX_EXPERIMENT_CHARS, MAX_TAG_KEY_CHARS, MAX_TAG_VALUE_CHARS};

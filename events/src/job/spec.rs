@@ -97,6 +97,12 @@ pub struct JobSpec {
     pub shell: bool,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of environment variables whose values the worker supplies from
+    /// its own host when the job starts (see the README's "Secrets"): the
+    /// values never enter the log. Left out of the stored form when empty, so
+    /// specs stored before the field existed keep their bytes and hashes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// Relative to the worker's job root.
     #[serde(default)]
     pub working_dir: Option<String>,
@@ -139,6 +145,7 @@ pub fn default_priority() -> u8 {
 pub const MAX_ARGS: usize = 1024;
 pub const MAX_ARG_BYTES: usize = 64 * 1024;
 pub const MAX_ENV: usize = 256;
+pub const MAX_SECRETS: usize = 64;
 pub const MAX_TAGS: usize = 64;
 pub const MAX_LABELS: usize = 8;
 
@@ -155,6 +162,13 @@ pub const MAX_WORKING_DIR_CHARS: usize = 1024;
 /// failure.
 fn text_rule(value: &str, kind: TextKind, max: usize, field: impl FnOnce() -> String) -> Result<(), SpecError> {
     crate::text::check(value, kind, max).map_err(|e| err(e.code(), field(), e.to_string()))
+}
+
+/// An environment variable name: letters, digits and `_`, not starting with a digit.
+fn is_env_name(k: &str) -> bool {
+    !k.is_empty()
+        && !k.starts_with(|c: char| c.is_ascii_digit())
+        && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// A user-supplied key made safe to echo in an error's `field`.
@@ -184,6 +198,7 @@ impl JobSpec {
             command: argv.into_iter().map(Into::into).collect(),
             shell: false,
             env: BTreeMap::new(),
+            secrets: Vec::new(),
             working_dir: None,
             pool: default_pool(),
             labels: Vec::new(),
@@ -252,18 +267,34 @@ impl JobSpec {
             return Err(err("too_large", "env", format!("at most {MAX_ENV} variables")));
         }
         for (k, v) in &self.env {
-            let ok = !k.is_empty()
-                && !k.starts_with(|c: char| c.is_ascii_digit())
-                && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-            if !ok {
+            if !is_env_name(k) {
                 return Err(err(
                     "invalid_env_name",
-                    format!("env.{k}"),
+                    format!("env.{}", printable(k)),
                     "names are letters, digits and '_', not starting with a digit",
                 ));
             }
             if v.contains('\0') {
                 return Err(err("invalid_argument", format!("env.{k}"), "values may not contain NUL"));
+            }
+        }
+        if self.secrets.len() > MAX_SECRETS {
+            return Err(err("too_large", "secrets", format!("at most {MAX_SECRETS} secrets")));
+        }
+        for (i, name) in self.secrets.iter().enumerate() {
+            if !is_env_name(name) || name.starts_with("FETCHML_") {
+                return Err(err(
+                    "invalid_secret_name",
+                    format!("secrets[{i}]"),
+                    "names are letters, digits and '_', not starting with a digit or FETCHML_",
+                ));
+            }
+            if self.env.contains_key(name) || self.secrets[..i].contains(name) {
+                return Err(err(
+                    "duplicate_secret",
+                    format!("secrets[{i}]"),
+                    "named twice (in env or in secrets); a variable comes from one place",
+                ));
             }
         }
         if let Some(dir) = &self.working_dir {

@@ -53,6 +53,8 @@ pub struct AppState {
     pub metrics: Option<std::sync::Arc<metrics::Scrapes>>,
     /// The reference page's renderer, read once at start (`None`: /docs is 404).
     pub docs_bundle: Option<bytes::Bytes>,
+    /// `env` entries refused at submit because they look like credentials.
+    pub credential_rules: std::sync::Arc<fetchml_events::job::CredentialRules>,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -153,6 +155,7 @@ impl Application {
             shutdown: stop.clone(),
             metrics: settings.api.metrics.then(Default::default),
             docs_bundle: routes::docs::load_bundle(&settings.api.docs_bundle),
+            credential_rules: std::sync::Arc::new(settings.secrets.credential_rules()),
         };
         Ok(Self { listener, state, settings, stop })
     }

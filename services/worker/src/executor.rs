@@ -2,6 +2,7 @@
 //! does not care whether a job is a real process or a built-in used by tests and
 //! benchmarks.
 
+use crate::secrets::Secrets;
 use fetchml_events::JobId;
 use fetchml_events::job::{ExecutorKind, FailureClass, JobSpec, Outcome};
 use futures::future::BoxFuture;
@@ -44,6 +45,9 @@ pub struct ExecRequest {
     /// The directory jobs run in; `spec.working_dir` is relative to it.
     pub job_root: PathBuf,
     pub kill_grace: Duration,
+    /// The values of `spec.secrets` on this host: for the process
+    /// environment only, and redacted from its output.
+    pub secrets: Secrets,
 }
 
 /// What an executor may use while it runs.
@@ -143,6 +147,12 @@ impl PodmanExecutor {
         for (k, v) in &spec.env {
             argv.push("--env".into());
             argv.push(format!("{k}={v}"));
+        }
+        // By name only: podman takes the value from its own environment, so
+        // a secret never appears on a command line (`ps` shows those).
+        for name in req.secrets.names() {
+            argv.push("--env".into());
+            argv.push(name.to_owned());
         }
         argv.push("--env".into());
         argv.push(format!("FETCHML_JOB_ID={}", req.job_id));
@@ -305,6 +315,7 @@ async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
         }
     };
     cmd.envs(&req.spec.env)
+        .envs(req.secrets.env())
         .env("FETCHML_JOB_ID", req.job_id.to_string())
         .env("FETCHML_ATTEMPT", req.attempt.to_string())
         .current_dir(&cwd)
@@ -325,8 +336,9 @@ async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
     };
     // With process_group(0) the child's pid is its process group id.
     let pgid = child.id().and_then(|p| i32::try_from(p).ok()).map(Pid::from_raw);
-    let out = child.stdout.take().map(|s| tokio::spawn(forward(s, LogStream::Stdout, io.logs.clone())));
-    let err = child.stderr.take().map(|s| tokio::spawn(forward(s, LogStream::Stderr, io.logs.clone())));
+    let redact = &req.secrets;
+    let out = child.stdout.take().map(|s| tokio::spawn(forward(s, LogStream::Stdout, io.logs.clone(), redact.clone())));
+    let err = child.stderr.take().map(|s| tokio::spawn(forward(s, LogStream::Stderr, io.logs.clone(), redact.clone())));
     let timeout = req.spec.timeout_secs.map(Duration::from_secs);
     let deadline = async {
         match timeout {
@@ -394,7 +406,7 @@ async fn stop_group(child: &mut tokio::process::Child, pgid: Option<Pid>, grace:
     }
 }
 
-async fn forward(pipe: impl AsyncRead + Unpin, stream: LogStream, logs: mpsc::Sender<LogLine>) {
+async fn forward(pipe: impl AsyncRead + Unpin, stream: LogStream, logs: mpsc::Sender<LogLine>, secrets: Secrets) {
     let mut reader = BufReader::new(pipe);
     let mut buf = Vec::with_capacity(256);
     loop {
@@ -406,7 +418,7 @@ async fn forward(pipe: impl AsyncRead + Unpin, stream: LogStream, logs: mpsc::Se
         while buf.last().is_some_and(|b| *b == b'\n' || *b == b'\r') {
             buf.pop();
         }
-        let mut line = String::from_utf8_lossy(&buf).into_owned();
+        let mut line = secrets.redact(&String::from_utf8_lossy(&buf)).into_owned();
         if line.len() > MAX_LINE_BYTES {
             let mut cut = MAX_LINE_BYTES;
             while !line.is_char_boundary(cut) {
@@ -461,8 +473,11 @@ mod tests {
             spec,
             job_root: PathBuf::from("/tmp"),
             kill_grace: Duration::from_secs(1),
+            secrets: Secrets::new(vec![("HF_TOKEN".into(), "hf_abcdefghijklmnop".into())]),
         };
         let argv = PodmanExecutor::argv(&req);
+        assert!(argv.windows(2).any(|w| w == ["--env", "HF_TOKEN"]), "{argv:?}");
+        assert!(!argv.iter().any(|a| a.contains("hf_abcdefghijklmnop")), "{argv:?}");
         assert_eq!(&argv[..5], ["podman", "run", "--rm", "--init", "--name"]);
         assert_eq!(argv[5], format!("fetchml-{}-2", req.job_id));
         assert!(argv.contains(&"--memory=512m".to_string()));

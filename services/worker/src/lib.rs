@@ -38,6 +38,7 @@
 pub mod executor;
 mod metrics_listener;
 mod progress;
+pub mod secrets;
 pub mod supervise;
 
 use async_nats::jetstream::{
@@ -79,6 +80,8 @@ pub enum WorkerError {
     Consumer(String),
     #[error("cannot listen for metrics on {addr}: {source} (another worker there? set worker.metrics_listen)")]
     MetricsBind { addr: std::net::SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Secrets(#[from] secrets::SecretsError),
 }
 
 /// Longest a worker may advertise labels for (subsets grow as 2^n).
@@ -113,6 +116,8 @@ pub struct Worker {
     registry_ttl: Duration,
     /// `GET /metrics`, when `worker.metrics_listen` is set; served while `run` runs.
     metrics: Option<tokio::net::TcpListener>,
+    /// Where the secrets jobs name come from on this host.
+    secrets: secrets::SecretSource,
 }
 
 /// One (priority, label set) queue, ordered so that higher priorities come first.
@@ -144,6 +149,7 @@ impl Worker {
             }
             None => None,
         };
+        let secrets = secrets::SecretSource::load(&settings.secrets)?;
         let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
         let store = EventStore::open(
             nats.clone(),
@@ -162,6 +168,7 @@ impl Worker {
             refresh: Notify::new(),
             registry_ttl: settings.worker_ttl(),
             metrics,
+            secrets,
         })
     }
 
@@ -514,16 +521,34 @@ impl Worker {
             log_rx,
         );
 
-        let req = ExecRequest {
-            job_id,
-            attempt,
-            spec: state.spec.clone(),
-            job_root: self.settings.job_root.clone(),
-            kill_grace: Duration::from_secs(self.settings.kill_grace_secs),
-        };
-        let exec = executor::for_spec(req.spec.executor);
         let ran_from = std::time::Instant::now();
-        let mut outcome = exec.run(&req, ExecIo { logs: log_tx, cancel: cancel.clone() }).await;
+        let mut outcome = match self.secrets.resolve(&state.spec.secrets) {
+            Ok(secrets) => {
+                let req = ExecRequest {
+                    job_id,
+                    attempt,
+                    spec: state.spec.clone(),
+                    job_root: self.settings.job_root.clone(),
+                    kill_grace: Duration::from_secs(self.settings.kill_grace_secs),
+                    secrets,
+                };
+                executor::for_spec(req.spec.executor).run(&req, ExecIo { logs: log_tx, cancel: cancel.clone() }).await
+            }
+            // Another host may provide it: an infrastructure failure, retried
+            // where the job's policy says so.
+            Err(name) => {
+                drop(log_tx);
+                Outcome::Failed {
+                    exit_code: None,
+                    signal: None,
+                    class: FailureClass::Infrastructure,
+                    reason: format!(
+                        "secret {name} is not provided on worker host {} (secrets.file or its environment)",
+                        hostname()
+                    ),
+                }
+            }
+        };
         let ran = ran_from.elapsed();
         let metrics = forward.await.unwrap_or_default();
         watch.abort();

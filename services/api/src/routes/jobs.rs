@@ -72,7 +72,7 @@ pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
         (status = 202, description = "`job_queued` is stored in the log", body = Submitted),
         (status = 400, description = "`invalid_body`, `invalid_idempotency_key`", body = ErrorBody),
         (status = 403, description = "`forbidden`: no `jobs:create`", body = ErrorBody),
-        (status = 422, description = "The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused`", body = ErrorBody),
+        (status = 422, description = "The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `invalid_secret_name`, `duplicate_secret`, `secret_in_env`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused`", body = ErrorBody),
     ))]
 pub async fn submit(
     State(state): State<AppState>,
@@ -83,6 +83,7 @@ pub async fn submit(
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let mut spec: JobSpec = super::body::json_object(&body, "a job spec")?;
     spec.normalize();
+    state.credential_rules.check(&spec).map_err(ApiError::InvalidSpec)?;
     let key = idempotency_key(&headers)?.map(|key| Idempotent { digest: request_digest(&spec), key });
     let (id, done) = queue(&state, caller.name(), spec, key).await;
     let done = done?;
@@ -197,7 +198,7 @@ pub async fn submit_batch(
     for (i, raw) in batch.jobs.into_iter().enumerate() {
         let mut spec: JobSpec = super::body::object_value(raw, &format!("jobs[{i}]: a job spec"))?;
         spec.normalize();
-        if let Err(mut e) = spec.validate() {
+        if let Err(mut e) = spec.validate().and_then(|()| state.credential_rules.check(&spec)) {
             e.field = format!("jobs[{i}].{}", e.field);
             return Err(ApiError::InvalidSpec(e));
         }
