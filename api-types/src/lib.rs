@@ -19,8 +19,10 @@ mod answer;
 mod error;
 mod query;
 mod request;
+mod trail;
 
 pub use answer::*;
 pub use error::*;
 pub use query::*;
 pub use request::*;
+pub use trail::*;

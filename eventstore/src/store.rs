@@ -331,6 +331,17 @@ impl EventStore {
         }
     }
 
+    /// The sequence of the first event at or after `from` whose subject
+    /// matches `filter` (wildcards allowed), if any: lets a bounded read of a
+    /// filtered range know that it will not wait for events not stored yet.
+    pub async fn next_on_subject(&self, filter: &str, from: u64) -> Result<Option<u64>, StoreError> {
+        match self.events.direct_get_next_for_subject(filter, Some(from.max(1))).await {
+            Ok(m) => Ok(Some(m.sequence)),
+            Err(e) if matches!(e.kind(), DirectGetErrorKind::NotFound) => Ok(None),
+            Err(e) => Err(StoreError::unavailable(e)),
+        }
+    }
+
     /// The sequence of the last event in the log (0 when empty). Readiness and
     /// read-your-writes use it.
     pub async fn last_sequence(&self) -> Result<u64, StoreError> {

@@ -176,7 +176,12 @@ impl Plan {
                     let log_owners = log_owners.map(user_names);
                     all_filters(&mut filters, subjects, stream, log_owners.as_deref(), &logs);
                 }
-                if stream == StreamKind::Events || !rest.is_empty() {
+                // An auditor's "everything" is every family of the log:
+                // logins, refusals, workers and checkpoints besides jobs.
+                let auditor = matches!(target, Target::All) && owners.is_none() && p.may("audit:read");
+                if stream == StreamKind::Events && auditor {
+                    filters.push(subjects.all_events());
+                } else if stream == StreamKind::Events || !rest.is_empty() {
                     all_filters(&mut filters, subjects, stream, owners.as_deref(), &rest);
                 }
             }
