@@ -85,7 +85,8 @@ async fn a_secret_the_host_does_not_provide_fails_the_attempt_and_says_which() {
         app.submit(json!({"command": ["true"], "secrets": ["TRAIL_NOWHERE"], "retry": {"max_attempts": 1}})).await;
     assert_eq!(s, 202, "{job}");
     let done = app.until_terminal(job["id"].as_str().unwrap()).await;
-    assert_eq!((&done["state"], &done["failure_class"]), (&json!("failed"), &json!("infrastructure")), "{done}");
+    // An infrastructure failure (another host may have it), out of attempts.
+    assert_eq!((&done["state"], &done["failure_class"]), (&json!("dead_lettered"), &json!("infrastructure")), "{done}");
     assert!(done["reason"].as_str().unwrap().contains("secret TRAIL_NOWHERE is not provided"), "{done}");
 }
 
