@@ -52,8 +52,25 @@ pub fn check_server_version(reported: &str) -> Result<ServerVersion, StoreError>
 /// while disconnected fail with [`StoreError::Unavailable`] after the request
 /// timeout instead of hanging.
 pub async fn connect(url: &str, name: &str) -> Result<async_nats::Client, StoreError> {
+    connect_with(url, name, None).await
+}
+
+/// [`connect`], authenticating with the NKey seed in `nkey_file` when given
+/// (a server run with authorization, see [`crate::authorization`]).
+pub async fn connect_with(
+    url: &str,
+    name: &str,
+    nkey_file: Option<&std::path::Path>,
+) -> Result<async_nats::Client, StoreError> {
     let first = Arc::new(AtomicBool::new(true));
-    let client = async_nats::ConnectOptions::new()
+    let mut options = async_nats::ConnectOptions::new();
+    if let Some(path) = nkey_file {
+        // The seed is a secret: its text never goes into an error or a log.
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| StoreError::Invalid(format!("NATS nkey file {}: {e}", path.display())))?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    let client = options
         .name(name)
         .connection_timeout(Duration::from_secs(5))
         .request_timeout(Some(Duration::from_secs(5)))

@@ -16,6 +16,7 @@
 //! - **Reads**: one aggregate's history (direct gets, no consumer state on the
 //!   server), or everything from a sequence or time (an ordered consumer).
 
+pub mod authorization;
 mod connect;
 pub mod correlation;
 mod error;
@@ -25,7 +26,7 @@ mod registry;
 mod store;
 mod streams;
 
-pub use connect::{MIN_SERVER_VERSION, ServerVersion, check_server_version, connect};
+pub use connect::{MIN_SERVER_VERSION, ServerVersion, check_server_version, connect, connect_with};
 pub use error::StoreError;
 pub use index::{IndexedJob, JobIndex};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};

@@ -92,6 +92,20 @@ impl EventStore {
         Ok(Self { js, subjects, events })
     }
 
+    /// [`EventStore::open`] for a process that may create the streams but not
+    /// change existing ones (a worker: its NATS credentials may not update
+    /// streams, and their limits are the api's to set).
+    pub async fn open_as_client(
+        client: async_nats::Client,
+        subjects: Subjects,
+        settings: &StreamSettings,
+    ) -> Result<Self, StoreError> {
+        let js = jetstream::new(client);
+        crate::streams::ensure_streams_as(&js, &subjects, settings, false).await?;
+        let events = js.get_stream_no_info(subjects.events_stream()).await.map_err(StoreError::unavailable)?;
+        Ok(Self { js, subjects, events })
+    }
+
     /// Opens the store of a namespace whose streams must already exist, and
     /// changes nothing on the server: for readers such as the verifier, which
     /// must not alter what it checks (not even stream limits).

@@ -119,11 +119,24 @@ fn check(existing: &Config, wanted: &Config) -> Result<(), StoreError> {
 }
 
 /// Creates the namespace's EVENTS, PROGRESS and DISPATCH streams, or verifies
-/// that existing ones fit.
+/// that existing ones fit and applies this process's limits to them.
 pub async fn ensure_streams(
     js: &jetstream::Context,
     subjects: &Subjects,
     settings: &StreamSettings,
+) -> Result<(), StoreError> {
+    ensure_streams_as(js, subjects, settings, true).await
+}
+
+/// [`ensure_streams`]; with `update_limits` false, existing streams are only
+/// verified, never changed: for processes whose NATS credentials may not
+/// update streams (workers, see `crate::authorization`), which leave the
+/// limits to the api.
+pub async fn ensure_streams_as(
+    js: &jetstream::Context,
+    subjects: &Subjects,
+    settings: &StreamSettings,
+    update_limits: bool,
 ) -> Result<(), StoreError> {
     for wanted in
         [events_config(subjects, settings), progress_config(subjects, settings), dispatch_config(subjects, settings)]
@@ -132,7 +145,11 @@ pub async fn ensure_streams(
             Ok(mut stream) => {
                 let info = stream.info().await.map_err(StoreError::unavailable)?;
                 check(&info.config, &wanted)?;
-                if needs_safe_update(&info.config, &wanted) {
+                if !update_limits {
+                    if needs_safe_update(&info.config, &wanted) {
+                        tracing::debug!(stream = %wanted.name, "stream limits differ from this process's; the api sets them");
+                    }
+                } else if needs_safe_update(&info.config, &wanted) {
                     // Only tunables differ (limits, direct get): apply ours.
                     let mut updated = info.config.clone();
                     updated.allow_direct = wanted.allow_direct;

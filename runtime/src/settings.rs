@@ -171,6 +171,10 @@ pub struct NatsSettings {
     /// refresh every third of it, draining ones included). Applied when the
     /// registry bucket is created.
     pub worker_ttl_secs: u64,
+    /// The NKey seed file this process authenticates to NATS with, when the
+    /// server runs with authorization (`./deploy/up` generates one per class
+    /// of process: api, worker, reader).
+    pub nkey_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -269,6 +273,7 @@ impl Default for NatsSettings {
             progress_max_bytes: s.progress_max_bytes,
             replicas: s.replicas,
             worker_ttl_secs: fetchml_eventstore::DEFAULT_WORKER_TTL.as_secs(),
+            nkey_file: None,
         }
     }
 }

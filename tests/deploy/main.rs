@@ -58,7 +58,7 @@ impl Drop for DownOnDrop<'_> {
 async fn up_then_down_leaves_nothing_of_ours_running() {
     let home = tempfile::tempdir().unwrap();
     let ports = (free_port(), free_port(), free_port());
-    let (api_port, _, metrics_port) = ports;
+    let (api_port, nats_port, metrics_port) = ports;
     // A database of the test's own (up creates one if missing; this one is dropped after).
     let db = fetchml_tests::fresh_database();
     let _down = DownOnDrop(home.path(), ports, &db.name);
@@ -80,6 +80,16 @@ async fn up_then_down_leaves_nothing_of_ours_running() {
     })
     .await;
     assert!(worker_metrics.contains("fetchml_worker_running_jobs"), "{worker_metrics}");
+    // NATS runs with authorization: the api and the worker got in with their
+    // own keys (ready, running); a client without one is refused.
+    let anonymous = fetchml_eventstore::connect(&format!("nats://127.0.0.1:{nats_port}"), "anonymous").await;
+    assert!(anonymous.is_err(), "nats-server accepts clients without credentials");
+    for role in ["api", "worker", "reader"] {
+        use std::os::unix::fs::PermissionsExt;
+        let seed = home.path().join(format!("nats-auth/{role}.nk"));
+        let mode = std::fs::metadata(&seed).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", seed.display());
+    }
 
     let again = script("up", home.path(), ports, &db.name);
     assert!(again.status.success());

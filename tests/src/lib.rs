@@ -177,18 +177,29 @@ pub struct NatsProcess {
     child: Option<Child>,
     pub port: u16,
     store: tempfile::TempDir,
+    /// A configuration file (`-c`), e.g. an authorization block.
+    config: Option<PathBuf>,
 }
 
 impl NatsProcess {
     pub fn start() -> Self {
+        Self::start_with_config(None)
+    }
+
+    /// A server that also reads `config` (flags still set address, port and store).
+    pub fn start_with_config(config: Option<PathBuf>) -> Self {
         let store = tempfile::tempdir().unwrap();
-        let mut me = Self { child: None, port: free_port(), store };
+        let mut me = Self { child: None, port: free_port(), store, config };
         me.spawn();
         me
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(nats_server_binary())
+        let mut cmd = Command::new(nats_server_binary());
+        if let Some(c) = &self.config {
+            cmd.arg("-c").arg(c);
+        }
+        let child = cmd
             .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
             .arg(self.store.path())
             .stdout(Stdio::null())

@@ -4,6 +4,7 @@
 //! (secrets, keys, tokens), what the api lists for an auditor, and who may
 //! write to NATS at all.
 
+mod authz;
 mod helpers;
 mod listing;
 mod secrets;

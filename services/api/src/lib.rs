@@ -108,7 +108,9 @@ impl Application {
                 &[m::STREAM_CONNECTIONS],
             );
         }
-        let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-api").await?;
+        let nats =
+            fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-api", settings.nats.nkey_file.as_deref())
+                .await?;
         let store =
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();

@@ -1,6 +1,8 @@
 //! `fetchml`: the server-side binary. Each subcommand is a thin shell around a
 //! library (`fetchml-api`, `fetchml-worker`, `fetchml-dispatcher`).
 
+mod nats_auth;
+
 use clap::{Parser, Subcommand};
 use fetchml_events::hash::ChainVerifier;
 use fetchml_events::subject::Subjects;
@@ -62,6 +64,16 @@ enum Command {
     },
     /// Print the api's OpenAPI 3.1 description (as in docs/openapi.json).
     Openapi,
+    /// Generate NATS credentials (NKey seeds for the api, workers and readers,
+    /// kept if present) and the nats-server authorization for a namespace.
+    NatsAuth {
+        /// Where the seeds (`api.nk`, `worker.nk`, `reader.nk`) and
+        /// `authorization.conf` go.
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "fetchml")]
+        namespace: String,
+    },
     /// Check a users file and report the first mistake precisely.
     CheckUsers {
         #[arg(default_value = "configs/users.yaml")]
@@ -105,6 +117,18 @@ fn main() -> ExitCode {
         Command::Openapi => {
             print!("{}", fetchml_api::openapi_json());
             return ExitCode::SUCCESS;
+        }
+        Command::NatsAuth { dir, namespace } => {
+            return match nats_auth::generate(dir, namespace) {
+                Ok(conf) => {
+                    println!("{}", conf.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("fetchml: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::CheckUsers { file } => {
             fetchml_runtime::telemetry::init();
@@ -252,7 +276,11 @@ async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Verify => return verify(&settings).await,
-        Command::Supervise { .. } | Command::Keygen { .. } | Command::CheckUsers { .. } | Command::Openapi => {
+        Command::Supervise { .. }
+        | Command::Keygen { .. }
+        | Command::CheckUsers { .. }
+        | Command::Openapi
+        | Command::NatsAuth { .. } => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -278,12 +306,15 @@ fn keygen(user: &str, role: &str) -> ExitCode {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
-    let client = fetchml_eventstore::connect(&settings.nats.url, "fetchml-cli").await?;
+    let client =
+        fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-cli", settings.nats.nkey_file.as_deref()).await?;
     Ok(EventStore::open(client, Subjects::new(settings.namespace()), &settings.stream_settings()).await?)
 }
 
 async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
-    let client = fetchml_eventstore::connect(&settings.nats.url, "fetchml-verify").await?;
+    let client =
+        fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-verify", settings.nats.nkey_file.as_deref())
+            .await?;
     let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
     let last = store.last_sequence().await?;
     let mut verifier = ChainVerifier::new();

@@ -150,8 +150,10 @@ impl Worker {
             None => None,
         };
         let secrets = secrets::SecretSource::load(&settings.secrets)?;
-        let nats = fetchml_eventstore::connect(&settings.nats.url, "fetchml-worker").await?;
-        let store = EventStore::open(
+        let nats =
+            fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-worker", settings.nats.nkey_file.as_deref())
+                .await?;
+        let store = EventStore::open_as_client(
             nats.clone(),
             fetchml_events::subject::Subjects::new(settings.namespace()),
             &settings.stream_settings(),
