@@ -22,7 +22,7 @@ async fn call(client: &reqwest::Client, method: &str, url: String, body: Option<
 }
 
 async fn alices_job(app: &TestApp) -> String {
-    let (s, b) = app.submit(json!({"command": ["true"], "env": {"SECRET_TOKEN": "s3cr3t"}})).await;
+    let (s, b) = app.submit(json!({"command": ["true"], "env": {"PRIVATE_SETTING": "s3cr3t"}})).await;
     assert_eq!(s, 202);
     b["id"].as_str().unwrap().to_owned()
 }
@@ -112,7 +112,7 @@ async fn a_researcher_lists_only_own_jobs_and_an_analyst_sees_no_command_lines()
     let items = list["items"].as_array().unwrap();
     assert_eq!(items.len(), 2);
     let text = list.to_string();
-    for secret in ["s3cr3t", "SECRET_TOKEN", "\"command\"", "\"owner\"", "alice", "bob"] {
+    for secret in ["s3cr3t", "PRIVATE_SETTING", "\"command\"", "\"owner\"", "alice", "bob"] {
         assert!(!text.contains(secret), "analyst list leaks {secret}: {text}");
     }
     let (s, job) = call(&ana, "GET", app.url(&format!("/v1/jobs/{id}")), None).await;

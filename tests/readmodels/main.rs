@@ -23,8 +23,8 @@ async fn get(client: &reqwest::Client, url: String) -> (u16, Value) {
 #[tokio::test]
 async fn each_role_reads_its_own_model_and_reads_its_writes() {
     let app = spawn_app().await;
-    let a =
-        submit(&app, &app.http, json!({"executor": "noop", "command": ["train.py"], "env": {"TOKEN": "t0p"}})).await;
+    let a = submit(&app, &app.http, json!({"executor": "noop", "command": ["train.py"], "env": {"MODEL_MODE": "t0p"}}))
+        .await;
     let b = submit(&app, &app.as_user("bob"), json!({"executor": "noop", "command": []})).await;
     let seq = b["seq"].as_u64().unwrap().max(a["seq"].as_u64().unwrap());
 
@@ -38,7 +38,7 @@ async fn each_role_reads_its_own_model_and_reads_its_writes() {
     let (_, summary) = get(&app.as_user("ana"), app.url(&format!("/v1/jobs?after_seq={seq}"))).await;
     let text = summary.to_string();
     assert_eq!(summary["items"].as_array().unwrap().len(), 2);
-    for leak in ["t0p", "TOKEN", "train.py", "alice", "bob", "owner"] {
+    for leak in ["t0p", "MODEL_MODE", "train.py", "alice", "bob", "owner"] {
         assert!(!text.contains(leak), "analyst sees {leak}: {text}");
     }
     // A sequence the log has not reached was never answered to a write: 400
@@ -54,7 +54,7 @@ async fn the_analyst_tables_hold_no_command_line_environment_or_log() {
     let r = submit(
         &app,
         &app.http,
-        json!({"command": ["sh", "-c", "echo l0gline; exit 3"], "env": {"API_TOKEN": "hunter2"}, "experiment": "e1"}),
+        json!({"command": ["sh", "-c", "echo l0gline; exit 3"], "env": {"PRIVATE_OPTION": "hunter2"}, "experiment": "e1"}),
     )
     .await;
     let id = r["id"].as_str().unwrap();
@@ -72,7 +72,7 @@ async fn the_analyst_tables_hold_no_command_line_environment_or_log() {
     }
     let rows: Vec<String> = sqlx::query_scalar("SELECT t::text FROM analyst_jobs t").fetch_all(&pool).await.unwrap();
     assert_eq!(rows.len(), 1);
-    for leak in ["hunter2", "API_TOKEN", "l0gline", "exit 3", "alice"] {
+    for leak in ["hunter2", "PRIVATE_OPTION", "l0gline", "exit 3", "alice"] {
         assert!(!rows[0].contains(leak), "analyst row holds {leak}: {}", rows[0]);
     }
     // The admin model does hold them (so the test above can fail).
