@@ -338,3 +338,43 @@ async fn connections_beyond_the_per_user_cap_are_closed_with_4029() {
     // Another user is not affected.
     let _c = connect(&app, "bob", None).await;
 }
+
+#[tokio::test]
+async fn live_followers_of_one_job_share_one_consumer_and_each_gets_every_message() {
+    let app = spawn_app().await;
+    let job = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    let job_id: fetchml_events::JobId = job["id"].as_str().unwrap().parse().unwrap();
+    let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "from": "live"});
+    let mut clients = Vec::new();
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let progress = store.subjects().progress_stream();
+    let consumers = || async {
+        let mut s = store.jetstream().get_stream(&progress).await.unwrap();
+        s.info().await.unwrap().state.consumer_count
+    };
+    for (i, user) in ["alice", "alice", "alice", "root", "ana"].into_iter().enumerate() {
+        let mut ws = connect(&app, user, None).await;
+        send(&mut ws, sub.clone()).await;
+        assert_eq!(next_json(&mut ws).await["type"], "subscribed");
+        clients.push((user, ws));
+        // The owner and the admin see the same subjects: one consumer. The
+        // analyst's subscription leaves out the log lines: a second one.
+        assert_eq!(consumers().await, if i < 4 { 1 } else { 2 }, "after {user}");
+    }
+    let subject = store.subjects().progress(&fetchml_events::UserName::parse("alice").unwrap(), job_id, "metric");
+    for i in 0..10 {
+        let body = json!({"job_id": job_id, "attempt": 1, "name": "loss", "value": i, "step": i});
+        store.jetstream().publish(subject.clone(), body.to_string().into()).await.unwrap().await.unwrap();
+    }
+    for (user, ws) in &mut clients {
+        let got = collect(ws, "p", 10).await;
+        let values: Vec<i64> = got.iter().map(|m| m["data"]["value"].as_i64().unwrap()).collect();
+        assert_eq!(values, (0..10).collect::<Vec<_>>(), "{user}");
+        assert!(got.windows(2).all(|w| w[0]["seq"].as_u64() < w[1]["seq"].as_u64()));
+    }
+    // The last follower to leave stops the shared consumer.
+    for (_, mut ws) in clients {
+        let _ = ws.close(None).await;
+    }
+    eventually(Duration::from_secs(10), || async { (consumers().await == 0).then_some(()) }).await;
+}

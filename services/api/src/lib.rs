@@ -55,6 +55,8 @@ pub struct AppState {
     pub docs_bundle: Option<bytes::Bytes>,
     /// `env` entries refused at submit because they look like credentials.
     pub credential_rules: std::sync::Arc<fetchml_events::job::CredentialRules>,
+    /// Live stream subscriptions shared between connections.
+    pub fanout: std::sync::Arc<stream::fanout::Fanout>,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -142,6 +144,11 @@ impl Application {
             idle_timeout: Duration::from_secs(st.idle_secs.max(1)),
             max_message_bytes: st.max_message_bytes,
         };
+        let fanout = std::sync::Arc::new(stream::fanout::Fanout::new(
+            store.clone(),
+            st.buffer,
+            Duration::from_millis(st.send_timeout_ms),
+        ));
         let state = AppState {
             store,
             nats,
@@ -158,6 +165,7 @@ impl Application {
             metrics: settings.api.metrics.then(Default::default),
             docs_bundle: routes::docs::load_bundle(&settings.api.docs_bundle),
             credential_rules: std::sync::Arc::new(settings.secrets.credential_rules()),
+            fanout,
         };
         Ok(Self { listener, state, settings, stop })
     }

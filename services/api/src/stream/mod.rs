@@ -1,5 +1,6 @@
 //! Live streams: `GET /v1/stream` (WebSocket) and the plain-HTTP log follower.
 
+pub mod fanout;
 pub mod logs;
 pub mod plan;
 pub mod protocol;

@@ -372,9 +372,19 @@ async fn handle_client(
                 From::Seq(s) => (StartAt::Sequence(s), Some(s.max(1))),
                 From::Time(t) => (StartAt::Time(t), None),
             };
-            let events = match state.store.read_stream(&plan.stream_name, plan.filters.clone(), start).await {
-                Ok(e) => e,
-                Err(e) => return Some(ServerMsg::error(Some(id), "unavailable", e.to_string())),
+            // Live subscriptions that filter nothing per connection share one
+            // consumer with every other connection following the same thing.
+            let shared = matches!(from, From::Live) && plan.experiment.is_none();
+            let source = if shared {
+                match state.fanout.follow(plan.stream, &plan.stream_name, &plan.filters).await {
+                    Ok(f) => Source::Shared(f),
+                    Err(e) => return Some(ServerMsg::error(Some(id), "unavailable", e.to_string())),
+                }
+            } else {
+                match state.store.read_stream(&plan.stream_name, plan.filters.clone(), start).await {
+                    Ok(e) => Source::Own(Box::new(e)),
+                    Err(e) => return Some(ServerMsg::error(Some(id), "unavailable", e.to_string())),
+                }
             };
             let stop = CancellationToken::new();
             subs.insert(id.clone(), Sub { stop: stop.clone(), stream, start: first, delivered: None });
@@ -384,11 +394,64 @@ async fn handle_client(
             if tx.try_send(Outgoing { sub: id.clone(), seq: 0, text: confirm }).is_err() {
                 let _ = lag_tx.send(Lag { sub: id.clone(), seq: 0 });
             }
-            tokio::spawn(
-                pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
-                    .in_current_span(),
-            );
+            match source {
+                Source::Own(events) => tokio::spawn(
+                    pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
+                        .in_current_span(),
+                ),
+                Source::Shared(follower) => tokio::spawn(
+                    pump_shared(plan.redact, id, follower, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
+                        .in_current_span(),
+                ),
+            };
             None
+        }
+    }
+}
+
+/// Where a subscription's messages come from.
+enum Source {
+    /// A consumer of its own (replays, experiments).
+    Own(Box<fetchml_eventstore::StreamReader>),
+    /// A hub shared with the other live followers of the same thing.
+    Shared(super::fanout::Follower),
+}
+
+/// [`pump`] for a shared live subscription: the hub's rendered text, wrapped
+/// with this subscription's id. Falling more than the hub's buffer behind is
+/// being too slow: cut off, to resume from the first message not handed on.
+#[allow(clippy::too_many_arguments)]
+async fn pump_shared(
+    redact: bool,
+    id: String,
+    mut follower: super::fanout::Follower,
+    tx: mpsc::Sender<Outgoing>,
+    lag_tx: mpsc::UnboundedSender<Lag>,
+    stop: CancellationToken,
+    patience: Duration,
+) {
+    let mut next_seq = follower.joined_at;
+    loop {
+        let next = tokio::select! {
+            _ = stop.cancelled() => return,
+            n = follower.rx.recv() => n,
+        };
+        let Some(shared) = next else {
+            // The hub gave up on us (our queue stayed full), or stopped.
+            if follower.was_cut() {
+                let _ = lag_tx.send(Lag { sub: id, seq: next_seq });
+            }
+            return;
+        };
+        next_seq = shared.seq + 1;
+        let Some(text) = shared.frame(&follower.hub, &id, redact) else { continue };
+        match tx.send_timeout(Outgoing { sub: id.clone(), seq: shared.seq, text }, patience).await {
+            Ok(()) => {}
+            Err(mpsc::error::SendTimeoutError::Timeout(o)) => {
+                let _ = lag_tx.send(Lag { sub: o.sub, seq: o.seq });
+                return;
+            }
+            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
         }
     }
 }
