@@ -16,11 +16,13 @@
 //! [`Worker`] describe them, and a client can read them into these types.
 
 mod answer;
+mod audit_chain;
 mod error;
 mod query;
 mod request;
 
 pub use answer::*;
+pub use audit_chain::*;
 pub use error::*;
 pub use query::*;
 pub use request::*;
