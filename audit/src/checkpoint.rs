@@ -242,7 +242,8 @@ pub fn generate_key_file(path: &Path, id: &str) -> Result<SigningKey, AuditError
         .mode(0o600)
         .open(path)
         .map_err(|e| AuditError::Invalid(format!("cannot create {}: {e}", path.display())))?;
-    writeln!(f, "{}", hex::encode(seed)).map_err(|e| AuditError::Invalid(format!("writing {}: {e}", path.display())))?;
+    writeln!(f, "{}", hex::encode(seed))
+        .map_err(|e| AuditError::Invalid(format!("writing {}: {e}", path.display())))?;
     SigningKey::from_seed(id, &seed)
 }
 

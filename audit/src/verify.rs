@@ -231,15 +231,24 @@ impl Verifier {
             expected,
             found,
         };
-        let cp = StoredCheckpoint::parse(item.bytes).map_err(|e| {
-            brk(BreakKind::CheckpointMalformed, "checkpoint format", "a checkpoint event".into(), e)
-        })?;
+        let cp = StoredCheckpoint::parse(item.bytes)
+            .map_err(|e| brk(BreakKind::CheckpointMalformed, "checkpoint format", "a checkpoint event".into(), e))?;
         let body = &cp.checkpoint;
         if body.scheme != SCHEME {
-            return Err(brk(BreakKind::UnsupportedScheme, "checkpoint scheme", SCHEME.to_string(), body.scheme.to_string()));
+            return Err(brk(
+                BreakKind::UnsupportedScheme,
+                "checkpoint scheme",
+                SCHEME.to_string(),
+                body.scheme.to_string(),
+            ));
         }
         if body.namespace != self.namespace {
-            return Err(brk(BreakKind::WrongNamespace, "checkpoint namespace", self.namespace.clone(), body.namespace.clone()));
+            return Err(brk(
+                BreakKind::WrongNamespace,
+                "checkpoint namespace",
+                self.namespace.clone(),
+                body.namespace.clone(),
+            ));
         }
         let Some(key) = self.keys.get(&body.key_id) else {
             let known: Vec<&str> = self.keys.keys().iter().map(|k| k.id.as_str()).collect();
@@ -367,9 +376,7 @@ pub fn checkpoint_subject(namespace: &str) -> String {
 pub fn order_break(expected: u64, found: u64, next: Option<u64>) -> Break {
     let (kind, check) = if found + 1 == expected {
         (BreakKind::Duplicate, "each sequence appears once")
-    } else if found < expected {
-        (BreakKind::Reordered, "sequences ascend")
-    } else if next == Some(expected) {
+    } else if found < expected || next == Some(expected) {
         (BreakKind::Reordered, "sequences ascend")
     } else {
         (BreakKind::Gap, "no sequence is missing")

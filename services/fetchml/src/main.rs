@@ -365,26 +365,17 @@ fn trusted_keys(
     }
     if let Some(path) = keys_file {
         let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
-        let answer: fetchml_api_types_keys::Keys = serde_json::from_str(&text)
-            .map_err(|e| anyhow::anyhow!("{} is not the answer of GET /v1/audit/keys: {e}", path.display()))?;
-        for k in answer.keys {
-            ring.add(fetchml_audit::PublicKey::new(&k.id, &k.public_key)?);
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?;
+        let listed = answer.get("keys").and_then(|k| k.as_array()).ok_or_else(|| {
+            anyhow::anyhow!("{} has no \"keys\" list (the answer of GET /v1/audit/keys)", path.display())
+        })?;
+        for k in listed {
+            let field = |name: &str| k.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+            ring.add(fetchml_audit::PublicKey::new(field("id"), field("public_key"))?);
         }
     }
     Ok(ring)
-}
-
-/// The shape of a keys file, read leniently (extra fields allowed).
-mod fetchml_api_types_keys {
-    #[derive(serde::Deserialize)]
-    pub struct Keys {
-        pub keys: Vec<Key>,
-    }
-    #[derive(serde::Deserialize)]
-    pub struct Key {
-        pub id: String,
-        pub public_key: String,
-    }
 }
 
 /// Prints the verdict; 0 when intact, 2 when broken.
@@ -407,7 +398,8 @@ fn verify_file(file: &std::path::Path, keys: fetchml_audit::Keyring, json: bool)
         return ExitCode::FAILURE;
     }
     let opened = std::fs::File::open(file).map(std::io::BufReader::new);
-    let result = opened.map_err(fetchml_audit::AuditError::from).and_then(|r| fetchml_audit::export::verify_export(r, keys));
+    let result =
+        opened.map_err(fetchml_audit::AuditError::from).and_then(|r| fetchml_audit::export::verify_export(r, keys));
     match result {
         Ok(verdict) => report(&verdict, json),
         Err(e) => {
@@ -463,7 +455,11 @@ fn audit_keygen(out: &std::path::Path, id: &str) -> ExitCode {
             println!("signing key written to {} (keep it secret; back it up)", out.display());
             println!("key id:     {}\npublic key: {}\n", key.id(), key.public_hex());
             println!("settings (server.yaml):\n\n  audit:\n    signing_key_file: {}", out.display());
-            println!("\nafter a rotation, keep the old key verifiable:\n\n  audit:\n    trusted_keys:\n      - id: {}\n        public_key: \"{}\"", key.id(), key.public_hex());
+            println!(
+                "\nafter a rotation, keep the old key verifiable:\n\n  audit:\n    trusted_keys:\n      - id: {}\n        public_key: \"{}\"",
+                key.id(),
+                key.public_hex()
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
