@@ -136,6 +136,8 @@ async fn a_doctored_event_published_straight_to_nats_is_named() {
     // The old `fetchml verify` delegates to the same verifier.
     let out = std::process::Command::new(fetchml_binary())
         .arg("verify")
+        // The same settings as the api: its signing key is trusted.
+        .env("FETCHML_AUDIT__SIGNING_KEY_FILE", &path)
         .env("FETCHML_NATS__URL", &app.settings.nats.url)
         .env("FETCHML_NATS__NAMESPACE", &app.settings.nats.namespace)
         .output()

@@ -182,16 +182,18 @@ class Verifier:
             raise brk("wrong_namespace", "checkpoint namespace", self.namespace, body["namespace"])
         key = self.keys.get(body["key_id"])
         if key is None:
-            raise brk("unknown_key", "checkpoint signed by a trusted key", "one of " + ", ".join(self.keys), body["key_id"])
+            raise brk("unknown_key", "checkpoint signed by a trusted key", "one of [%s]" % ", ".join(self.keys), body["key_id"])
         try:
             if body["seq"] > MAX_SAFE:
                 raise ValueError("beyond 2^53-1")
             Ed25519PublicKey.from_public_bytes(key).verify(bytes.fromhex(cp["signature"]), canonical(body).encode("utf-8"))
         except (InvalidSignature, ValueError):
-            raise brk("bad_signature", "Ed25519 signature of the checkpoint body", "a valid signature", cp["signature"])
+            raise brk("bad_signature", "Ed25519 signature of the checkpoint body", "a valid signature by " + body["key_id"], cp["signature"])
         at = self.window.get(body["seq"])
         if at is None:
-            raise brk("checkpoint_unverifiable", "checkpoint covers a sequence the replay has seen", "", body["seq"])
+            oldest = next(iter(self.window))
+            raise brk("checkpoint_unverifiable", "checkpoint covers a sequence the replay has seen",
+                      "a sequence in %d..=%d" % (oldest, seq - 1), body["seq"])
         if at.hex() != body["head"]:
             raise brk("wrong_head", "global chain head after sequence %d" % body["seq"], at.hex(), body["head"])
         self.checkpoints += 1
