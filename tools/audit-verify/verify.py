@@ -43,8 +43,8 @@ def next_entry(prev, seq, data):
 
 
 def _float(f):
-    """A float as serde_json writes it (the shortest round-trip digits, laid
-    out as the `ryu` crate does)."""
+    """A float as serde_json writes it: the shortest round-trip digits, laid
+    out as the README says (the `ryu` crate's layout, exponent always signed)."""
     if f == 0:
         return "-0.0" if str(f).startswith("-") else "0.0"
     sign = "-" if f < 0 else ""
@@ -62,10 +62,10 @@ def _float(f):
         out = d[:kk] + "." + d[kk:]
     elif -5 < kk <= 0:
         out = "0." + "0" * (-kk) + d
-    elif length == 1:
-        out = d + "e" + str(kk - 1)
     else:
-        out = d[0] + "." + d[1:] + "e" + str(kk - 1)
+        x = kk - 1
+        exponent = "e" + ("+" if x >= 0 else "-") + str(abs(x))
+        out = (d if length == 1 else d[0] + "." + d[1:]) + exponent
     return sign + out
 
 
