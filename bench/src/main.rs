@@ -1104,6 +1104,27 @@ async fn audit_bench(env: &Env, r: &mut Report, n: usize) -> anyhow::Result<()> 
     r.add("audit: export to a file", export_rate, "events/s", Some(("1 raw reader", raw_one)));
     r.add("  export size", std::fs::metadata(&file)?.len() as f64 / (1 << 20) as f64, "MiB", None);
 
+    // The same export by `fetchml audit export` in its own process, to read its
+    // peak memory: bounded (a small channel of 64 KiB chunks), whatever `n`.
+    let cli_file = dir.path().join("cli-export.jsonl");
+    let mut child = Command::new(env.fetchml())
+        .args(["audit", "export", "--out"])
+        .arg(&cli_file)
+        .env("FETCHML_NATS__URL", &env.nats_url)
+        .env("FETCHML_NATS__NAMESPACE", "baudit")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut peak = 0;
+    while child.try_wait()?.is_none() {
+        peak = peak.max(rss_kib(child.id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(std::fs::metadata(&cli_file)?.len() > 0, "fetchml audit export wrote nothing");
+    r.add("  fetchml audit export: peak RSS (sampled)", peak as f64 / 1024.0, "MiB", None);
+    std::fs::remove_file(&cli_file)?;
+
     let t0 = Instant::now();
     let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
     let verdict = fetchml_audit::export::verify_export(input, keys)?;
