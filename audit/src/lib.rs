@@ -4,14 +4,16 @@
 //! - [`checkpoint`]: Ed25519-signed checkpoints committing to its head;
 //! - [`verify`]: the replay that names the first break;
 //! - [`export`]: the offline JSON Lines export and its verifier;
-//! - [`online`]: the same over a live [`fetchml_eventstore::EventStore`], and
+//! - `online`: the same over a live `fetchml_eventstore::EventStore`, and
 //!   the checkpoint writer.
 //!
-//! Everything but [`online`] is pure (no I/O beyond reading the given input).
+//! Everything but `online` (the default cargo feature of that name) is pure:
+//! no I/O beyond reading the given input. `ml` builds it without the feature.
 
 pub mod chain;
 pub mod checkpoint;
 pub mod export;
+#[cfg(feature = "online")]
 pub mod online;
 pub mod verify;
 
@@ -28,6 +30,7 @@ pub enum AuditError {
     Io(#[from] std::io::Error),
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),
+    #[cfg(feature = "online")]
     #[error(transparent)]
     Store(#[from] fetchml_eventstore::StoreError),
 }
