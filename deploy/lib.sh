@@ -28,6 +28,12 @@ SCHEMATHESIS_VERSION="4.32.5"
 SCHEMATHESIS_VENV="${FETCHML_SCHEMATHESIS_VENV:-$FETCHML_HOME/schemathesis}"
 SCHEMATHESIS_BIN="$SCHEMATHESIS_VENV/bin/schemathesis"
 
+# The second audit verifier (tools/audit-verify, Python): its one package
+# beyond the standard library, pinned by its requirements.txt, in a virtualenv
+# under $FETCHML_HOME.
+AUDIT_VERIFY_VENV="${FETCHML_AUDIT_VERIFY_VENV:-$FETCHML_HOME/audit-verify}"
+AUDIT_VERIFY_PYTHON="$AUDIT_VERIFY_VENV/bin/python"
+
 say() { printf '%s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
@@ -68,6 +74,25 @@ ensure_schemathesis() {
   fi
   "$SCHEMATHESIS_VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
     "schemathesis==$SCHEMATHESIS_VERSION" >&2 || die "schemathesis $SCHEMATHESIS_VERSION did not install"
+}
+
+# Installs the Python audit verifier's pinned requirements unless they are there.
+ensure_audit_verifier() {
+  local req="$ROOT/tools/audit-verify/requirements.txt"
+  if [ -x "$AUDIT_VERIFY_PYTHON" ] && [ "$AUDIT_VERIFY_VENV/.installed" -nt "$req" ]; then
+    return
+  fi
+  say "installing the Python audit verifier's requirements into $AUDIT_VERIFY_VENV"
+  rm -rf "$AUDIT_VERIFY_VENV"
+  if ! python3 -m venv "$AUDIT_VERIFY_VENV" 2>/dev/null; then
+    say "python3 cannot create a virtualenv; installing python3-venv"
+    rm -rf "$AUDIT_VERIFY_VENV"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv >/dev/null
+    python3 -m venv "$AUDIT_VERIFY_VENV" || die "cannot create a Python virtualenv (install python3-venv)"
+  fi
+  "$AUDIT_VERIFY_PYTHON" -m pip install --quiet --disable-pip-version-check -r "$req" >&2 \
+    || die "the audit verifier's requirements did not install"
+  touch "$AUDIT_VERIFY_VENV/.installed"
 }
 
 # Installs the reference page's renderer (web/docs: Redoc, pinned by its

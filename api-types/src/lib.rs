@@ -16,12 +16,14 @@
 //! [`Worker`] describe them, and a client can read them into these types.
 
 mod answer;
+mod audit_chain;
 mod error;
 mod query;
 mod request;
 mod trail;
 
 pub use answer::*;
+pub use audit_chain::*;
 pub use error::*;
 pub use query::*;
 pub use request::*;

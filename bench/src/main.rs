@@ -44,7 +44,7 @@ struct Args {
     #[arg(long)]
     rebuild_events: Option<usize>,
     /// Run only these sections (the raw limit always runs: ratios need it):
-    /// durability, submit, e2e, latency, rebuild, streams, cancel. Repeatable.
+    /// durability, submit, e2e, latency, rebuild, audit, streams, cancel. Repeatable.
     #[arg(long)]
     only: Vec<String>,
 }
@@ -471,6 +471,14 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             "events/s",
             Some(("raw COPY", copy_rate)),
         );
+    }
+
+    // ---- 5b. The audit trail: verification of a clean log (with a signed
+    // checkpoint every 1000 events) online and from an export, next to a raw
+    // read of the same log by one ordered reader (verification is sequential)
+    // and by four.
+    if env.args.runs("audit") {
+        audit_bench(env, &mut r, n_events).await?;
     }
 
     // ---- 6. Streams: fan-out latency, and replay speed to one client.
@@ -1059,13 +1067,105 @@ async fn raw_read(env: &Env, stream: &str, n: u64) -> anyhow::Result<f64> {
     Ok(n as f64 / t0.elapsed().as_secs_f64())
 }
 
+/// The audit figures (section 5b): `n` job events plus a signed checkpoint
+/// every 1000, verified online, exported, and verified from the export.
+async fn audit_bench(env: &Env, r: &mut Report, n: usize) -> anyhow::Result<()> {
+    use fetchml_audit::online;
+    let key = fetchml_audit::SigningKey::from_seed("bench", &[42; 32])?;
+    let keys = fetchml_audit::Keyring::new(vec![key.public()]);
+    let (store, _) = seed_events_in(env, "baudit", n, Some(&key)).await?;
+    let total = store.last_sequence().await?;
+    let t0 = Instant::now();
+    raw_read_one(&store, total).await?;
+    let raw_one = total as f64 / t0.elapsed().as_secs_f64();
+    let raw_four = raw_read(env, &store.subjects().events_stream(), total).await?;
+    r.add(&format!("limit: raw read of {total} events, 1 ordered reader"), raw_one, "events/s", None);
+    r.add(&format!("limit: raw read of {total} events, 4 ordered readers"), raw_four, "events/s", None);
+
+    let t0 = Instant::now();
+    let verdict = online::verify_store(&store, keys.clone(), online::From::Start).await?;
+    let online_rate = total as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(verdict.intact && verdict.verified_to_seq == total, "online verdict: {verdict}");
+    r.add("audit: verify online from sequence 1", online_rate, "events/s", Some(("1 raw reader", raw_one)));
+
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("export.jsonl");
+    let t0 = Instant::now();
+    {
+        use std::io::Write;
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&file)?);
+        let mut lines = online::export(&store, keys.keys().to_vec(), 1, None).await?;
+        while let Some(chunk) = lines.next().await {
+            out.write_all(&chunk?)?;
+        }
+        out.flush()?;
+    }
+    let export_rate = total as f64 / t0.elapsed().as_secs_f64();
+    r.add("audit: export to a file", export_rate, "events/s", Some(("1 raw reader", raw_one)));
+    r.add("  export size", std::fs::metadata(&file)?.len() as f64 / (1 << 20) as f64, "MiB", None);
+
+    // The same export by `fetchml audit export` in its own process, to read its
+    // peak memory: bounded (a small channel of 64 KiB chunks), whatever `n`.
+    let cli_file = dir.path().join("cli-export.jsonl");
+    let mut child = Command::new(env.fetchml())
+        .args(["audit", "export", "--out"])
+        .arg(&cli_file)
+        .env("FETCHML_NATS__URL", &env.nats_url)
+        .env("FETCHML_NATS__NAMESPACE", "baudit")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut peak = 0;
+    while child.try_wait()?.is_none() {
+        peak = peak.max(rss_kib(child.id()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::ensure!(std::fs::metadata(&cli_file)?.len() > 0, "fetchml audit export wrote nothing");
+    r.add("  fetchml audit export: peak RSS (sampled)", peak as f64 / 1024.0, "MiB", None);
+    std::fs::remove_file(&cli_file)?;
+
+    let t0 = Instant::now();
+    let input = std::io::BufReader::with_capacity(1 << 20, std::fs::File::open(&file)?);
+    let verdict = fetchml_audit::export::verify_export(input, keys)?;
+    let offline_rate = total as f64 / t0.elapsed().as_secs_f64();
+    anyhow::ensure!(verdict.intact && verdict.verified_to_seq == total, "offline verdict: {verdict}");
+    r.add("audit: verify an export offline", offline_rate, "events/s", Some(("1 raw reader", raw_one)));
+    Ok(())
+}
+
+/// Reads messages `1..=n` of the EVENTS stream with one ordered consumer, as
+/// a verifier does, without decoding them.
+async fn raw_read_one(store: &fetchml_eventstore::EventStore, n: u64) -> anyhow::Result<()> {
+    let mut reader = store.read(&store.subjects().all_events(), fetchml_eventstore::StartAt::Beginning).await?;
+    while let Some(ev) = reader.next().await {
+        if ev?.seq >= n {
+            return Ok(());
+        }
+    }
+    bail!("the log ended early")
+}
+
 /// Appends `n` sealed events of three-event jobs to the `brebuild` namespace,
 /// pipelined; returns the store and the append rate.
 async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore::EventStore, f64)> {
+    seed_events_in(env, "brebuild", n, None).await
+}
+
+/// As [`seed_events`] into namespace `ns`; with `checkpoints`, also a signed
+/// audit checkpoint after every 1000 events (the bench owns the namespace and
+/// publishes in order on one connection, so it knows each sequence).
+async fn seed_events_in(
+    env: &Env,
+    ns: &str,
+    n: usize,
+    checkpoints: Option<&fetchml_audit::SigningKey>,
+) -> anyhow::Result<(fetchml_eventstore::EventStore, f64)> {
     use fetchml_events::job::{JobEvent, JobSpec, Metrics};
     use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent, UserName, WorkerId};
-    let ns = fetchml_events::ids::Namespace::parse("brebuild")?;
-    let subjects = fetchml_events::subject::Subjects::new(ns);
+    let namespace = fetchml_events::ids::Namespace::parse(ns)?;
+    let subjects = fetchml_events::subject::Subjects::new(namespace);
+    let mut chain = fetchml_audit::chain::Chain::new();
     let store = fetchml_eventstore::EventStore::open(
         env.client.clone(),
         subjects.clone(),
@@ -1106,14 +1206,23 @@ async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore:
                 &prev,
             )?;
             prev = env.hash.clone();
+            let bytes = env.to_bytes()?;
+            chain.push(chain.seq() + 1, &bytes);
             // No expected-sequence header: the bench owns the subject.
-            inflight.push(std::future::IntoFuture::into_future(
-                js.publish(subject.clone(), Bytes::from(env.to_bytes()?)).await?,
-            ));
+            inflight.push(std::future::IntoFuture::into_future(js.publish(subject.clone(), Bytes::from(bytes)).await?));
             if inflight.len() >= 1024 {
                 inflight.next().await.unwrap()?;
             }
             written += 1;
+            if let Some(key) = checkpoints
+                && written % 1000 == 0
+            {
+                let cp = key.checkpoint(ns, chain.seq(), &chain.head(), chrono::Utc::now())?.to_bytes()?;
+                chain.push(chain.seq() + 1, &cp);
+                inflight.push(std::future::IntoFuture::into_future(
+                    js.publish(subjects.audit_checkpoint(), Bytes::from(cp)).await?,
+                ));
+            }
         }
     }
     while let Some(a) = inflight.next().await {

@@ -21,6 +21,10 @@ pub enum AggregateKind {
     Job,
     Worker,
     User,
+    /// The audit trail's own events (signed checkpoints, see `fetchml-audit`):
+    /// not an envelope of this module beyond `type` and `aggregate_kind`, and
+    /// never part of a read model.
+    Audit,
 }
 
 /// Who caused an event.

@@ -54,10 +54,21 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
 pub fn envelope_hash(envelope: &Value) -> String {
     let mut buf = Vec::with_capacity(512);
     match envelope {
+        // The top-level object without `hash`, written in place (a verifier
+        // hashes every event of the log: no copy of the tree).
         Value::Object(map) => {
-            let mut without = map.clone();
-            without.remove("hash");
-            canonical_json(&Value::Object(without), &mut buf);
+            let mut keys: Vec<&String> = map.keys().filter(|k| k.as_str() != "hash").collect();
+            keys.sort();
+            buf.push(b'{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    buf.push(b',');
+                }
+                buf.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
+                buf.push(b':');
+                canonical_json(&map[k], &mut buf);
+            }
+            buf.push(b'}');
         }
         other => canonical_json(other, &mut buf),
     }

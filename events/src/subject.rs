@@ -82,6 +82,12 @@ impl Subjects {
         format!("{}_sessions", self.ns)
     }
 
+    /// The audit trail's signed checkpoints (one subject: its last sequence is
+    /// the optimistic-concurrency point of the checkpoint writers).
+    pub fn audit_checkpoint(&self) -> String {
+        format!("{}.ev.audit.checkpoint", self.ns)
+    }
+
     /// The events of one worker (registration, stop).
     pub fn worker(&self, id: WorkerId) -> String {
         format!("{}.ev.worker.{id}", self.ns)

@@ -313,7 +313,8 @@ pub fn decode(seq: u64, payload: &[u8]) -> Decoded {
             Ok(env) => Decoded::Worker(Box::new(env)),
             Err(e) => undecodable(format!("undecodable worker event: {e}")),
         },
-        Some(AggregateKind::User) => Decoded::Skip,
+        // Users (logins, refusals) and the audit trail's checkpoints.
+        Some(AggregateKind::User | AggregateKind::Audit) => Decoded::Skip,
         None => undecodable("not an event envelope".into()),
     }
 }

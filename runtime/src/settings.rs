@@ -36,6 +36,7 @@ pub struct Settings {
     pub streaming: StreamingSettings,
     pub telemetry: TelemetrySettings,
     pub secrets: SecretSettings,
+    pub audit: AuditSettings,
 }
 
 /// Credentials a job needs, kept out of the log (see `fetchml_events::job::CredentialRules`).
@@ -72,6 +73,45 @@ impl SecretSettings {
         fetchml_events::job::CredentialRules {
             names: self.refuse_env_names.clone(),
             value_prefixes: self.refuse_env_value_prefixes.clone(),
+        }
+    }
+}
+
+/// The audit trail's signed checkpoints (see the README, "Audit").
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// The Ed25519 signing key (its seed as 64 hex digits, written by
+    /// `fetchml audit keygen`). Empty: the api writes no checkpoints.
+    pub signing_key_file: PathBuf,
+    /// The signing key's id; empty: derived from its public key.
+    pub key_id: String,
+    /// A checkpoint after this many new events...
+    pub checkpoint_every_events: u64,
+    /// ...or this many seconds after the first uncovered one, whichever first.
+    pub checkpoint_every_secs: u64,
+    /// Public keys whose checkpoints still verify (rotated-out keys), besides
+    /// the current signing key.
+    pub trusted_keys: Vec<TrustedKey>,
+}
+
+/// A public key trusted for verification.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrustedKey {
+    pub id: String,
+    /// The 32-byte Ed25519 public key as 64 hex digits.
+    pub public_key: String,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            signing_key_file: PathBuf::new(),
+            key_id: String::new(),
+            checkpoint_every_events: 1000,
+            checkpoint_every_secs: 60,
+            trusted_keys: Vec::new(),
         }
     }
 }
@@ -411,6 +451,20 @@ impl Settings {
         let otlp = &self.telemetry.otlp_endpoint;
         if !otlp.is_empty() && !otlp.starts_with("http://") && !otlp.starts_with("https://") {
             return Err(invalid("telemetry.otlp_endpoint", format!("{otlp:?} must start with http:// or https://")));
+        }
+        if self.audit.checkpoint_every_events == 0 {
+            return Err(invalid("audit.checkpoint_every_events", "must be at least 1".into()));
+        }
+        if self.audit.checkpoint_every_secs == 0 {
+            return Err(invalid("audit.checkpoint_every_secs", "must be at least 1".into()));
+        }
+        for k in &self.audit.trusted_keys {
+            if k.id.is_empty() || k.public_key.len() != 64 || !k.public_key.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(invalid(
+                    "audit.trusted_keys",
+                    format!("{:?}: needs an id and a public_key of 64 hex digits", k.id),
+                ));
+            }
         }
         if !(3..=3600).contains(&self.nats.worker_ttl_secs) {
             return Err(invalid("nats.worker_ttl_secs", "must be 3-3600".into()));

@@ -57,6 +57,37 @@ pub struct AppState {
     pub credential_rules: std::sync::Arc<fetchml_events::job::CredentialRules>,
     /// Live stream subscriptions shared between connections.
     pub fanout: std::sync::Arc<stream::fanout::Fanout>,
+    /// The audit trail's keys (`GET /v1/audit/keys`, verification).
+    pub audit: AuditKeys,
+}
+
+/// The keys the audit trail is verified with.
+#[derive(Clone, Debug, Default)]
+pub struct AuditKeys {
+    /// The current signing key's public half and every trusted older key.
+    pub keys: fetchml_audit::Keyring,
+    /// The id of the key this api signs checkpoints with, if it signs.
+    pub signer_id: Option<String>,
+}
+
+/// Reads the `audit` settings: the signing key (if configured) and the keyring
+/// (its public half and every trusted older key).
+pub fn audit_keys(
+    settings: &fetchml_runtime::settings::AuditSettings,
+) -> Result<(Option<fetchml_audit::SigningKey>, fetchml_audit::Keyring), fetchml_audit::AuditError> {
+    let signer = if settings.signing_key_file.as_os_str().is_empty() {
+        None
+    } else {
+        Some(fetchml_audit::SigningKey::load(&settings.signing_key_file, &settings.key_id)?)
+    };
+    let mut keys = fetchml_audit::Keyring::default();
+    if let Some(s) = &signer {
+        keys.add(s.public());
+    }
+    for k in &settings.trusted_keys {
+        keys.add(fetchml_audit::PublicKey::new(&k.id, &k.public_key)?);
+    }
+    Ok((signer, keys))
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -70,6 +101,8 @@ pub struct Application {
     state: AppState,
     settings: Settings,
     stop: CancellationToken,
+    /// Signs the audit checkpoints (`None`: no `audit.signing_key_file`).
+    signer: Option<fetchml_audit::SigningKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +115,8 @@ pub enum BuildError {
     Auth(#[from] auth::AuthSetupError),
     #[error("postgres settings: {0}")]
     Postgres(#[from] fetchml_projections::ProjectionError),
+    #[error("audit settings: {0}")]
+    Audit(#[from] fetchml_audit::AuditError),
     #[error("cannot listen on {addr}: {source} (is another fetchml api running? set api.listen)")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -110,6 +145,7 @@ impl Application {
                 &[m::STREAM_CONNECTIONS],
             );
         }
+        let (signer, audit_keyring) = audit_keys(&settings.audit)?;
         let nats =
             fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-api", settings.nats.nkey_file.as_deref())
                 .await?;
@@ -166,8 +202,9 @@ impl Application {
             docs_bundle: routes::docs::load_bundle(&settings.api.docs_bundle),
             credential_rules: std::sync::Arc::new(settings.secrets.credential_rules()),
             fanout,
+            audit: AuditKeys { keys: audit_keyring, signer_id: signer.as_ref().map(|s| s.id().to_owned()) },
         };
-        Ok(Self { listener, state, settings, stop })
+        Ok(Self { listener, state, settings, stop, signer })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -204,6 +241,13 @@ impl Application {
             )
             .with_health(self.state.pg_health.clone());
             tokio::spawn(projector.run(stop.clone()));
+        }
+        if let Some(key) = self.signer {
+            let policy = fetchml_audit::online::CheckpointPolicy {
+                every_events: self.settings.audit.checkpoint_every_events,
+                every: Duration::from_secs(self.settings.audit.checkpoint_every_secs),
+            };
+            tokio::spawn(fetchml_audit::online::run_checkpointer(self.state.store.clone(), key, policy, stop.clone()));
         }
         // The users file is re-read on SIGHUP and whenever it changes on disk.
         tokio::spawn(watch_users(self.state.auth.clone(), stop.clone()));

@@ -4,9 +4,8 @@
 mod nats_auth;
 
 use clap::{Parser, Subcommand};
-use fetchml_events::hash::ChainVerifier;
 use fetchml_events::subject::Subjects;
-use fetchml_eventstore::{EventStore, StartAt};
+use fetchml_eventstore::EventStore;
 use fetchml_runtime::Settings;
 use futures::StreamExt;
 use std::path::PathBuf;
@@ -50,9 +49,14 @@ enum Command {
         #[command(subcommand)]
         action: ProjectionsAction,
     },
-    /// Replay the whole event log and check every hash link; names the first
-    /// broken one.
+    /// Replay the whole event log and check every link (the same as `fetchml
+    /// audit verify` without options).
     Verify,
+    /// The audit trail: signing keys, verification, offline export.
+    Audit {
+        #[command(subcommand)]
+        action: AuditAction,
+    },
     /// Print a new random API key (once) and the lines for users.yaml.
     Keygen {
         /// The user the key is for (only used to print the YAML snippet).
@@ -93,6 +97,52 @@ enum Command {
 }
 
 #[derive(Subcommand)]
+enum AuditAction {
+    /// Write a new Ed25519 signing key for the checkpoints to OUT (which must
+    /// not exist; readable by its owner only) and print its id, its public key
+    /// and the settings lines.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// The key's id (default: derived from its public key).
+        #[arg(long, default_value = "")]
+        id: String,
+    },
+    /// Verify the trail: the live log (the server's settings name the trusted
+    /// keys), or with --file an export, offline. Exit status 0: intact; 2:
+    /// broken (the first break is named).
+    Verify {
+        /// An export (from `fetchml audit export` or GET /v1/audit/export).
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// A trusted public key: `ID=HEX` or `HEX` (repeatable).
+        #[arg(long = "public-key")]
+        public_keys: Vec<String>,
+        /// Trusted keys as JSON: the answer of GET /v1/audit/keys.
+        #[arg(long)]
+        keys: Option<PathBuf>,
+        /// Online: start from the latest signed checkpoint, not sequence 1.
+        #[arg(long)]
+        from_checkpoint: bool,
+        /// Print the verdict as JSON (the shape of GET /v1/audit/verify).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the events FROM..=TO with their chain entries and checkpoints as
+    /// JSON Lines (see the README, "Audit").
+    Export {
+        #[arg(long, default_value_t = 1)]
+        from: u64,
+        /// Default: the last sequence at the start of the export.
+        #[arg(long)]
+        to: Option<u64>,
+        /// Default: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
 enum ProjectionsAction {
     /// Rebuild NAME from sequence 1 into fresh tables and swap them in.
     Rebuild {
@@ -113,6 +163,18 @@ fn main() -> ExitCode {
         Command::Keygen { user, role } => {
             fetchml_runtime::telemetry::init();
             return keygen(user, role);
+        }
+        Command::Audit { action: AuditAction::Keygen { out, id } } => {
+            return audit_keygen(out, id);
+        }
+        Command::Audit { action: AuditAction::Verify { file: Some(file), public_keys, keys, json, .. } } => {
+            return match trusted_keys(fetchml_audit::Keyring::default(), public_keys, keys.as_deref()) {
+                Ok(ring) => verify_file(file, ring, *json),
+                Err(e) => {
+                    eprintln!("fetchml: {e:#}");
+                    ExitCode::FAILURE
+                }
+            };
         }
         Command::Openapi => {
             print!("{}", fetchml_api::openapi_json());
@@ -275,12 +337,19 @@ async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Verify => return verify(&settings).await,
+        Command::Verify => return verify_online(&settings, &[], None, false, false).await,
+        Command::Audit { action: AuditAction::Verify { file: None, public_keys, keys, from_checkpoint, json } } => {
+            return verify_online(&settings, &public_keys, keys.as_deref(), from_checkpoint, json).await;
+        }
+        Command::Audit { action: AuditAction::Export { from, to, out } } => {
+            export(&settings, from, to, out.as_deref()).await?;
+        }
         Command::Supervise { .. }
         | Command::Keygen { .. }
         | Command::CheckUsers { .. }
         | Command::Openapi
-        | Command::NatsAuth { .. } => {
+        | Command::NatsAuth { .. }
+        | Command::Audit { action: AuditAction::Keygen { .. } | AuditAction::Verify { file: Some(_), .. } } => {
             unreachable!("handled before the runtime starts")
         }
     }
@@ -311,27 +380,121 @@ async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
     Ok(EventStore::open(client, Subjects::new(settings.namespace()), &settings.stream_settings()).await?)
 }
 
-async fn verify(settings: &Settings) -> anyhow::Result<ExitCode> {
+/// Adds the keys named on the command line to `ring`.
+fn trusted_keys(
+    mut ring: fetchml_audit::Keyring,
+    public_keys: &[String],
+    keys_file: Option<&std::path::Path>,
+) -> anyhow::Result<fetchml_audit::Keyring> {
+    for k in public_keys {
+        ring.add(fetchml_audit::PublicKey::parse_arg(k)?);
+    }
+    if let Some(path) = keys_file {
+        let text = std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
+        let answer: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?;
+        let listed = answer.get("keys").and_then(|k| k.as_array()).ok_or_else(|| {
+            anyhow::anyhow!("{} has no \"keys\" list (the answer of GET /v1/audit/keys)", path.display())
+        })?;
+        for k in listed {
+            let field = |name: &str| k.get(name).and_then(|v| v.as_str()).unwrap_or_default();
+            ring.add(fetchml_audit::PublicKey::new(field("id"), field("public_key"))?);
+        }
+    }
+    Ok(ring)
+}
+
+/// Prints the verdict; 0 when intact, 2 when broken.
+fn report(verdict: &fetchml_audit::Verdict, json: bool) -> ExitCode {
+    if json {
+        let mut v = serde_json::to_value(verdict).unwrap_or_default();
+        v["summary"] = serde_json::Value::String(verdict.to_string());
+        println!("{v}");
+    } else {
+        println!("{verdict}");
+    }
+    if verdict.intact { ExitCode::SUCCESS } else { ExitCode::from(2) }
+}
+
+fn verify_file(file: &std::path::Path, keys: fetchml_audit::Keyring, json: bool) -> ExitCode {
+    if keys.keys().is_empty() {
+        eprintln!(
+            "fetchml: name the trusted keys with --public-key or --keys (the keys an export lists are not trusted by themselves)"
+        );
+        return ExitCode::FAILURE;
+    }
+    let opened = std::fs::File::open(file).map(std::io::BufReader::new);
+    let result =
+        opened.map_err(fetchml_audit::AuditError::from).and_then(|r| fetchml_audit::export::verify_export(r, keys));
+    match result {
+        Ok(verdict) => report(&verdict, json),
+        Err(e) => {
+            eprintln!("fetchml: {}: {e}", file.display());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn verify_online(
+    settings: &Settings,
+    public_keys: &[String],
+    keys_file: Option<&std::path::Path>,
+    from_checkpoint: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let (_, ring) = fetchml_api::audit_keys(&settings.audit)?;
+    let ring = trusted_keys(ring, public_keys, keys_file)?;
     let client =
         fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-verify", settings.nats.nkey_file.as_deref())
             .await?;
     let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
-    let last = store.last_sequence().await?;
-    let mut verifier = ChainVerifier::new();
-    if last > 0 {
-        let mut events = store.read(&store.subjects().all_events(), StartAt::Beginning).await?;
-        while let Some(ev) = events.next().await {
-            let ev = ev?;
-            let json = ev.json()?;
-            if let Err(broken) = verifier.check(ev.seq, &json) {
-                println!("BROKEN: {broken}");
-                return Ok(ExitCode::from(2));
-            }
-            if ev.seq >= last {
-                break;
-            }
+    let from = if from_checkpoint {
+        fetchml_audit::online::From::LatestCheckpoint
+    } else {
+        fetchml_audit::online::From::Start
+    };
+    let verdict = fetchml_audit::online::verify_store(&store, ring, from).await?;
+    Ok(report(&verdict, json))
+}
+
+async fn export(settings: &Settings, from: u64, to: Option<u64>, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let (_, ring) = fetchml_api::audit_keys(&settings.audit)?;
+    let client =
+        fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-export", settings.nats.nkey_file.as_deref())
+            .await?;
+    let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
+    let mut lines = fetchml_audit::online::export(&store, ring.keys().to_vec(), from, to).await?;
+    // A command-line tool with one task: blocking writes are fine here.
+    let mut sink: Box<dyn Write + Send> = match out {
+        Some(p) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+        )),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
+    };
+    while let Some(chunk) = lines.next().await {
+        sink.write_all(&chunk?)?;
+    }
+    sink.flush()?;
+    Ok(())
+}
+
+fn audit_keygen(out: &std::path::Path, id: &str) -> ExitCode {
+    match fetchml_audit::checkpoint::generate_key_file(out, id) {
+        Ok(key) => {
+            println!("signing key written to {} (keep it secret; back it up)", out.display());
+            println!("key id:     {}\npublic key: {}\n", key.id(), key.public_hex());
+            println!("settings (server.yaml):\n\n  audit:\n    signing_key_file: {}", out.display());
+            println!(
+                "\nafter a rotation, keep the old key verifiable:\n\n  audit:\n    trusted_keys:\n      - id: {}\n        public_key: \"{}\"",
+                key.id(),
+                key.public_hex()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("fetchml: {e}");
+            ExitCode::FAILURE
         }
     }
-    println!("ok: {} events verified up to sequence {last}", verifier.checked());
-    Ok(ExitCode::SUCCESS)
 }

@@ -1,4 +1,5 @@
 mod audit;
+mod audit_chain;
 mod auth;
 pub(crate) mod body;
 pub(crate) mod docs;
@@ -39,6 +40,9 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/experiments/{name}", get(experiments::get))
         .route("/v1/workers", get(workers::list))
         .route("/v1/audit", get(audit::list))
+        .route("/v1/audit/keys", get(audit_chain::keys))
+        .route("/v1/audit/verify", get(audit_chain::verify))
+        .route("/v1/audit/export", get(audit_chain::export))
         .route("/v1/stream", get(crate::stream::upgrade))
         .route("/v1/openapi.json", get(openapi::serve))
         .fallback(|| async { ApiError::NotFound("route_not_found") })
