@@ -88,6 +88,13 @@ async fn checkpoints_are_signed_and_the_trail_verifies_for_auditors_only() {
         json!([{"algorithm": "ed25519", "current": true, "id": "k-2026", "public_key": key.public_hex()}])
     );
 
+    // The checkpoints are in the trail's listing, family `audit`.
+    let (status, listed) = get_as(&app, "root", "/v1/audit?family=audit").await;
+    assert_eq!(status, 200, "{listed}");
+    let first = &listed["items"][0];
+    assert_eq!((&first["type"], &first["outcome"]), (&json!("audit.checkpoint"), &json!("accepted")), "{listed}");
+    assert_eq!(first["payload"]["checkpoint"]["key_id"], "k-2026", "{listed}");
+
     // From the latest checkpoint: fewer events replayed, same verdict.
     let (_, from_cp) = get_as(&app, "root", "/v1/audit/verify?from=checkpoint").await;
     assert_eq!(from_cp["intact"], true, "{from_cp}");

@@ -229,8 +229,14 @@ fn entry(ev: &StoredEvent, filter: &Filter) -> Option<AuditEntry> {
         AuditOutcome::Accepted
     };
     let actor = v.get("actor").cloned().unwrap_or(Value::Null);
-    let occurred_at: DateTime<Utc> = v.get("occurred_at").and_then(Value::as_str)?.parse().ok()?;
-    let aggregate_id = text("aggregate_id");
+    // Checkpoints (family `audit`) are not envelopes: their time and body
+    // are the checkpoint's own.
+    let at = v.get("occurred_at").or_else(|| v.pointer("/checkpoint/time"));
+    let occurred_at: DateTime<Utc> = at.and_then(Value::as_str)?.parse().ok()?;
+    let aggregate_id = match v.get("aggregate_id") {
+        Some(_) => text("aggregate_id"),
+        None => ev.subject.rsplit('.').next().unwrap_or_default().to_owned(),
+    };
     let actor_name = ["name", "id", "component"].iter().find_map(|k| actor.get(*k).and_then(Value::as_str));
     let pass = filter.kind.as_ref().is_none_or(|k| *k == kind)
         && filter.outcome.is_none_or(|o| o == outcome)
@@ -242,7 +248,7 @@ fn entry(ev: &StoredEvent, filter: &Filter) -> Option<AuditEntry> {
         return None;
     }
     let family = ev.subject.split('.').nth(2).unwrap_or_default().to_owned();
-    let payload = v.get("payload").cloned().unwrap_or(Value::Null);
+    let payload = v.get("payload").cloned().unwrap_or_else(|| v.clone());
     let source = payload.get("source").and_then(Value::as_str).map(str::to_owned);
     Some(AuditEntry {
         actor,
