@@ -65,6 +65,7 @@ pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
 }
 
 /// `POST /v1/jobs`: queue a job. 202 `{"id", "seq"}` once `job_queued` is stored.
+///
 /// With `?dry_run=true`: 200 with the spec as it would be queued, and nothing
 /// stored (the CLI's `ml queue --dry-run`), after the same checks a submit
 /// makes before it appends: permission, body, idempotency key, spec.
