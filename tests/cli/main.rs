@@ -246,8 +246,10 @@ async fn a_dropped_stream_during_watch_resumes_with_nothing_missed_or_repeated()
         }
         lines.push(serde_json::from_str(&buf).unwrap());
     }
-    let status = child.wait().await.unwrap();
-    assert_eq!(status.code(), Some(0));
+    let status = child.wait_with_output().await.unwrap();
+    assert_eq!(status.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&status.stderr);
+    assert!(stderr.contains("stream lost") && stderr.contains("stream resumed"), "the watch did reconnect: {stderr}");
 
     let logs: Vec<&str> =
         lines.iter().filter(|l| l["subject_kind"] == "log").map(|l| l["data"]["line"].as_str().unwrap()).collect();

@@ -180,11 +180,13 @@ pub struct QueueArgs {
     /// A label the worker must have, e.g. a100 (repeatable).
     #[arg(long = "label", value_name = "LABEL", help_heading = "Placement")]
     pub labels: Vec<String>,
+    /// CPUs the job needs.
     #[arg(long, help_heading = "Placement")]
     pub cpus: Option<u32>,
     /// Memory, e.g. 512M, 16G (MiB without a unit).
     #[arg(long, value_name = "SIZE", help_heading = "Placement")]
     pub memory: Option<String>,
+    /// GPUs the job needs.
     #[arg(long, help_heading = "Placement")]
     pub gpus: Option<u32>,
     /// 1 (lowest) to 10 (highest) [default: 5].
@@ -199,6 +201,7 @@ pub struct QueueArgs {
     /// Failure classes that are retried [default: infrastructure].
     #[arg(long, value_enum, value_delimiter = ',', help_heading = "Limits")]
     pub retry_on: Vec<RetryOn>,
+    /// The experiment the job is a run of (`ml experiment NAME`).
     #[arg(long, help_heading = "Bookkeeping")]
     pub experiment: Option<String>,
     /// KEY=VALUE, free-form (repeatable).
@@ -213,6 +216,8 @@ pub struct QueueArgs {
     /// The folder to run in, relative to the worker's job root.
     #[arg(long, help_heading = "Environment")]
     pub workdir: Option<String>,
+    /// How the job runs: a process (default), in a podman container, or a
+    /// built-in for tests (noop, sleep MS, fail CODE).
     #[arg(long, value_enum, help_heading = "Environment")]
     pub executor: Option<Executor>,
     /// The container image (the podman executor).

@@ -68,17 +68,20 @@ impl Out {
         if self.stdout_tty {
             t.set_content_arrangement(ContentArrangement::Dynamic);
         }
-        t.set_header(header.iter().map(|h| {
-            let c = Cell::new(h);
-            if self.color { c.add_attribute(comfy_table::Attribute::Bold) } else { c }
-        }));
-        for col in t.column_iter_mut() {
-            col.set_padding((0, 2));
+        if !header.is_empty() {
+            t.set_header(header.iter().map(|h| {
+                let c = Cell::new(h);
+                if self.color { c.add_attribute(comfy_table::Attribute::Bold) } else { c }
+            }));
         }
         t
     }
 
-    pub fn print_table(&self, t: &Table) {
+    /// Prints a table, columns two spaces apart (set here, once every column exists).
+    pub fn print_table(&self, t: &mut Table) {
+        for col in t.column_iter_mut() {
+            col.set_padding((0, 2));
+        }
         for line in t.lines() {
             println!("{}", line.trim_end());
         }

@@ -71,7 +71,7 @@ pub async fn list(ctx: &Ctx) -> Result<()> {
     if list.items.is_empty() {
         eprintln!("No experiments.");
     } else {
-        ctx.out.print_table(&t);
+        ctx.out.print_table(&mut t);
     }
     Ok(())
 }
@@ -147,7 +147,7 @@ pub async fn show(ctx: &Ctx, a: &ExperimentArgs) -> Result<()> {
         }
         t.add_row(cells);
     }
-    ctx.out.print_table(&t);
+    ctx.out.print_table(&mut t);
     if !e.metrics.is_empty() {
         println!("metrics over all runs (last [min..max]): {}", ranges(&e));
     }
@@ -267,7 +267,7 @@ pub async fn compare(ctx: &Ctx, a: &CompareArgs) -> Result<()> {
         cells.extend(m.values.iter().map(|v| Cell::new(v.map(num).unwrap_or_else(|| "-".into()))));
         t.add_row(cells);
     }
-    ctx.out.print_table(&t);
+    ctx.out.print_table(&mut t);
     if hidden > 0 {
         eprintln!("{hidden} fields are the same in every job (--all shows them).");
     }

@@ -70,7 +70,7 @@ pub async fn workers(ctx: &Ctx, a: &WorkersArgs) -> Result<()> {
     if ws.is_empty() {
         eprintln!("No {}workers.", if a.history { "" } else { "live " });
     } else {
-        ctx.out.print_table(&t);
+        ctx.out.print_table(&mut t);
     }
     Ok(())
 }
@@ -171,7 +171,7 @@ pub async fn pools(ctx: &Ctx) -> Result<()> {
     if out.queues.is_empty() && out.workers.is_empty() {
         eprintln!("Nothing waits and no worker is live.");
     } else {
-        ctx.out.print_table(&t);
+        ctx.out.print_table(&mut t);
     }
     Ok(())
 }

@@ -127,7 +127,7 @@ pub fn print_list(ctx: &Ctx, answer: &JobsAnswer) -> Result<()> {
             if rows.is_empty() {
                 eprintln!("No jobs.");
             } else {
-                out.print_table(&t);
+                out.print_table(&mut t);
             }
         }
         JobsAnswer::AsOf(page) => {
@@ -144,7 +144,7 @@ pub fn print_list(ctx: &Ctx, answer: &JobsAnswer) -> Result<()> {
                     Cell::new(metrics_short(metrics)),
                 ]);
             }
-            out.print_table(&t);
+            out.print_table(&mut t);
             eprintln!("As of sequence {}: {} matching jobs.", page.as_of_seq, page.total);
         }
     }
@@ -200,7 +200,6 @@ pub async fn status(ctx: &Ctx, a: &JobArg) -> Result<()> {
 
 fn print_job(out: &Out, job: &JobAnswer) {
     let mut t = out.table(&[]);
-    t.set_header(Vec::<Cell>::new());
     let mut row = |k: &str, v: String| {
         t.add_row(vec![Cell::new(k), Cell::new(v)]);
     };
@@ -268,7 +267,7 @@ fn print_job(out: &Out, job: &JobAnswer) {
             metric_rows(&mut row, &j.metrics);
         }
     }
-    out.print_table(&t);
+    out.print_table(&mut t);
 }
 
 fn times(
@@ -338,7 +337,7 @@ pub async fn history(ctx: &Ctx, a: &JobArg) -> Result<()> {
             Cell::new(f.detail()),
         ]);
     }
-    ctx.out.print_table(&t);
+    ctx.out.print_table(&mut t);
     Ok(())
 }
 

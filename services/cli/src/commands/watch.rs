@@ -95,6 +95,17 @@ struct View<'a> {
 }
 
 impl View<'_> {
+    /// A diagnostic about the stream itself: on stderr in every mode.
+    fn note(&self, text: &str) {
+        let text = self.ctx.out.err_paint(text, DIM);
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(text);
+            }
+            None => eprintln!("ml: {text}"),
+        }
+    }
+
     /// A line for people: above the bars, or on stdout when there are none.
     fn say(&self, text: String) {
         if self.mode == Mode::Quiet || self.ctx.out.json {
@@ -222,7 +233,7 @@ async fn follow(view: &View<'_>, target: &StreamTarget, jobs: &mut [Watched]) ->
             }
         };
         if lost_since.take().is_some() {
-            view.say(view.ctx.out.err_paint("stream resumed", DIM));
+            view.note("stream resumed");
         }
         backoff = Duration::from_millis(100);
         let mut s =
@@ -230,7 +241,7 @@ async fn follow(view: &View<'_>, target: &StreamTarget, jobs: &mut [Watched]) ->
         match s.run(target, &mut progress_kinds).await? {
             Ended::AllFinished => return Ok(()),
             Ended::Dropped(why) => {
-                view.say(view.ctx.out.err_paint(&format!("stream lost ({why}); reconnecting"), DIM));
+                view.note(&format!("stream lost ({why}); reconnecting"));
                 lost_since = Some(tokio::time::Instant::now());
             }
         }
