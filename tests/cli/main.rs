@@ -380,6 +380,36 @@ async fn an_analyst_cancelling_is_told_it_is_forbidden() {
     assert!(again.stderr.contains("job_terminal"), "{again:?}");
     let retried = alice.run(&["retry", &id]).await.ok();
     assert!(retried.stdout.contains("queued again"), "{retried:?}");
+    alice.run(&["cancel", &id]).await.ok();
+    let again = alice.run(&["retry", "--json", "--reason", "once more", &id]).await.ok().json();
+    assert!(again[0]["seq"].as_u64().unwrap() > cancelled[0]["seq"].as_u64().unwrap(), "{again}");
+}
+
+#[tokio::test]
+async fn list_watch_redraws_when_a_job_changes() {
+    use tokio::io::AsyncBufReadExt as _;
+    let app = spawn_app().await;
+    let ml = Ml::new(&app, "alice");
+    let mut child = ml.command(&["list", "--watch", "--json"]).spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let first: Value = serde_json::from_str(&lines.next_line().await.unwrap().unwrap()).unwrap();
+    assert_eq!(first["items"], serde_json::json!([]), "the table as it is");
+    // The first table is drawn once the stream is subscribed: a job queued
+    // now is in a later one (redrawn once the change is in the read model).
+    let id = ml.queue(&["--executor", "noop", "--pool", "nowhere", "--", "x"]).await;
+    for _ in 0..50 {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("a redraw within 30 s")
+            .unwrap()
+            .unwrap();
+        let page: Value = serde_json::from_str(&line).unwrap();
+        if page["items"].as_array().unwrap().iter().any(|j| j["id"] == id.as_str()) {
+            child.kill().await.unwrap();
+            return;
+        }
+    }
+    panic!("the queued job never showed in the live list");
 }
 
 #[tokio::test]
@@ -463,11 +493,26 @@ async fn a_two_by_two_grid_queues_four_jobs_once_even_when_run_twice() {
     assert_eq!(job.spec.command, ["train", "--lr", "0.1", "--bs", "64"]);
     assert_eq!(job.spec.env["FETCHML_PARAM_BS"], "64");
 
+    // A batch file: one spec per line, the flags over each, queued once.
+    let dir = tempfile::tempdir().unwrap();
+    let batch = dir.path().join("jobs.jsonl");
+    std::fs::write(&batch, "{\"command\": [\"a\"]}\n\n{\"command\": [\"b\"], \"tags\": {\"n\": \"2\"}}\n").unwrap();
+    let args = ["queue", "--batch", batch.to_str().unwrap(), "--executor", "noop", "--experiment", "batch"];
+    let once = ml.run(&args).await.ok();
+    let twice = ml.run(&args).await.ok();
+    assert_eq!(once.stdout.lines().count(), 2, "{once:?}");
+    assert_eq!(once.stdout, twice.stdout, "the same two jobs");
+    assert!(once.stderr.contains("Queued 2 jobs") && twice.stderr.contains("2 already queued"), "{twice:?}");
+    let b = full(&ml.run(&["status", "--json", once.stdout.lines().nth(1).unwrap()]).await.ok().json());
+    assert_eq!((b.spec.command[0].as_str(), b.spec.tags["n"].as_str()), ("b", "2"));
+    assert_eq!(b.spec.experiment.as_deref(), Some("batch"));
+
     // The experiment's views.
     let exps = ml.run(&["experiments"]).await.ok();
     assert!(exps.stdout.contains("sweep"), "{exps:?}");
     let listed = ml.run(&["experiments", "--json"]).await.ok().json();
-    let e: Experiment = serde_json::from_value(listed["items"][0].clone()).unwrap();
+    let sweep = listed["items"].as_array().unwrap().iter().find(|e| e["name"] == "sweep").unwrap();
+    let e: Experiment = serde_json::from_value(sweep.clone()).unwrap();
     assert_eq!((e.name.as_str(), e.jobs), ("sweep", 8));
     let one = ml.run(&["experiment", "sweep"]).await.ok();
     assert!(one.stdout.contains("sweep: 8 jobs") && one.stdout.contains("lr") && one.stdout.contains("bs"), "{one:?}");

@@ -479,9 +479,12 @@ impl Session<'_, '_> {
 
 /// `ml list --watch`: the table again after every change of a job the caller
 /// sees (read from the list with `after_seq`, so it includes that change).
+/// The first table is read once the subscription stands, so no change falls
+/// between the two.
 pub async fn list_live(ctx: &Ctx, mut q: ListJobsQuery) -> Result<()> {
     let mut last: Option<u64> = None;
     let mut lost_since: Option<tokio::time::Instant> = None;
+    let mut drawn = false;
     let redraw = |ctx: &Ctx, answer: &JobsAnswer| -> Result<()> {
         if ctx.out.json {
             return ctx.out.json_line(answer);
@@ -492,7 +495,6 @@ pub async fn list_live(ctx: &Ctx, mut q: ListJobsQuery) -> Result<()> {
         println!("{}", ctx.out.paint(&format!("{} (Ctrl-C to stop)", output::time(chrono::Utc::now())), DIM));
         super::jobs::print_list(ctx, answer)
     };
-    redraw(ctx, &super::jobs::fetch_list(ctx, q.clone(), false).await?)?;
     loop {
         let mut ws = match ctx.api.websocket().await {
             Ok(ws) => ws,
@@ -524,23 +526,28 @@ pub async fn list_live(ctx: &Ctx, mut q: ListJobsQuery) -> Result<()> {
                     changed = false;
                 }
                 Err(_) => {}
-                Ok(Some(Ok(Message::Text(t)))) => {
-                    if let Ok(StreamFrame::Message { seq, .. }) = serde_json::from_str::<StreamFrame>(&t)
-                        && last.is_none_or(|l| seq > l)
-                    {
+                Ok(Some(Ok(Message::Text(t)))) => match serde_json::from_str::<StreamFrame>(&t) {
+                    Ok(StreamFrame::Subscribed { .. }) if !drawn => {
+                        redraw(ctx, &super::jobs::fetch_list(ctx, q.clone(), false).await?)?;
+                        drawn = true;
+                    }
+                    Ok(StreamFrame::Message { seq, .. }) if last.is_none_or(|l| seq > l) => {
                         last = Some(seq);
                         changed = true;
                     }
-                }
+                    Ok(StreamFrame::Error { code, message, .. }) => {
+                        let detail = fetchml_api_types::ErrorDetail { code, field: None, message };
+                        return Err(CliError::Api { status: 400, detail, hint: None });
+                    }
+                    _ => {}
+                },
                 Ok(Some(Ok(Message::Close(c)))) if c.as_ref().is_some_and(|c| u16::from(c.code) == 4001) => {
                     return Err(CliError::NotLoggedIn("the api ended this session; log in again: ml login".into()));
                 }
                 Ok(Some(Ok(_))) => {}
                 Ok(None | Some(Err(_))) => {
                     lost_since = Some(tokio::time::Instant::now());
-                    if !ctx.out.json {
-                        eprintln!("{}", ctx.out.err_paint("stream lost; reconnecting", BOLD));
-                    }
+                    eprintln!("ml: {}", ctx.out.err_paint("stream lost; reconnecting", BOLD));
                     break;
                 }
             }
