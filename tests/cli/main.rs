@@ -375,6 +375,10 @@ async fn an_analyst_cancelling_is_told_it_is_forbidden() {
     // The owner may; twice is refused as a conflict.
     let cancelled = alice.run(&["cancel", "--json", &id]).await.ok().json();
     assert_eq!(cancelled[0]["id"], id.as_str());
+    // An analyst may watch it (events and metrics, no logs): cancelled is 9.
+    let watched = ana.run(&["watch", &id]).await;
+    assert_eq!(watched.code, 9, "{watched:?}");
+    assert!(watched.stdout.contains("job_cancelled"), "{watched:?}");
     let again = alice.run(&["cancel", &id]).await;
     assert_eq!(again.code, 6, "{again:?}");
     assert!(again.stderr.contains("job_terminal"), "{again:?}");
