@@ -422,9 +422,12 @@ fn print_log(out: &Out, line: &LogLine) -> Result<()> {
 
 /// Reads NDJSON log lines as they come.
 async fn read_logs(ctx: &Ctx, path: &str, q: &LogsQuery, mut each: impl FnMut(LogLine) -> Result<()>) -> Result<()> {
-    let mut resp = ctx.api.stream(path, q).await?;
+    use http_body_util::BodyExt as _;
+    let mut body = ctx.api.stream(path, q).await?;
     let mut buf: Vec<u8> = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(|e| ctx.api.transport(e))? {
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ctx.api.transport(&e))?;
+        let Ok(chunk) = frame.into_data() else { continue };
         buf.extend_from_slice(&chunk);
         while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
             let raw: Vec<u8> = buf.drain(..=pos).collect();

@@ -222,7 +222,9 @@ async fn follow(view: &View<'_>, target: &StreamTarget, jobs: &mut [Watched]) ->
         let ws = match view.ctx.api.websocket().await {
             Ok(ws) => ws,
             // Before the first connection, or for a refusal: say so at once.
-            Err(e) if lost_since.is_none() || !matches!(e, CliError::Unreachable { .. }) => return Err(e),
+            // Once connected, an api away or restarting (unreachable, 5xx)
+            // is tried again for a while.
+            Err(e) if lost_since.is_none() || !retryable(&e) => return Err(e),
             Err(e) => {
                 if lost_since.is_some_and(|t| t.elapsed() > RECONNECT_FOR) {
                     return Err(e);
@@ -246,6 +248,10 @@ async fn follow(view: &View<'_>, target: &StreamTarget, jobs: &mut [Watched]) ->
             }
         }
     }
+}
+
+fn retryable(e: &CliError) -> bool {
+    matches!(e, CliError::Unreachable { .. }) || matches!(e, CliError::Api { status, .. } if *status >= 500)
 }
 
 enum Ended {
