@@ -547,8 +547,13 @@ async fn workers_pools_completions_man_and_help() {
     assert_eq!(list.items[0]["pool"], "default");
     let table = ml.run(&["workers"]).await.ok();
     assert!(table.stdout.contains("default") && table.stdout.contains("/4"), "{table:?}");
-    let history = ml.run(&["workers", "--history"]).await.ok();
-    assert!(history.stdout.contains("STATE"), "{history:?}");
+    // The recorded fleet is read from the read model: it follows the log.
+    let history = fetchml_tests::eventually(std::time::Duration::from_secs(30), || async {
+        let r = ml.run(&["workers", "--history"]).await.ok();
+        r.stdout.contains("running").then_some(r)
+    })
+    .await;
+    assert!(history.stdout.contains("STATE") && history.stdout.contains("default"), "{history:?}");
 
     // A job no worker serves waits in its pool.
     ml.queue(&["--pool", "nowhere", "--priority", "7", "--executor", "noop", "--", "x"]).await;
