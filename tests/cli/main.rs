@@ -68,7 +68,12 @@ async fn a_job_is_queued_waited_for_and_read_back_in_human_and_json_mode() {
     let followed = ml.run(&["logs", "-f", &id]).await.ok();
     assert_eq!(followed.stdout.trim(), "hello-from-the-job");
 
-    let items = ml.list_until(&["--experiment", "cli-e1"], |items| items.iter().any(|i| i["id"] == id.as_str())).await;
+    // The list is read from the read model: await the job's last state there.
+    let items = ml
+        .list_until(&["--experiment", "cli-e1", "--state", "succeeded"], |items| {
+            items.iter().any(|i| i["id"] == id.as_str())
+        })
+        .await;
     assert_eq!(items.len(), 1);
     let table = ml.run(&["list", "--state", "succeeded"]).await.ok();
     assert!(table.stdout.starts_with("ID"), "{}", table.stdout);
