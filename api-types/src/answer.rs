@@ -22,6 +22,15 @@ pub struct Submitted {
     pub seq: u64,
 }
 
+/// 200 to `POST /v1/jobs?dry_run=true`: the spec is valid; this is the job
+/// it would queue (normalized, defaults filled in). Nothing was stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DryRun {
+    /// Always `true`: nothing was queued.
+    pub dry_run: bool,
+    pub spec: JobSpec,
+}
+
 /// One job of a batch: stored, or (NATS failed mid-batch) not.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(untagged)]

@@ -14,12 +14,16 @@
 //! The read models' rows (job lists, experiments, worker history) are built by
 //! Postgres and pass through the api as JSON; [`JobRow`], [`Experiment`] and
 //! [`Worker`] describe them, and a client can read them into these types.
+//!
+//! The WebSocket protocol (`GET /v1/stream`) as a client sees it is in
+//! [`StreamRequest`] and [`StreamFrame`].
 
 mod answer;
 mod audit_chain;
 mod error;
 mod query;
 mod request;
+mod stream;
 mod trail;
 
 pub use answer::*;
@@ -27,4 +31,5 @@ pub use audit_chain::*;
 pub use error::*;
 pub use query::*;
 pub use request::*;
+pub use stream::*;
 pub use trail::*;

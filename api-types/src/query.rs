@@ -88,3 +88,13 @@ pub struct LogsQuery {
     /// The first stream sequence wanted (resume with the last seen + 1).
     pub from_seq: Option<u64>,
 }
+
+/// `POST /v1/jobs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SubmitQuery {
+    /// `true`: validate and normalize the spec as a submit would, and answer
+    /// 200 with it; nothing is stored and no job is queued.
+    pub dry_run: Option<bool>,
+}

@@ -14,7 +14,8 @@ pub struct TestApp {
     /// A client that authenticates as `alice` (a researcher).
     pub http: reqwest::Client,
     pub settings: Settings,
-    _stop: tokio::sync::oneshot::Sender<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    served: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     pub db: Option<crate::TestDatabase>,
 }
 
@@ -94,16 +95,49 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     let db = crate::fresh_database();
     settings.postgres.url = db.url.clone();
     tune(&mut settings);
-    let app = fetchml_api::Application::build(settings.clone()).await.expect("api builds");
+    let (addr, stop, served) = serve(settings.clone()).await;
+    TestApp {
+        addr,
+        http: client_with_key(&key_of("alice")),
+        settings,
+        stop: Some(stop),
+        served: Some(served),
+        db: Some(db),
+    }
+}
+
+type Served = (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<anyhow::Result<()>>);
+
+/// Builds the api and serves it until the returned sender fires (or drops).
+async fn serve(settings: Settings) -> Served {
+    let app = fetchml_api::Application::build(settings).await.expect("api builds");
     let addr = app.local_addr();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    tokio::spawn(app.run_until_stopped(async move {
+    let served = tokio::spawn(app.run_until_stopped(async move {
         let _ = rx.await;
     }));
-    TestApp { addr, http: client_with_key(&key_of("alice")), settings, _stop: tx, db: Some(db) }
+    (addr, tx, served)
 }
 
 impl TestApp {
+    /// Stops the api (it closes its WebSockets with 1001 and drains) and
+    /// starts it again on the same address, namespace and database: for
+    /// clients that must survive a dropped connection.
+    pub async fn restart(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(served) = self.served.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), served).await;
+        }
+        let mut settings = self.settings.clone();
+        settings.api.listen = self.addr.to_string();
+        let (addr, stop, served) = serve(settings).await;
+        assert_eq!(addr, self.addr);
+        self.stop = Some(stop);
+        self.served = Some(served);
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
     }
@@ -159,6 +193,14 @@ pub fn fetchml_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().unwrap().parent().unwrap();
     let bin = dir.join("fetchml");
+    assert!(bin.exists(), "{} is missing: run ./deploy/test (it builds the binaries first)", bin.display());
+    bin
+}
+
+/// The built `ml` CLI next to this test's executable.
+pub fn ml_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().unwrap().parent().unwrap().join("ml");
     assert!(bin.exists(), "{} is missing: run ./deploy/test (it builds the binaries first)", bin.display());
     bin
 }

@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fetchml_api_types::ErrorBody;
 use fetchml_api_types::{
-    AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted, DEFAULT_LIST_LIMIT,
+    AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted, DEFAULT_LIST_LIMIT, DryRun,
     EventList, JobAnswer, JobPage, JobSummary, JobView, JobsAnswer, ListJobsQuery, MAX_LIST_LIMIT, ReasonRequest,
-    SortOrder, Submitted,
+    SortOrder, SubmitQuery, Submitted,
 };
 use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec};
 use fetchml_events::text::TextKind;
@@ -65,29 +65,41 @@ pub async fn load(state: &AppState, id: JobId) -> Result<LoadedJob, ApiError> {
 }
 
 /// `POST /v1/jobs`: queue a job. 202 `{"id", "seq"}` once `job_queued` is stored.
+///
+/// With `?dry_run=true`: 200 with the spec as it would be queued, and nothing
+/// stored (the CLI's `ml queue --dry-run`), after the same checks a submit
+/// makes before it appends: permission, body, idempotency key, spec.
 #[tracing::instrument(skip_all)]
 #[utoipa::path(post, path = "/v1/jobs", tag = "jobs", security(("bearer" = [])), request_body = JobSpec,
-    params(("Idempotency-Key" = Option<String>, Header, description = "1-200 visible ASCII characters: a retried submit names the same job and stores one event")),
+    params(SubmitQuery, ("Idempotency-Key" = Option<String>, Header, description = "1-200 visible ASCII characters: a retried submit names the same job and stores one event")),
     responses(
+        (status = 200, description = "`dry_run=true`: the spec is valid; nothing was stored", body = DryRun),
         (status = 202, description = "`job_queued` is stored in the log", body = Submitted),
-        (status = 400, description = "`invalid_body`, `invalid_idempotency_key`", body = ErrorBody),
+        (status = 400, description = "`invalid_body`, `invalid_idempotency_key`, `invalid_parameter`, `unknown_parameter`", body = ErrorBody),
         (status = 403, description = "`forbidden`: no `jobs:create`", body = ErrorBody),
         (status = 422, description = "The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `invalid_secret_name`, `duplicate_secret`, `secret_in_env`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused`", body = ErrorBody),
     ))]
 pub async fn submit(
     State(state): State<AppState>,
     caller: Caller,
+    Params(q): Params<SubmitQuery>,
     headers: HeaderMap,
     body: Bytes,
-) -> Result<(StatusCode, Json<Submitted>), ApiError> {
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
     state.auth.require(&caller, "jobs:create", "jobs")?;
     let mut spec: JobSpec = super::body::json_object(&body, "a job spec")?;
     spec.normalize();
     state.credential_rules.check(&spec).map_err(ApiError::InvalidSpec)?;
     let key = idempotency_key(&headers)?.map(|key| Idempotent { digest: request_digest(&spec), key });
+    if q.dry_run == Some(true) {
+        // The checks `decide` would make on a new job; nothing is appended.
+        spec.validate().map_err(ApiError::InvalidSpec)?;
+        return Ok((StatusCode::OK, Json(DryRun { dry_run: true, spec })).into_response());
+    }
     let (id, done) = queue(&state, caller.name(), spec, key).await;
     let done = done?;
-    Ok((StatusCode::ACCEPTED, Json(Submitted { duplicate: done.duplicate, id, seq: done.seq })))
+    Ok((StatusCode::ACCEPTED, Json(Submitted { duplicate: done.duplicate, id, seq: done.seq })).into_response())
 }
 
 /// An idempotent request: the client's key and a digest of what it asked.
