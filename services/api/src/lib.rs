@@ -53,6 +53,8 @@ pub struct AppState {
     pub metrics: Option<std::sync::Arc<metrics::Scrapes>>,
     /// The reference page's renderer, read once at start (`None`: /docs is 404).
     pub docs_bundle: Option<bytes::Bytes>,
+    /// The built web dashboard, read once at start (`None`: `/` is 404).
+    pub(crate) dashboard: Option<routes::ui::Dashboard>,
 }
 
 /// The router, a plain function of the state (tests build it without a socket).
@@ -153,6 +155,7 @@ impl Application {
             shutdown: stop.clone(),
             metrics: settings.api.metrics.then(Default::default),
             docs_bundle: routes::docs::load_bundle(&settings.api.docs_bundle),
+            dashboard: routes::ui::Dashboard::load_or_warn(&settings.api.ui_dir),
         };
         Ok(Self { listener, state, settings, stop })
     }

@@ -5,10 +5,10 @@ mod experiments;
 mod health;
 pub(crate) mod jobs;
 pub(crate) mod openapi;
+pub(crate) mod ui;
 mod workers;
 
 use crate::AppState;
-use crate::error::ApiError;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -22,6 +22,7 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(crate::metrics::serve))
+        .route("/", get(ui::index))
         .route("/docs", get(docs::page))
         .route("/docs/redoc.standalone.js", get(docs::bundle))
         .route("/v1/auth/login", post(auth::login))
@@ -39,7 +40,9 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/workers", get(workers::list))
         .route("/v1/stream", get(crate::stream::upgrade))
         .route("/v1/openapi.json", get(openapi::serve))
-        .fallback(|| async { ApiError::NotFound("route_not_found") })
+        // The dashboard's files and client-side routes; the api's own
+        // prefixes still answer 404 route_not_found (see ui::fallback).
+        .fallback(ui::fallback)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)));
     // Request metrics outside the hygiene layers, so they count the 504s of
