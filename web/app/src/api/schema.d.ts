@@ -2526,6 +2526,8 @@ export interface operations {
                 Upgrade: string;
                 /** @description `13` */
                 "Sec-WebSocket-Version": string;
+                /** @description For browsers, which cannot set `Authorization` on a WebSocket: `fetchml.v1, fetchml.bearer.<session token>` (a token from `POST /v1/auth/login`, not an API key), used only when `Authorization` is absent; the server selects `fetchml.v1` */
+                "Sec-WebSocket-Protocol"?: string | null;
             };
             path?: never;
             cookie?: never;
