@@ -1,6 +1,6 @@
 import { useEffect, useMemo, useState } from 'preact/hooks';
 import { LocationProvider, Router, Route, useLocation } from 'preact-iso';
-import { ApiError, explain, loadSession, request, saveSession, setOnUnauthenticated, type Session } from './api/client';
+import { ApiError, abortInflight, explain, loadSession, request, saveSession, setOnUnauthenticated, type Session } from './api/client';
 import type { Whoami } from './api/types';
 import { SessionContext, abilities, type Ctx } from './lib/session';
 import { StreamClient, streamUrl, type StreamStatus } from './lib/stream';
@@ -20,6 +20,7 @@ export function App() {
 
   const signOut = async (revoke = true) => {
     const s = loadSession();
+    abortInflight();
     saveSession(null);
     setSession(null);
     setMe(null);

@@ -33,6 +33,14 @@ export class ApiError extends Error {
   }
 }
 
+// Every request in flight with the session's token, so that signing out can
+// stop them before the token is revoked (they would come back 401 otherwise).
+let inflight = new AbortController();
+export function abortInflight() {
+  inflight.abort();
+  inflight = new AbortController();
+}
+
 let onUnauthenticated: () => void = () => {};
 /** Called when a request answers 401 (the session expired or was revoked). */
 export function setOnUnauthenticated(f: () => void) {
@@ -53,7 +61,7 @@ export async function request<T>(
       method: init.method ?? 'GET',
       headers,
       body: init.body === undefined ? undefined : JSON.stringify(init.body),
-      signal: init.signal,
+      signal: init.signal ? AbortSignal.any([init.signal, inflight.signal]) : inflight.signal,
       credentials: 'omit',
     });
   } catch (e) {

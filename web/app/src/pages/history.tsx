@@ -1,7 +1,7 @@
 import { useEffect, useRef, useState } from 'preact/hooks';
 import { useLocation } from 'preact-iso';
 import { explain, qs, request } from '../api/client';
-import type { AsOfPage, EventList, JobPage, ListedJob, Ready, StoredEvent } from '../api/types';
+import type { AsOfPage, JobPage, ListedJob, Ready, StoredEvent } from '../api/types';
 import { JOB_STATES } from '../api/types';
 import { Empty, ErrorBox, StateBadge } from '../components/bits';
 import { count, shortId, when } from '../lib/format';
@@ -84,13 +84,18 @@ export function HistoryPage() {
     };
   }, [pointKey]);
 
-  // The chosen job's history (cut at the point when drawn).
+  // The chosen job's history, cut at the point when drawn. Read from the
+  // stream (replayed from the beginning): it serves every role, redacted for
+  // analysts, where GET /v1/jobs/{id}/events is for full readers only.
   useEffect(() => {
-    if (!hs.job) return setEvents([]);
-    request<EventList>(`/v1/jobs/${hs.job}/events`)
-      .then((l) => setEvents(l.items as (StoredEvent & { seq: number })[]))
-      .catch((e) => setError(explain(e)));
-  }, [hs.job, pointKey]);
+    setEvents([]);
+    if (!hs.job) return;
+    return stream.subscribe(
+      { stream: 'events', target: { job: hs.job }, from: 'beginning' },
+      (batch) => setEvents((ev) => [...ev, ...batch.map((m) => ({ ...(m.data as unknown as StoredEvent), seq: m.seq }))]),
+      (_code, message) => setError(message),
+    );
+  }, [hs.job]);
 
   const position = hs.point.kind === 'seq' ? hs.point.seq : (asOfSeq ?? last);
   const positionRef = useRef(position);
