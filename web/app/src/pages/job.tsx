@@ -290,10 +290,13 @@ function quote(a: string): string {
   return /^[\w@%+=:,./-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`;
 }
 
-function actorName(a: unknown): string | null {
+/** `{"kind": "user", "name": …}`, `{"kind": "worker", "id": …}`, `{"kind": "system", "component": …}`. */
+export function actorName(a: unknown): string | null {
   if (!a || typeof a !== 'object') return null;
   const o = a as Record<string, unknown>;
-  for (const k of ['user', 'worker', 'system', 'name']) if (typeof o[k] === 'string') return `${k === 'user' ? '' : `${k} `}${o[k]}`;
+  if (typeof o.name === 'string') return o.name;
+  if (typeof o.id === 'string') return `worker ${o.id}`;
+  if (typeof o.component === 'string') return `fetchml ${o.component}`;
   return typeof o.kind === 'string' ? o.kind : null;
 }
 
