@@ -279,6 +279,59 @@ const scenarios = {
   },
 };
 
+// Measurements (tests/browser/main.rs, ignored by default; BENCHMARKS.md).
+scenarios.perf = async function perf() {
+  const { page, close } = await open();
+  await signIn(page, 'root');
+  const firstPaint = [];
+  // The session is in sessionStorage: each reload is a cold start of the app
+  // (the HTTP cache keeps the hashed assets, as in a returning visitor's browser).
+  for (let i = 0; i < 5; i++) {
+    await page.goto(`${BASE}/jobs`);
+    await page.waitForSelector('[data-testid=jobs-table] tbody tr', { timeout: WAIT });
+    await page.waitForFunction(() => performance.getEntriesByName('fetchml:jobs-rows').length > 0, null, { timeout: WAIT });
+    firstPaint.push(await page.evaluate(() => performance.getEntriesByName('fetchml:jobs-rows')[0].startTime));
+  }
+  result({ firstUsefulPaintMs: firstPaint });
+  // Frame times while the api appends 1000 job events per second (100 queued
+  // jobs every 100 ms, over HTTP), the page following them live.
+  await page.evaluate(() => {
+    window.__frames = [];
+    let last = performance.now();
+    const tick = (t) => {
+      window.__frames.push(t - last);
+      last = t;
+      if (!window.__stop) requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  });
+  const seconds = Number(process.env.FETCHML_PERF_SECONDS || 10);
+  const started = Date.now();
+  let sent = 0;
+  for (let i = 0; i < seconds * 10; i++) {
+    const jobs = Array.from({ length: 100 }, () => ({ command: ['true'], pool: 'perf' }));
+    await api('/v1/jobs/batch', KEYS.root, { jobs });
+    sent += 100;
+    const due = started + (i + 1) * 100;
+    if (Date.now() < due) await new Promise((r) => setTimeout(r, due - Date.now()));
+  }
+  const elapsed = (Date.now() - started) / 1000;
+  const frames = await page.evaluate(() => {
+    window.__stop = true;
+    return window.__frames.slice(5);
+  });
+  frames.sort((a, b) => a - b);
+  const q = (p) => frames[Math.min(frames.length - 1, Math.floor(p * frames.length))];
+  result({
+    eventsPerSecond: Math.round(sent / elapsed),
+    frames: frames.length,
+    frameMsP50: q(0.5),
+    frameMsP99: q(0.99),
+    frameMsMax: frames[frames.length - 1],
+  });
+  await close();
+};
+
 const name = process.argv[2];
 const run = scenarios[name];
 if (!run) {

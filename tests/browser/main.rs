@@ -219,3 +219,41 @@ async fn without_a_build_the_api_starts_and_says_the_dashboard_is_unavailable() 
     let (s, _) = app.submit(json!({"command": ["true"]})).await;
     assert_eq!(s, 202);
 }
+
+/// Not a pass/fail test (timing goals belong to measurements): fills the read
+/// model with 100 000 jobs, then measures the jobs page's first useful paint
+/// and its frame times under 1 000 job events/s. Run by hand:
+/// `./deploy/test -p fetchml-tests --test browser -- --ignored --nocapture measure`
+/// (figures in BENCHMARKS.md; `FETCHML_PERF_JOBS` changes the count).
+#[tokio::test]
+#[ignore]
+async fn measure_the_jobs_page_with_100k_jobs() {
+    let app = dashboard_app().await;
+    let jobs: usize = std::env::var("FETCHML_PERF_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let admin = app.as_user("root");
+    let started = std::time::Instant::now();
+    let mut last_seq = 0;
+    for chunk in 0..jobs.div_ceil(1000) {
+        let n = (jobs - chunk * 1000).min(1000);
+        let specs: Vec<Value> =
+            (0..n).map(|i| json!({"command": ["true"], "experiment": format!("perf-{}", i % 20)})).collect();
+        let r = admin.post(app.url("/v1/jobs/batch")).json(&json!({"jobs": specs})).send().await.unwrap();
+        assert_eq!(r.status(), 202);
+        let b: Value = r.json().await.unwrap();
+        last_seq = b["jobs"].as_array().unwrap().iter().filter_map(|j| j["seq"].as_u64()).max().unwrap_or(last_seq);
+    }
+    let submitted = started.elapsed();
+    // The read model holds them all (after_seq waits at most 5 s per call).
+    fetchml_tests::eventually(Duration::from_secs(600), || async {
+        let r = admin.get(app.url(&format!("/v1/jobs?limit=1&after_seq={last_seq}"))).send().await.unwrap();
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    println!("{jobs} jobs submitted in {submitted:?}, projected after {:?}", started.elapsed());
+    let results = scenario(&app, "perf", &[]).await;
+    for r in &results {
+        println!("{r}");
+    }
+    let out = repo_root().join("target/browser-screenshots/perf.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+}
