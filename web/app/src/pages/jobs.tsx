@@ -1,4 +1,5 @@
-import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { memo } from 'preact/compat';
+import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { useLocation } from 'preact-iso';
 import { explain, qs, request } from '../api/client';
 import type { JobPage as Page, JobStatus, Ready, StreamMessage } from '../api/types';
@@ -10,8 +11,9 @@ import { countByState, fromItems, appendItems, reduce, type Filters, type JobsSt
 import { useSession } from '../lib/session';
 
 const PAGE = 50;
-/** Rows kept on the page: live additions beyond it drop the oldest. */
-const MAX_ROWS = 2000;
+/** Rows kept while following live: new jobs go on top and push the oldest
+ *  rows out (render cost stays flat at a thousand events a second). */
+const LIVE_ROWS = 250;
 
 function filtersFrom(q: Record<string, string>): Filters {
   return {
@@ -48,6 +50,9 @@ export function JobsPage() {
   const [error, setError] = useState<string | null>(null);
   const [selected, setSelected] = useState<Set<string>>(new Set());
   const [reload, setReload] = useState(0);
+  // Older rows were pushed out by new ones: paging on from the old cursor
+  // would skip them, so the page offers a fresh load instead.
+  const [trimmed, setTrimmed] = useState(false);
   const tableRef = useRef<HTMLTableElement>(null);
 
   useEffect(() => {
@@ -59,11 +64,17 @@ export function JobsPage() {
         buffered.push(...batch);
         return;
       }
-      setJobs((s) => cap(reduce(s, batch, filters, true)));
+      setJobs((s) => {
+        const out = reduce(s, batch, filters, true);
+        if (out.order.length <= Math.max(LIVE_ROWS, s.order.length)) return out;
+        setTrimmed(true);
+        return cap(out, Math.max(LIVE_ROWS, s.order.length));
+      });
     };
     let unsubs: (() => void)[] = [];
     setLoading(true);
     setError(null);
+    setTrimmed(false);
     (async () => {
       try {
         // The log's position first, then the list that includes it, then the
@@ -126,13 +137,16 @@ export function JobsPage() {
     loc.route(`/jobs${qs(q)}`, true);
   };
 
-  const toggle = (id: string) =>
-    setSelected((s) => {
-      const n = new Set(s);
-      if (n.has(id)) n.delete(id);
-      else n.add(id);
-      return n;
-    });
+  const toggle = useCallback(
+    (id: string) =>
+      setSelected((s) => {
+        const n = new Set(s);
+        if (n.has(id)) n.delete(id);
+        else n.add(id);
+        return n;
+      }),
+    [],
+  );
 
   // j/k or arrows move between rows, x toggles the selection, Enter opens.
   const onKey = (e: KeyboardEvent) => {
@@ -255,17 +269,34 @@ export function JobsPage() {
           </table>
         </div>
       )}
-      {next && (
-        <button type="button" onClick={more} data-testid="more">
-          Load more
-        </button>
+      {trimmed ? (
+        <p class="muted">
+          Older rows made room for new jobs.{' '}
+          <button type="button" onClick={() => setReload((n) => n + 1)}>
+            Reload the list
+          </button>{' '}
+          to page through all of them.
+        </p>
+      ) : (
+        next && (
+          <button type="button" onClick={more} data-testid="more">
+            Load more
+          </button>
+        )
       )}
       <p class="muted small">Keys: j/k or arrows move, Enter opens, x selects.</p>
     </section>
   );
 }
 
-function JobLine(props: { r: Row; full: boolean; selectable: boolean; selected: boolean; toggle: (id: string) => void }) {
+// Memoized: a batch of events re-renders only the rows it changed.
+const JobLine = memo(function JobLine(props: {
+  r: Row;
+  full: boolean;
+  selectable: boolean;
+  selected: boolean;
+  toggle: (id: string) => void;
+}) {
   const { r } = props;
   const owner = (r as { owner?: string | null }).owner;
   return (
@@ -300,7 +331,7 @@ function JobLine(props: { r: Row; full: boolean; selectable: boolean; selected: 
       <td class="num">{runTime((r as { started_at?: string | null }).started_at, (r as { finished_at?: string | null }).finished_at)}</td>
     </tr>
   );
-}
+});
 
 function TextFilter(props: { label: string; value: string | undefined; onSet: (v: string) => void; placeholder?: string }) {
   const [v, setV] = useState(props.value ?? '');
@@ -320,9 +351,9 @@ function TextFilter(props: { label: string; value: string | undefined; onSet: (v
   );
 }
 
-function cap(s: JobsState): JobsState {
-  if (s.order.length <= MAX_ROWS) return s;
-  const order = s.order.slice(0, MAX_ROWS);
+function cap(s: JobsState, max: number): JobsState {
+  if (s.order.length <= max) return s;
+  const order = s.order.slice(0, max);
   const byId: Record<string, Row> = {};
   for (const id of order) byId[id] = s.byId[id];
   return { order, byId };
