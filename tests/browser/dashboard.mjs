@@ -178,6 +178,8 @@ const scenarios = {
     // Back on the list, without a reload, the row says succeeded.
     await page.goBack();
     await page.waitForSelector(`${row}[data-state=succeeded]`, { timeout: WAIT });
+    // The counts by state follow (GET /v1/jobs/counts, refreshed on events).
+    await page.waitForSelector('[data-count=succeeded]', { timeout: WAIT });
     result({ succeededInList: id });
     // A phone-sized view of the same list.
     await page.setViewportSize({ width: 390, height: 844 });

@@ -257,3 +257,41 @@ async fn measure_the_jobs_page_with_100k_jobs() {
     let out = repo_root().join("target/browser-screenshots/perf.json");
     std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
 }
+
+/// `GET /v1/jobs/counts`, which the job list's counts by state come from:
+/// each role counts what its model holds, with the list's filters.
+#[tokio::test]
+async fn counts_by_state_follow_the_callers_model_and_filters() {
+    let app = dashboard_app().await;
+    let mut last = 0;
+    for (user, experiment) in [("alice", "c1"), ("alice", "c2"), ("bob", "c1")] {
+        let r =
+            app.as_user(user).post(app.url("/v1/jobs")).json(&json!({"command": ["true"], "experiment": experiment}));
+        let b: Value = r.send().await.unwrap().json().await.unwrap();
+        last = last.max(b["seq"].as_u64().unwrap());
+    }
+    let counts = |user: &'static str, query: String| {
+        let c = app.as_user(user);
+        let url = app.url(&format!("/v1/jobs/counts?after_seq={last}{query}"));
+        async move {
+            let r = c.get(url).send().await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+    // No worker runs: every job waits.
+    let (s, alice) = counts("alice", String::new()).await;
+    assert_eq!(s, 200, "{alice}");
+    assert_eq!((alice["by_state"]["queued"].as_u64(), alice["total"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(alice["by_state"]["succeeded"], 0, "every state is named");
+    let (_, root) = counts("root", String::new()).await;
+    assert_eq!(root["total"], 3);
+    let (_, ana) = counts("ana", "&experiment=c1".into()).await;
+    assert_eq!(ana["total"], 2);
+    let (_, root_c1) = counts("root", "&owner=bob".into()).await;
+    assert_eq!(root_c1["total"], 1);
+    // An analyst sees no owners, so may not count by one either.
+    let (s, _) = counts("ana", "&owner=bob".into()).await;
+    assert_eq!(s, 403);
+    let (s, b) = counts("alice", "&state=queued".into()).await;
+    assert_eq!((s, b["error"]["code"].as_str()), (400, Some("unknown_parameter")));
+}

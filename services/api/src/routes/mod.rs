@@ -30,6 +30,7 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/auth/whoami", get(auth::whoami))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/counts", get(jobs::counts))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/logs", get(crate::stream::logs::job_logs))

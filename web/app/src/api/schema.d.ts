@@ -138,6 +138,26 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/jobs/counts": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /v1/jobs/counts`: the caller's jobs by state, with the list's filters
+         *     (the job list's "counts by state"; one grouped count in the read model).
+         */
+        get: operations["counts"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/jobs/batch": {
         parameters: {
             query?: never;
@@ -497,6 +517,27 @@ export interface components {
          *     A summary has no `spec`, a full view has no top-level `pool`.
          */
         JobAnswer: components["schemas"]["JobView"] | components["schemas"]["JobSummary"];
+        /** @description `GET /v1/jobs/counts`: the caller's jobs (in their read model) by state. */
+        JobCounts: {
+            /**
+             * @description Every job state (`queued`, `running`, ...), 0 included.
+             * @example {
+             *       "cancelled": 0,
+             *       "dead_lettered": 1,
+             *       "failed": 2,
+             *       "queued": 3,
+             *       "retry_scheduled": 0,
+             *       "running": 1,
+             *       "succeeded": 40,
+             *       "timed_out": 0
+             *     }
+             */
+            by_state: {
+                [key: string]: number;
+            };
+            /** Format: int64 */
+            total: number;
+        };
         /**
          * Format: uuid
          * @description Identifies one job for its whole life, across attempts.
@@ -1568,6 +1609,108 @@ export interface operations {
                 };
             };
             /** @description `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    counts: {
+        parameters: {
+            query?: {
+                /** @description Only this user's jobs (not for roles that see no owners: 403). */
+                owner?: string;
+                pool?: string;
+                experiment?: string;
+                /**
+                 * @description `key=value`: jobs with this tag.
+                 * @example team=vision
+                 */
+                tag?: string;
+                /** @description RFC 3339; inclusive. */
+                created_after?: string;
+                /** @description RFC 3339; exclusive. */
+                created_before?: string;
+                /**
+                 * @description Wait (at most 5 s) until the counts include the write that answered
+                 *     `seq: N`; 503 `not_caught_up` otherwise.
+                 */
+                after_seq?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Jobs by state in the caller's read model */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["JobCounts"];
+                };
+            };
+            /** @description `invalid_parameter`, `unknown_parameter`, `text_invalid_character`, `text_too_long`, `text_empty`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` (also: `owner` by a role that sees no owners) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `read_model_unavailable` (Postgres), `not_caught_up` (`after_seq`), `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
             503: {
                 headers: {
                     [name: string]: unknown;

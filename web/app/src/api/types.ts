@@ -9,6 +9,7 @@ export type JobStatus = S['JobStatus'];
 export type FailureClass = S['FailureClass'];
 export type JobRow = S['JobRow'];
 export type JobPage = S['JobPage'];
+export type JobCounts = S['JobCounts'];
 export type AsOfJob = S['AsOfJob'];
 export type AsOfPage = S['AsOfPage'];
 export type JobsAnswer = S['JobsAnswer'];

@@ -2,7 +2,7 @@ import { memo } from 'preact/compat';
 import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { useLocation } from 'preact-iso';
 import { explain, qs, request } from '../api/client';
-import type { JobPage as Page, JobStatus, Ready, StreamMessage } from '../api/types';
+import type { JobCounts, JobPage as Page, JobStatus, Ready, StreamMessage } from '../api/types';
 import { JOB_STATES, RETRYABLE, TERMINAL } from '../api/types';
 import { BulkBar, type Action } from '../components/bulk';
 import { Empty, ErrorBox, ProgressBar, StateBadge } from '../components/bits';
@@ -54,12 +54,33 @@ export function JobsPage() {
   // would skip them, so the page offers a fresh load instead.
   const [trimmed, setTrimmed] = useState(false);
   const tableRef = useRef<HTMLTableElement>(null);
+  const [counts, setCounts] = useState<JobCounts | null>(null);
+  const countsDirty = useRef(false);
+
+  // Counts by state of every job the filters select (not only the rows
+  // loaded), from the read model; refreshed at most every 2 s while events arrive.
+  useEffect(() => {
+    const { state: _state, ...rest } = filters;
+    const load = () =>
+      request<JobCounts>(`/v1/jobs/counts${qs(rest)}`)
+        .then(setCounts)
+        .catch(() => setCounts(null));
+    countsDirty.current = false;
+    void load();
+    const t = setInterval(() => {
+      if (!countsDirty.current) return;
+      countsDirty.current = false;
+      void load();
+    }, 2000);
+    return () => clearInterval(t);
+  }, [key, reload]);
 
   useEffect(() => {
     let cancelled = false;
     const buffered: StreamMessage[] = [];
     let loaded = false;
     const apply = (batch: StreamMessage[]) => {
+      if (batch.some((m) => m.stream === 'events')) countsDirty.current = true;
       if (!loaded) {
         buffered.push(...batch);
         return;
@@ -127,7 +148,8 @@ export function JobsPage() {
       requestAnimationFrame(() => performance.mark('fetchml:jobs-rows'));
     }
   }, [jobs]);
-  const counts = useMemo(() => countByState(rows), [jobs]);
+  const shownCounts = useMemo(() => countByState(rows), [jobs]);
+  const byState = (s: JobStatus) => (counts ? (counts.by_state[s] ?? 0) : shownCounts[s]);
   const actions: Action[] = [...(can.cancel ? (['cancel'] as const) : []), ...(can.retry ? (['retry'] as const) : [])];
   const selectable = actions.length > 0;
 
@@ -200,15 +222,24 @@ export function JobsPage() {
           />
         </label>
       </form>
-      <ul class="counts" aria-label="jobs by state in this list" data-testid="counts">
-        {JOB_STATES.filter((s) => counts[s] > 0).map((s) => (
+      <ul class="counts" aria-label="jobs by state" data-testid="counts">
+        {JOB_STATES.filter((s) => byState(s) > 0).map((s) => (
           <li key={s}>
-            <button type="button" class="link" onClick={() => setFilter('state', filters.state === s ? '' : s)}>
-              <StateBadge state={s} /> {count(counts[s])}
+            <button
+              type="button"
+              class="link"
+              aria-pressed={filters.state === s}
+              onClick={() => setFilter('state', filters.state === s ? '' : s)}
+              data-count={s}
+            >
+              <StateBadge state={s} /> {count(byState(s))}
             </button>
           </li>
         ))}
-        <li class="muted">{count(rows.length)} shown{next ? ' (more below)' : ''}</li>
+        <li class="muted">
+          {counts ? `${count(counts.total)} jobs, ` : ''}
+          {count(rows.length)} shown{next ? ' (more below)' : ''}
+        </li>
       </ul>
       <ErrorBox error={error} retry={() => setReload((n) => n + 1)} />
       {selectable && (
