@@ -13,15 +13,30 @@ import { DeadLettersPage } from './pages/deadletters';
 import { HistoryPage } from './pages/history';
 import { ThemeToggle } from './components/theme';
 
+const WHOAMI_KEY = 'fetchml.whoami';
+
+function cachedWhoami(s: Session | null): Whoami | null {
+  if (!s) return null;
+  try {
+    const w = JSON.parse(sessionStorage.getItem(WHOAMI_KEY) ?? 'null') as Whoami | null;
+    return w && w.user === s.user ? w : null;
+  } catch {
+    return null;
+  }
+}
+
 export function App() {
   const [session, setSession] = useState<Session | null>(loadSession());
-  const [me, setMe] = useState<Whoami | null>(null);
+  // The last whoami of this session (sessionStorage) renders the pages at
+  // once on a reload; it is refreshed below, and a 401 signs out.
+  const [me, setMe] = useState<Whoami | null>(() => cachedWhoami(session));
   const [error, setError] = useState<string | null>(null);
 
   const signOut = async (revoke = true) => {
     const s = loadSession();
     abortInflight();
     saveSession(null);
+    sessionStorage.removeItem(WHOAMI_KEY);
     setSession(null);
     setMe(null);
     if (revoke && s) {
@@ -40,7 +55,10 @@ export function App() {
   useEffect(() => {
     if (!session) return;
     request<Whoami>('/v1/auth/whoami')
-      .then(setMe)
+      .then((w) => {
+        sessionStorage.setItem(WHOAMI_KEY, JSON.stringify(w));
+        setMe((old) => (old && JSON.stringify(old) === JSON.stringify(w) ? old : w));
+      })
       .catch((e) => {
         if (e instanceof ApiError && e.status === 401) return;
         setError(explain(e));
