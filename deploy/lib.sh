@@ -111,6 +111,37 @@ ensure_docs_assets() {
   (cd "$DOCS_DIR" && npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci in $DOCS_DIR failed"
 }
 
+# Builds the web dashboard (web/app: npm ci from its lockfile, then Vite) into
+# web/app/dist, which the api serves at / (api.ui_dir). Skipped when dist is
+# newer than every source, the lockfile and the api description it is typed from.
+WEB_APP_DIR="$ROOT/web/app"
+ensure_web_app() {
+  local stamp="$WEB_APP_DIR/dist/index.html"
+  if [ -f "$stamp" ] && [ "$WEB_APP_DIR/node_modules/.package-lock.json" -nt "$WEB_APP_DIR/package-lock.json" ] \
+      && [ -z "$(find "$WEB_APP_DIR/src" "$WEB_APP_DIR/index.html" "$WEB_APP_DIR/vite.config.ts" \
+                 "$WEB_APP_DIR/public" "$ROOT/docs/openapi.json" -newer "$stamp" -print -quit)" ]; then
+    return
+  fi
+  if ! command -v npm >/dev/null; then
+    say "npm is missing; installing Debian's nodejs and npm"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+  fi
+  if ! [ "$WEB_APP_DIR/node_modules/.package-lock.json" -nt "$WEB_APP_DIR/package-lock.json" ]; then
+    say "installing the dashboard's toolchain (npm ci in web/app)"
+    (cd "$WEB_APP_DIR" && npm ci --no-audit --no-fund --loglevel=error >&2) || die "npm ci in $WEB_APP_DIR failed"
+  fi
+  say "building the dashboard (web/app/dist)"
+  (cd "$WEB_APP_DIR" && npm run --silent types >&2 && npm run --silent build >&2) || die "building the dashboard failed"
+}
+
+# The browser tests drive Debian's Chromium (never a downloaded browser).
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then return; fi
+  say "installing Debian's chromium for the dashboard's browser tests"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null \
+    || die "cannot install chromium (apt-get install chromium)"
+}
+
 pg_answers() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
 
 # Uses the PostgreSQL that answers on $PG_HOST:$PG_PORT; otherwise installs the

@@ -185,6 +185,15 @@ pub struct JobPage {
     pub next: Option<String>,
 }
 
+/// `GET /v1/jobs/counts`: the caller's jobs (in their read model) by state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobCounts {
+    /// Every job state (`queued`, `running`, ...), 0 included.
+    #[schema(example = json!({"queued": 3, "running": 1, "retry_scheduled": 0, "succeeded": 40, "failed": 2, "cancelled": 0, "timed_out": 0, "dead_lettered": 1}))]
+    pub by_state: BTreeMap<String, u64>,
+    pub total: u64,
+}
+
 /// One job of `GET /v1/jobs?as_of_seq=` (or `as_of=`), folded from the log.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct AsOfJob {

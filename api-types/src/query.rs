@@ -57,6 +57,27 @@ pub struct ListJobsQuery {
     pub as_of: Option<DateTime<Utc>>,
 }
 
+/// `GET /v1/jobs/counts`: the list's filters, without state, order or page.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct CountJobsQuery {
+    /// Only this user's jobs (not for roles that see no owners: 403).
+    pub owner: Option<String>,
+    pub pool: Option<String>,
+    pub experiment: Option<String>,
+    /// `key=value`: jobs with this tag.
+    #[param(example = "team=vision")]
+    pub tag: Option<String>,
+    /// RFC 3339; inclusive.
+    pub created_after: Option<DateTime<Utc>>,
+    /// RFC 3339; exclusive.
+    pub created_before: Option<DateTime<Utc>>,
+    /// Wait (at most 5 s) until the counts include the write that answered
+    /// `seq: N`; 503 `not_caught_up` otherwise.
+    pub after_seq: Option<u64>,
+}
+
 /// The read-your-writes parameter of the reads served by the read models
 /// (`GET /v1/experiments`, `GET /v1/experiments/{name}`).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]

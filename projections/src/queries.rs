@@ -180,6 +180,25 @@ pub async fn list_jobs(
     Ok((items, next))
 }
 
+/// How many jobs of the filter (its `state`, order and page aside) are in
+/// each state, in the caller's model.
+pub async fn count_jobs(pool: &PgPool, scope: &Scope, f: &JobFilter) -> Result<Vec<(String, i64)>, ProjectionError> {
+    let table = match scope {
+        Scope::All => "admin_jobs",
+        Scope::Owners(_) => "researcher_jobs",
+        Scope::Summary => "analyst_jobs",
+    };
+    let mut q: QueryBuilder<Postgres> =
+        QueryBuilder::new(format!("SELECT state, count(*) AS n FROM {table} WHERE true"));
+    if let Scope::Owners(owners) = scope {
+        q.push(" AND owner = ANY(").push_bind(owners.clone()).push(")");
+    }
+    JobFilter { state: None, ..f.clone() }.push_where(&mut q);
+    q.push(" GROUP BY state");
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter().map(|r| Ok((r.try_get::<String, _>("state")?, r.try_get::<i64, _>("n")?))).collect()
+}
+
 const FULL_COLS: &str = "id, created_at, json_build_object(
     'id', id, 'state', state, 'attempt', attempt, 'exit_code', exit_code, 'failure_class', failure_class,
     'reason', reason, 'not_before', not_before, 'owner', owner, 'pool', pool, 'priority', priority, 'labels', labels,

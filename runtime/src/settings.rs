@@ -255,6 +255,11 @@ pub struct ApiSettings {
     /// served with the reference page at `GET /docs`. A relative path is taken
     /// from the working directory. Missing: `/docs` answers 404.
     pub docs_bundle: PathBuf,
+    /// The built dashboard (`web/app/dist`, made by `npm run build` in
+    /// `web/app`; `./deploy/up` and `./deploy/test` build it), served at `/`.
+    /// Read once at start; a relative path is taken from the working directory.
+    /// Missing: the api starts anyway and `/` answers 404 `dashboard_unavailable`.
+    pub ui_dir: PathBuf,
     /// A request must have its answer's head within this, else 504
     /// `request_timeout`. Counted from the request's head, reading the body
     /// included, so it must exceed `body_timeout_ms` (a stalled body is then
@@ -333,6 +338,7 @@ impl Default for ApiSettings {
             reconcile_grace_secs: 10,
             metrics: true,
             docs_bundle: PathBuf::from("web/docs/node_modules/redoc/bundles/redoc.standalone.js"),
+            ui_dir: PathBuf::from("web/app/dist"),
             request_timeout_ms: 60_000,
             cors_allowed_origins: Vec::new(),
         }

@@ -581,9 +581,33 @@ fn bearer(parts: &Parts) -> Result<Option<&str>, ApiError> {
     if values.next().is_some() {
         return Err(ApiError::bad_request("ambiguous_credentials", "send one Authorization header, not several"));
     }
-    let Some(v) = first.and_then(|v| v.to_str().ok()) else { return Ok(None) };
+    let Some(v) = first.and_then(|v| v.to_str().ok()) else { return Ok(websocket_session(parts)) };
     let Some((scheme, token)) = v.split_once(' ') else { return Ok(None) };
     Ok(scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty() && t.len() <= 256))
+}
+
+/// The prefix of the WebSocket subprotocol that carries a session token.
+pub const WS_BEARER_PROTOCOL: &str = "fetchml.bearer.";
+
+/// A browser cannot set `Authorization` on a WebSocket: it may offer its
+/// session token as a subprotocol instead, `fetchml.bearer.<fms_token>` next
+/// to `fetchml.v1` (the one the server selects). Only on an upgrade request
+/// without `Authorization`, and only session tokens (short-lived, revocable
+/// by logout), never API keys. Nothing is ambient, so a page of another origin
+/// cannot open a stream on the user's behalf.
+fn websocket_session(parts: &Parts) -> Option<&str> {
+    let upgrade = parts.headers.get(axum::http::header::UPGRADE)?.to_str().ok()?;
+    if !upgrade.eq_ignore_ascii_case("websocket") {
+        return None;
+    }
+    parts
+        .headers
+        .get_all(axum::http::header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix(WS_BEARER_PROTOCOL))
+        .find(|t| t.starts_with("fms_") && t.len() <= 256)
 }
 
 impl FromRequestParts<AppState> for Caller {

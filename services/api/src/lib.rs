@@ -59,6 +59,8 @@ pub struct AppState {
     pub fanout: std::sync::Arc<stream::fanout::Fanout>,
     /// The audit trail's keys (`GET /v1/audit/keys`, verification).
     pub audit: AuditKeys,
+    /// The built web dashboard, read once at start (`None`: `/` is 404).
+    pub(crate) dashboard: Option<routes::ui::Dashboard>,
 }
 
 /// The keys the audit trail is verified with.
@@ -203,6 +205,7 @@ impl Application {
             credential_rules: std::sync::Arc::new(settings.secrets.credential_rules()),
             fanout,
             audit: AuditKeys { keys: audit_keyring, signer_id: signer.as_ref().map(|s| s.id().to_owned()) },
+            dashboard: routes::ui::Dashboard::load_or_warn(&settings.api.ui_dir),
         };
         Ok(Self { listener, state, settings, stop, signer })
     }

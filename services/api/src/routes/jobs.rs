@@ -12,9 +12,9 @@ use axum::http::{HeaderMap, StatusCode};
 use chrono::{DateTime, Utc};
 use fetchml_api_types::ErrorBody;
 use fetchml_api_types::{
-    AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted, DEFAULT_LIST_LIMIT, DryRun,
-    EventList, JobAnswer, JobPage, JobSummary, JobView, JobsAnswer, ListJobsQuery, MAX_LIST_LIMIT, ReasonRequest,
-    SortOrder, SubmitQuery, Submitted,
+    AsOfJob, AsOfPage, BatchAnswer, BatchFailure, BatchItem, BatchRequest, CommandAccepted, CountJobsQuery,
+    DEFAULT_LIST_LIMIT, DryRun, EventList, JobAnswer, JobCounts, JobPage, JobSummary, JobView, JobsAnswer,
+    ListJobsQuery, MAX_LIST_LIMIT, ReasonRequest, SortOrder, SubmitQuery, Submitted,
 };
 use fetchml_events::job::{JobCommand, JobEvent, JobRejection, JobSpec};
 use fetchml_events::text::TextKind;
@@ -462,6 +462,58 @@ pub async fn read_your_writes(state: &AppState, after_seq: Option<u64>) -> Resul
         }
     }
     Ok(())
+}
+
+/// `GET /v1/jobs/counts`: the caller's jobs by state, with the list's filters
+/// (the job list's "counts by state"; one grouped count in the read model).
+#[tracing::instrument(skip_all)]
+#[utoipa::path(get, path = "/v1/jobs/counts", tag = "jobs", security(("bearer" = [])), params(CountJobsQuery), responses(
+    (status = 200, description = "Jobs by state in the caller's read model", body = JobCounts),
+    (status = 400, description = "`invalid_parameter`, `unknown_parameter`, `text_invalid_character`, `text_too_long`, `text_empty`", body = ErrorBody),
+    (status = 403, description = "`forbidden` (also: `owner` by a role that sees no owners)", body = ErrorBody),
+    (status = 503, description = "`read_model_unavailable` (Postgres), `not_caught_up` (`after_seq`), `event_store_unavailable`", body = ErrorBody),
+))]
+pub async fn counts(
+    State(state): State<AppState>,
+    caller: Caller,
+    Params(q): Params<CountJobsQuery>,
+) -> Result<Json<JobCounts>, ApiError> {
+    let Some(scope) = scope_of(&state, &caller) else {
+        return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
+    };
+    if matches!(scope, Scope::Summary) && q.owner.is_some() {
+        return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
+    }
+    let nfc = |s: &str| fetchml_events::text::normalize(s).into_owned();
+    let tag = q
+        .tag
+        .as_deref()
+        .map(|t| {
+            t.split_once('=')
+                .map(|(k, v)| (nfc(k), nfc(v)))
+                .ok_or_else(|| ApiError::bad_request("invalid_parameter", "tag: expected key=value"))
+        })
+        .transpose()?;
+    let filter = JobFilter {
+        owner: q.owner.clone(),
+        pool: q.pool.clone(),
+        experiment: q.experiment.as_deref().map(nfc),
+        tag,
+        created_after: q.created_after,
+        created_before: q.created_before,
+        ..JobFilter::default()
+    };
+    filter.check(&scope)?;
+    read_your_writes(&state, q.after_seq).await?;
+    let rows = state.pg_health.guard(fetchml_projections::queries::count_jobs(&state.pg, &scope, &filter)).await?;
+    const STATES: [&str; 8] =
+        ["queued", "running", "retry_scheduled", "succeeded", "failed", "cancelled", "timed_out", "dead_lettered"];
+    let mut by_state: std::collections::BTreeMap<String, u64> = STATES.iter().map(|s| (s.to_string(), 0)).collect();
+    for (st, n) in rows {
+        by_state.insert(st, u64::try_from(n).unwrap_or(0));
+    }
+    let total = by_state.values().sum();
+    Ok(Json(JobCounts { by_state, total }))
 }
 
 /// `GET /v1/jobs`, from the caller's own read model in Postgres: filters

@@ -7,10 +7,10 @@ mod experiments;
 mod health;
 pub(crate) mod jobs;
 pub(crate) mod openapi;
+pub(crate) mod ui;
 mod workers;
 
 use crate::AppState;
-use crate::error::ApiError;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -24,6 +24,7 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(crate::metrics::serve))
+        .route("/", get(ui::index))
         .route("/docs", get(docs::page))
         .route("/docs/redoc.standalone.js", get(docs::bundle))
         .route("/v1/auth/login", post(auth::login))
@@ -31,6 +32,7 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/auth/whoami", get(auth::whoami))
         .route("/v1/jobs", post(jobs::submit).get(jobs::list))
         .route("/v1/jobs/batch", post(jobs::submit_batch))
+        .route("/v1/jobs/counts", get(jobs::counts))
         .route("/v1/jobs/{id}", get(jobs::get_job))
         .route("/v1/jobs/{id}/events", get(jobs::job_events))
         .route("/v1/jobs/{id}/logs", get(crate::stream::logs::job_logs))
@@ -45,7 +47,9 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/audit/export", get(audit_chain::export))
         .route("/v1/stream", get(crate::stream::upgrade))
         .route("/v1/openapi.json", get(openapi::serve))
-        .fallback(|| async { ApiError::NotFound("route_not_found") })
+        // The dashboard's files and client-side routes; the api's own
+        // prefixes still answer 404 route_not_found (see ui::fallback).
+        .fallback(ui::fallback)
         .layer(DefaultBodyLimit::max(limits.max_body_bytes))
         .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)));
     // Request metrics outside the hygiene layers, so they count the 504s of

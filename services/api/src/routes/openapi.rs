@@ -35,6 +35,7 @@ use utoipa::{Modify, OpenApi};
         super::auth::whoami,
         super::jobs::submit,
         super::jobs::list,
+        super::jobs::counts,
         super::jobs::submit_batch,
         super::jobs::get_job,
         super::jobs::job_events,

@@ -52,12 +52,16 @@ impl Drop for ConnectionSlot {
     }
 }
 
+/// The WebSocket subprotocol a browser names next to its token.
+pub const WS_PROTOCOL: &str = "fetchml.v1";
+
 /// `GET /v1/stream`: authenticated at the upgrade like any request.
 #[utoipa::path(get, path = "/v1/stream", tag = "streams", security(("bearer" = [])),
     description = "The WebSocket of live streams (protocol version 1, JSON text frames; see docs/streams.md). The client sends `StreamClientMessage`s (`subscribe`, `unsubscribe`, `ping`); the server answers `StreamServerMessage`s: `hello` first, then `subscribed`, `message`, `lagged`, `unsubscribed`, `error`, `pong`. Close codes: 4001 credentials revoked or expired, 4008 too slow (resume from `lagged.resume_from`), 4009 idle, 4029 too many connections for this user, 1001 server going away, 1009 frame too large.",
     params(
         ("Upgrade" = String, Header, description = "`websocket`"),
         ("Sec-WebSocket-Version" = String, Header, description = "`13`"),
+        ("Sec-WebSocket-Protocol" = Option<String>, Header, description = "For browsers, which cannot set `Authorization` on a WebSocket: `fetchml.v1, fetchml.bearer.<session token>` (a token from `POST /v1/auth/login`, not an API key), used only when `Authorization` is absent; the server selects `fetchml.v1`"),
     ),
     responses(
         (status = 101, description = "Switched to the WebSocket protocol; frames are `StreamClientMessage` (client) and `StreamServerMessage` (server)"),
@@ -74,7 +78,10 @@ pub async fn upgrade(
     // The protocol limit is enforced per message with a clear error; the
     // transport refuses only what is far beyond it (closing with 1009).
     let hard = limits.max_message_bytes.saturating_mul(16);
-    let ws = ws.max_message_size(hard).max_frame_size(hard);
+    // A browser offering its session token as a subprotocol (see
+    // auth::websocket_session) must get one of its offers back, or it drops
+    // the connection: the server selects `fetchml.v1`.
+    let ws = ws.max_message_size(hard).max_frame_size(hard).protocols([WS_PROTOCOL]);
     // The session stays in the request's span (request id, route) for its life.
     let span = tracing::Span::current();
     Ok(ws.on_upgrade(move |socket| async move {

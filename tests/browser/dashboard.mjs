@@ -1,0 +1,349 @@
+// Drives the dashboard in Debian's Chromium (playwright-core, no browser
+// download) for one scenario of tests/browser/main.rs, which started the real
+// api, a worker, NATS and Postgres and checks the outcome on the api's side.
+//
+//   node dashboard.mjs <scenario>
+//   env: FETCHML_BASE (http://127.0.0.1:PORT), FETCHML_KEYS (JSON user -> key),
+//        FETCHML_SHOTS (screenshot folder), FETCHML_WEB_APP (web/app, for
+//        playwright-core), FETCHML_JOB / FETCHML_MARKER (scenario inputs).
+// Prints `result <json>` lines for the Rust side; exits non-zero with the reason
+// when an expectation fails. Every wait is on a condition, bounded.
+import { createRequire } from 'node:module';
+import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+const require = createRequire(join(process.env.FETCHML_WEB_APP, 'package.json'));
+const { chromium } = require('playwright-core');
+
+const BASE = process.env.FETCHML_BASE;
+const KEYS = JSON.parse(process.env.FETCHML_KEYS);
+const SHOTS = process.env.FETCHML_SHOTS;
+const WAIT = 30_000;
+mkdirSync(SHOTS, { recursive: true });
+
+function fail(msg) {
+  throw new Error(msg);
+}
+function result(obj) {
+  console.log(`result ${JSON.stringify(obj)}`);
+}
+
+async function api(path, key, body) {
+  const r = await fetch(BASE + path, {
+    method: body === undefined ? 'GET' : 'POST',
+    headers: { Authorization: `Bearer ${key}`, 'Content-Type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await r.text();
+  if (!r.ok) fail(`${path}: ${r.status} ${text}`);
+  return text ? JSON.parse(text) : null;
+}
+
+/** A fresh browser profile, a page at 1366x768, and a record of everything it received. */
+async function open(viewport = { width: 1366, height: 768 }) {
+  const profile = mkdtempSync(join(tmpdir(), 'fetchml-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.FETCHML_CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    viewport,
+    args: [
+      '--headless',
+      '--no-sandbox',
+      '--disable-gpu',
+      '--disable-quic',
+      '--no-first-run',
+      '--disable-background-networking',
+      '--disable-component-update',
+      '--disable-sync',
+      '--disable-dev-shm-usage',
+    ],
+  });
+  const page = context.pages()[0] ?? (await context.newPage());
+  const received = [];
+  const problems = [];
+  page.on('response', async (r) => {
+    try {
+      received.push({ url: r.url(), body: await r.text() });
+    } catch {
+      // A response without a body (a redirect, a 204).
+    }
+  });
+  page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push({ url: ws.url(), body: String(f.payload) })));
+  page.on('console', (m) => {
+    if (m.type() === 'error') problems.push(m.text());
+  });
+  page.on('pageerror', (e) => problems.push(String(e)));
+  const close = async () => {
+    await context.close();
+    rmSync(profile, { recursive: true, force: true });
+  };
+  return { page, received, problems, close };
+}
+
+async function signIn(page, user) {
+  await page.goto(`${BASE}/`);
+  await page.fill('#apikey', KEYS[user]);
+  await page.click('button[type=submit]');
+  await page.waitForSelector('[data-testid=whoami]', { timeout: WAIT });
+  const who = await page.textContent('[data-testid=whoami]');
+  if (!who.includes(user)) fail(`signed in as ${user} but the page says ${who}`);
+}
+
+async function shot(page, name) {
+  await page.screenshot({ path: join(SHOTS, `${name}.png`), fullPage: false });
+}
+
+/** Sequences the page's CSP forbids show up as console errors: none allowed. */
+function noProblems(problems) {
+  const real = problems.filter((p) => !p.includes('favicon'));
+  if (real.length) fail(`the page reported errors: ${real.join(' | ')}`);
+}
+
+const scenarios = {
+  // Each demo role signs in, sees its pages; a bad key gets a clear error.
+  async roles() {
+    for (const user of ['alice', 'ana', 'root']) {
+      const { page, problems, close } = await open();
+      await signIn(page, user);
+      await page.waitForSelector('[data-testid=jobs-table], .empty', { timeout: WAIT });
+      await shot(page, `jobs-${user}`);
+      const hasCancel = (await page.$('[data-testid=bulk-cancel]')) !== null;
+      const hasOwnerFilter = (await page.$('text=Owner')) !== null;
+      result({ user, hasCancel, hasOwnerFilter });
+      for (const [path, name] of [
+        ['/experiments', 'experiments'],
+        ['/workers', 'workers'],
+        ['/dead-letters', 'dead-letters'],
+        ['/history', 'history'],
+      ]) {
+        await page.click(`nav a[href="${path}"]`);
+        await page.waitForSelector('h1', { timeout: WAIT });
+        await page.waitForLoadState('networkidle', { timeout: WAIT }).catch(() => {});
+        if (user === 'root') await shot(page, name);
+      }
+      if (user === 'root') {
+        // The workers page lists the worker the test started.
+        await page.click('nav a[href="/workers"]');
+        await page.waitForSelector('[data-testid=workers] tbody tr', { timeout: WAIT });
+        await shot(page, 'workers');
+      }
+      await page.click('[data-testid=signout]');
+      await page.waitForSelector('#apikey', { timeout: WAIT });
+      noProblems(problems);
+      await close();
+    }
+    const { page, close } = await open();
+    await page.goto(`${BASE}/`);
+    await page.fill('#apikey', 'fml_00000000_0000000000000000000000000000000000000000000000000000000000000000');
+    await page.click('button[type=submit]');
+    await page.waitForSelector('[data-testid=signin-error]', { timeout: WAIT });
+    const text = await page.textContent('[data-testid=signin-error]');
+    await shot(page, 'signin-bad-key');
+    result({ badKeyError: text });
+    await close();
+  },
+
+  // A job submitted over HTTP (outside the page) appears without a reload,
+  // its logs and chart fill live, and it ends succeeded.
+  async live() {
+    const { page, problems, close } = await open();
+    await signIn(page, 'alice');
+    await page.waitForSelector('[data-testid=jobs-table], .empty', { timeout: WAIT });
+    // The page's stream is open before the job is queued.
+    await page.waitForSelector('.live-dot.open', { timeout: WAIT });
+    const script = [
+      'for i in 1 2 3 4 5 6 7 8 9 10; do',
+      '  echo "training line $i";',
+      '  echo "##fetchml {\\"metric\\": \\"loss\\", \\"value\\": $((100 - i * 7)), \\"step\\": $i}";',
+      '  echo "##fetchml {\\"percent\\": $((i * 10))}";',
+      '  sleep 0.4;',
+      'done',
+    ].join(' ');
+    const { id } = await api('/v1/jobs', KEYS.alice, { command: ['sh', '-c', script], experiment: 'browser-live' });
+    result({ submitted: id });
+    const row = `tr[data-job="${id}"]`;
+    await page.waitForSelector(row, { timeout: WAIT });
+    result({ appeared: id });
+    // Open it while it runs: logs and the chart grow as it runs.
+    await page.click(`${row} a.rowlink`);
+    await page.waitForSelector('[data-testid=log-lines]', { timeout: WAIT });
+    await page.waitForFunction(() => document.querySelector('[data-testid=log-lines]')?.textContent?.includes('training line'), null, { timeout: WAIT });
+    const early = await page.getAttribute('[data-testid="chart-loss"]', 'data-points', { timeout: WAIT }).catch(() => null);
+    await page.waitForFunction(() => document.querySelector('[data-testid=log-lines]')?.textContent?.includes('training line 10'), null, { timeout: WAIT });
+    await page.waitForFunction(() => document.querySelector('[data-testid="chart-loss"]')?.getAttribute('data-points') === '10', null, { timeout: WAIT });
+    await page.waitForSelector('h1 [data-state=succeeded]', { timeout: WAIT });
+    await shot(page, 'job');
+    result({ earlyChartPoints: early === null ? null : Number(early) });
+    // Back on the list, without a reload, the row says succeeded.
+    await page.goBack();
+    await page.waitForSelector(`${row}[data-state=succeeded]`, { timeout: WAIT });
+    // The counts by state follow (GET /v1/jobs/counts, refreshed on events).
+    await page.waitForSelector('[data-count=succeeded]', { timeout: WAIT });
+    result({ succeededInList: id });
+    // A phone-sized view of the same list.
+    await page.setViewportSize({ width: 390, height: 844 });
+    await shot(page, 'jobs-phone');
+    noProblems(problems);
+    await close();
+  },
+
+  // Cancel from the job page stops the running job (the Rust side checks the process is gone).
+  async cancel() {
+    const id = process.env.FETCHML_JOB;
+    const { page, problems, close } = await open();
+    await signIn(page, 'alice');
+    await page.goto(`${BASE}/jobs/${id}`);
+    await page.waitForSelector('h1 [data-state=running]', { timeout: WAIT });
+    await page.click('[data-testid=cancel]');
+    await page.click('[data-testid=confirm-yes]');
+    await page.waitForSelector('h1 [data-state=cancelled]', { timeout: WAIT });
+    await shot(page, 'job-cancelled');
+    result({ cancelled: id });
+    noProblems(problems);
+    await close();
+  },
+
+  // The analyst's pages hold no command line, env value or owner: not in the
+  // DOM, not in any response or stream frame the page received.
+  async analyst() {
+    const id = process.env.FETCHML_JOB;
+    const marker = process.env.FETCHML_MARKER;
+    const { page, received, problems, close } = await open();
+    await signIn(page, 'ana');
+    await page.waitForSelector(`tr[data-job="${id}"]`, { timeout: WAIT });
+    const listHtml = await page.content();
+    await page.click(`tr[data-job="${id}"] a.rowlink`);
+    await page.waitForSelector('[data-testid=timeline] li', { timeout: WAIT });
+    await page.waitForSelector('h1 [data-state=succeeded]', { timeout: WAIT });
+    const jobHtml = await page.content();
+    await shot(page, 'job-analyst');
+    await page.click('nav a[href="/history"]');
+    await page.waitForSelector('[data-testid=history-jobs]', { timeout: WAIT });
+    await page.click(`[data-testid=history-jobs] tr[data-job="${id}"] a`);
+    await page.waitForSelector('[data-testid=timeline] li', { timeout: WAIT });
+    const historyHtml = await page.content();
+    await page.click('nav a[href="/experiments"]');
+    await page.waitForSelector('h1', { timeout: WAIT });
+    await page.waitForLoadState('networkidle', { timeout: WAIT }).catch(() => {});
+    const expHtml = await page.content();
+    for (const [what, html] of [
+      ['jobs', listHtml],
+      ['job', jobHtml],
+      ['history', historyHtml],
+      ['experiments', expHtml],
+    ]) {
+      for (const secret of [marker, 'ENV_SECRET_VALUE', 'alice']) {
+        if (html.includes(secret)) fail(`the analyst's ${what} page shows ${secret}`);
+      }
+      for (const testid of ['command', 'spec', 'logs', 'cancel', 'retry', 'bulk-cancel', 'bulk-retry']) {
+        if (html.includes(`data-testid="${testid}"`)) fail(`the analyst's ${what} page offers ${testid}`);
+      }
+      if (/>\s*Owner\s*</.test(html)) fail(`the analyst's ${what} page has an Owner column or filter`);
+    }
+    const apiResponses = received.filter((r) => r.url.includes('/v1/'));
+    for (const r of apiResponses) {
+      for (const secret of [marker, 'ENV_SECRET_VALUE', '"owner"', 'alice']) {
+        if (r.body.includes(secret)) fail(`a response the analyst's page received (${r.url}) holds ${secret}`);
+      }
+    }
+    result({ checkedResponses: apiResponses.length });
+    noProblems(problems);
+    await close();
+  },
+
+  // The scrubber set before the job was queued does not show it; after, it does.
+  async history() {
+    const id = process.env.FETCHML_JOB;
+    const before = Number(process.env.FETCHML_SEQ_BEFORE);
+    const after = Number(process.env.FETCHML_SEQ_AFTER);
+    const { page, problems, close } = await open();
+    await signIn(page, 'root');
+    await page.goto(`${BASE}/history?seq=${before}`);
+    await page.waitForFunction((s) => document.querySelector('[data-testid=position]')?.textContent?.includes(`seq ${s} `), before, { timeout: WAIT });
+    await page.waitForSelector('[data-testid=history-jobs], .empty', { timeout: WAIT });
+    await page.waitForFunction(() => !document.querySelector('[aria-busy=true]'), null, { timeout: WAIT });
+    const shownBefore = (await page.$(`tr[data-job="${id}"]`)) !== null;
+    // Step forward with the buttons and the slider, as a person would.
+    await page.click('[data-testid=step-forward]');
+    await page.waitForFunction((s) => location.search.includes(`seq=${s + 1}`), before, { timeout: WAIT });
+    await page.goto(`${BASE}/history?seq=${after}&job=${id}`);
+    await page.waitForSelector(`tr[data-job="${id}"]`, { timeout: WAIT });
+    await page.waitForSelector('[data-testid=timeline] li', { timeout: WAIT });
+    const timelineTypes = await page.$$eval('[data-testid=timeline] li', (ls) => ls.map((l) => l.getAttribute('data-type')));
+    await shot(page, 'history');
+    await page.click('[data-testid=live]');
+    await page.waitForFunction(() => !location.search.includes('seq='), null, { timeout: WAIT });
+    await page.waitForFunction(() => document.querySelector('[data-testid=position]')?.textContent?.startsWith('live'), null, { timeout: WAIT });
+    result({ shownBefore, shownAfter: true, timelineTypes });
+    noProblems(problems);
+    await close();
+  },
+};
+
+// Measurements (tests/browser/main.rs, ignored by default; BENCHMARKS.md).
+scenarios.perf = async function perf() {
+  const { page, close } = await open();
+  await signIn(page, 'root');
+  const firstPaint = [];
+  // The session is in sessionStorage: each reload is a cold start of the app
+  // (the HTTP cache keeps the hashed assets, as in a returning visitor's browser).
+  for (let i = 0; i < 5; i++) {
+    await page.goto(`${BASE}/jobs`);
+    await page.waitForSelector('[data-testid=jobs-table] tbody tr', { timeout: WAIT });
+    await page.waitForFunction(() => performance.getEntriesByName('fetchml:jobs-rows').length > 0, null, { timeout: WAIT });
+    firstPaint.push(await page.evaluate(() => performance.getEntriesByName('fetchml:jobs-rows')[0].startTime));
+  }
+  result({ firstUsefulPaintMs: firstPaint });
+  // Frame times while the api appends 1000 job events per second (100 queued
+  // jobs every 100 ms, over HTTP), the page following them live.
+  await page.evaluate(() => {
+    window.__frames = [];
+    let last = performance.now();
+    const tick = (t) => {
+      window.__frames.push(t - last);
+      last = t;
+      if (!window.__stop) requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  });
+  const seconds = Number(process.env.FETCHML_PERF_SECONDS || 10);
+  const started = Date.now();
+  let sent = 0;
+  for (let i = 0; i < seconds * 10; i++) {
+    const jobs = Array.from({ length: 100 }, () => ({ command: ['true'], pool: 'perf' }));
+    await api('/v1/jobs/batch', KEYS.root, { jobs });
+    sent += 100;
+    const due = started + (i + 1) * 100;
+    if (Date.now() < due) await new Promise((r) => setTimeout(r, due - Date.now()));
+  }
+  const elapsed = (Date.now() - started) / 1000;
+  const frames = await page.evaluate(() => {
+    window.__stop = true;
+    return window.__frames.slice(5);
+  });
+  frames.sort((a, b) => a - b);
+  const q = (p) => frames[Math.min(frames.length - 1, Math.floor(p * frames.length))];
+  result({
+    eventsPerSecond: Math.round(sent / elapsed),
+    frames: frames.length,
+    frameMsP50: q(0.5),
+    frameMsP99: q(0.99),
+    frameMsMax: frames[frames.length - 1],
+  });
+  await close();
+};
+
+const name = process.argv[2];
+const run = scenarios[name];
+if (!run) {
+  console.error(`unknown scenario ${name}; one of ${Object.keys(scenarios).join(', ')}`);
+  process.exit(2);
+}
+try {
+  await run();
+  console.log(`scenario ${name}: ok`);
+} catch (e) {
+  console.error(`scenario ${name} failed: ${e?.stack ?? e}`);
+  process.exit(1);
+}
