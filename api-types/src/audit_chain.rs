@@ -41,6 +41,7 @@ pub enum VerifyFrom {
 #[into_params(parameter_in = Query)]
 pub struct AuditVerifyQuery {
     /// `start` (the default) or `checkpoint`.
+    #[param(inline)]
     pub from: Option<VerifyFrom>,
 }
 

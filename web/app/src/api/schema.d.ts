@@ -130,7 +130,12 @@ export interface paths {
          */
         get: operations["list"];
         put?: never;
-        /** `POST /v1/jobs`: queue a job. 202 `{"id", "seq"}` once `job_queued` is stored. */
+        /**
+         * `POST /v1/jobs`: queue a job. 202 `{"id", "seq"}` once `job_queued` is stored.
+         * @description With `?dry_run=true`: 200 with the spec as it would be queued, and nothing
+         *     stored (the CLI's `ml queue --dry-run`), after the same checks a submit
+         *     makes before it appends: permission, body, idempotency key, spec.
+         */
         post: operations["submit"];
         delete?: never;
         options?: never;
@@ -333,6 +338,86 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/audit": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /v1/audit`. */
+        get: operations["list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/audit/keys": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /v1/audit/keys`: the Ed25519 public keys of the checkpoints: the
+         *     current signing key and the older ones still trusted.
+         */
+        get: operations["keys"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/audit/verify": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /v1/audit/verify`: replays the log (from sequence 1, or from the
+         *     latest signed checkpoint) and says "intact up to sequence N, head H, last
+         *     checkpoint C signed by key K", or names the first break. A break is an
+         *     answer (200 with `intact: false`), not an error.
+         */
+        get: operations["verify"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/audit/export": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * `GET /v1/audit/export`: the events `from_seq..=to_seq` with their global
+         *     chain entries and the checkpoints, as JSON Lines (a manifest first, an end
+         *     line last; see the README, "Audit"), streamed in bounded memory.
+         */
+        get: operations["export"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/stream": {
         parameters: {
             query?: never;
@@ -415,6 +500,136 @@ export interface components {
              */
             total: number;
         };
+        /** @description The first broken link. */
+        AuditBreak: {
+            /** @description Which check failed, in words. */
+            check: string;
+            expected: string;
+            found: string;
+            /**
+             * @description `gap`, `duplicate`, `reordered`, `chain_mismatch`, `malformed`,
+             *     `altered`, `unlinked`, `checkpoint_malformed`, `unsupported_scheme`,
+             *     `wrong_namespace`, `unknown_key`, `bad_signature`, `wrong_head`,
+             *     `checkpoint_unverifiable`, `truncated`.
+             */
+            kind: string;
+            /**
+             * Format: int64
+             * @description The stream sequence of the event where it broke.
+             */
+            seq: number;
+        };
+        /** @description A verified checkpoint. */
+        AuditCheckpointRef: {
+            /**
+             * Format: int64
+             * @description The last sequence it covers.
+             */
+            covers_seq: number;
+            head: string;
+            key_id: string;
+            /**
+             * Format: int64
+             * @description Where the checkpoint is stored.
+             */
+            seq: number;
+            time: string;
+        };
+        /** @description One event of the log, with what an auditor filters on pulled out. */
+        AuditEntry: {
+            /** @description Who caused it (`{"kind": "user", "name": ...}`, `worker`, `system`). */
+            actor: unknown;
+            aggregate_id: string;
+            correlation_id: string;
+            /** @description `job`, `user`, `worker` or `audit`: the family of its subject. */
+            family: string;
+            hash: string;
+            /** Format: date-time */
+            occurred_at: string;
+            outcome: components["schemas"]["AuditOutcome"];
+            /** @description The event's own fields, as stored. */
+            payload: unknown;
+            /**
+             * Format: int64
+             * @description The stream sequence: its position in the log.
+             */
+            seq: number;
+            /** @description The client address, for the events of requests (logins, refusals). */
+            source?: string | null;
+            /** @example user_authenticated */
+            type: string;
+        };
+        /** @description One Ed25519 public key. */
+        AuditKey: {
+            /** @description Always `ed25519`. */
+            algorithm: string;
+            /**
+             * @description `true`: the key this api signs new checkpoints with; `false`: an older
+             *     key whose checkpoints still verify (`audit.trusted_keys`).
+             */
+            current: boolean;
+            id: string;
+            /** @description The 32-byte public key as 64 lowercase hex digits. */
+            public_key: string;
+        };
+        /** @description `GET /v1/audit/keys`: the public keys checkpoints are verified with. */
+        AuditKeys: {
+            keys: components["schemas"]["AuditKey"][];
+        };
+        /**
+         * @description Whether the request an event records was carried out.
+         * @enum {string}
+         */
+        AuditOutcome: "accepted" | "refused";
+        /** @description A page of `GET /v1/audit`. */
+        AuditPage: {
+            items: components["schemas"]["AuditEntry"][];
+            /**
+             * Format: int64
+             * @description Pass as `cursor` for the next page; `null` when the log holds no more
+             *     in this direction. A page may hold fewer than `limit` entries and still
+             *     have a `next`: one request reads a bounded stretch of the log.
+             */
+            next?: number | null;
+            /**
+             * Format: int64
+             * @description The last sequence of the log when the page was read.
+             */
+            head: number;
+        };
+        /** @description `GET /v1/audit/verify`: what the replay found. */
+        AuditVerdict: {
+            /**
+             * @description Whether the start of the replay is trusted: sequence 1, a signed
+             *     checkpoint, or confirmed by a later signed checkpoint.
+             */
+            anchored: boolean;
+            broken?: null | components["schemas"]["AuditBreak"];
+            /**
+             * Format: int64
+             * @description How many checkpoints were verified.
+             */
+            checkpoints: number;
+            /**
+             * Format: int64
+             * @description How many events were verified.
+             */
+            events: number;
+            /** Format: int64 */
+            from_seq: number;
+            /** @description The global chain entry after `verified_to_seq` (hex). */
+            head: string;
+            intact: boolean;
+            last_checkpoint?: null | components["schemas"]["AuditCheckpointRef"];
+            namespace: string;
+            /** @description The verdict in one sentence. */
+            summary: string;
+            /**
+             * Format: int64
+             * @description The last sequence verified intact.
+             */
+            verified_to_seq: number;
+        };
         /**
          * @description The answer to `POST /v1/jobs/batch`: one item per spec, in request order;
          *     `error` (the first failure's) only when some could not be stored.
@@ -445,6 +660,15 @@ export interface components {
              * @description The event's sequence in the log.
              */
             seq: number;
+        };
+        /**
+         * @description 200 to `POST /v1/jobs?dry_run=true`: the spec is valid; this is the job
+         *     it would queue (normalized, defaults filled in). Nothing was stored.
+         */
+        DryRun: {
+            /** @description Always `true`: nothing was queued. */
+            dry_run: boolean;
+            spec: components["schemas"]["JobSpec"];
         };
         /** @description `{"error": {"code", "message", "field"?}}`. */
         ErrorBody: {
@@ -600,6 +824,13 @@ export interface components {
             env?: {
                 [key: string]: string;
             };
+            /**
+             * @description Names of environment variables whose values the worker supplies from
+             *     its own host when the job starts (see the README's "Secrets"): the
+             *     values never enter the log. Left out of the stored form when empty, so
+             *     specs stored before the field existed keep their bytes and hashes.
+             */
+            secrets?: string[];
             /** @description Relative to the worker's job root. */
             working_dir?: string | null;
             /** @default default */
@@ -1513,7 +1744,13 @@ export interface operations {
     };
     submit: {
         parameters: {
-            query?: never;
+            query?: {
+                /**
+                 * @description `true`: validate and normalize the spec as a submit would, and answer
+                 *     200 with it; nothing is stored and no job is queued.
+                 */
+                dry_run?: boolean;
+            };
             header?: {
                 /** @description 1-200 visible ASCII characters: a retried submit names the same job and stores one event */
                 "Idempotency-Key"?: string | null;
@@ -1527,6 +1764,15 @@ export interface operations {
             };
         };
         responses: {
+            /** @description `dry_run=true`: the spec is valid; nothing was stored */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["DryRun"];
+                };
+            };
             /** @description `job_queued` is stored in the log */
             202: {
                 headers: {
@@ -1536,7 +1782,7 @@ export interface operations {
                     "application/json": components["schemas"]["Submitted"];
                 };
             };
-            /** @description `invalid_body`, `invalid_idempotency_key`; `ambiguous_credentials`: more than one Authorization header */
+            /** @description `invalid_body`, `invalid_idempotency_key`, `invalid_parameter`, `unknown_parameter`; `ambiguous_credentials`: more than one Authorization header */
             400: {
                 headers: {
                     [name: string]: unknown;
@@ -1581,7 +1827,7 @@ export interface operations {
                     "application/json": components["schemas"]["ErrorBody"];
                 };
             };
-            /** @description The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused` */
+            /** @description The spec is invalid (`field` names the field): `command_empty`, `out_of_range`, `too_large`, `invalid_env_name`, `invalid_label`, `working_dir_escapes`, `invalid_argument`, `image_required`, `invalid_image`, `image_without_podman`, `invalid_secret_name`, `duplicate_secret`, `secret_in_env`, `text_invalid_character`, `text_too_long`, `text_empty`; or `idempotency_key_reused` */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -2642,6 +2888,375 @@ export interface operations {
                 };
             };
             /** @description `read_model_unavailable` (`history=true`), `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: {
+                /**
+                 * @description The event family: `job`, `user`, `worker` or `audit`.
+                 * @example user
+                 */
+                family?: string;
+                /** @description Who caused it: a user name, a worker id or a system component. */
+                actor?: string;
+                /** @description One aggregate: a job id, a user name or a worker id. */
+                aggregate?: string;
+                /**
+                 * @description One event type, e.g. `access_denied`.
+                 * @example access_denied
+                 */
+                type?: string;
+                outcome?: "accepted" | "refused";
+                /** @description RFC 3339; inclusive. */
+                since?: string;
+                /** @description RFC 3339; exclusive. */
+                until?: string;
+                /** @description `newest` (default) or `oldest` first. */
+                order?: "newest" | "oldest";
+                /** @description 1-500, default 100. */
+                limit?: number;
+                /**
+                 * @description The previous page's `next`: a stream sequence to continue from
+                 *     (below it for `newest`, above it for `oldest`).
+                 */
+                cursor?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description A page of the log, every family, newest or oldest first */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditPage"];
+                };
+            };
+            /** @description `invalid_parameter`, `unknown_parameter`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden`: no `audit:read` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    keys: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The public keys checkpoints are verified with */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditKeys"];
+                };
+            };
+            /** @description `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` (needs `audit:read`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    verify: {
+        parameters: {
+            query?: {
+                /** @description `start` (the default) or `checkpoint`. */
+                from?: "start" | "checkpoint";
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The verdict */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["AuditVerdict"];
+                };
+            };
+            /** @description `invalid_parameter`, `unknown_parameter`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` (needs `audit:read`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    export: {
+        parameters: {
+            query?: {
+                /** @description The first stream sequence exported (default 1). */
+                from_seq?: number;
+                /** @description The last stream sequence exported (default: the last at the request). */
+                to_seq?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The export, one JSON object per line */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/x-ndjson": string;
+                };
+            };
+            /** @description `invalid_parameter`, `unknown_parameter`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` (needs `audit:read`) */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
             503: {
                 headers: {
                     [name: string]: unknown;
