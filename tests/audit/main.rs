@@ -423,3 +423,82 @@ async fn after_a_key_rotation_old_checkpoints_verify_with_the_old_key_trusted() 
     let v = fetchml_audit::online::verify_store(&store, only_new, fetchml_audit::online::From::Start).await.unwrap();
     assert_eq!(v.broken.map(|b| b.kind), Some(fetchml_audit::BreakKind::UnknownKey));
 }
+
+/// `ml` as an auditor: list the trail, save the keys, export, and verify the
+/// export with no server; a removed line is named and exits 10.
+#[tokio::test]
+async fn ml_lists_exports_and_verifies_the_trail_offline() {
+    let (_dir, path, _key) = new_key("k-ml");
+    let app = audited_app(&path, "k-ml", vec![]).await;
+    submit_jobs(&app, 4).await;
+    let r = app.as_user("ana").post(app.url("/v1/jobs")).json(&json!({"command": ["true"]})).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let last = last_seq(&app).await;
+    until_checkpoint_covers(&app, last).await;
+
+    let dir = tempfile::tempdir().unwrap();
+    // Through tokio: the api answers on this test's own runtime.
+    let ml = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(fetchml_tests::app::ml_binary());
+        cmd.args(args)
+            .env("FETCHML_API", app.url(""))
+            .env("FETCHML_API_KEY", fetchml_tests::app::key_of("root"))
+            .env("XDG_CONFIG_HOME", dir.path())
+            .env("NO_COLOR", "1");
+        async move {
+            let out = cmd.output().await.unwrap();
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            (out.status.code(), text(&out.stdout), text(&out.stderr))
+        }
+    };
+    let refused = eventually(Duration::from_secs(10), || async {
+        let (code, out, err) = ml(&["audit", "list", "--refused", "--json"]).await;
+        assert_eq!(code, Some(0), "{err}");
+        let v: Value = serde_json::from_str(&out).unwrap();
+        (!v["items"].as_array().unwrap().is_empty()).then_some(v)
+    })
+    .await;
+    assert_eq!(refused["items"][0]["actor"]["name"], "ana", "{refused}");
+    let (code, table, _) = ml(&["audit", "list", "--family", "job", "--oldest"]).await;
+    assert_eq!(code, Some(0));
+    assert!(table.lines().next().unwrap().contains("SEQ") && table.contains("job_queued"), "{table}");
+
+    let keys = dir.path().join("keys.json");
+    let (code, out, err) = ml(&["audit", "keys"]).await;
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(&keys, out).unwrap();
+    let trail = dir.path().join("trail.jsonl");
+    let (code, _, err) = ml(&["audit", "export", "--out", trail.to_str().unwrap()]).await;
+    assert_eq!(code, Some(0), "{err}");
+
+    // Offline: no api named at all.
+    let offline = |file: &Path| {
+        let out = std::process::Command::new(fetchml_tests::app::ml_binary())
+            .args(["audit", "verify", "--file"])
+            .arg(file)
+            .arg("--keys")
+            .arg(&keys)
+            .env("XDG_CONFIG_HOME", dir.path())
+            .env_remove("FETCHML_API")
+            .env_remove("FETCHML_API_KEY")
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let (code, verdict) = offline(&trail);
+    assert_eq!(code, Some(0), "{verdict}");
+    assert!(verdict.starts_with("intact up to sequence") && verdict.contains("signed by key k-ml"), "{verdict}");
+
+    let mut lines: Vec<String> = std::fs::read_to_string(&trail).unwrap().lines().map(str::to_owned).collect();
+    lines.remove(3);
+    let tampered = dir.path().join("tampered.jsonl");
+    std::fs::write(&tampered, lines.join("\n") + "\n").unwrap();
+    let (code, verdict) = offline(&tampered);
+    assert_eq!(code, Some(10), "{verdict}");
+    assert!(verdict.starts_with("BROKEN at sequence"), "{verdict}");
+
+    // The live log, verified by the api.
+    let (code, out, err) = ml(&["audit", "verify"]).await;
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(out.starts_with("intact up to sequence"), "{out}");
+}

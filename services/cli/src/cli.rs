@@ -114,6 +114,14 @@ pub enum Command {
     /// Queue depth per pool and priority, and the workers serving each pool.
     #[command(visible_alias = "queue-depth")]
     Pools,
+    /// The audit trail (admins): list it, export it, verify it with or without a server.
+    #[command(
+        subcommand,
+        after_help = "Examples:\n  ml audit list --refused --since 2026-11-01T00:00:00Z\n  \
+                                         ml audit keys > keys.json\n  ml audit export --out trail.jsonl\n  \
+                                         ml audit verify --file trail.jsonl --keys keys.json   # no server needed"
+    )]
+    Audit(AuditCommand),
     /// Print a shell completion script: `ml completions bash > /etc/bash_completion.d/ml`.
     Completions {
         #[arg(value_enum)]
@@ -366,6 +374,83 @@ pub struct CompareArgs {
     /// Every spec field, not only those that differ.
     #[arg(long)]
     pub all: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Events of every family, newest first: who did what, logins and refusals included.
+    List(AuditListArgs),
+    /// The public keys checkpoints are verified with (the file `verify --keys` reads).
+    Keys,
+    /// Write the trail (events, chain and signed checkpoints) as JSON Lines.
+    Export(AuditExportArgs),
+    /// Verify an export offline (--file), or ask the api to verify the live log.
+    Verify(AuditVerifyArgs),
+}
+
+#[derive(Args)]
+pub struct AuditListArgs {
+    /// `job`, `user`, `worker` or `audit`.
+    #[arg(long)]
+    pub family: Option<String>,
+    /// A user name, worker id or system component.
+    #[arg(long)]
+    pub actor: Option<String>,
+    /// A job id, user name or worker id.
+    #[arg(long)]
+    pub aggregate: Option<String>,
+    /// One event type, e.g. `access_denied`.
+    #[arg(long = "type")]
+    pub kind: Option<String>,
+    /// Only refusals and failed logins.
+    #[arg(long)]
+    pub refused: bool,
+    /// RFC 3339, inclusive.
+    #[arg(long)]
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// RFC 3339, exclusive.
+    #[arg(long)]
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    /// Oldest first.
+    #[arg(long)]
+    pub oldest: bool,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(usize))]
+    pub limit: usize,
+    /// Continue from a previous listing's `next`.
+    #[arg(long)]
+    pub cursor: Option<u64>,
+    /// Every matching event, page after page.
+    #[arg(long)]
+    pub all: bool,
+}
+
+#[derive(Args)]
+pub struct AuditExportArgs {
+    /// The first stream sequence (default 1).
+    #[arg(long)]
+    pub from: Option<u64>,
+    /// The last stream sequence (default: the last when asked).
+    #[arg(long)]
+    pub to: Option<u64>,
+    /// The file to write (default: standard output).
+    #[arg(long, short)]
+    pub out: Option<std::path::PathBuf>,
+}
+
+#[derive(Args)]
+pub struct AuditVerifyArgs {
+    /// An export to verify here, with no server.
+    #[arg(long)]
+    pub file: Option<std::path::PathBuf>,
+    /// A trusted key, `ID=HEX` (repeatable).
+    #[arg(long = "public-key")]
+    pub public_keys: Vec<String>,
+    /// A file of trusted keys: the answer of `ml audit keys`.
+    #[arg(long)]
+    pub keys: Option<std::path::PathBuf>,
+    /// Online: replay from the latest signed checkpoint instead of sequence 1.
+    #[arg(long)]
+    pub from_checkpoint: bool,
 }
 
 #[derive(Args)]

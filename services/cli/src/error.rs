@@ -28,6 +28,8 @@ pub mod code {
     pub const JOB_FAILED: u8 = 8;
     /// The job was cancelled.
     pub const JOB_CANCELLED: u8 = 9;
+    /// `ml audit verify`: the trail is broken (the verdict names where).
+    pub const BROKEN: u8 = 10;
 }
 
 /// The exit-code table as `ml --help` shows it.
@@ -43,6 +45,7 @@ Exit codes:
   7  unavailable: the api could not be reached or is not ready
   8  the job failed without an exit code of its own (signal, lost worker, timeout)
   9  the job was cancelled
+  10 ml audit verify: the trail is broken (the verdict names the first break)
   N  with --wait or watch: the job's own non-zero exit code";
 
 #[derive(Debug, thiserror::Error)]

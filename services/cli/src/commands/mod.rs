@@ -1,6 +1,7 @@
 //! One module per family of commands. Each takes the context (where to talk,
 //! how to print) and returns the process's exit code or a [`CliError`].
 
+pub mod audit;
 pub mod auth;
 pub mod experiments;
 pub mod fleet;
