@@ -233,7 +233,7 @@ const scenarios = {
       ['history', historyHtml],
       ['experiments', expHtml],
     ]) {
-      for (const secret of [marker, 'ENV_SECRET_VALUE', 'alice']) {
+      for (const secret of [marker, 'ENV_HIDDEN_VALUE', 'alice']) {
         if (html.includes(secret)) fail(`the analyst's ${what} page shows ${secret}`);
       }
       for (const testid of ['command', 'spec', 'logs', 'cancel', 'retry', 'bulk-cancel', 'bulk-retry']) {
@@ -243,7 +243,7 @@ const scenarios = {
     }
     const apiResponses = received.filter((r) => r.url.includes('/v1/'));
     for (const r of apiResponses) {
-      for (const secret of [marker, 'ENV_SECRET_VALUE', '"owner"', 'alice']) {
+      for (const secret of [marker, 'ENV_HIDDEN_VALUE', '"owner"', 'alice']) {
         if (r.body.includes(secret)) fail(`a response the analyst's page received (${r.url}) holds ${secret}`);
       }
     }

@@ -132,7 +132,7 @@ async fn an_analysts_page_holds_no_command_line_environment_or_owner() {
     let (s, b) = app
         .submit(json!({
             "command": ["sh", "-c", format!("echo {marker}; echo '##fetchml {{\"metric\": \"acc\", \"value\": 0.9, \"step\": 1}}'")],
-            "env": {"SECRET_NAME": "ENV_SECRET_VALUE"},
+            "env": {"HIDDEN_NAME": "ENV_HIDDEN_VALUE"},
             "experiment": "browser-analyst",
             "tags": {"team": "vision"},
         }))

@@ -594,3 +594,36 @@ async fn workers_pools_completions_man_and_help() {
     let plain = ml.run(&["list"]).await.ok();
     assert!(!plain.stdout.contains('\u{1b}'), "no colour without a terminal");
 }
+
+#[tokio::test]
+async fn an_experiments_runs_sort_by_a_metric_either_way() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let ml = Ml::new(&app, "alice");
+    let mut ids = Vec::new();
+    for loss in ["0.5", "0.2", "0.9"] {
+        let script = format!(r#"echo '##fetchml {{"metric": "loss", "value": {loss}, "step": 1}}'"#);
+        let q = ml.run(&["queue", "--json", "--wait", "--experiment", "sorted", "--shell", "--", &script]).await.ok();
+        let s: Submitted = serde_json::from_str(q.stdout.lines().next().unwrap()).unwrap();
+        ids.push(s.id.to_string());
+    }
+    let order = |v: Value| -> Vec<String> {
+        v["runs"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect()
+    };
+    let asc = ml
+        .list_until(&["--experiment", "sorted"], |items| {
+            items.iter().filter(|j| j["state"] == "succeeded").count() == 3
+        })
+        .await;
+    assert_eq!(asc.len(), 3);
+    let up = order(ml.run(&["experiment", "--json", "--sort", "loss", "sorted"]).await.ok().json());
+    assert_eq!(up, [ids[1].clone(), ids[0].clone(), ids[2].clone()]);
+    let down = order(ml.run(&["experiment", "--json", "--sort", "-loss", "sorted"]).await.ok().json());
+    assert_eq!(down, [ids[2].clone(), ids[0].clone(), ids[1].clone()]);
+    let human = ml.run(&["experiment", "--sort", "loss", "sorted"]).await.ok();
+    let first_row = human.stdout.lines().find(|l| l.contains("0.2") || l.contains("0.5") || l.contains("0.9")).unwrap();
+    assert!(first_row.contains("0.2"), "{}", human.stdout);
+    let missing = ml.run(&["experiment", "--sort", "accuracy", "sorted"]).await;
+    assert_eq!(missing.code, 2, "{missing:?}");
+    assert!(missing.stderr.contains("no run of sorted has a metric \"accuracy\""), "{missing:?}");
+}
