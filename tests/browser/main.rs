@@ -220,16 +220,15 @@ async fn without_a_build_the_api_starts_and_says_the_dashboard_is_unavailable() 
     assert_eq!(s, 202);
 }
 
-/// Not a pass/fail test (timing goals belong to measurements): fills the read
-/// model with 100 000 jobs, then measures the jobs page's first useful paint
-/// and its frame times under 1 000 job events/s. Run by hand:
-/// `./deploy/test -p fetchml-tests --test browser -- --ignored --nocapture measure`
-/// (figures in BENCHMARKS.md; `FETCHML_PERF_JOBS` changes the count).
+/// The jobs page over a full read model and under a burst of job events: it
+/// paints its rows and keeps rendering frames. In the suite with 1 000 jobs
+/// (it asserts that the page works, never how fast: timing goals belong to
+/// measurements); the figures in BENCHMARKS.md come from the same test with
+/// `FETCHML_PERF_JOBS=100000 ./deploy/test -p fetchml-tests --test browser -- --nocapture measure`.
 #[tokio::test]
-#[ignore]
-async fn measure_the_jobs_page_with_100k_jobs() {
+async fn measure_the_jobs_page_over_a_full_read_model() {
     let app = dashboard_app().await;
-    let jobs: usize = std::env::var("FETCHML_PERF_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(100_000);
+    let jobs: usize = std::env::var("FETCHML_PERF_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
     let admin = app.as_user("root");
     let started = std::time::Instant::now();
     let mut last_seq = 0;
@@ -250,12 +249,19 @@ async fn measure_the_jobs_page_with_100k_jobs() {
     })
     .await;
     println!("{jobs} jobs submitted in {submitted:?}, projected after {:?}", started.elapsed());
-    let results = scenario(&app, "perf", &[]).await;
+    let seconds = std::env::var("FETCHML_PERF_SECONDS").unwrap_or_else(|_| "2".into());
+    let results = scenario(&app, "perf", &[("FETCHML_PERF_SECONDS", seconds)]).await;
     for r in &results {
         println!("{r}");
     }
     let out = repo_root().join("target/browser-screenshots/perf.json");
     std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    // The page listed the jobs (each load's first rows were painted) and
+    // rendered frames while the events came in.
+    let paints = results.iter().find_map(|r| r["firstUsefulPaintMs"].as_array().cloned()).unwrap_or_default();
+    assert!(!paints.is_empty() && paints.iter().all(|p| p.as_f64().is_some_and(|ms| ms > 0.0)), "{results:?}");
+    let frames = results.iter().find_map(|r| r["frames"].as_u64()).unwrap_or(0);
+    assert!(frames > 0, "no frames rendered under the burst: {results:?}");
 }
 
 /// `GET /v1/jobs/counts`, which the job list's counts by state come from:

@@ -464,6 +464,49 @@ pub async fn read_your_writes(state: &AppState, after_seq: Option<u64>) -> Resul
     Ok(())
 }
 
+/// The filters `GET /v1/jobs` and `GET /v1/jobs/counts` share, as given.
+struct Selection<'a> {
+    owner: Option<&'a str>,
+    pool: Option<&'a str>,
+    experiment: Option<&'a str>,
+    tag: Option<&'a str>,
+    created_after: Option<DateTime<Utc>>,
+    created_before: Option<DateTime<Utc>>,
+}
+
+/// The caller's read model and the filter of `sel` on it, checked once for
+/// both routes: the caller may read jobs, an analyst does not select by
+/// owner (no owners in its model), names and tags compare in NFC (as stored),
+/// and values follow the text rules. Refusals are recorded.
+fn scoped_filter(state: &AppState, caller: &Caller, sel: &Selection<'_>) -> Result<(Scope, JobFilter), ApiError> {
+    let Some(scope) = scope_of(state, caller) else {
+        return Err(state.auth.deny(caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
+    };
+    if matches!(scope, Scope::Summary) && sel.owner.is_some() {
+        return Err(state.auth.deny(caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
+    }
+    let nfc = |s: &str| fetchml_events::text::normalize(s).into_owned();
+    let tag = sel
+        .tag
+        .map(|t| {
+            t.split_once('=')
+                .map(|(k, v)| (nfc(k), nfc(v)))
+                .ok_or_else(|| ApiError::bad_request("invalid_parameter", "tag: expected key=value"))
+        })
+        .transpose()?;
+    let filter = JobFilter {
+        owner: sel.owner.map(str::to_owned),
+        pool: sel.pool.map(str::to_owned),
+        experiment: sel.experiment.map(nfc),
+        tag,
+        created_after: sel.created_after,
+        created_before: sel.created_before,
+        ..JobFilter::default()
+    };
+    filter.check(&scope)?;
+    Ok((scope, filter))
+}
+
 /// `GET /v1/jobs/counts`: the caller's jobs by state, with the list's filters
 /// (the job list's "counts by state"; one grouped count in the read model).
 #[tracing::instrument(skip_all)]
@@ -478,32 +521,15 @@ pub async fn counts(
     caller: Caller,
     Params(q): Params<CountJobsQuery>,
 ) -> Result<Json<JobCounts>, ApiError> {
-    let Some(scope) = scope_of(&state, &caller) else {
-        return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
-    };
-    if matches!(scope, Scope::Summary) && q.owner.is_some() {
-        return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
-    }
-    let nfc = |s: &str| fetchml_events::text::normalize(s).into_owned();
-    let tag = q
-        .tag
-        .as_deref()
-        .map(|t| {
-            t.split_once('=')
-                .map(|(k, v)| (nfc(k), nfc(v)))
-                .ok_or_else(|| ApiError::bad_request("invalid_parameter", "tag: expected key=value"))
-        })
-        .transpose()?;
-    let filter = JobFilter {
-        owner: q.owner.clone(),
-        pool: q.pool.clone(),
-        experiment: q.experiment.as_deref().map(nfc),
-        tag,
+    let selection = Selection {
+        owner: q.owner.as_deref(),
+        pool: q.pool.as_deref(),
+        experiment: q.experiment.as_deref(),
+        tag: q.tag.as_deref(),
         created_after: q.created_after,
         created_before: q.created_before,
-        ..JobFilter::default()
     };
-    filter.check(&scope)?;
+    let (scope, filter) = scoped_filter(&state, &caller, &selection)?;
     read_your_writes(&state, q.after_seq).await?;
     let rows = state.pg_health.guard(fetchml_projections::queries::count_jobs(&state.pg, &scope, &filter)).await?;
     const STATES: [&str; 8] =
@@ -533,21 +559,16 @@ pub async fn list(
     caller: Caller,
     Params(q): Params<ListJobsQuery>,
 ) -> Result<Json<JobsAnswer>, ApiError> {
-    let Some(scope) = scope_of(&state, &caller) else {
-        return Err(state.auth.deny(&caller, "jobs:read", "jobs", ApiError::Forbidden("jobs:read")));
+    let selection = Selection {
+        owner: q.owner.as_deref(),
+        pool: q.pool.as_deref(),
+        experiment: q.experiment.as_deref(),
+        tag: q.tag.as_deref(),
+        created_after: q.created_after,
+        created_before: q.created_before,
     };
-    if matches!(scope, Scope::Summary) && q.owner.is_some() {
-        // Analysts see no owners, so they may not select by one either.
-        return Err(state.auth.deny(&caller, "jobs:read", "jobs?owner", ApiError::Forbidden("jobs:read")));
-    }
+    let (scope, mut filter) = scoped_filter(&state, &caller, &selection)?;
     let bad = |field: &str, msg: &str| ApiError::bad_request("invalid_parameter", format!("{field}: {msg}"));
-    // Names and tags are stored in NFC: compare in NFC.
-    let nfc = |s: &str| fetchml_events::text::normalize(s).into_owned();
-    let tag = q
-        .tag
-        .as_deref()
-        .map(|t| t.split_once('=').map(|(k, v)| (nfc(k), nfc(v))).ok_or_else(|| bad("tag", "expected key=value")))
-        .transpose()?;
     let limit = match q.limit {
         Some(l) if (1..=MAX_LIST_LIMIT).contains(&l) => l,
         Some(_) => return Err(bad("limit", "1-500")),
@@ -558,21 +579,10 @@ pub async fn list(
         .as_deref()
         .map(|c| parse_cursor(c).ok_or_else(|| bad("cursor", "not a cursor from `next`")))
         .transpose()?;
-    let filter = JobFilter {
-        state: q.state.map(|st| st.as_str().to_owned()),
-        owner: q.owner.clone(),
-        pool: q.pool.clone(),
-        experiment: q.experiment.as_deref().map(nfc),
-        tag,
-        created_after: q.created_after,
-        created_before: q.created_before,
-        ascending: q.sort.unwrap_or_default() == SortOrder::OldestFirst,
-        limit,
-        after: after.map(|(t, id)| (t, *id.as_uuid())),
-    };
-    // One check for both paths: values by the text rules, and what the
-    // caller's model can select by.
-    filter.check(&scope)?;
+    filter.state = q.state.map(|st| st.as_str().to_owned());
+    filter.ascending = q.sort.unwrap_or_default() == SortOrder::OldestFirst;
+    filter.limit = limit;
+    filter.after = after.map(|(t, id)| (t, *id.as_uuid()));
     let point = match (q.as_of_seq, q.as_of) {
         (None, None) => None,
         (Some(n), None) => Some((Some(n), None)),

@@ -158,11 +158,6 @@ impl Fanout {
         };
         Follower { hub, rx, cut, id, joined_at }
     }
-
-    /// Live hubs (for tests and metrics).
-    pub fn hubs(&self) -> usize {
-        self.hubs.lock().unwrap_or_else(|p| p.into_inner()).values().filter(|h| h.strong_count() > 0).count()
-    }
 }
 
 /// Hands the consumer's messages to every follower until the hub stops or
