@@ -1186,7 +1186,7 @@ async fn seed_events_in(
         let mut prev = fetchml_events::hash::GENESIS.to_owned();
         let events = [
             JobEvent::JobQueued { owner: owner.clone(), spec: spec.clone() },
-            JobEvent::JobStarted { attempt: 1, worker },
+            JobEvent::JobStarted { attempt: 1, worker, placement: Default::default() },
             JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: Metrics::new() },
         ];
         for (i, payload) in events.into_iter().enumerate() {

@@ -35,7 +35,7 @@ fn queued() -> JobEvent {
 }
 
 fn started(attempt: u32, w: WorkerId) -> JobEvent {
-    JobEvent::JobStarted { attempt, worker: w }
+    JobEvent::JobStarted { attempt, worker: w, placement: Default::default() }
 }
 
 fn t0() -> DateTime<Utc> {
@@ -43,7 +43,7 @@ fn t0() -> DateTime<Utc> {
 }
 
 fn start(attempt: u32, worker: WorkerId) -> JobCommand {
-    JobCommand::Start { attempt, worker, at: t0() }
+    JobCommand::Start { attempt, worker, at: t0(), placement: Default::default() }
 }
 
 fn finish(attempt: u32, outcome: Outcome) -> JobCommand {
@@ -154,7 +154,8 @@ fn arb_command() -> impl Strategy<Value = JobCommand> {
         (0u32..6, 0i64..200).prop_map(move |(a, dt)| JobCommand::Start {
             attempt: a,
             worker: w,
-            at: t0() + chrono::Duration::seconds(dt)
+            at: t0() + chrono::Duration::seconds(dt),
+            placement: Default::default()
         }),
         (0u32..6, proptest::option::of(class), 0u16..=1000).prop_map(|(a, c, j)| JobCommand::Finish {
             attempt: a,
@@ -258,7 +259,12 @@ fn a_retry_cannot_start_before_its_time() {
     });
     let w = WorkerId::new();
     assert!(matches!(given(h.clone()).when(start(2, w)), Err(JobRejection::NotYet(_))));
-    let later = JobCommand::Start { attempt: 2, worker: w, at: t0() + chrono::Duration::seconds(5) };
+    let later = JobCommand::Start {
+        attempt: 2,
+        worker: w,
+        at: t0() + chrono::Duration::seconds(5),
+        placement: Default::default(),
+    };
     assert_eq!(given(h).when(later).unwrap(), vec![started(2, w)]);
 }
 

@@ -369,7 +369,7 @@ mod tests {
     fn history() -> Vec<JobEvent> {
         vec![
             JobEvent::JobQueued { owner: UserName::parse("alice").unwrap(), spec: JobSpec::command(["true"]) },
-            JobEvent::JobStarted { attempt: 1, worker: WorkerId::new() },
+            JobEvent::JobStarted { attempt: 1, worker: WorkerId::new(), placement: Default::default() },
             JobEvent::JobRetryScheduled {
                 attempt: 1,
                 exit_code: None,

@@ -37,6 +37,65 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub secrets: SecretSettings,
     pub audit: AuditSettings,
+    pub scheduling: SchedulingSettings,
+}
+
+/// How the scheduler orders waiting jobs (see the README's "Scheduling").
+/// Priorities order first; within a pool and a priority, users (and groups)
+/// take free slots in proportion to their shares, corrected by recent usage.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulingSettings {
+    /// Off: first come, first served within a priority (the order before
+    /// fair share existed).
+    pub fair_share: bool,
+    /// A user's share; users not listed have `default_share`.
+    pub user_shares: std::collections::BTreeMap<String, u32>,
+    pub default_share: u32,
+    /// Groups of users: a group's share is split between its members in
+    /// proportion to their own shares; usage and shares are then compared
+    /// between groups first, then between the members of a group.
+    pub groups: std::collections::BTreeMap<String, GroupSettings>,
+    /// Usage (slot-seconds) counts half as much after this long.
+    pub usage_half_life_secs: u64,
+    /// A job waiting this long is ordered as one priority higher (and so on
+    /// for each further period), so that nothing waits forever.
+    pub aging_secs: u64,
+    /// An assignment a worker has not started within this long goes back to
+    /// the queue (the message was lost, or the worker died).
+    pub assignment_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GroupSettings {
+    pub share: u32,
+    pub members: Vec<String>,
+}
+
+impl Default for SchedulingSettings {
+    fn default() -> Self {
+        Self {
+            fair_share: true,
+            user_shares: Default::default(),
+            default_share: 1,
+            groups: Default::default(),
+            usage_half_life_secs: 7 * 24 * 3600,
+            aging_secs: 3600,
+            assignment_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl SchedulingSettings {
+    /// The group `user` belongs to, if any (the first that lists them).
+    pub fn group_of(&self, user: &str) -> Option<&str> {
+        self.groups.iter().find(|(_, g)| g.members.iter().any(|m| m == user)).map(|(n, _)| n.as_str())
+    }
+
+    pub fn share_of(&self, user: &str) -> u32 {
+        self.user_shares.get(user).copied().unwrap_or(self.default_share).max(1)
+    }
 }
 
 /// Credentials a job needs, kept out of the log (see `fetchml_events::job::CredentialRules`).
@@ -453,6 +512,24 @@ impl Settings {
         }
         if self.nats.replicas == 0 || self.nats.replicas > 5 {
             return Err(invalid("nats.replicas", "must be 1-5".into()));
+        }
+        let sched = &self.scheduling;
+        if sched.usage_half_life_secs == 0 || sched.aging_secs == 0 || sched.assignment_timeout_ms == 0 {
+            return Err(invalid(
+                "scheduling",
+                "usage_half_life_secs, aging_secs and assignment_timeout_ms must be above 0".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (name, g) in &sched.groups {
+            if g.share == 0 {
+                return Err(invalid("scheduling.groups", format!("group {name:?}: share must be at least 1")));
+            }
+            for m in &g.members {
+                if !seen.insert(m.as_str()) {
+                    return Err(invalid("scheduling.groups", format!("user {m:?} is in more than one group")));
+                }
+            }
         }
         let otlp = &self.telemetry.otlp_endpoint;
         if !otlp.is_empty() && !otlp.starts_with("http://") && !otlp.starts_with("https://") {

@@ -71,7 +71,7 @@ async fn no_event_the_log_can_hold_stops_the_projector_and_a_rebuild_agrees() {
     spec.experiment = Some("exp\0eriment".into());
     spec.tags.insert("k\0".into(), "v\0".into());
     nul.push(&store, JobEvent::JobQueued { owner: alice(), spec }).await;
-    nul.push(&store, JobEvent::JobStarted { attempt: 1, worker }).await;
+    nul.push(&store, JobEvent::JobStarted { attempt: 1, worker, placement: Default::default() }).await;
     nul.push(&store, JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: metrics("lo\0ss", 0.5) }).await;
     let mut cancelled = Chain::new(&store);
     cancelled.push(&store, JobEvent::JobQueued { owner: alice(), spec: JobSpec::command(["true"]) }).await;
@@ -83,7 +83,7 @@ async fn no_event_the_log_can_hold_stops_the_projector_and_a_rebuild_agrees() {
     let mut spec = JobSpec::command(["true"]);
     spec.experiment = Some((0..3000).map(|i| char::from(b'a' + ((i * 7919) % 26) as u8)).collect());
     huge.push(&store, JobEvent::JobQueued { owner: alice(), spec }).await;
-    huge.push(&store, JobEvent::JobStarted { attempt: 1, worker }).await;
+    huge.push(&store, JobEvent::JobStarted { attempt: 1, worker, placement: Default::default() }).await;
     let huge_end =
         huge.push(&store, JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: metrics("loss", 0.1) }).await;
 
@@ -196,7 +196,7 @@ async fn a_cancelled_retry_reads_the_same_in_the_job_and_in_the_list() {
     let store = store_of(&app).await;
     let mut job = Chain::new(&store);
     job.push(&store, JobEvent::JobQueued { owner: alice(), spec: JobSpec::command(["true"]) }).await;
-    job.push(&store, JobEvent::JobStarted { attempt: 1, worker: WorkerId::new() }).await;
+    job.push(&store, JobEvent::JobStarted { attempt: 1, worker: WorkerId::new(), placement: Default::default() }).await;
     let not_before = Utc::now() + chrono::Duration::hours(1);
     job.push(
         &store,

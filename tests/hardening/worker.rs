@@ -24,7 +24,12 @@ async fn queue(store: &EventStore) -> JobId {
 }
 
 async fn start(store: &EventStore, id: JobId) -> u64 {
-    let cmd = JobCommand::Start { attempt: 1, worker: WorkerId::new(), at: chrono::Utc::now() };
+    let cmd = JobCommand::Start {
+        attempt: 1,
+        worker: WorkerId::new(),
+        at: chrono::Utc::now(),
+        placement: Default::default(),
+    };
     store.execute_job(id, cmd, &ctx()).await.unwrap().seq
 }
 

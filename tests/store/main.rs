@@ -108,8 +108,16 @@ async fn concurrent_commands_on_one_job_are_serialised_by_the_aggregate() {
     let w2 = fetchml_events::WorkerId::new();
     let (c1, c2) = (ctx(), ctx());
     let (a, b) = tokio::join!(
-        store.execute_job(id, JobCommand::Start { attempt: 1, worker: w1, at: chrono::Utc::now() }, &c1),
-        store.execute_job(id, JobCommand::Start { attempt: 1, worker: w2, at: chrono::Utc::now() }, &c2),
+        store.execute_job(
+            id,
+            JobCommand::Start { attempt: 1, worker: w1, at: chrono::Utc::now(), placement: Default::default() },
+            &c1
+        ),
+        store.execute_job(
+            id,
+            JobCommand::Start { attempt: 1, worker: w2, at: chrono::Utc::now(), placement: Default::default() },
+            &c2
+        ),
     );
     // Exactly one start; the loser re-decided and was refused by the aggregate.
     let rejected =
@@ -208,7 +216,12 @@ async fn every_appended_event_links_to_its_predecessor() {
     store
         .execute_job(
             id,
-            JobCommand::Start { attempt: 1, worker: fetchml_events::WorkerId::new(), at: chrono::Utc::now() },
+            JobCommand::Start {
+                attempt: 1,
+                worker: fetchml_events::WorkerId::new(),
+                at: chrono::Utc::now(),
+                placement: Default::default(),
+            },
             &ctx(),
         )
         .await
@@ -240,7 +253,7 @@ async fn the_job_index_lets_finished_jobs_go_and_takes_a_requeued_one_back() {
     assert_eq!(first.state.status, JobStatus::Queued);
 
     let at = chrono::Utc::now();
-    let start = JobCommand::Start { attempt: 1, worker: WorkerId::new(), at };
+    let start = JobCommand::Start { attempt: 1, worker: WorkerId::new(), at, placement: Default::default() };
     store.execute_job(id, start, &ctx()).await.unwrap();
     // Cancelled (a succeeded job cannot be queued again).
     let finished = store.execute_job(id, JobCommand::Cancel { reason: "stop".into() }, &ctx()).await.unwrap();

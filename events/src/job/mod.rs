@@ -43,6 +43,29 @@ pub struct Metric {
 
 pub type Metrics = BTreeMap<String, Metric>;
 
+/// Where an attempt runs and what it holds there: the worker's host, the GPU
+/// devices it was given (exactly these are visible to the process), and the
+/// CPUs and memory reserved for it. Usage accounting and the scheduler's
+/// rebuild read it back from `job_started`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Placement {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub host: String,
+    /// GPU device ids (as `CUDA_VISIBLE_DEVICES` names them).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<String>,
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
+}
+
+impl Placement {
+    pub fn is_empty(&self) -> bool {
+        self == &Placement::default()
+    }
+}
+
 /// A request to change a job.
 // Commands and events are built once per request and serialised; boxing the
 // spec would only add noise.
@@ -53,11 +76,13 @@ pub enum JobCommand {
         owner: UserName,
         spec: JobSpec,
     },
-    /// A worker claims attempt `attempt` (must be the next one) at time `at`.
+    /// A worker claims attempt `attempt` (must be the next one) at time `at`,
+    /// on the host and devices `placement` names.
     Start {
         attempt: u32,
         worker: WorkerId,
         at: DateTime<Utc>,
+        placement: Placement,
     },
     /// The attempt `attempt` ended (reported by its worker, or by another worker
     /// that found its lease expired). `jitter_permille` (0..=1000) is the random
@@ -111,6 +136,10 @@ pub enum JobEvent {
     JobStarted {
         attempt: u32,
         worker: WorkerId,
+        /// Where the attempt runs and what it holds (empty in events written
+        /// before placements were recorded).
+        #[serde(default, skip_serializing_if = "Placement::is_empty")]
+        placement: Placement,
     },
     JobSucceeded {
         attempt: u32,
@@ -372,7 +401,7 @@ pub fn decide(state: Option<&Job>, cmd: JobCommand) -> Result<Vec<JobEvent>, Job
             JobEvent::JobRequeued { reason }
         }
         (Some(job), _) if job.status.is_terminal() => return Err(JobRejection::AlreadyTerminal(job.status)),
-        (Some(job), JobCommand::Start { attempt, worker, at }) => {
+        (Some(job), JobCommand::Start { attempt, worker, at, placement }) => {
             if !job.status.is_waiting() {
                 return Err(JobRejection::NotStartable { status: job.status, attempt });
             }
@@ -384,7 +413,7 @@ pub fn decide(state: Option<&Job>, cmd: JobCommand) -> Result<Vec<JobEvent>, Job
             {
                 return Err(JobRejection::NotYet(nb));
             }
-            JobEvent::JobStarted { attempt, worker }
+            JobEvent::JobStarted { attempt, worker, placement }
         }
         (Some(job), JobCommand::Finish { attempt, outcome, metrics, at, jitter_permille }) => {
             if job.status != JobStatus::Running {
@@ -459,7 +488,7 @@ pub fn evolve(state: Option<Job>, event: &JobEvent) -> Option<Job> {
     };
     match event {
         JobEvent::JobQueued { .. } => {}
-        JobEvent::JobStarted { attempt, worker } => {
+        JobEvent::JobStarted { attempt, worker, .. } => {
             job.status = JobStatus::Running;
             job.attempt = *attempt;
             job.attempts_in_run += 1;

@@ -482,7 +482,8 @@ impl Worker {
                 return;
             }
         };
-        let start = JobCommand::Start { attempt, worker: self.id, at: chrono::Utc::now() };
+        let start =
+            JobCommand::Start { attempt, worker: self.id, at: chrono::Utc::now(), placement: Default::default() };
         let ctx = CommandContext::new(actor.clone()).correlated(correlation);
         let started = match self.store.execute_job_on(job_id, Some(loaded.clone()), start, &ctx).await {
             Ok(done) => done,
