@@ -1,32 +1,70 @@
-//! The work-queue message. DISPATCH is an index derived from the event log: a
-//! ticket only says "this job wants a worker"; the job's own history decides
-//! whether a worker may really start it (so a stale or repeated ticket is
-//! harmless: the aggregate fences it out).
+//! What the scheduler tells a worker. Nothing here is a fact of record: an
+//! assignment only invites a worker to start an attempt, and the job's own
+//! history decides whether it may (the start is appended expecting the job's
+//! last sequence, so of two workers handed the same job by two schedulers
+//! that both believe they lead, one wins and the other is refused).
+//!
+//! An assignment carries everything the start needs (the job's folded state,
+//! its last sequence and hash for the chain), so a worker starts a job
+//! without reading its history: one append, not a read and an append.
 
-use crate::ids::JobId;
-use chrono::{DateTime, Utc};
+use crate::ids::{JobId, WorkerId};
+use crate::job::{Job, Placement};
 use serde::{Deserialize, Serialize};
+use uuid::Uuid;
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DispatchTicket {
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
     pub job_id: JobId,
-    /// The job's event subject, so the worker loads it without a lookup.
-    pub job_subject: String,
-    /// The stream sequence of the event that asked for this dispatch.
-    pub cause_seq: u64,
-    /// The attempt may not start before this time (retry backoff).
-    #[serde(default)]
-    pub not_before: Option<DateTime<Utc>>,
-    /// Set by the reconciler for a running job whose worker is gone and whose
-    /// ticket was lost: the receiving worker treats the attempt's lease as expired.
-    #[serde(default)]
-    pub takeover: bool,
+    /// The job's event subject.
+    pub subject: String,
+    /// The attempt to start (the job's current attempt + 1).
+    pub attempt: u32,
+    /// The job as folded from its history up to `expected_seq`.
+    pub state: Job,
+    /// The stream sequence and hash of the job's last event: the start is
+    /// appended expecting this sequence and linked to this hash.
+    pub expected_seq: u64,
+    pub prev_hash: String,
+    /// The request that set this attempt in motion (normally the submit's).
+    pub correlation_id: Uuid,
+    /// What the worker gives the attempt: exactly these GPUs, and the CPUs and
+    /// memory reserved for it.
+    pub placement: Placement,
+    /// Since when the job could run (queued, or its retry backoff ended):
+    /// the worker measures queue-to-start from here.
+    pub ready_at: chrono::DateTime<chrono::Utc>,
 }
 
-impl DispatchTicket {
-    /// `Nats-Msg-Id` of the ticket: one per causing event, so a dispatcher that
-    /// crashed after publishing and before acknowledging does not queue twice.
-    pub fn msg_id(&self) -> String {
-        format!("dispatch-{}-{}", self.job_id, self.cause_seq)
+/// One message on a worker's own subject (`<ns>.sched.worker.<id>`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)]
+pub enum WorkerMessage {
+    Assign(Assignment),
+    /// The job was cancelled (or moved on) while this worker runs `attempt`:
+    /// stop its process. A lost message is caught by the worker's own check
+    /// of the job's subject, every third of the lease.
+    Stop {
+        job_id: JobId,
+        attempt: u32,
+    },
+    /// Take nothing new (an admin's drain); the running jobs finish.
+    Drain,
+}
+
+/// Who is asked to do what (for logs).
+impl WorkerMessage {
+    pub fn job(&self) -> Option<JobId> {
+        match self {
+            WorkerMessage::Assign(a) => Some(a.job_id),
+            WorkerMessage::Stop { job_id, .. } => Some(*job_id),
+            WorkerMessage::Drain => None,
+        }
     }
+}
+
+/// The worker an assignment is for, and its subject, in one place.
+pub fn worker_subject(ns: &crate::ids::Namespace, worker: WorkerId) -> String {
+    format!("{ns}.sched.worker.{worker}")
 }

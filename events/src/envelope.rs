@@ -21,6 +21,8 @@ pub enum AggregateKind {
     Job,
     Worker,
     User,
+    /// Pools paused and resumed.
+    Pool,
     /// The audit trail's own events (signed checkpoints, see `fetchml-audit`):
     /// not an envelope of this module beyond `type` and `aggregate_kind`, and
     /// never part of a read model.

@@ -10,6 +10,7 @@ pub mod envelope;
 pub mod hash;
 pub mod ids;
 pub mod job;
+pub mod pool;
 pub mod subject;
 pub mod text;
 pub mod user;

@@ -93,6 +93,23 @@ impl Subjects {
         format!("{}.ev.worker.{id}", self.ns)
     }
 
+    /// The events of one pool (paused, resumed).
+    pub fn pool(&self, pool: &PoolName) -> String {
+        format!("{}.ev.pool.{pool}", self.ns)
+    }
+    /// What the scheduler sends one worker (assignments, stops, drain).
+    pub fn scheduler_to_worker(&self, id: WorkerId) -> String {
+        crate::dispatch::worker_subject(&self.ns, id)
+    }
+    /// Questions to the scheduler (request/reply): why a job waits, pools.
+    pub fn scheduler_query(&self) -> String {
+        format!("{}.sched.query", self.ns)
+    }
+    /// The key-value bucket holding the scheduler's leadership lease.
+    pub fn leases_bucket(&self) -> String {
+        format!("{}_leases", self.ns)
+    }
+
     /// All dispatch subjects.
     pub fn all_dispatch(&self) -> String {
         format!("{}.dispatch.>", self.ns)

@@ -9,8 +9,21 @@ use serde_json::Value;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum WorkerEvent {
-    WorkerStarted { pool: String, labels: Vec<String>, concurrency: usize, host: String, pid: u32 },
-    WorkerStopped { reason: String },
+    WorkerStarted {
+        pool: String,
+        labels: Vec<String>,
+        concurrency: usize,
+        host: String,
+        pid: u32,
+    },
+    WorkerStopped {
+        reason: String,
+    },
+    /// An admin asked the worker to drain: it finishes what runs and is given
+    /// nothing new.
+    WorkerDrainRequested {
+        reason: String,
+    },
 }
 
 impl DomainEvent for WorkerEvent {
@@ -20,6 +33,7 @@ impl DomainEvent for WorkerEvent {
         match self {
             WorkerEvent::WorkerStarted { .. } => "worker_started",
             WorkerEvent::WorkerStopped { .. } => "worker_stopped",
+            WorkerEvent::WorkerDrainRequested { .. } => "worker_drain_requested",
         }
     }
 

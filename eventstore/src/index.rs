@@ -20,7 +20,8 @@
 //! behind an event, or the log held no job event at all), and never unset.
 
 use crate::StoreError;
-use crate::store::{EventStore, StartAt};
+use crate::store::EventStore;
+use crate::tap::LogSource;
 use async_nats::jetstream::stream::DirectGetErrorKind;
 use chrono::{DateTime, Utc};
 use fetchml_events::JobId;
@@ -120,6 +121,18 @@ async fn history_before(store: &EventStore, id: JobId, subject: &str, seq: u64) 
 impl JobIndex {
     /// Starts following the log from the beginning; returns at once.
     pub fn spawn(store: EventStore, stop: CancellationToken) -> Self {
+        Self::spawn_on(LogSource::Direct(store.clone()), store, stop)
+    }
+
+    /// [`JobIndex::spawn`], reading the log from `source` (a process's shared
+    /// tap: one delivery for the index and the other followers).
+    pub fn spawn_on(source: LogSource, store: EventStore, stop: CancellationToken) -> Self {
+        // On a tap, ask now (before the tap starts), so the index shares its
+        // delivery from the first event instead of catching up on its own.
+        let mut first = match &source {
+            LogSource::Tap(tap) => Some(tap.follow(1)),
+            LogSource::Direct(_) => None,
+        };
         let inner = Arc::new(RwLock::new(Inner::default()));
         let (tx, seen) = watch::channel(0u64);
         let (caught_tx, caught_up) = watch::channel(false);
@@ -143,7 +156,11 @@ impl JobIndex {
                     }
                 }
                 let filter = store.subjects().all_job_events();
-                let mut events = match store.read(&filter, StartAt::Sequence(next)).await {
+                let feed = match first.take() {
+                    Some(f) => Ok(f),
+                    None => source.read(&filter, next).await,
+                };
+                let mut events = match feed {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(error = %e, "job index cannot read the log; retrying");

@@ -47,12 +47,23 @@ pub struct LoadedJob {
     pub subject: Option<String>,
     pub history: Vec<(u64, Envelope<JobEvent>)>,
     pub state: Option<Job>,
+    /// For a job known from a snapshot rather than its full history (a
+    /// scheduler's assignment): the sequence and hash of the last event the
+    /// snapshot folded. `history` then holds only what came after.
+    pub base: Option<(u64, String)>,
 }
 
 impl LoadedJob {
     /// The history of a job id nobody has used (a fresh UUIDv7): no events.
     pub fn new_job(id: JobId) -> Self {
-        Self { id, subject: None, history: Vec::new(), state: None }
+        Self { id, subject: None, history: Vec::new(), state: None, base: None }
+    }
+
+    /// A job known from its folded `state` at sequence `seq` with hash `hash`
+    /// (what a scheduler's assignment carries): a start can be decided and
+    /// appended without reading the history.
+    pub fn snapshot(id: JobId, subject: String, state: Job, seq: u64, hash: String) -> Self {
+        Self { id, subject: Some(subject), history: Vec::new(), state: Some(state), base: Some((seq, hash)) }
     }
 
     /// This history with `event`, just appended at `seq`, folded in.
@@ -72,10 +83,26 @@ impl LoadedJob {
 
     /// The stream sequence of the job's last event, 0 if none.
     pub fn last_seq(&self) -> u64 {
-        self.history.last().map(|(s, _)| *s).unwrap_or(0)
+        match (self.history.last(), &self.base) {
+            (Some((s, _)), _) => *s,
+            (None, Some((s, _))) => *s,
+            (None, None) => 0,
+        }
     }
     fn last_hash(&self) -> &str {
-        self.history.last().map(|(_, e)| e.hash.as_str()).unwrap_or(GENESIS)
+        match (self.history.last(), &self.base) {
+            (Some((_, e)), _) => e.hash.as_str(),
+            (None, Some((_, h))) => h.as_str(),
+            (None, None) => GENESIS,
+        }
+    }
+    /// The aggregate version of the last event (events folded so far).
+    fn version(&self) -> u64 {
+        match &self.base {
+            // The snapshot's state counted what it folded; `history` is after it.
+            Some(_) => self.state.as_ref().map(|s| s.version).unwrap_or(0),
+            None => self.history.len() as u64,
+        }
     }
 }
 
@@ -127,7 +154,7 @@ impl EventStore {
             state = evolve(state, &env.payload);
             history.push((seq, env));
         }
-        Ok(LoadedJob { id, subject, history, state })
+        Ok(LoadedJob { id, subject, history, state, base: None })
     }
 
     /// Decides `cmd` against the job's current state and appends the result.
@@ -252,7 +279,7 @@ impl EventStore {
         let mut state = loaded.state.clone();
         let mut duplicate = true;
         let mut appended_events = Vec::new();
-        let first_version = loaded.history.len() as u64 + 1;
+        let first_version = loaded.version() + 1;
         for (i, payload) in events.into_iter().enumerate() {
             let version = first_version + i as u64;
             state = evolve(state, &payload);

@@ -25,6 +25,7 @@ mod jobs;
 mod registry;
 mod store;
 mod streams;
+mod tap;
 
 pub use connect::{MIN_SERVER_VERSION, ServerVersion, check_server_version, connect, connect_with};
 pub use error::StoreError;
@@ -35,3 +36,4 @@ pub use registry::{
 };
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
 pub use streams::{StreamSettings, ensure_streams};
+pub use tap::{EventFeed, LogSource, LogTap};

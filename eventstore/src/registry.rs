@@ -28,6 +28,14 @@ pub struct WorkerRecord {
     pub labels: Vec<String>,
     pub concurrency: usize,
     pub running: usize,
+    /// GPU device ids this worker gives jobs (empty: none).
+    #[serde(default)]
+    pub gpus: Vec<String>,
+    /// CPUs and memory it reserves for jobs that ask (0: none offered).
+    #[serde(default)]
+    pub cpus: u32,
+    #[serde(default)]
+    pub memory_mb: u64,
     /// Stopping: it takes no new jobs and lets its running ones finish.
     #[serde(default)]
     pub draining: bool,

@@ -383,6 +383,9 @@ async fn apply_worker(conn: &mut PgConnection, seq: u64, env: &Envelope<WorkerEv
             .await
             .map_err(db)?;
         }
+        // Draining is live state (the scheduler and the registry show it); the
+        // read model keeps a worker's life, not its moods.
+        WorkerEvent::WorkerDrainRequested { .. } => {}
         WorkerEvent::WorkerStopped { .. } => {
             sqlx::query(
                 "UPDATE workers SET state = 'stopped', stopped_at = $2, last_seq = $3 WHERE id = $1 AND last_seq < $3",

@@ -162,6 +162,7 @@ impl Folded {
                     last_seq: seq,
                 });
             }
+            WorkerEvent::WorkerDrainRequested { .. } => {}
             WorkerEvent::WorkerStopped { .. } => {
                 if let Some(w) = self.workers.get_mut(&env.aggregate_id) {
                     w.stopped_at = Some(env.occurred_at);

@@ -314,7 +314,7 @@ pub fn decode(seq: u64, payload: &[u8]) -> Decoded {
             Err(e) => undecodable(format!("undecodable worker event: {e}")),
         },
         // Users (logins, refusals) and the audit trail's checkpoints.
-        Some(AggregateKind::User | AggregateKind::Audit) => Decoded::Skip,
+        Some(AggregateKind::User | AggregateKind::Audit | AggregateKind::Pool) => Decoded::Skip,
         None => undecodable("not an event envelope".into()),
     }
 }

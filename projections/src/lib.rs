@@ -30,7 +30,7 @@ pub mod queries;
 pub use fold::Fault;
 pub use health::Health;
 
-use fetchml_eventstore::{EventStore, StartAt, StoreError};
+use fetchml_eventstore::{EventStore, LogSource, StartAt, StoreError};
 use futures::StreamExt;
 use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -298,11 +298,20 @@ pub struct Projector {
     store: EventStore,
     batching: Batching,
     health: Option<Health>,
+    /// Where the log is read: the store itself, or the process's shared tap.
+    source: Option<LogSource>,
 }
 
 impl Projector {
     pub fn new(pool: PgPool, store: EventStore, batching: Batching) -> Self {
-        Self { pool, store, batching, health: None }
+        Self { pool, store, batching, health: None, source: None }
+    }
+
+    /// Reads the log through `source` (the api's shared tap: one delivery of
+    /// each event for the projector, the job index and the scheduler).
+    pub fn with_source(mut self, source: LogSource) -> Self {
+        self.source = Some(source);
+        self
     }
 
     /// Shares what the projector learns about Postgres (down, up again) with
@@ -348,7 +357,11 @@ impl Projector {
         }
         let from = checkpoint_on(&mut conn).await? + 1;
         tracing::info!(from, "projector running");
-        let mut events = self.store.read(&self.store.subjects().all_events(), StartAt::Sequence(from)).await?;
+        let all = self.store.subjects().all_events();
+        let mut events = match &self.source {
+            Some(source) => source.read(&all, from).await?,
+            None => Box::pin(self.store.read(&all, StartAt::Sequence(from)).await?),
+        };
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return Ok(()),

@@ -295,16 +295,13 @@ pub struct ApiSettings {
     /// listen backlog until one closes. Keep it below the process's open-file
     /// limit (`ulimit -n`), which NATS and Postgres connections share.
     pub max_connections: usize,
-    /// Run the dispatcher (EVENTS → DISPATCH) and its reconciler inside the api process.
-    pub embedded_dispatcher: bool,
+    /// Run a scheduler inside the api process (any number may run; one
+    /// leads, see `fetchml-scheduler`).
+    pub embedded_scheduler: bool,
     /// Run the projector (event log → Postgres read models) inside the api process.
     pub embedded_projector: bool,
     /// How long a query with `after_seq` waits for the read models.
     pub read_your_writes_ms: u64,
-    /// How often the reconciler compares the log with the work queue.
-    pub reconcile_every_secs: u64,
-    /// Jobs changed more recently than this are left to the dispatcher.
-    pub reconcile_grace_secs: u64,
     /// Serve Prometheus metrics at `GET /metrics` on `listen`, without
     /// authentication (aggregate counts only: no job ids, users or paths).
     /// Turn off when the api is reachable beyond the hosts that may see them.
@@ -354,6 +351,12 @@ pub struct WorkerSettings {
     /// authentication), e.g. `127.0.0.1:9102`; `None` (the default) serves
     /// none: several workers on one host would otherwise fight over one port.
     pub metrics_listen: Option<String>,
+    /// GPU device ids this worker gives jobs, e.g. `["0", "1"]` or UUIDs.
+    /// `None` (the default): those `nvidia-smi` lists, or none without it.
+    pub gpus: Option<Vec<String>>,
+    /// CPUs and memory (MB) jobs may reserve here; `None`: the host's.
+    pub cpus: Option<u32>,
+    pub memory_mb: Option<u64>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -390,11 +393,9 @@ impl Default for ApiSettings {
             header_read_timeout_ms: 10_000,
             body_timeout_ms: 30_000,
             max_connections: 512,
-            embedded_dispatcher: true,
+            embedded_scheduler: true,
             embedded_projector: true,
             read_your_writes_ms: 5000,
-            reconcile_every_secs: 10,
-            reconcile_grace_secs: 10,
             metrics: true,
             docs_bundle: PathBuf::from("web/docs/node_modules/redoc/bundles/redoc.standalone.js"),
             ui_dir: PathBuf::from("web/app/dist"),
@@ -415,6 +416,9 @@ impl Default for WorkerSettings {
             kill_grace_secs: 10,
             drain_secs: 30,
             metrics_listen: None,
+            gpus: None,
+            cpus: None,
+            memory_mb: None,
         }
     }
 }
@@ -481,9 +485,6 @@ impl Settings {
         }
         if self.auth.session_ttl_secs < 60 {
             return Err(invalid("auth.session_ttl_secs", "must be at least 60".into()));
-        }
-        if self.api.reconcile_every_secs == 0 {
-            return Err(invalid("api.reconcile_every_secs", "must be at least 1".into()));
         }
         if self.worker.lease_secs < 3 {
             return Err(invalid("worker.lease_secs", "must be at least 3".into()));

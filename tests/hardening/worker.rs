@@ -1,48 +1,11 @@
-//! Hardening tests: workers, dispatch and the reconciler (defects 10, 13 in
-//! part, 14, 15, 16 and 17). Real NATS; real worker processes where a worker
-//! is involved.
+//! Hardening tests: workers and dispatch (defects 10, 13 in part, 14 and 17;
+//! 15 and 16 were the reconciler's, which the scheduler replaced). Real NATS;
+//! real worker processes where a worker is involved.
 
-use fetchml_dispatcher::{ReconcileError, ReconcileReport, reconcile_once};
-use fetchml_events::job::{JobCommand, JobSpec, Outcome};
-use fetchml_events::{Actor, JobId, UserName, WorkerId};
-use fetchml_eventstore::{CommandContext, EventStore, JobIndex};
 use fetchml_tests::app::{TestApp, spawn_app, spawn_app_with, spawn_worker, spawn_worker_with};
-use fetchml_tests::{CancellationToken, eventually, fresh_store};
-use futures::StreamExt;
+use fetchml_tests::eventually;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-fn ctx() -> CommandContext {
-    CommandContext::new(Actor::User { name: UserName::parse("alice").unwrap() })
-}
-
-async fn queue(store: &EventStore) -> JobId {
-    let id = JobId::new();
-    let cmd = JobCommand::Queue { owner: UserName::parse("alice").unwrap(), spec: JobSpec::command(["true"]) };
-    store.execute_job(id, cmd, &ctx()).await.unwrap();
-    id
-}
-
-async fn start(store: &EventStore, id: JobId) -> u64 {
-    let cmd = JobCommand::Start {
-        attempt: 1,
-        worker: WorkerId::new(),
-        at: chrono::Utc::now(),
-        placement: Default::default(),
-    };
-    store.execute_job(id, cmd, &ctx()).await.unwrap().seq
-}
-
-async fn succeed(store: &EventStore, id: JobId) -> u64 {
-    let cmd = JobCommand::Finish {
-        attempt: 1,
-        outcome: Outcome::Succeeded,
-        metrics: Default::default(),
-        at: chrono::Utc::now(),
-        jitter_permille: 500,
-    };
-    store.execute_job(id, cmd, &ctx()).await.unwrap().seq
-}
 
 async fn submit(app: &TestApp, spec: Value) -> String {
     let (status, body) = app.submit(spec).await;
@@ -107,68 +70,6 @@ async fn a_symlink_out_of_the_job_root_fails_the_job_as_its_own_fault() {
     assert!(job["reason"].as_str().unwrap().contains("leaves the job root"), "{job}");
     assert!(!app.event_types(&id).await.iter().any(|t| t == "job_retry_scheduled"));
     assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0, "nothing written outside the root");
-}
-
-/// Defect 15: right after a start the index is still replaying the log, and
-/// the reconciler took over attempts of jobs that had finished long before.
-/// The log: job X queued and started, then 2000 other jobs queued and
-/// cancelled, then X finished. An index that has folded X's start has 4000
-/// events still to read, and a pass then must neither act nor even look at
-/// a job; once the index has caught up there is nothing to do.
-#[tokio::test]
-async fn a_fresh_index_acts_on_nothing_until_it_has_caught_up_with_the_log() {
-    let store = fresh_store().await;
-    let x = queue(&store).await;
-    let x_started = start(&store, x).await;
-    futures::stream::iter(0..2000)
-        .for_each_concurrent(16, |_| async {
-            let id = queue(&store).await;
-            store.execute_job(id, JobCommand::Cancel { reason: "done".into() }, &ctx()).await.unwrap();
-        })
-        .await;
-    succeed(&store, x).await;
-
-    let stop = CancellationToken::new();
-    let index = JobIndex::spawn(store.clone(), stop.clone());
-    // Mid-replay: X looks running, on a worker that is not alive.
-    assert!(index.wait_for(x_started, Duration::from_secs(10)).await);
-    match reconcile_once(&store, &index, Duration::ZERO).await {
-        Err(ReconcileError::IndexBehind) => {}
-        Ok(r) => assert_eq!((r.redispatched, r.taken_over, r.moved_on), (0, 0, 0), "acted mid-replay: {r:?}"),
-        Err(e) => panic!("{e}"),
-    }
-    assert!(index.wait_caught_up().await);
-    let after = reconcile_once(&store, &index, Duration::ZERO).await.unwrap();
-    assert_eq!(after, ReconcileReport::default(), "every job had finished");
-    stop.cancel();
-}
-
-/// Defect 16: the reconciler listed waiting jobs first and tickets later, so a
-/// job that started, finished and had its ticket acknowledged in between
-/// looked ticketless and was dispatched again. Made deterministic: the index
-/// is stopped after it saw one job waiting and one running, then both finish
-/// in the log, with no ticket anywhere (no dispatcher runs): exactly the views
-/// the reconciler had in that interleaving.
-#[tokio::test]
-async fn the_reconciler_leaves_alone_jobs_that_finished_after_the_index_saw_them() {
-    let store = fresh_store().await;
-    let stop = CancellationToken::new();
-    let index = JobIndex::spawn(store.clone(), stop.clone());
-    let waiting = queue(&store).await;
-    let running = queue(&store).await;
-    let seen = start(&store, running).await;
-    assert!(index.wait_for(seen, Duration::from_secs(10)).await);
-    assert!(index.caught_up());
-    assert_eq!(index.select(|_| true).len(), 2);
-    stop.cancel(); // the index's view is now older than what follows
-    start(&store, waiting).await;
-    succeed(&store, waiting).await;
-    succeed(&store, running).await;
-
-    let report = reconcile_once(&store, &index, Duration::ZERO).await.unwrap();
-    assert_eq!((report.redispatched, report.taken_over, report.moved_on), (0, 0, 2), "{report:?}");
-    let dispatch = store.jetstream().get_stream(store.subjects().dispatch_stream()).await.unwrap();
-    assert_eq!(dispatch.get_info().await.unwrap().state.messages, 0, "no ticket was published");
 }
 
 /// Defect 17: a draining worker (SIGTERM, finishing its running jobs) stopped

@@ -62,7 +62,7 @@ async fn a_worker_killed_mid_job_loses_the_attempt_and_another_worker_completes_
 
 #[tokio::test]
 async fn a_job_acknowledged_by_an_api_that_is_killed_at_once_still_runs() {
-    let base = spawn_app_with(|s| s.api.embedded_dispatcher = false).await;
+    let base = spawn_app_with(|s| s.api.embedded_scheduler = false).await;
     // A real api process, killed with SIGKILL right after it answered 202.
     let port = fetchml_tests::free_port();
     let mut api = std::process::Command::new(fetchml_tests::app::fetchml_binary())
@@ -89,7 +89,7 @@ async fn a_job_acknowledged_by_an_api_that_is_killed_at_once_still_runs() {
     api.wait().unwrap();
     let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
 
-    // Another api (with its dispatcher) and a worker take it from the log.
+    // Another api (with its scheduler) and a worker take it from the log.
     let app = spawn_app_with(|s| s.nats.namespace = base.settings.nats.namespace.clone()).await;
     let _w = spawn_worker(&app.settings);
     let job = app.until_terminal(&id).await;
@@ -352,22 +352,21 @@ async fn a_worker_stopped_gracefully_hands_its_unfinished_job_to_another() {
 }
 
 #[tokio::test]
-async fn the_reconciler_dispatches_a_queued_job_that_has_no_ticket() {
-    // No dispatcher: the job is in the log but never reaches the work queue.
-    let app = spawn_app_with(|s| s.api.embedded_dispatcher = false).await;
+async fn a_job_queued_while_no_scheduler_runs_starts_once_one_does() {
+    // No scheduler: the job is in the log, and a worker is idle.
+    let app = spawn_app_with(|s| s.api.embedded_scheduler = false).await;
+    let _w = spawn_worker(&app.settings);
     let id = submit(&app, json!({"executor": "noop", "command": []})).await;
+    assert_eq!(app.get(&format!("/v1/jobs/{id}")).await.1["state"], "queued");
+    // A standalone scheduler, started afterwards, finds it in the log.
     let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
     let stop = fetchml_tests::CancellationToken::new();
-    let index = fetchml_eventstore::JobIndex::spawn(store.clone(), stop.clone());
-    assert!(index.wait_for(1, Duration::from_secs(10)).await);
-    let report = fetchml_dispatcher::reconcile_once(&store, &index, Duration::ZERO).await.unwrap();
-    assert_eq!(report.redispatched, 1, "{report:?}");
-    // A second pass finds the ticket and does nothing.
-    let again = fetchml_dispatcher::reconcile_once(&store, &index, Duration::ZERO).await.unwrap();
-    assert_eq!(again.redispatched, 0);
-    let _w = spawn_worker(&app.settings);
+    let scheduler =
+        fetchml_scheduler::Scheduler::new(store.clone(), app.settings.scheduling.clone(), app.settings.worker_ttl());
+    let run = tokio::spawn(scheduler.run(fetchml_eventstore::LogSource::Direct(store), stop.clone()));
     assert_eq!(app.until_terminal(&id).await["state"], "succeeded");
     stop.cancel();
+    run.await.unwrap().unwrap();
 }
 
 #[tokio::test]

@@ -88,8 +88,6 @@ pub async fn spawn_app_with(tune: impl FnOnce(&mut Settings)) -> TestApp {
     settings.nats.url = nats_url();
     settings.nats.namespace = unique_namespace().to_string();
     settings.api.listen = "127.0.0.1:0".into();
-    settings.api.reconcile_every_secs = 1;
-    settings.api.reconcile_grace_secs = 2;
     settings.auth.users_file = users_file();
     settings.nats.progress_max_bytes = crate::TEST_PROGRESS_BYTES;
     let db = crate::fresh_database();

@@ -322,7 +322,7 @@ impl JobStatus {
 }
 
 /// The state folded from a job's events.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub owner: UserName,
     pub spec: JobSpec,

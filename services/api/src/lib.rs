@@ -21,7 +21,7 @@ pub use error::ApiError;
 
 use axum::Router;
 use fetchml_events::subject::Subjects;
-use fetchml_eventstore::{EventStore, JobIndex};
+use fetchml_eventstore::{EventStore, JobIndex, LogSource, LogTap};
 use fetchml_runtime::Settings;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit: AuditKeys,
     /// The built web dashboard, read once at start (`None`: `/` is 404).
     pub(crate) dashboard: Option<routes::ui::Dashboard>,
+    /// The embedded scheduler's board (`None`: ask a scheduler over NATS).
+    pub scheduler: Option<fetchml_scheduler::SchedulerHandle>,
 }
 
 /// The keys the audit trail is verified with.
@@ -105,6 +107,9 @@ pub struct Application {
     stop: CancellationToken,
     /// Signs the audit checkpoints (`None`: no `audit.signing_key_file`).
     signer: Option<fetchml_audit::SigningKey>,
+    /// The process's one delivery of the log, started with the followers.
+    tap: LogTap,
+    scheduler: Option<fetchml_scheduler::Scheduler>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -154,7 +159,13 @@ impl Application {
         let store =
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
-        let index = JobIndex::spawn(store.clone(), stop.clone());
+        // One delivery of the log for every follower in this process: the
+        // job index, the scheduler and the projector (see `LogTap`).
+        let tap = LogTap::new(store.clone());
+        let index = JobIndex::spawn_on(LogSource::Tap(tap.clone()), store.clone(), stop.clone());
+        let scheduler = settings.api.embedded_scheduler.then(|| {
+            fetchml_scheduler::Scheduler::new(store.clone(), settings.scheduling.clone(), settings.worker_ttl())
+        });
         // Create the worker registry with the configured TTL before any worker
         // or reader creates it with the default.
         fetchml_eventstore::ensure_registry(store.jetstream(), store.subjects(), settings.worker_ttl()).await?;
@@ -206,8 +217,9 @@ impl Application {
             fanout,
             audit: AuditKeys { keys: audit_keyring, signer_id: signer.as_ref().map(|s| s.id().to_owned()) },
             dashboard: routes::ui::Dashboard::load_or_warn(&settings.api.ui_dir),
+            scheduler: scheduler.as_ref().map(|s| s.handle()),
         };
-        Ok(Self { listener, state, settings, stop, signer })
+        Ok(Self { listener, state, settings, stop, signer, tap, scheduler })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -219,32 +231,23 @@ impl Application {
     }
 
     /// Serves until `shutdown` resolves, then drains open requests. Runs the
-    /// dispatcher alongside when `api.embedded_dispatcher` is set.
+    /// scheduler and the projector alongside when the settings say so.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = self.stop.clone();
-        let dispatcher = self.settings.api.embedded_dispatcher.then(|| {
-            let store = self.state.store.clone();
-            let stop = stop.clone();
-            tokio::spawn(async move { fetchml_dispatcher::run(store, stop).await })
-        });
-        if self.settings.api.embedded_dispatcher {
-            tokio::spawn(fetchml_dispatcher::run_reconciler(
-                self.state.store.clone(),
-                self.state.index.clone(),
-                Duration::from_secs(self.settings.api.reconcile_every_secs),
-                Duration::from_secs(self.settings.api.reconcile_grace_secs),
-                stop.clone(),
-            ));
-        }
+        let source = LogSource::Tap(self.tap.clone());
+        let scheduler = self.scheduler.map(|s| tokio::spawn(s.run(source.clone(), stop.clone())));
         if self.settings.api.embedded_projector {
             let projector = fetchml_projections::Projector::new(
                 self.state.pg.clone(),
                 self.state.store.clone(),
                 fetchml_projections::Batching::default(),
             )
-            .with_health(self.state.pg_health.clone());
+            .with_health(self.state.pg_health.clone())
+            .with_source(source.clone());
             tokio::spawn(projector.run(stop.clone()));
         }
+        // Every follower that starts with the process has taken its place.
+        self.tap.start(stop.clone());
         if let Some(key) = self.signer {
             let policy = fetchml_audit::online::CheckpointPolicy {
                 every_events: self.settings.audit.checkpoint_every_events,
@@ -267,11 +270,11 @@ impl Application {
         stop.cancel();
         // Refusals still being folded are recorded before the api exits.
         auth.close_refusal_windows().await;
-        if let Some(d) = dispatcher {
+        if let Some(d) = scheduler {
             match d.await {
                 Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::error!(error = %e, "dispatcher ended with an error"),
-                Err(e) => tracing::error!(error = %e, "dispatcher task failed"),
+                Ok(Err(e)) => tracing::error!(error = %e, "scheduler ended with an error"),
+                Err(e) => tracing::error!(error = %e, "scheduler task failed"),
             }
         }
         Ok(())

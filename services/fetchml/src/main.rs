@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the HTTP api (and, by default, the dispatcher).
+    /// Run the HTTP api (and, by default, a scheduler and the projector).
     Api {
         /// Listen address, overriding api.listen.
         #[arg(long)]
@@ -40,8 +40,9 @@ enum Command {
         #[arg(long)]
         concurrency: Option<usize>,
     },
-    /// Run a standalone dispatcher (EVENTS → DISPATCH).
-    Dispatcher,
+    /// Run a standalone scheduler (assigns waiting jobs to workers; several
+    /// may run, one leads).
+    Scheduler,
     /// Run a standalone projector (event log → Postgres read models).
     Projector,
     /// Manage the read models.
@@ -247,7 +248,7 @@ fn service_name(command: &Command) -> &'static str {
     match command {
         Command::Api { .. } => "fetchml-api",
         Command::Worker { .. } => "fetchml-worker",
-        Command::Dispatcher => "fetchml-dispatcher",
+        Command::Scheduler => "fetchml-scheduler",
         Command::Projector => "fetchml-projector",
         _ => "fetchml",
     }
@@ -294,10 +295,13 @@ async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<ExitCode> {
             worker.run(stop_on_signal()).await?;
             tracing::info!("worker stopped");
         }
-        Command::Dispatcher => {
+        Command::Scheduler => {
             let store = open_store(&settings).await?;
-            fetchml_dispatcher::run(store, stop_on_signal()).await?;
-            tracing::info!("dispatcher stopped");
+            let source = fetchml_eventstore::LogSource::Direct(store.clone());
+            fetchml_scheduler::Scheduler::new(store, settings.scheduling.clone(), settings.worker_ttl())
+                .run(source, stop_on_signal())
+                .await?;
+            tracing::info!("scheduler stopped");
         }
         Command::Projector => {
             let store = open_store(&settings).await?;

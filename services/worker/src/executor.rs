@@ -48,6 +48,21 @@ pub struct ExecRequest {
     /// The values of `spec.secrets` on this host: for the process
     /// environment only, and redacted from its output.
     pub secrets: Secrets,
+    /// The GPU device ids this attempt was given: the process sees exactly
+    /// these (`CUDA_VISIBLE_DEVICES`, `NVIDIA_VISIBLE_DEVICES`), and none if
+    /// empty, so two jobs on one box never share a device by accident.
+    pub gpus: Vec<String>,
+}
+
+impl ExecRequest {
+    /// The device variables of the attempt's environment.
+    pub fn device_env(&self) -> [(&'static str, String); 2] {
+        let list = self.gpus.join(",");
+        // `void` is NVIDIA's container toolkit's "no GPU"; an empty
+        // CUDA_VISIBLE_DEVICES hides every device from CUDA.
+        let nvidia = if list.is_empty() { "void".to_owned() } else { list.clone() };
+        [("CUDA_VISIBLE_DEVICES", list), ("NVIDIA_VISIBLE_DEVICES", nvidia)]
+    }
 }
 
 /// What an executor may use while it runs.
@@ -158,6 +173,14 @@ impl PodmanExecutor {
         argv.push(format!("FETCHML_JOB_ID={}", req.job_id));
         argv.push("--env".into());
         argv.push(format!("FETCHML_ATTEMPT={}", req.attempt));
+        for (k, v) in req.device_env() {
+            argv.push("--env".into());
+            argv.push(format!("{k}={v}"));
+        }
+        // The container sees the attempt's GPUs (CDI names) and no others.
+        for g in &req.gpus {
+            argv.push(format!("--device=nvidia.com/gpu={g}"));
+        }
         if let Some(c) = spec.resources.cpus {
             argv.push(format!("--cpus={c}"));
         }
@@ -318,6 +341,7 @@ async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
         .envs(req.secrets.env())
         .env("FETCHML_JOB_ID", req.job_id.to_string())
         .env("FETCHML_ATTEMPT", req.attempt.to_string())
+        .envs(req.device_env())
         .current_dir(&cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -474,11 +498,14 @@ mod tests {
             job_root: PathBuf::from("/tmp"),
             kill_grace: Duration::from_secs(1),
             secrets: Secrets::new(vec![("HF_TOKEN".into(), "hf_abcdefghijklmnop".into())]),
+            gpus: vec!["1".into()],
         };
         let argv = PodmanExecutor::argv(&req);
         assert!(argv.windows(2).any(|w| w == ["--env", "HF_TOKEN"]), "{argv:?}");
         assert!(!argv.iter().any(|a| a.contains("hf_abcdefghijklmnop")), "{argv:?}");
         assert_eq!(&argv[..5], ["podman", "run", "--rm", "--init", "--name"]);
+        assert!(argv.iter().any(|a| a == "--device=nvidia.com/gpu=1"), "{argv:?}");
+        assert!(argv.windows(2).any(|w| w == ["--env", "CUDA_VISIBLE_DEVICES=1"]), "{argv:?}");
         assert_eq!(argv[5], format!("fetchml-{}-2", req.job_id));
         assert!(argv.contains(&"--memory=512m".to_string()));
         assert_eq!(&argv[argv.len() - 4..], ["docker.io/library/python:3.12", "python", "train.py", "a; b"]);

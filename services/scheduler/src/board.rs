@@ -1,0 +1,868 @@
+//! The scheduler's picture of the world, and its decisions. Pure: events and
+//! worker announcements go in, assignments and explanations come out; no I/O,
+//! so every rule here is unit-tested and every scheduler instance that has
+//! read the same log holds the same board.
+//!
+//! **What it holds.** Every unfinished job (waiting, assigned, running) with
+//! what a start needs; the live workers with their capacity (slots, GPU ids,
+//! CPUs, memory); paused pools and drained workers; each user's usage.
+//!
+//! **The order.** Within a pool, a waiting job's *effective priority* is its
+//! priority plus one for every `aging_secs` it has waited (so nothing starves).
+//! Higher effective priority first; then, with fair share on, the user (and
+//! group) whose usage is lowest relative to their share; then the oldest.
+//! Usage is slot-seconds decayed with a half-life, plus what is running now
+//! (its elapsed slot-seconds, and one per running slot, so a user with jobs
+//! just started still counts as using more than one with none).
+//!
+//! **Fit.** A job fits a worker when the worker serves its pool and labels,
+//! is alive, not draining, and has a free slot and enough free GPUs, CPUs and
+//! memory for what the job's `resources` ask. The board hands out exactly
+//! which GPU ids; the worker gives the process those and no others.
+
+use chrono::{DateTime, Utc};
+use fetchml_events::job::{Job, JobEvent, JobStatus, Placement, evolve};
+use fetchml_events::pool::PoolEvent;
+use fetchml_events::worker::WorkerEvent;
+use fetchml_events::{JobId, WorkerId};
+use fetchml_runtime::settings::SchedulingSettings;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// How deep a queue is searched for a job that fits, when its oldest does
+/// not (backfill), per decision.
+const BACKFILL_DEPTH: usize = 64;
+
+/// What a live worker offers, from its registry entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capacity {
+    pub pool: String,
+    pub labels: Vec<String>,
+    pub slots: usize,
+    pub gpus: Vec<String>,
+    pub cpus: u32,
+    pub memory_mb: u64,
+    pub host: String,
+}
+
+#[derive(Clone, Debug)]
+struct WorkerState {
+    capacity: Capacity,
+    /// When its registry entry was last refreshed.
+    seen_at: DateTime<Utc>,
+    /// Jobs assigned to it or running on it, with what they hold.
+    holding: HashMap<JobId, Placement>,
+}
+
+impl WorkerState {
+    fn free_gpus(&self) -> Vec<&String> {
+        let used: HashSet<&String> = self.holding.values().flat_map(|p| p.gpus.iter()).collect();
+        self.capacity.gpus.iter().filter(|g| !used.contains(g)).collect()
+    }
+    fn free_cpus(&self) -> i64 {
+        self.capacity.cpus as i64 - self.holding.values().map(|p| p.cpus as i64).sum::<i64>()
+    }
+    fn free_memory(&self) -> i64 {
+        self.capacity.memory_mb as i64 - self.holding.values().map(|p| p.memory_mb as i64).sum::<i64>()
+    }
+    fn free_slots(&self) -> usize {
+        self.capacity.slots.saturating_sub(self.holding.len())
+    }
+}
+
+#[derive(Clone, Debug)]
+enum Phase {
+    Waiting,
+    /// Handed to `worker`; back to waiting if not started by `until`.
+    Assigned {
+        worker: WorkerId,
+        until: DateTime<Utc>,
+    },
+    Running {
+        worker: WorkerId,
+        placement: Placement,
+        since: DateTime<Utc>,
+    },
+}
+
+/// One unfinished job.
+#[derive(Clone, Debug)]
+struct Tracked {
+    subject: String,
+    state: Job,
+    owner: Arc<str>,
+    last_seq: u64,
+    last_hash: String,
+    /// The request behind the event that made it wait.
+    correlation: uuid::Uuid,
+    /// Since when it could run (its last queueing, or the end of its backoff).
+    ready_at: DateTime<Utc>,
+    phase: Phase,
+}
+
+/// Decayed slot-seconds of one user.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    value: f64,
+    at: Option<DateTime<Utc>>,
+}
+
+impl Usage {
+    fn decayed(&self, now: DateTime<Utc>, half_life: f64) -> f64 {
+        match self.at {
+            Some(at) => self.value * 0.5f64.powf(((now - at).num_milliseconds().max(0) as f64 / 1000.0) / half_life),
+            None => 0.0,
+        }
+    }
+    fn add(&mut self, amount: f64, now: DateTime<Utc>, half_life: f64) {
+        self.value = self.decayed(now, half_life) + amount;
+        self.at = Some(now);
+    }
+}
+
+/// A decision: start `job` on `worker` with `placement`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    pub worker: WorkerId,
+    pub assignment: fetchml_events::dispatch::Assignment,
+}
+
+/// Something the leader must tell a worker or record, from an event.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Notice {
+    /// Stop `attempt` of `job` on `worker` (cancelled while running).
+    Stop {
+        worker: WorkerId,
+        job: JobId,
+        attempt: u32,
+    },
+    Drain {
+        worker: WorkerId,
+    },
+}
+
+/// A running attempt whose worker is gone: the leader records it as lost.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lost {
+    pub job: JobId,
+    pub subject: String,
+    pub attempt: u32,
+    pub worker: WorkerId,
+    pub correlation: uuid::Uuid,
+}
+
+/// Why a job waits (or where it is), for `GET /v1/jobs/{id}`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Explanation {
+    /// `waiting`, `assigned` or `running` (as the scheduler sees it).
+    pub phase: String,
+    /// 1 for the next job this pool would start; absent unless waiting.
+    pub position: Option<usize>,
+    pub priority: u8,
+    /// The priority after aging.
+    pub effective_priority: u32,
+    /// The owner's share and usage (slot-seconds, decayed, running included),
+    /// and the two divided: lower goes first.
+    pub share: u32,
+    pub usage: f64,
+    pub normalized_usage: f64,
+    /// Whether some live worker in the pool could ever hold this job.
+    pub fits: bool,
+    pub paused: bool,
+    /// In plain words: why it waits, or where it runs.
+    pub reason: String,
+    pub not_before: Option<DateTime<Utc>>,
+    pub worker: Option<String>,
+}
+
+/// One pool's queue, for `GET /v1/pools`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PoolView {
+    pub pool: String,
+    pub paused: bool,
+    /// Waiting jobs by priority (10 to 1; only priorities with jobs).
+    pub waiting_by_priority: BTreeMap<u8, usize>,
+    pub waiting: usize,
+    /// Seconds the oldest waiting job has been ready to run.
+    pub oldest_wait_secs: Option<f64>,
+    pub assigned: usize,
+    pub running: usize,
+    pub workers: usize,
+    pub draining_workers: usize,
+    pub free_slots: usize,
+    pub gpus: usize,
+    pub free_gpus: usize,
+}
+
+pub struct Board {
+    settings: SchedulingSettings,
+    jobs: HashMap<JobId, Tracked>,
+    /// Waiting jobs ready now, per pool, per (priority, owner), oldest first.
+    queues: BTreeMap<String, BTreeMap<(u8, Arc<str>), VecDeque<JobId>>>,
+    /// Waiting jobs in backoff, by the time they become ready.
+    delayed: BTreeSet<(DateTime<Utc>, JobId)>,
+    workers: HashMap<WorkerId, WorkerState>,
+    drained: HashSet<WorkerId>,
+    paused: HashSet<String>,
+    usage: HashMap<Arc<str>, Usage>,
+    owners: HashSet<Arc<str>>,
+    /// The highest log sequence applied.
+    pub seen: u64,
+    /// Workers not heard of for this long are gone.
+    worker_ttl: chrono::Duration,
+}
+
+impl Board {
+    pub fn new(settings: SchedulingSettings, worker_ttl: std::time::Duration) -> Self {
+        Self {
+            settings,
+            jobs: HashMap::new(),
+            queues: BTreeMap::new(),
+            delayed: BTreeSet::new(),
+            workers: HashMap::new(),
+            drained: HashSet::new(),
+            paused: HashSet::new(),
+            usage: HashMap::new(),
+            owners: HashSet::new(),
+            seen: 0,
+            worker_ttl: chrono::Duration::from_std(worker_ttl).unwrap_or(chrono::Duration::seconds(15)),
+        }
+    }
+
+    fn owner(&mut self, name: &str) -> Arc<str> {
+        match self.owners.get(name) {
+            Some(o) => o.clone(),
+            None => {
+                let o: Arc<str> = name.into();
+                self.owners.insert(o.clone());
+                o
+            }
+        }
+    }
+
+    fn half_life(&self) -> f64 {
+        self.settings.usage_half_life_secs as f64
+    }
+
+    /// Number of unfinished jobs the board holds.
+    pub fn unfinished(&self) -> usize {
+        self.jobs.len()
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.jobs.values().filter(|t| matches!(t.phase, Phase::Waiting)).count()
+    }
+
+    /// Folds one job event. Returns what the leader must tell a worker.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply_job(
+        &mut self,
+        seq: u64,
+        id: JobId,
+        subject: &str,
+        hash: &str,
+        correlation: uuid::Uuid,
+        at: DateTime<Utc>,
+        event: &JobEvent,
+    ) -> Option<Notice> {
+        self.seen = self.seen.max(seq);
+        let prev = self.jobs.remove(&id);
+        if prev.is_none() && !matches!(event, JobEvent::JobQueued { .. } | JobEvent::JobRequeued { .. }) {
+            // A job the board let go of (finished) moving again can only be
+            // a requeue; anything else about it is history we do not need.
+            return None;
+        }
+        let mut notice = None;
+        // The attempt that was holding a worker ends with any event but a start.
+        if let Some(p) = &prev {
+            self.unqueue(id, p);
+            match &p.phase {
+                Phase::Running { worker, placement, since } => {
+                    let slot_secs = (at - *since).num_milliseconds().max(0) as f64 / 1000.0 * weight(placement);
+                    let hl = self.half_life();
+                    self.usage.entry(p.owner.clone()).or_default().add(slot_secs, at, hl);
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        w.holding.remove(&id);
+                    }
+                    if matches!(event, JobEvent::JobCancelled { .. }) {
+                        notice = Some(Notice::Stop { worker: *worker, job: id, attempt: p.state.attempt });
+                    }
+                }
+                Phase::Assigned { worker, .. } => {
+                    if let Some(w) = self.workers.get_mut(worker) {
+                        w.holding.remove(&id);
+                    }
+                }
+                Phase::Waiting => {}
+            }
+        }
+        let old_state = match &prev {
+            Some(p) => Some(p.state.clone()),
+            // A requeue of a job the board let go: its state is not here, and
+            // not needed beyond the spec, which the requeue does not carry.
+            None if matches!(event, JobEvent::JobRequeued { .. }) => return self.note_unknown_requeue(id),
+            None => None,
+        };
+        let Some(state) = evolve(old_state, event) else { return notice };
+        if state.status.is_terminal() {
+            return notice;
+        }
+        let owner = self.owner(state.owner.as_str());
+        let ready_at = match event {
+            JobEvent::JobQueued { .. } | JobEvent::JobRequeued { .. } => at,
+            JobEvent::JobRetryScheduled { not_before, .. } => (*not_before).max(at),
+            _ => prev.as_ref().map(|p| p.ready_at).unwrap_or(at),
+        };
+        let correlation = match event {
+            JobEvent::JobStarted { .. } => prev.as_ref().map(|p| p.correlation).unwrap_or(correlation),
+            _ => correlation,
+        };
+        let phase = match event {
+            JobEvent::JobStarted { worker, placement, .. } => {
+                if let Some(w) = self.workers.get_mut(worker) {
+                    w.holding.insert(id, placement.clone());
+                }
+                Phase::Running { worker: *worker, placement: placement.clone(), since: at }
+            }
+            _ if state.status == JobStatus::Running => match prev.as_ref().map(|p| p.phase.clone()) {
+                Some(ph @ Phase::Running { .. }) => ph,
+                _ => Phase::Waiting,
+            },
+            _ => Phase::Waiting,
+        };
+        let tracked = Tracked {
+            subject: subject.to_owned(),
+            state,
+            owner,
+            last_seq: seq,
+            last_hash: hash.to_owned(),
+            correlation,
+            ready_at,
+            phase,
+        };
+        if matches!(tracked.phase, Phase::Waiting) {
+            self.enqueue(id, &tracked);
+        }
+        self.jobs.insert(id, tracked);
+        notice
+    }
+
+    fn note_unknown_requeue(&mut self, id: JobId) -> Option<Notice> {
+        // The caller restores a finished job before its requeue (see
+        // `knows`); reaching here means its history could not be read.
+        tracing::warn!(job = %id, "requeue of a job whose history the scheduler could not read; ignored");
+        None
+    }
+
+    /// Whether the board holds `job` (unfinished, or restored).
+    pub fn knows(&self, job: JobId) -> bool {
+        self.jobs.contains_key(&job)
+    }
+
+    /// Puts back a finished job the board let go of, as its history says it
+    /// was before `seq` (read from the log by the caller), so that a requeue
+    /// at `seq` finds its spec. Not queued: the requeue queues it.
+    pub fn restore(&mut self, id: JobId, subject: &str, state: Job, last_seq: u64, last_hash: &str) {
+        let owner = self.owner(state.owner.as_str());
+        let t = Tracked {
+            subject: subject.to_owned(),
+            state,
+            owner,
+            last_seq,
+            last_hash: last_hash.to_owned(),
+            correlation: uuid::Uuid::nil(),
+            ready_at: Utc::now(),
+            phase: Phase::Waiting,
+        };
+        self.jobs.insert(id, t);
+    }
+
+    fn enqueue(&mut self, id: JobId, t: &Tracked) {
+        match t.state.not_before {
+            Some(nb) if nb > t.ready_at || nb > Utc::now() => {
+                self.delayed.insert((nb, id));
+            }
+            _ => {
+                let pool = t.state.spec.pool.to_string();
+                self.queues
+                    .entry(pool)
+                    .or_default()
+                    .entry((t.state.spec.priority, t.owner.clone()))
+                    .or_default()
+                    .push_back(id);
+            }
+        }
+    }
+
+    fn unqueue(&mut self, id: JobId, t: &Tracked) {
+        if let Some(nb) = t.state.not_before {
+            self.delayed.remove(&(nb, id));
+        }
+        let pool = t.state.spec.pool.to_string();
+        if let Some(pq) = self.queues.get_mut(&pool) {
+            let key = (t.state.spec.priority, t.owner.clone());
+            if let Some(q) = pq.get_mut(&key) {
+                if let Some(pos) = q.iter().position(|j| *j == id) {
+                    q.remove(pos);
+                }
+                if q.is_empty() {
+                    pq.remove(&key);
+                }
+            }
+        }
+    }
+
+    pub fn apply_pool(&mut self, seq: u64, event: &PoolEvent) {
+        self.seen = self.seen.max(seq);
+        match event {
+            PoolEvent::PoolPaused { pool, .. } => {
+                self.paused.insert(pool.clone());
+            }
+            PoolEvent::PoolResumed { pool } => {
+                self.paused.remove(pool);
+            }
+        }
+    }
+
+    pub fn apply_worker(&mut self, seq: u64, worker: WorkerId, event: &WorkerEvent) -> Option<Notice> {
+        self.seen = self.seen.max(seq);
+        match event {
+            WorkerEvent::WorkerDrainRequested { .. } => {
+                self.drained.insert(worker);
+                Some(Notice::Drain { worker })
+            }
+            _ => None,
+        }
+    }
+
+    /// Any other event (users, audit): only its position matters.
+    pub fn saw(&mut self, seq: u64) {
+        self.seen = self.seen.max(seq);
+    }
+
+    /// A registry entry was written (or rewritten) for `worker`.
+    pub fn worker_seen(&mut self, worker: WorkerId, capacity: Capacity, draining: bool, now: DateTime<Utc>) {
+        if draining {
+            self.drained.insert(worker);
+        }
+        match self.workers.get_mut(&worker) {
+            Some(w) => {
+                w.capacity = capacity;
+                w.seen_at = now;
+            }
+            None => {
+                // Jobs the log says run on it hold its capacity.
+                let holding = self
+                    .jobs
+                    .iter()
+                    .filter_map(|(id, t)| match &t.phase {
+                        Phase::Running { worker: w, placement, .. } if *w == worker => Some((*id, placement.clone())),
+                        _ => None,
+                    })
+                    .collect();
+                self.workers.insert(worker, WorkerState { capacity, seen_at: now, holding });
+            }
+        }
+    }
+
+    /// The worker's registry entry was deleted (a clean stop).
+    pub fn worker_gone(&mut self, worker: WorkerId) {
+        self.workers.remove(&worker);
+    }
+
+    pub fn is_live(&self, worker: WorkerId) -> bool {
+        self.workers.contains_key(&worker)
+    }
+
+    /// Time passes: backoffs end, assignments not started go back to the
+    /// queue, workers not heard of are gone. Returns the running attempts
+    /// whose worker is gone (for the leader to record as lost).
+    pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Lost> {
+        while let Some(&(nb, id)) = self.delayed.first() {
+            if nb > now {
+                break;
+            }
+            self.delayed.remove(&(nb, id));
+            if let Some(t) = self.jobs.get(&id) {
+                let (pool, key) = (t.state.spec.pool.to_string(), (t.state.spec.priority, t.owner.clone()));
+                self.queues.entry(pool).or_default().entry(key).or_default().push_back(id);
+            }
+        }
+        let expired: Vec<(JobId, WorkerId)> = self
+            .jobs
+            .iter()
+            .filter_map(|(id, t)| match t.phase {
+                Phase::Assigned { worker, until } if until <= now => Some((*id, worker)),
+                _ => None,
+            })
+            .collect();
+        for (id, worker) in expired {
+            tracing::info!(job = %id, worker = %worker, "assignment not started in time; back in the queue");
+            if let Some(w) = self.workers.get_mut(&worker) {
+                w.holding.remove(&id);
+            }
+            if let Some(mut t) = self.jobs.remove(&id) {
+                t.phase = Phase::Waiting;
+                self.enqueue(id, &t);
+                self.jobs.insert(id, t);
+            }
+        }
+        let ttl = self.worker_ttl;
+        let dead: Vec<WorkerId> =
+            self.workers.iter().filter(|(_, w)| now - w.seen_at > ttl).map(|(id, _)| *id).collect();
+        for w in dead {
+            tracing::warn!(worker = %w, "worker not heard of within its registry TTL; gone");
+            self.workers.remove(&w);
+        }
+        self.orphans()
+    }
+
+    /// Running attempts whose worker is not live.
+    pub fn orphans(&self) -> Vec<Lost> {
+        self.jobs
+            .iter()
+            .filter_map(|(id, t)| match &t.phase {
+                Phase::Running { worker, .. } if !self.workers.contains_key(worker) => Some(Lost {
+                    job: *id,
+                    subject: t.subject.clone(),
+                    attempt: t.state.attempt,
+                    worker: *worker,
+                    correlation: t.correlation,
+                }),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn effective_priority(&self, t: &Tracked, now: DateTime<Utc>) -> u32 {
+        let waited = (now - t.ready_at).num_seconds().max(0) as u64;
+        t.state.spec.priority as u32 + (waited / self.settings.aging_secs.max(1)) as u32
+    }
+
+    /// Slot-seconds of `owner` now: decayed past, plus what runs.
+    fn usage_of(&self, owner: &str, now: DateTime<Utc>) -> f64 {
+        let past = self.usage.get(owner).map(|u| u.decayed(now, self.half_life())).unwrap_or(0.0);
+        let running: f64 = self
+            .jobs
+            .values()
+            .filter(|t| &*t.owner == owner)
+            .map(|t| match &t.phase {
+                Phase::Running { placement, since, .. } => {
+                    weight(placement) * (1.0 + (now - *since).num_milliseconds().max(0) as f64 / 1000.0)
+                }
+                Phase::Assigned { .. } => 1.0,
+                Phase::Waiting => 0.0,
+            })
+            .sum();
+        past + running
+    }
+
+    /// The fair-share key of an owner: (group's usage per share, own usage
+    /// per share); lower goes first. Users outside any group are their own.
+    fn share_key(&self, owner: &str, usage: &HashMap<Arc<str>, f64>) -> (f64, f64) {
+        let own_share = self.settings.share_of(owner) as f64;
+        let own = usage.get(owner).copied().unwrap_or(0.0) / own_share;
+        match self.settings.group_of(owner).and_then(|g| self.settings.groups.get(g).map(|s| (g, s))) {
+            Some((_, group)) => {
+                let total: f64 =
+                    group.members.iter().map(|m| usage.get(m.as_str()).copied().unwrap_or(0.0)).sum::<f64>();
+                (total / group.share.max(1) as f64, own)
+            }
+            None => (own, own),
+        }
+    }
+
+    fn usage_table(&self, now: DateTime<Utc>) -> HashMap<Arc<str>, f64> {
+        let mut owners: HashSet<Arc<str>> = self.usage.keys().cloned().collect();
+        owners.extend(self.jobs.values().map(|t| t.owner.clone()));
+        owners.into_iter().map(|o| (o.clone(), self.usage_of(&o, now))).collect()
+    }
+
+    /// What `job` would hold on `w`, if it fits there now.
+    fn fit_now(&self, t: &Tracked, w: &WorkerState) -> Option<Placement> {
+        let r = &t.state.spec.resources;
+        if w.free_slots() == 0 || !fits_ever(t, &w.capacity) {
+            return None;
+        }
+        let free = w.free_gpus();
+        if (free.len() as u32) < r.gpus {
+            return None;
+        }
+        let cpus = r.cpus.unwrap_or(0);
+        let mem = r.memory_mb.unwrap_or(0);
+        if w.free_cpus() < cpus as i64 || w.free_memory() < mem as i64 {
+            return None;
+        }
+        Some(Placement {
+            host: w.capacity.host.clone(),
+            gpus: free.into_iter().take(r.gpus as usize).cloned().collect(),
+            cpus,
+            memory_mb: mem,
+        })
+    }
+
+    /// The next assignments: for every worker with room, the best job that
+    /// fits it, one at a time round the workers, until nothing more fits.
+    pub fn plan(&mut self, now: DateTime<Utc>, assignment_timeout: chrono::Duration) -> Vec<Decision> {
+        let mut out = Vec::new();
+        let mut usage = self.usage_table(now);
+        let mut workers: Vec<WorkerId> = self
+            .workers
+            .iter()
+            .filter(|(id, w)| {
+                w.free_slots() > 0 && !self.drained.contains(id) && !self.paused.contains(&w.capacity.pool)
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        workers.sort();
+        loop {
+            let mut progress = false;
+            for wid in &workers {
+                let Some(w) = self.workers.get(wid) else { continue };
+                let Some((job, placement)) = self.best_for(w, now, &usage) else { continue };
+                let Some(t) = self.jobs.get_mut(&job) else { continue };
+                t.phase = Phase::Assigned { worker: *wid, until: now + assignment_timeout };
+                let assignment = fetchml_events::dispatch::Assignment {
+                    job_id: job,
+                    subject: t.subject.clone(),
+                    attempt: t.state.attempt + 1,
+                    state: t.state.clone(),
+                    expected_seq: t.last_seq,
+                    prev_hash: t.last_hash.clone(),
+                    correlation_id: t.correlation,
+                    placement: placement.clone(),
+                    ready_at: t.ready_at,
+                };
+                let owner = t.owner.clone();
+                let (pool, key) = (t.state.spec.pool.to_string(), (t.state.spec.priority, t.owner.clone()));
+                if let Some(pq) = self.queues.get_mut(&pool) {
+                    if let Some(q) = pq.get_mut(&key) {
+                        if let Some(pos) = q.iter().position(|j| *j == job) {
+                            q.remove(pos);
+                        }
+                        if q.is_empty() {
+                            pq.remove(&key);
+                        }
+                    }
+                }
+                if let Some(w) = self.workers.get_mut(wid) {
+                    w.holding.insert(job, placement.clone());
+                }
+                *usage.entry(owner).or_default() += 1.0;
+                out.push(Decision { worker: *wid, assignment });
+                progress = true;
+            }
+            if !progress {
+                break;
+            }
+        }
+        out
+    }
+
+    /// The best waiting job for worker `w`, in the board's order.
+    fn best_for(
+        &self,
+        w: &WorkerState,
+        now: DateTime<Utc>,
+        usage: &HashMap<Arc<str>, f64>,
+    ) -> Option<(JobId, Placement)> {
+        let pq = self.queues.get(&w.capacity.pool)?;
+        let mut best: Option<(OrderKey, JobId, Placement)> = None;
+        for ((_, owner), q) in pq {
+            // The oldest job of this (priority, owner) that fits this worker.
+            for id in q.iter().take(BACKFILL_DEPTH) {
+                let Some(t) = self.jobs.get(id) else { continue };
+                let Some(placement) = self.fit_now(t, w) else { continue };
+                let key = self.order_key(t, owner, now, usage);
+                if best.as_ref().is_none_or(|(b, _, _)| key < *b) {
+                    best = Some((key, *id, placement));
+                }
+                break;
+            }
+        }
+        best.map(|(_, id, p)| (id, p))
+    }
+
+    fn order_key(&self, t: &Tracked, owner: &str, now: DateTime<Utc>, usage: &HashMap<Arc<str>, f64>) -> OrderKey {
+        let prio = self.effective_priority(t, now);
+        let share = if self.settings.fair_share { self.share_key(owner, usage) } else { (0.0, 0.0) };
+        OrderKey { neg_priority: -(prio as i64), group: share.0, own: share.1, ready_at: t.ready_at }
+    }
+
+    /// Why `job` waits, or where it is; `None` if the board does not hold it
+    /// (finished, or never seen).
+    pub fn explain(&self, job: JobId, now: DateTime<Utc>) -> Option<Explanation> {
+        let t = self.jobs.get(&job)?;
+        let usage = self.usage_table(now);
+        let owner = &*t.owner;
+        let share = self.settings.share_of(owner);
+        let my_usage = usage.get(owner).copied().unwrap_or(0.0);
+        let pool = t.state.spec.pool.to_string();
+        let paused = self.paused.contains(&pool);
+        let in_pool: Vec<&WorkerState> = self.workers.values().filter(|w| w.capacity.pool == pool).collect();
+        let fits = in_pool.iter().any(|w| fits_ever(t, &w.capacity));
+        let mut e = Explanation {
+            phase: "waiting".into(),
+            position: None,
+            priority: t.state.spec.priority,
+            effective_priority: self.effective_priority(t, now),
+            share,
+            usage: my_usage,
+            normalized_usage: my_usage / share as f64,
+            fits,
+            paused,
+            reason: String::new(),
+            not_before: t.state.not_before.filter(|nb| *nb > now),
+            worker: None,
+        };
+        match &t.phase {
+            Phase::Running { worker, .. } => {
+                e.phase = "running".into();
+                e.worker = Some(worker.to_string());
+                e.reason = format!("running on worker {worker}");
+            }
+            Phase::Assigned { worker, .. } => {
+                e.phase = "assigned".into();
+                e.worker = Some(worker.to_string());
+                e.reason = format!("assigned to worker {worker}, starting");
+            }
+            Phase::Waiting => {
+                let mine = self.order_key(t, owner, now, &usage);
+                let ahead = self
+                    .jobs
+                    .iter()
+                    .filter(|(id, o)| {
+                        **id != job
+                            && matches!(o.phase, Phase::Waiting)
+                            && o.state.spec.pool == t.state.spec.pool
+                            && o.state.not_before.is_none_or(|nb| nb <= now)
+                            && self.order_key(o, &o.owner, now, &usage) < mine
+                    })
+                    .count();
+                e.position = Some(ahead + 1);
+                e.reason = if in_pool.is_empty() {
+                    format!("no live worker serves pool {pool}")
+                } else if !fits {
+                    unfit_reason(t, &in_pool)
+                } else if paused {
+                    format!("pool {pool} is paused")
+                } else if let Some(nb) = e.not_before {
+                    format!("retry backoff until {nb}")
+                } else if ahead == 0 {
+                    "next to start when a fitting slot is free".into()
+                } else {
+                    format!(
+                        "{ahead} job(s) ahead in pool {pool}: higher (aged) priority, a lower usage per share than {owner}'s {:.1}, or older",
+                        my_usage / share as f64
+                    )
+                };
+            }
+        }
+        Some(e)
+    }
+
+    /// Every pool with waiting jobs or workers.
+    pub fn pools(&self, now: DateTime<Utc>) -> Vec<PoolView> {
+        let mut views: BTreeMap<String, PoolView> = BTreeMap::new();
+        for p in &self.paused {
+            pool_view(&mut views, &self.paused, p);
+        }
+        for t in self.jobs.values() {
+            let v = pool_view(&mut views, &self.paused, t.state.spec.pool.as_str());
+            match t.phase {
+                Phase::Waiting => {
+                    v.waiting += 1;
+                    *v.waiting_by_priority.entry(t.state.spec.priority).or_default() += 1;
+                    let ready = t.state.not_before.map_or(t.ready_at, |nb| nb.max(t.ready_at));
+                    let waited = (now - ready).num_milliseconds().max(0) as f64 / 1000.0;
+                    v.oldest_wait_secs = Some(v.oldest_wait_secs.map_or(waited, |o: f64| o.max(waited)));
+                }
+                Phase::Assigned { .. } => v.assigned += 1,
+                Phase::Running { .. } => v.running += 1,
+            }
+        }
+        for (id, w) in &self.workers {
+            let draining = self.drained.contains(id);
+            let v = pool_view(&mut views, &self.paused, &w.capacity.pool);
+            v.workers += 1;
+            if draining {
+                v.draining_workers += 1;
+            } else {
+                v.free_slots += w.free_slots();
+                v.free_gpus += w.free_gpus().len();
+            }
+            v.gpus += w.capacity.gpus.len();
+        }
+        views.into_values().collect()
+    }
+}
+
+fn pool_view<'a>(views: &'a mut BTreeMap<String, PoolView>, paused: &HashSet<String>, pool: &str) -> &'a mut PoolView {
+    views.entry(pool.to_owned()).or_insert_with(|| PoolView {
+        pool: pool.to_owned(),
+        paused: paused.contains(pool),
+        waiting_by_priority: BTreeMap::new(),
+        waiting: 0,
+        oldest_wait_secs: None,
+        assigned: 0,
+        running: 0,
+        workers: 0,
+        draining_workers: 0,
+        free_slots: 0,
+        gpus: 0,
+        free_gpus: 0,
+    })
+}
+
+/// The sort key of a waiting job: smaller starts first.
+#[derive(Clone, Copy, Debug, PartialEq, PartialOrd)]
+struct OrderKey {
+    neg_priority: i64,
+    group: f64,
+    own: f64,
+    ready_at: DateTime<Utc>,
+}
+
+/// Slots an attempt weighs in usage: its GPUs if any, else one.
+fn weight(p: &Placement) -> f64 {
+    (p.gpus.len().max(1)) as f64
+}
+
+/// Whether a worker with `c` could ever hold the job (empty).
+fn fits_ever(t: &Tracked, c: &Capacity) -> bool {
+    let r = &t.state.spec.resources;
+    t.state.spec.labels.iter().all(|l| c.labels.contains(l))
+        && c.slots > 0
+        && (c.gpus.len() as u32) >= r.gpus
+        && r.cpus.is_none_or(|n| n <= c.cpus)
+        && r.memory_mb.is_none_or(|m| m <= c.memory_mb)
+}
+
+fn unfit_reason(t: &Tracked, workers: &[&WorkerState]) -> String {
+    let r = &t.state.spec.resources;
+    let pool = t.state.spec.pool.to_string();
+    let max_gpus = workers.iter().map(|w| w.capacity.gpus.len()).max().unwrap_or(0);
+    let max_cpus = workers.iter().map(|w| w.capacity.cpus).max().unwrap_or(0);
+    let max_mem = workers.iter().map(|w| w.capacity.memory_mb).max().unwrap_or(0);
+    if (max_gpus as u32) < r.gpus {
+        return format!(
+            "unschedulable: needs {} GPU(s); the largest live worker in pool {pool} has {max_gpus}",
+            r.gpus
+        );
+    }
+    if let Some(c) = r.cpus
+        && c > max_cpus
+    {
+        return format!("unschedulable: needs {c} CPUs; the largest live worker in pool {pool} has {max_cpus}");
+    }
+    if let Some(m) = r.memory_mb
+        && m > max_mem
+    {
+        return format!("unschedulable: needs {m} MB of memory; the largest live worker in pool {pool} has {max_mem}");
+    }
+    format!(
+        "unschedulable: no live worker in pool {pool} offers the labels {:?} with enough resources",
+        t.state.spec.labels
+    )
+}

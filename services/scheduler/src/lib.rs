@@ -1,0 +1,463 @@
+//! The scheduler: follows the log, keeps every waiting job, every live
+//! worker's free capacity and every user's usage in memory ([`board`]), and
+//! assigns jobs to workers that have room, one core NATS message each.
+//!
+//! **Why this shape** (issue 16; BENCHMARKS.md has the counts). The first
+//! design derived a work queue (DISPATCH) from the log: a dispatcher followed
+//! the log and published a ticket per waiting job; every worker of the pool
+//! was woken by each ticket and pulled; the winner read the job's history,
+//! appended its start and acknowledged the ticket when done, renewing it as a
+//! lease meanwhile. About 33 broker messages per no-op job with four workers.
+//! Here the log is the only queue: the scheduler already knows from the log
+//! which jobs wait and which worker holds what, so it sends one worker one
+//! message carrying everything the start needs (the job's state, its last
+//! sequence and hash), and the worker appends `job_started` expecting that
+//! sequence. No ticket stream, no wake-ups, no history read, no acks.
+//!
+//! **Safety does not rest on the scheduler.** An assignment is an invitation.
+//! The start is fenced by the job's last sequence: two workers invited to the
+//! same job (two schedulers that both think they lead, or a re-assignment
+//! after a timeout) race for one append, and one wins. A job whose
+//! `job_queued` is in the log is on every scheduler's board after a restart
+//! (rebuilt from the log), and a lost assignment goes back to the queue after
+//! `assignment_timeout_ms`. So: an acknowledged job is run even if any
+//! process dies at any instant.
+//!
+//! **Leases.** A running attempt's lease is its worker's registry entry (a
+//! key-value entry with a TTL that the worker refreshes). When it expires,
+//! the leading scheduler records the attempt as lost (`infrastructure`, so
+//! the job's retry policy decides), fenced by the attempt number: a worker
+//! that only seemed dead and reports late is refused by the aggregate.
+//!
+//! **Leadership.** Any number of schedulers run (one embedded in each api by
+//! default); they all fold the log, and the one holding a key in a key-value
+//! bucket with a TTL decides. A new leader has the same board already.
+
+pub mod board;
+mod leader;
+
+use async_nats::jetstream::kv;
+use board::{Board, Capacity, Explanation, Lost, Notice, PoolView};
+use bytes::Bytes;
+use chrono::Utc;
+use fetchml_events::dispatch::WorkerMessage;
+use fetchml_events::envelope::{AggregateKind, peek};
+use fetchml_events::job::{FailureClass, JobCommand, JobEvent, Metrics, Outcome, fold};
+use fetchml_events::pool::PoolEvent;
+use fetchml_events::worker::WorkerEvent;
+use fetchml_events::{Actor, Envelope, JobId, WorkerId};
+use fetchml_eventstore::{
+    CommandContext, EventStore, ExecuteError, LoadedJob, LogSource, StoreError, StoredEvent, WorkerRecord,
+    ensure_registry,
+};
+use fetchml_runtime::settings::SchedulingSettings;
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+pub use board::{Explanation as WaitExplanation, PoolView as PoolSummary};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("scheduler query: {0}")]
+    Query(String),
+}
+
+/// How often the board is looked at without any event (backoffs ending,
+/// assignments timing out, workers expiring).
+const TICK: Duration = Duration::from_millis(200);
+
+/// What another process may ask a scheduler (request/reply on
+/// `<ns>.sched.query`).
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Query {
+    Explain(JobId),
+    Pools,
+}
+
+/// A read-only view of a running scheduler's board, for the api.
+#[derive(Clone)]
+pub struct SchedulerHandle {
+    board: Arc<Mutex<Board>>,
+    leading: Arc<AtomicBool>,
+    caught_up: Arc<AtomicBool>,
+}
+
+impl SchedulerHandle {
+    pub fn explain(&self, job: JobId) -> Option<Explanation> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner()).explain(job, Utc::now())
+    }
+    pub fn pools(&self) -> Vec<PoolView> {
+        self.board.lock().unwrap_or_else(|p| p.into_inner()).pools(Utc::now())
+    }
+    pub fn is_leader(&self) -> bool {
+        self.leading.load(Ordering::Relaxed)
+    }
+    /// Whether the board has replayed the log as it was when the scheduler started.
+    pub fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Relaxed)
+    }
+}
+
+/// Asks whichever scheduler answers first (any of them: they all fold the
+/// same log), for processes that run none themselves.
+pub async fn ask(store: &EventStore, query: &Query) -> Result<serde_json::Value, SchedulerError> {
+    let body = serde_json::to_vec(query).map_err(|e| SchedulerError::Query(e.to_string()))?;
+    let reply = store
+        .jetstream()
+        .client()
+        .request(store.subjects().scheduler_query(), body.into())
+        .await
+        .map_err(|e| SchedulerError::Query(e.to_string()))?;
+    serde_json::from_slice(&reply.payload).map_err(|e| SchedulerError::Query(e.to_string()))
+}
+
+pub struct Scheduler {
+    store: EventStore,
+    settings: SchedulingSettings,
+    worker_ttl: Duration,
+    handle: SchedulerHandle,
+    id: String,
+}
+
+impl Scheduler {
+    pub fn new(store: EventStore, settings: SchedulingSettings, worker_ttl: Duration) -> Self {
+        let board = Board::new(settings.clone(), worker_ttl);
+        let handle = SchedulerHandle {
+            board: Arc::new(Mutex::new(board)),
+            leading: Arc::new(AtomicBool::new(false)),
+            caught_up: Arc::new(AtomicBool::new(false)),
+        };
+        Self { store, settings, worker_ttl, handle, id: uuid::Uuid::now_v7().to_string() }
+    }
+
+    pub fn handle(&self) -> SchedulerHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `stop`, reading the log from `source` (the api's shared tap,
+    /// or the store directly). Transient NATS errors are retried.
+    /// On a tap, the scheduler's place is taken when this is called (before
+    /// the tap starts), so it shares the tap's delivery from the first event.
+    pub fn run(
+        self,
+        source: LogSource,
+        stop: CancellationToken,
+    ) -> impl std::future::Future<Output = Result<(), SchedulerError>> + Send {
+        let first = match &source {
+            LogSource::Tap(tap) => Some(tap.follow(1)),
+            LogSource::Direct(_) => None,
+        };
+        self.run_from(source, first, stop)
+    }
+
+    async fn run_from(
+        self,
+        source: LogSource,
+        mut first: Option<fetchml_eventstore::EventFeed>,
+        stop: CancellationToken,
+    ) -> Result<(), SchedulerError> {
+        let js = self.store.jetstream().clone();
+        let subjects = self.store.subjects().clone();
+        let registry = loop {
+            match ensure_registry(&js, &subjects, self.worker_ttl).await {
+                Ok(kv) => break kv,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler cannot open the worker registry; retrying");
+                    tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                }
+            }
+        };
+        let leading = self.handle.leading.clone();
+        tokio::spawn(leader::hold(
+            js.clone(),
+            subjects.clone(),
+            self.id.clone(),
+            self.worker_ttl,
+            leading.clone(),
+            stop.clone(),
+        ));
+        let client = js.client();
+        let mut queries = client
+            .queue_subscribe(subjects.scheduler_query(), "schedulers".into())
+            .await
+            .map_err(|e| SchedulerError::Query(e.to_string()))?;
+        let started = Utc::now();
+        // The board is complete once it has folded what the log held at start.
+        let log_end = loop {
+            match self.store.last_sequence().await {
+                Ok(s) => break s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler cannot read the log's end; retrying");
+                    tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
+                }
+            }
+        };
+        let timeout = chrono::Duration::milliseconds(self.settings.assignment_timeout_ms as i64);
+        let ttl = chrono::Duration::from_std(self.worker_ttl).unwrap_or(chrono::Duration::seconds(15));
+        let mut recording: HashSet<(JobId, u32)> = HashSet::new();
+        let (lost_done_tx, mut lost_done) = tokio::sync::mpsc::unbounded_channel::<(JobId, u32)>();
+        let mut next = 1u64;
+        let mut backoff = Duration::from_millis(100);
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut watch: Option<kv::Watch> = None;
+        tracing::info!(scheduler = %self.id, "scheduler running");
+        'outer: while !stop.is_cancelled() {
+            let feed = match first.take() {
+                Some(f) => Ok(f),
+                None => source.read(&subjects.all_events(), next).await,
+            };
+            let mut feed = match feed {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!(error = %e, "scheduler cannot read the log; retrying");
+                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            loop {
+                if watch.is_none() {
+                    match registry.watch_all().await {
+                        Ok(w) => watch = Some(w),
+                        Err(e) => tracing::warn!(error = %e, "scheduler cannot watch the worker registry"),
+                    }
+                }
+                let mut notices = Vec::new();
+                tokio::select! {
+                    _ = stop.cancelled() => break 'outer,
+                    ev = feed.next() => {
+                        let Some(Ok(first)) = ev else { continue 'outer };
+                        backoff = Duration::from_millis(100);
+                        let mut batch = vec![first];
+                        while batch.len() < 1024 {
+                            match feed.next().now_or_never() {
+                                Some(Some(Ok(e))) => batch.push(e),
+                                _ => break,
+                            }
+                        }
+                        for ev in batch {
+                            next = ev.seq + 1;
+                            if let Some(n) = self.apply(&ev).await {
+                                notices.push(n);
+                            }
+                        }
+                    }
+                    entry = next_entry(&mut watch) => {
+                        match entry {
+                            Some(e) => self.registry_entry(e),
+                            None => watch = None,
+                        }
+                    }
+                    q = queries.next() => {
+                        if let Some(msg) = q { self.answer(&client, msg).await; }
+                    }
+                    done = lost_done.recv() => {
+                        if let Some(key) = done { recording.remove(&key); }
+                    }
+                    _ = tick.tick() => {}
+                }
+                let caught_up = self.handle.board.lock().unwrap_or_else(|p| p.into_inner()).seen >= log_end;
+                if caught_up && !self.handle.caught_up.swap(true, Ordering::Relaxed) {
+                    tracing::info!(seq = log_end, "scheduler caught up with the log");
+                }
+                if !caught_up || !leading.load(Ordering::Relaxed) {
+                    continue;
+                }
+                let now = Utc::now();
+                let (decisions, lost) = {
+                    let mut b = self.handle.board.lock().unwrap_or_else(|p| p.into_inner());
+                    let lost = b.tick(now);
+                    (b.plan(now, timeout), lost)
+                };
+                for d in decisions {
+                    let subject = subjects.scheduler_to_worker(d.worker);
+                    match serde_json::to_vec(&WorkerMessage::Assign(d.assignment)) {
+                        Ok(body) => {
+                            if let Err(e) = client.publish(subject, Bytes::from(body)).await {
+                                // The assignment times out and is made again.
+                                tracing::warn!(error = %e, "cannot send an assignment");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, "cannot encode an assignment"),
+                    }
+                }
+                for n in notices {
+                    let (worker, msg) = match n {
+                        Notice::Stop { worker, job, attempt } => (worker, WorkerMessage::Stop { job_id: job, attempt }),
+                        Notice::Drain { worker } => (worker, WorkerMessage::Drain),
+                    };
+                    if let Ok(body) = serde_json::to_vec(&msg) {
+                        let _ = client.publish(subjects.scheduler_to_worker(worker), Bytes::from(body)).await;
+                    }
+                }
+                // Workers not heard of since before this scheduler started may
+                // simply not have been listed yet: wait one TTL before calling
+                // their jobs lost.
+                if now - started > ttl {
+                    for l in lost {
+                        if recording.insert((l.job, l.attempt)) {
+                            let done = lost_done_tx.clone();
+                            let store = self.store.clone();
+                            tokio::spawn(async move {
+                                let key = (l.job, l.attempt);
+                                record_lost(&store, l).await;
+                                let _ = done.send(key);
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds one event of the log into the board.
+    async fn apply(&self, ev: &StoredEvent) -> Option<Notice> {
+        let kind = peek(&ev.payload).map(|p| p.aggregate_kind);
+        match kind {
+            Some(AggregateKind::Job) => {
+                let env = match ev.decode::<JobEvent>() {
+                    Ok(e) => e,
+                    Err(e) => {
+                        tracing::error!(seq = ev.seq, error = %e, "undecodable job event; not scheduled");
+                        self.board().saw(ev.seq);
+                        return None;
+                    }
+                };
+                let Ok(id) = env.aggregate_id.parse::<JobId>() else {
+                    self.board().saw(ev.seq);
+                    return None;
+                };
+                if matches!(env.payload, JobEvent::JobRequeued { .. }) && !self.board().knows(id) {
+                    self.restore(id, ev).await;
+                }
+                self.board().apply_job(
+                    ev.seq,
+                    id,
+                    &ev.subject,
+                    &env.hash,
+                    env.correlation_id,
+                    env.occurred_at,
+                    &env.payload,
+                )
+            }
+            Some(AggregateKind::Pool) => {
+                match ev.decode::<PoolEvent>() {
+                    Ok(env) => self.board().apply_pool(ev.seq, &env.payload),
+                    Err(_) => self.board().saw(ev.seq),
+                }
+                None
+            }
+            Some(AggregateKind::Worker) => match ev.decode::<WorkerEvent>() {
+                Ok(env) => match env.aggregate_id.parse::<WorkerId>() {
+                    Ok(w) => self.board().apply_worker(ev.seq, w, &env.payload),
+                    Err(_) => {
+                        self.board().saw(ev.seq);
+                        None
+                    }
+                },
+                Err(_) => {
+                    self.board().saw(ev.seq);
+                    None
+                }
+            },
+            _ => {
+                self.board().saw(ev.seq);
+                None
+            }
+        }
+    }
+
+    fn board(&self) -> std::sync::MutexGuard<'_, Board> {
+        self.handle.board.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A finished job queued again: the board let it go, so its state comes
+    /// from its history before this event.
+    async fn restore(&self, id: JobId, ev: &StoredEvent) {
+        match self.store.load_job_at(id, &ev.subject).await {
+            Ok(loaded) => {
+                let before: Vec<&(u64, Envelope<JobEvent>)> =
+                    loaded.history.iter().take_while(|(s, _)| *s < ev.seq).collect();
+                let Some((last_seq, last)) = before.last() else { return };
+                if let Some(state) = fold(before.iter().map(|(_, e)| &e.payload)) {
+                    self.board().restore(id, &ev.subject, state, *last_seq, &last.hash);
+                }
+            }
+            Err(e) => tracing::warn!(job = %id, error = %e, "cannot read a requeued job's history"),
+        }
+    }
+
+    fn registry_entry(&self, entry: Result<kv::Entry, kv::WatcherError>) {
+        let Ok(entry) = entry else { return };
+        let Ok(worker) = entry.key.parse::<WorkerId>() else { return };
+        match entry.operation {
+            kv::Operation::Put => {
+                let Ok(rec) = serde_json::from_slice::<WorkerRecord>(&entry.value) else { return };
+                let capacity = Capacity {
+                    pool: rec.pool,
+                    labels: rec.labels,
+                    slots: rec.concurrency,
+                    gpus: rec.gpus,
+                    cpus: rec.cpus,
+                    memory_mb: rec.memory_mb,
+                    host: rec.host,
+                };
+                self.board().worker_seen(worker, capacity, rec.draining, Utc::now());
+            }
+            kv::Operation::Delete | kv::Operation::Purge => self.board().worker_gone(worker),
+        }
+    }
+
+    async fn answer(&self, client: &async_nats::Client, msg: async_nats::Message) {
+        let Some(reply) = msg.reply else { return };
+        let body = match serde_json::from_slice::<Query>(&msg.payload) {
+            Ok(Query::Explain(job)) => serde_json::to_vec(&self.handle.explain(job)),
+            Ok(Query::Pools) => serde_json::to_vec(&self.handle.pools()),
+            Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })),
+        };
+        if let Ok(body) = body {
+            let _ = client.publish(reply, body.into()).await;
+        }
+    }
+}
+
+async fn next_entry(watch: &mut Option<kv::Watch>) -> Option<Result<kv::Entry, kv::WatcherError>> {
+    match watch {
+        Some(w) => w.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Records a running attempt whose worker is gone as failed
+/// (`infrastructure`); the job's retry policy decides what follows.
+async fn record_lost(store: &EventStore, l: Lost) {
+    let ctx = CommandContext::new(Actor::System { component: "scheduler".into() }).correlated(l.correlation);
+    let cmd = JobCommand::Finish {
+        attempt: l.attempt,
+        outcome: Outcome::Failed {
+            exit_code: None,
+            signal: None,
+            class: FailureClass::Infrastructure,
+            reason: format!("worker lost: worker {} stopped renewing its registry entry", l.worker),
+        },
+        metrics: Metrics::new(),
+        at: Utc::now(),
+        jitter_permille: (uuid::Uuid::new_v4().as_u128() % 1001) as u16,
+    };
+    let known: Option<LoadedJob> = store.load_job_at(l.job, &l.subject).await.ok();
+    match store.execute_job_on(l.job, known, cmd, &ctx).await {
+        Ok(_) => tracing::warn!(job = %l.job, attempt = l.attempt, worker = %l.worker, "recorded a lost attempt"),
+        Err(ExecuteError::Rejected(r)) => tracing::info!(job = %l.job, reason = %r, "lost attempt already moved on"),
+        Err(ExecuteError::Store(e)) => tracing::warn!(job = %l.job, error = %e, "cannot record a lost attempt yet"),
+    }
+}
