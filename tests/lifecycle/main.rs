@@ -286,14 +286,11 @@ async fn higher_priority_jobs_start_first_and_fifo_within_a_priority() {
     for p in [1, 5, 10, 5, 1, 10] {
         ids.push((p, submit(&app, json!({"executor": "noop", "command": [], "priority": p})).await));
     }
-    // Wait until every ticket is queued, then let one single-slot worker drain them.
-    let (_, last) = app.get(&format!("/v1/jobs/{}", ids.last().unwrap().1)).await;
-    let _ = app.get(&format!("/v1/jobs?after_seq={}", last["seq"])).await;
+    // Wait until the scheduler holds all six, then let one single-slot worker drain them.
     let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
-    let dispatch = store.jetstream().get_stream(store.subjects().dispatch_stream()).await.unwrap();
     eventually(Duration::from_secs(10), || async {
-        let info = dispatch.get_info().await.ok()?;
-        (info.state.messages == 6).then_some(())
+        let pools = fetchml_scheduler::ask(&store, &fetchml_scheduler::Query::Pools).await.ok()?;
+        (pools[0]["waiting"] == 6).then_some(())
     })
     .await;
     let _w = spawn_worker_with(&app.settings, &["--concurrency", "1"], &[]);
