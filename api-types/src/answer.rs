@@ -108,6 +108,11 @@ pub struct JobView {
     /// Number of events folded.
     pub version: u64,
     pub worker: Option<WorkerId>,
+    /// For an unfinished job: where the scheduler has it and, while it
+    /// waits, its position and why (priority, share, usage, fit). Absent
+    /// when no scheduler answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduling: Option<crate::Scheduling>,
 }
 
 /// `GET /v1/jobs/{id}` for a caller with `jobs:read:summary` only: no command

@@ -23,6 +23,7 @@ mod audit_chain;
 mod error;
 mod query;
 mod request;
+mod scheduling;
 mod stream;
 mod trail;
 
@@ -31,5 +32,6 @@ pub use audit_chain::*;
 pub use error::*;
 pub use query::*;
 pub use request::*;
+pub use scheduling::*;
 pub use stream::*;
 pub use trail::*;

@@ -377,9 +377,9 @@ async fn the_submit_s_request_id_is_the_correlation_id_of_the_job_s_events_and_l
         assert_eq!(e["correlation_id"], request_id.as_str(), "{e}");
     }
 
-    // The dispatcher's line (in this process) and the worker's (another).
+    // The scheduler's line (in this process) and the worker's (another).
     let tagged = |l: &String| l.contains(&format!("correlation={request_id}")) && l.contains(&format!("job={id}"));
-    assert!(api_logs.lines().iter().any(|l| tagged(l) && l.contains("dispatched")), "{:#?}", api_logs.lines());
+    assert!(api_logs.lines().iter().any(|l| tagged(l) && l.contains("assigned")), "{:#?}", api_logs.lines());
     eventually(Duration::from_secs(30), || async {
         let lines = worker.lines();
         (lines.iter().any(|l| tagged(l) && l.contains("started"))

@@ -45,6 +45,9 @@ pub enum ApiError {
         "the answer was not ready in time; retry later (a command may have been stored: retry it with the same Idempotency-Key)"
     )]
     RequestTimeout,
+    /// No scheduler answered (none runs, or NATS is down).
+    #[error("no scheduler answered; retry shortly")]
+    SchedulerUnavailable,
     #[error("internal error")]
     Internal(#[source] anyhow::Error),
 }
@@ -74,6 +77,7 @@ impl ApiError {
             ApiError::BodyTimeout => (StatusCode::REQUEST_TIMEOUT, "body_timeout"),
             ApiError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             ApiError::RequestTimeout => (StatusCode::GATEWAY_TIMEOUT, "request_timeout"),
+            ApiError::SchedulerUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "scheduler_unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }

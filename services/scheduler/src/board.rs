@@ -21,6 +21,7 @@
 //! which GPU ids; the worker gives the process those and no others.
 
 use chrono::{DateTime, Utc};
+use fetchml_api_types::{PoolSummary as PoolView, Scheduling as Explanation};
 use fetchml_events::job::{Job, JobEvent, JobStatus, Placement, evolve};
 use fetchml_events::pool::PoolEvent;
 use fetchml_events::worker::WorkerEvent;
@@ -150,49 +151,6 @@ pub struct Lost {
     pub attempt: u32,
     pub worker: WorkerId,
     pub correlation: uuid::Uuid,
-}
-
-/// Why a job waits (or where it is), for `GET /v1/jobs/{id}`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct Explanation {
-    /// `waiting`, `assigned` or `running` (as the scheduler sees it).
-    pub phase: String,
-    /// 1 for the next job this pool would start; absent unless waiting.
-    pub position: Option<usize>,
-    pub priority: u8,
-    /// The priority after aging.
-    pub effective_priority: u32,
-    /// The owner's share and usage (slot-seconds, decayed, running included),
-    /// and the two divided: lower goes first.
-    pub share: u32,
-    pub usage: f64,
-    pub normalized_usage: f64,
-    /// Whether some live worker in the pool could ever hold this job.
-    pub fits: bool,
-    pub paused: bool,
-    /// In plain words: why it waits, or where it runs.
-    pub reason: String,
-    pub not_before: Option<DateTime<Utc>>,
-    pub worker: Option<String>,
-}
-
-/// One pool's queue, for `GET /v1/pools`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct PoolView {
-    pub pool: String,
-    pub paused: bool,
-    /// Waiting jobs by priority (10 to 1; only priorities with jobs).
-    pub waiting_by_priority: BTreeMap<u8, usize>,
-    pub waiting: usize,
-    /// Seconds the oldest waiting job has been ready to run.
-    pub oldest_wait_secs: Option<f64>,
-    pub assigned: usize,
-    pub running: usize,
-    pub workers: usize,
-    pub draining_workers: usize,
-    pub free_slots: usize,
-    pub gpus: usize,
-    pub free_gpus: usize,
 }
 
 pub struct Board {

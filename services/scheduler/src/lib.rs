@@ -37,9 +37,10 @@ pub mod board;
 mod leader;
 
 use async_nats::jetstream::kv;
-use board::{Board, Capacity, Explanation, Lost, Notice, PoolView};
+use board::{Board, Capacity, Lost, Notice};
 use bytes::Bytes;
 use chrono::Utc;
+use fetchml_api_types::{PoolSummary as PoolView, Scheduling as Explanation};
 use fetchml_events::dispatch::WorkerMessage;
 use fetchml_events::envelope::{AggregateKind, peek};
 use fetchml_events::job::{FailureClass, JobCommand, JobEvent, Metrics, Outcome, fold};
@@ -58,8 +59,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-
-pub use board::{Explanation as WaitExplanation, PoolView as PoolSummary};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SchedulerError {
@@ -280,6 +279,8 @@ impl Scheduler {
                 };
                 for d in decisions {
                     let subject = subjects.scheduler_to_worker(d.worker);
+                    tracing::info!(job = %d.assignment.job_id, correlation = %d.assignment.correlation_id,
+                        worker = %d.worker, attempt = d.assignment.attempt, gpus = ?d.assignment.placement.gpus, "assigned");
                     match serde_json::to_vec(&WorkerMessage::Assign(d.assignment)) {
                         Ok(body) => {
                             if let Err(e) = client.publish(subject, Bytes::from(body)).await {

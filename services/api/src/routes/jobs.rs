@@ -307,9 +307,15 @@ pub async fn get_job(
     JobPath(id): JobPath,
 ) -> Result<Json<JobAnswer>, ApiError> {
     let (loaded, view) = authorize(&state, &caller, id, JobAction::Read, &format!("job/{id}")).await?;
-    let full = job_view(&loaded).ok_or(ApiError::NotFound("job_not_found"))?;
+    let mut full = job_view(&loaded).ok_or(ApiError::NotFound("job_not_found"))?;
     Ok(Json(match view {
-        View::Full => JobAnswer::Full(Box::new(full)),
+        View::Full => {
+            // The explanation names the owner's usage: full views only.
+            if !full.state.is_terminal() {
+                full.scheduling = super::pools::explain(&state, id).await;
+            }
+            JobAnswer::Full(Box::new(full))
+        }
         _ => JobAnswer::Summary(Box::new(summary_only(full))),
     }))
 }
@@ -370,7 +376,7 @@ pub async fn job_events(
 /// Longest cancel or retry reason, in characters.
 pub const MAX_REASON_CHARS: usize = 1024;
 
-fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
+pub(crate) fn reason_from(body: &Bytes, default: &str) -> Result<String, ApiError> {
     if body.is_empty() {
         return Ok(default.to_owned());
     }
@@ -727,5 +733,6 @@ fn job_view(loaded: &LoadedJob) -> Option<JobView> {
         state: job.status,
         version: job.version,
         worker: job.worker,
+        scheduling: None,
     })
 }

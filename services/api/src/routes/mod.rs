@@ -7,6 +7,7 @@ mod experiments;
 mod health;
 pub(crate) mod jobs;
 pub(crate) mod openapi;
+mod pools;
 pub(crate) mod ui;
 mod workers;
 
@@ -41,6 +42,10 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/experiments", get(experiments::list))
         .route("/v1/experiments/{name}", get(experiments::get))
         .route("/v1/workers", get(workers::list))
+        .route("/v1/workers/{id}/drain", post(pools::drain))
+        .route("/v1/pools", get(pools::list))
+        .route("/v1/pools/{pool}/pause", post(pools::pause))
+        .route("/v1/pools/{pool}/resume", post(pools::resume))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/keys", get(audit_chain::keys))
         .route("/v1/audit/verify", get(audit_chain::verify))
