@@ -33,7 +33,7 @@ pub enum AuditOrder {
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct AuditQuery {
-    /// The event family: `job`, `user`, `worker` or `audit`.
+    /// The event family: `job`, `user`, `worker`, `pool` or `audit`.
     #[param(example = "user")]
     pub family: Option<String>,
     /// Who caused it: a user name, a worker id or a system component.
@@ -68,7 +68,7 @@ pub struct AuditEntry {
     pub actor: Value,
     pub aggregate_id: String,
     pub correlation_id: String,
-    /// `job`, `user`, `worker` or `audit`: the family of its subject.
+    /// `job`, `user`, `worker`, `pool` or `audit`: the family of its subject.
     pub family: String,
     pub hash: String,
     pub occurred_at: DateTime<Utc>,

@@ -121,7 +121,7 @@ async fn history_before(store: &EventStore, id: JobId, subject: &str, seq: u64) 
 impl JobIndex {
     /// Starts following the log from the beginning; returns at once.
     pub fn spawn(store: EventStore, stop: CancellationToken) -> Self {
-        Self::spawn_on(LogSource::Direct(store.clone()), store, stop)
+        Self::spawn_on(LogSource::Direct(Box::new(store.clone())), store, stop)
     }
 
     /// [`JobIndex::spawn`], reading the log from `source` (a process's shared

@@ -41,7 +41,7 @@ pub type EventFeed = Pin<Box<dyn Stream<Item = Result<StoredEvent, StoreError>> 
 /// or through a process's shared [`LogTap`].
 #[derive(Clone)]
 pub enum LogSource {
-    Direct(EventStore),
+    Direct(Box<EventStore>),
     Tap(LogTap),
 }
 
@@ -156,7 +156,7 @@ enum Mode {
     /// Reading with a consumer of its own, while `rx` collects what the tap
     /// delivers meanwhile; switches once the two meet.
     CatchingUp {
-        own: Option<crate::store::StreamReader>,
+        own: Option<Box<crate::store::StreamReader>>,
         rx: broadcast::Receiver<Arc<StoredEvent>>,
         /// What the tap delivered that the follower has not reached yet.
         held: VecDeque<Arc<StoredEvent>>,
@@ -238,7 +238,7 @@ impl Follower {
                                 )
                                 .await
                             {
-                                Ok(r) => *own = Some(r),
+                                Ok(r) => *own = Some(Box::new(r)),
                                 Err(e) => return Some((Err(e), self)),
                             }
                         }

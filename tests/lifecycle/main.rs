@@ -2,7 +2,7 @@
 
 //! The job lifecycle under faults: killed workers, a killed api, a restarted
 //! NATS, cancel and timeout of process trees, retries, priorities, labels,
-//! graceful stop, the reconciler, and progress. Real NATS, real worker
+//! graceful stop, a scheduler started late, and progress. Real NATS, real worker
 //! processes; each test in its own namespace.
 
 use fetchml_tests::app::{
@@ -360,7 +360,7 @@ async fn a_job_queued_while_no_scheduler_runs_starts_once_one_does() {
     let stop = fetchml_tests::CancellationToken::new();
     let scheduler =
         fetchml_scheduler::Scheduler::new(store.clone(), app.settings.scheduling.clone(), app.settings.worker_ttl());
-    let run = tokio::spawn(scheduler.run(fetchml_eventstore::LogSource::Direct(store), stop.clone()));
+    let run = tokio::spawn(scheduler.run(fetchml_eventstore::LogSource::Direct(Box::new(store)), stop.clone()));
     assert_eq!(app.until_terminal(&id).await["state"], "succeeded");
     stop.cancel();
     run.await.unwrap().unwrap();

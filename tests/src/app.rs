@@ -242,6 +242,25 @@ pub fn spawn_worker_with(settings: &Settings, args: &[&str], env: &[(&str, &str)
     WorkerProcess { child, job_root }
 }
 
+/// A standalone `fetchml scheduler` process for the app's namespace.
+pub fn spawn_scheduler(settings: &Settings) -> WorkerProcess {
+    let job_root = tempfile::tempdir().unwrap();
+    let quiet = std::env::var("TEST_LOG").is_err();
+    let child = Command::new(fetchml_binary())
+        .arg("scheduler")
+        .env("FETCHML_NATS__URL", &settings.nats.url)
+        .env("FETCHML_NATS__NAMESPACE", &settings.nats.namespace)
+        .env("FETCHML_NATS__PROGRESS_MAX_BYTES", settings.nats.progress_max_bytes.to_string())
+        .env("FETCHML_NATS__WORKER_TTL_SECS", settings.nats.worker_ttl_secs.to_string())
+        .env("FETCHML_SCHEDULING__FAIR_SHARE", settings.scheduling.fair_share.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+        .spawn()
+        .unwrap();
+    WorkerProcess { child, job_root }
+}
+
 impl WorkerProcess {
     pub fn pid(&self) -> u32 {
         self.child.id()

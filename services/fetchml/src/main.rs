@@ -297,7 +297,7 @@ async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<ExitCode> {
         }
         Command::Scheduler => {
             let store = open_store(&settings).await?;
-            let source = fetchml_eventstore::LogSource::Direct(store.clone());
+            let source = fetchml_eventstore::LogSource::Direct(Box::new(store.clone()));
             fetchml_scheduler::Scheduler::new(store, settings.scheduling.clone(), settings.worker_ttl())
                 .run(source, stop_on_signal())
                 .await?;

@@ -12,8 +12,8 @@
 //! Higher effective priority first; then, with fair share on, the user (and
 //! group) whose usage is lowest relative to their share; then the oldest.
 //! Usage is slot-seconds decayed with a half-life, plus what is running now
-//! (its elapsed slot-seconds, and one per running slot, so a user with jobs
-//! just started still counts as using more than one with none).
+//! (its elapsed slot-seconds, and a token [`HELD`] per slot held, so that of
+//! two users with no past, the one holding fewer slots goes first).
 //!
 //! **Fit.** A job fits a worker when the worker serves its pool and labels,
 //! is alive, not draining, and has a free slot and enough free GPUs, CPUs and
@@ -34,6 +34,10 @@ use std::sync::Arc;
 /// How deep a queue is searched for a job that fits, when its oldest does
 /// not (backfill), per decision.
 const BACKFILL_DEPTH: usize = 64;
+
+/// The usage a held slot counts for before any time has passed: enough to
+/// order two users who have used nothing, too small to outweigh real use.
+const HELD: f64 = 0.001;
 
 /// What a live worker offers, from its registry entry.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -153,11 +157,14 @@ pub struct Lost {
     pub correlation: uuid::Uuid,
 }
 
+/// One pool's waiting jobs: per (priority, owner), oldest first.
+type PoolQueues = BTreeMap<(u8, Arc<str>), VecDeque<JobId>>;
+
 pub struct Board {
     settings: SchedulingSettings,
     jobs: HashMap<JobId, Tracked>,
     /// Waiting jobs ready now, per pool, per (priority, owner), oldest first.
-    queues: BTreeMap<String, BTreeMap<(u8, Arc<str>), VecDeque<JobId>>>,
+    queues: BTreeMap<String, PoolQueues>,
     /// Waiting jobs in backoff, by the time they become ready.
     delayed: BTreeSet<(DateTime<Utc>, JobId)>,
     workers: HashMap<WorkerId, WorkerState>,
@@ -357,17 +364,17 @@ impl Board {
         if let Some(nb) = t.state.not_before {
             self.delayed.remove(&(nb, id));
         }
-        let pool = t.state.spec.pool.to_string();
-        if let Some(pq) = self.queues.get_mut(&pool) {
-            let key = (t.state.spec.priority, t.owner.clone());
-            if let Some(q) = pq.get_mut(&key) {
-                if let Some(pos) = q.iter().position(|j| *j == id) {
-                    q.remove(pos);
-                }
-                if q.is_empty() {
-                    pq.remove(&key);
-                }
-            }
+        self.dequeue(id, t.state.spec.pool.as_str(), (t.state.spec.priority, t.owner.clone()));
+    }
+
+    fn dequeue(&mut self, id: JobId, pool: &str, key: (u8, Arc<str>)) {
+        let Some(pq) = self.queues.get_mut(pool) else { return };
+        let Some(q) = pq.get_mut(&key) else { return };
+        if let Some(pos) = q.iter().position(|j| *j == id) {
+            q.remove(pos);
+        }
+        if q.is_empty() {
+            pq.remove(&key);
         }
     }
 
@@ -507,9 +514,9 @@ impl Board {
             .filter(|t| &*t.owner == owner)
             .map(|t| match &t.phase {
                 Phase::Running { placement, since, .. } => {
-                    weight(placement) * (1.0 + (now - *since).num_milliseconds().max(0) as f64 / 1000.0)
+                    weight(placement) * (HELD + (now - *since).num_milliseconds().max(0) as f64 / 1000.0)
                 }
-                Phase::Assigned { .. } => 1.0,
+                Phase::Assigned { .. } => HELD,
                 Phase::Waiting => 0.0,
             })
             .sum();
@@ -594,20 +601,11 @@ impl Board {
                 };
                 let owner = t.owner.clone();
                 let (pool, key) = (t.state.spec.pool.to_string(), (t.state.spec.priority, t.owner.clone()));
-                if let Some(pq) = self.queues.get_mut(&pool) {
-                    if let Some(q) = pq.get_mut(&key) {
-                        if let Some(pos) = q.iter().position(|j| *j == job) {
-                            q.remove(pos);
-                        }
-                        if q.is_empty() {
-                            pq.remove(&key);
-                        }
-                    }
-                }
+                self.dequeue(job, &pool, key);
                 if let Some(w) = self.workers.get_mut(wid) {
                     w.holding.insert(job, placement.clone());
                 }
-                *usage.entry(owner).or_default() += 1.0;
+                *usage.entry(owner).or_default() += HELD * weight(&placement);
                 out.push(Decision { worker: *wid, assignment });
                 progress = true;
             }

@@ -30,7 +30,7 @@ const WINDOW: u64 = 1000;
 const SCAN_BUDGET: u64 = 20_000;
 
 /// The event families: the token after `<ns>.ev.` in a subject.
-const FAMILIES: &[&str] = &["job", "user", "worker", "audit"];
+const FAMILIES: &[&str] = &["job", "user", "worker", "pool", "audit"];
 
 /// The filters applied per event.
 struct Filter {
