@@ -61,6 +61,8 @@ pub struct AppState {
     pub audit: AuditKeys,
     /// The built web dashboard, read once at start (`None`: `/` is 404).
     pub(crate) dashboard: Option<routes::ui::Dashboard>,
+    /// Shares and groups (`GET /v1/usage` sums by group with it).
+    pub scheduling: std::sync::Arc<fetchml_runtime::settings::SchedulingSettings>,
 }
 
 /// The keys the audit trail is verified with.
@@ -206,6 +208,7 @@ impl Application {
             fanout,
             audit: AuditKeys { keys: audit_keyring, signer_id: signer.as_ref().map(|s| s.id().to_owned()) },
             dashboard: routes::ui::Dashboard::load_or_warn(&settings.api.ui_dir),
+            scheduling: std::sync::Arc::new(settings.scheduling.clone()),
         };
         Ok(Self { listener, state, settings, stop, signer })
     }

@@ -8,6 +8,7 @@ mod health;
 pub(crate) mod jobs;
 pub(crate) mod openapi;
 pub(crate) mod ui;
+pub(crate) mod usage;
 mod workers;
 
 use crate::AppState;
@@ -41,6 +42,7 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/experiments", get(experiments::list))
         .route("/v1/experiments/{name}", get(experiments::get))
         .route("/v1/workers", get(workers::list))
+        .route("/v1/usage", get(usage::report))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/keys", get(audit_chain::keys))
         .route("/v1/audit/verify", get(audit_chain::verify))
