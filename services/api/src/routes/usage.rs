@@ -118,7 +118,9 @@ fn summarise(
     for s in sums {
         let group = if has(UsageDimension::Group) { s.owner.as_deref().and_then(&group_of) } else { None };
         let user = if has(UsageDimension::User) { s.owner.clone() } else { None };
-        let key = (user, group, s.pool.clone(), s.day);
+        let pool = if has(UsageDimension::Pool) { s.pool.clone() } else { None };
+        let day = if has(UsageDimension::Day) { s.day } else { None };
+        let key = (user, group, pool, day);
         let r = rows.entry(key).or_insert(UsageSums {
             owner: None,
             pool: None,
