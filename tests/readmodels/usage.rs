@@ -5,9 +5,12 @@
 //! see only what it may.
 
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use fetchml_tests::app::{TestApp, spawn_app, spawn_worker};
+use fetchml_tests::app::{TestApp, spawn_app, spawn_worker, spawn_worker_with};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::time::Duration;
+
+const TERMINAL: [&str; 5] = ["job_succeeded", "job_failed", "job_timed_out", "job_dead_lettered", "job_cancelled"];
 
 /// `(owner, pool, day)` → `[attempts, slot µs, gpu µs, cpu µs, memory MB-s]`.
 type Expected = BTreeMap<(String, String, NaiveDate), [i64; 5]>;
@@ -156,6 +159,7 @@ async fn usage(app: &TestApp, user: &str, query: &str) -> (u16, Value) {
 async fn usage_equals_the_sum_of_attempts_and_each_role_sees_its_share() {
     let app = spawn_app().await;
     let _w = spawn_worker(&app.settings);
+    let _batch = spawn_worker_with(&app.settings, &[], &[("FETCHML_WORKER__POOL", "batch")]);
     let alice = app.as_user("alice");
     let bob = app.as_user("bob");
     let mut jobs = vec![
@@ -173,7 +177,7 @@ async fn usage_equals_the_sum_of_attempts_and_each_role_sees_its_share() {
                 "retry": {"max_attempts": 3, "backoff_initial_ms": 10, "retry_on": ["code"]}}),
         )
         .await,
-        submit(&app, &alice, json!({"executor": "sleep", "command": ["5000"], "timeout_secs": 1})).await,
+        submit(&app, &alice, json!({"command": ["sleep", "5"], "timeout_secs": 1})).await,
         submit(&app, &bob, json!({"executor": "sleep", "command": ["200"], "resources": {"memory_mb": 2048}})).await,
     ];
     let cancelled = submit(&app, &alice, json!({"executor": "sleep", "command": ["60000"]})).await;
@@ -187,10 +191,15 @@ async fn usage_equals_the_sum_of_attempts_and_each_role_sees_its_share() {
     let mut attempts = 0;
     let mut endings = Vec::new();
     for id in &jobs {
-        app.until_terminal(id).await;
-        let events: Value =
-            root.get(app.url(&format!("/v1/jobs/{id}/events"))).send().await.unwrap().json().await.unwrap();
-        let events = events["items"].as_array().unwrap().clone();
+        // As root: `until_terminal` reads as alice, who cannot see bob's job.
+        let events = fetchml_tests::eventually(Duration::from_secs(90), || async {
+            let r = root.get(app.url(&format!("/v1/jobs/{id}/events"))).send().await.unwrap();
+            let events: Value = r.json().await.unwrap();
+            let items = events["items"].as_array()?.clone();
+            let last = items.last()?["type"].as_str()?.to_owned();
+            TERMINAL.contains(&last.as_str()).then_some(items)
+        })
+        .await;
         last_seq = last_seq.max(events.iter().map(|e| e["seq"].as_u64().unwrap()).max().unwrap());
         attempts += attempts_of(&events, &mut expected);
         endings.push(events.last().unwrap()["type"].as_str().unwrap().to_owned());
