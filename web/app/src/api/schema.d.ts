@@ -338,6 +338,23 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /v1/usage`. */
+        get: operations["report"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/audit": {
         parameters: {
             query?: never;
@@ -1200,6 +1217,70 @@ export interface components {
              * @description The event's sequence in the log (pass it as `after_seq`).
              */
             seq: number;
+        };
+        /**
+         * @description A dimension `GET /v1/usage` sums by.
+         * @enum {string}
+         */
+        UsageDimension: "user" | "group" | "pool" | "day";
+        /**
+         * @description Resources held by ended attempts: an attempt runs from `job_started` to
+         *     the event that ends it, holding one job slot and the GPUs, CPUs and memory
+         *     of its placement.
+         */
+        UsageFigures: {
+            /**
+             * Format: int64
+             * @description Attempts that started in the period (and have ended).
+             */
+            attempts: number;
+            /** Format: double */
+            cpu_seconds: number;
+            /** Format: double */
+            gpu_seconds: number;
+            /** Format: int64 */
+            memory_mb_seconds: number;
+            /**
+             * Format: double
+             * @description Seconds of job slots held (wall-clock time of the attempts).
+             */
+            slot_seconds: number;
+        };
+        /** @description `GET /v1/usage`. */
+        UsageReport: {
+            group_by: components["schemas"]["UsageDimension"][];
+            rows: components["schemas"]["UsageRow"][];
+            /** Format: date */
+            since: string;
+            /** @description The sum of every row. */
+            total: components["schemas"]["UsageFigures"];
+            /** Format: date */
+            until: string;
+        };
+        /**
+         * @description One row of `GET /v1/usage`: the figures of one combination of the
+         *     dimensions asked for; a dimension not asked for is `null`.
+         */
+        UsageRow: {
+            /** Format: int64 */
+            attempts: number;
+            /** Format: double */
+            cpu_seconds: number;
+            /**
+             * Format: date
+             * @description UTC day, `YYYY-MM-DD`.
+             */
+            day?: string | null;
+            /** Format: double */
+            gpu_seconds: number;
+            /** @description With `group_by=group`, `null` is the users in no group. */
+            group?: string | null;
+            /** Format: int64 */
+            memory_mb_seconds: number;
+            pool?: string | null;
+            /** Format: double */
+            slot_seconds: number;
+            user?: string | null;
         };
         /** @description A user's name as configured; it is a token of job subjects. */
         UserName: string;
@@ -2888,6 +2969,106 @@ export interface operations {
                 };
             };
             /** @description `read_model_unavailable` (`history=true`), `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    report: {
+        parameters: {
+            query?: {
+                /** @description First day (UTC, `YYYY-MM-DD`), inclusive; default 29 days before `until`. */
+                since?: string;
+                /** @description Last day (UTC, `YYYY-MM-DD`), inclusive; default today. */
+                until?: string;
+                /**
+                 * @description Comma-separated dimensions to sum by, any of `user`, `group`, `pool`,
+                 *     `day` (default `day`; empty: one total). `user` and `group` need
+                 *     `usage:read` or `usage:read:all` (analysts see no owners: 403).
+                 * @example user,pool
+                 */
+                group_by?: string;
+                /**
+                 * @description Wait (at most 5 s) until the figures include the write that answered
+                 *     `seq: N`; 503 `not_caught_up` otherwise.
+                 */
+                after_seq?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage of ended attempts in the period, summed by `group_by`: the caller's own (`usage:read`), everyone's (`usage:read:all`), or per pool and day without users (`usage:read:summary`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageReport"];
+                };
+            };
+            /** @description `invalid_parameter`, `unknown_parameter`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden`: no usage permission, or `group_by` `user`/`group` with `usage:read:summary` only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `read_model_unavailable`, `not_caught_up`; `event_store_unavailable`: NATS does not answer */
             503: {
                 headers: {
                     [name: string]: unknown;
