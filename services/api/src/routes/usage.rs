@@ -14,13 +14,13 @@ use crate::routes::body::Params;
 use crate::routes::jobs::read_your_writes;
 use axum::Json;
 use axum::extract::State;
-use chrono::{NaiveDate, TimeDelta, Utc};
+use chrono::{Days, NaiveDate, Utc};
 use fetchml_api_types::{ErrorBody, UsageDimension, UsageFigures, UsageQuery, UsageReport, UsageRow};
 use fetchml_projections::queries::{UsageScope, UsageSums};
 use std::collections::BTreeMap;
 
 /// Days a report covers unless `since` says otherwise (with `until`).
-const DEFAULT_DAYS: i64 = 30;
+const DEFAULT_DAYS: u64 = 30;
 /// The longest period one report may cover, in days.
 const MAX_DAYS: i64 = 3660;
 
@@ -79,7 +79,8 @@ fn period(
     today: NaiveDate,
 ) -> Result<(NaiveDate, NaiveDate), ApiError> {
     let until = until.unwrap_or(today);
-    let since = since.unwrap_or_else(|| until - TimeDelta::days(DEFAULT_DAYS - 1));
+    // Checked: `until` may be the first day chrono can hold.
+    let since = since.unwrap_or_else(|| until.checked_sub_days(Days::new(DEFAULT_DAYS - 1)).unwrap_or(NaiveDate::MIN));
     if since > until {
         return Err(ApiError::bad_request("invalid_parameter", "since: after until"));
     }
@@ -195,6 +196,7 @@ mod tests {
         assert_eq!(period(Some(today), Some(today), today).unwrap(), (today, today));
         assert!(period(Some(d("2026-12-01")), None, today).is_err());
         assert!(period(Some(d("1900-01-01")), None, today).is_err());
+        assert_eq!(period(None, Some(NaiveDate::MIN), today).unwrap(), (NaiveDate::MIN, NaiveDate::MIN));
     }
 
     #[test]
