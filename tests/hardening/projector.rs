@@ -409,8 +409,9 @@ async fn usage_splits_attempts_at_midnight_survives_absurd_clocks_and_a_rebuild_
         rows,
         [
             ("2026-01-01".to_owned(), 1, 10.0, 20.0, 40.0, 10_000),
-            // 10.5 s + 1 s of job a (2 GPUs, 4 CPUs, 1000 MB), 2 s of b (3 CPUs, 2048 MB).
-            ("2026-01-02".to_owned(), 2 + 1, 13.5, 23.0, 52.0, 10_500 + 1_000 + 4_096),
+            // 10.5 s + 1 s of job a (2 GPUs, 4 CPUs, 1000 MB), 2 s of b (3 CPUs, 2048 MB);
+            // attempt 1 of a counts on the day it started.
+            ("2026-01-02".to_owned(), 1 + 1, 13.5, 23.0, 52.0, 10_500 + 1_000 + 4_096),
         ],
         "{report}"
     );
