@@ -369,3 +369,74 @@ pub struct Ready {
     #[schema(example = "ready")]
     pub status: String,
 }
+
+/// A dimension `GET /v1/usage` sums by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum UsageDimension {
+    User,
+    /// The user's group in the scheduling settings (`null`: in none).
+    Group,
+    Pool,
+    Day,
+}
+
+impl UsageDimension {
+    pub const ALL: [UsageDimension; 4] =
+        [UsageDimension::User, UsageDimension::Group, UsageDimension::Pool, UsageDimension::Day];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UsageDimension::User => "user",
+            UsageDimension::Group => "group",
+            UsageDimension::Pool => "pool",
+            UsageDimension::Day => "day",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+}
+
+/// Resources held by ended attempts: an attempt runs from `job_started` to
+/// the event that ends it, holding one job slot and the GPUs, CPUs and memory
+/// of its placement.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageFigures {
+    /// Attempts that started in the period (and have ended).
+    pub attempts: u64,
+    pub cpu_seconds: f64,
+    pub gpu_seconds: f64,
+    pub memory_mb_seconds: u64,
+    /// Seconds of job slots held (wall-clock time of the attempts).
+    pub slot_seconds: f64,
+}
+
+/// One row of `GET /v1/usage`: the figures of one combination of the
+/// dimensions asked for; a dimension not asked for is `null`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageRow {
+    pub attempts: u64,
+    pub cpu_seconds: f64,
+    /// UTC day, `YYYY-MM-DD`.
+    pub day: Option<chrono::NaiveDate>,
+    pub gpu_seconds: f64,
+    /// With `group_by=group`, `null` is the users in no group.
+    pub group: Option<String>,
+    pub memory_mb_seconds: u64,
+    pub pool: Option<String>,
+    pub slot_seconds: f64,
+    pub user: Option<String>,
+}
+
+/// `GET /v1/usage`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct UsageReport {
+    pub group_by: Vec<UsageDimension>,
+    pub rows: Vec<UsageRow>,
+    pub since: chrono::NaiveDate,
+    /// The sum of every row.
+    pub total: UsageFigures,
+    pub until: chrono::NaiveDate,
+}

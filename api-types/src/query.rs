@@ -119,3 +119,22 @@ pub struct SubmitQuery {
     /// 200 with it; nothing is stored and no job is queued.
     pub dry_run: Option<bool>,
 }
+
+/// `GET /v1/usage`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct UsageQuery {
+    /// First day (UTC, `YYYY-MM-DD`), inclusive; default 29 days before `until`.
+    pub since: Option<chrono::NaiveDate>,
+    /// Last day (UTC, `YYYY-MM-DD`), inclusive; default today.
+    pub until: Option<chrono::NaiveDate>,
+    /// Comma-separated dimensions to sum by, any of `user`, `group`, `pool`,
+    /// `day` (default `day`; empty: one total). `user` and `group` need
+    /// `usage:read` or `usage:read:all` (analysts see no owners: 403).
+    #[param(example = "user,pool")]
+    pub group_by: Option<String>,
+    /// Wait (at most 5 s) until the figures include the write that answered
+    /// `seq: N`; 503 `not_caught_up` otherwise.
+    pub after_seq: Option<u64>,
+}

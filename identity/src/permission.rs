@@ -15,6 +15,9 @@ pub const ALL_PERMISSIONS: &[&str] = &[
     "jobs:logs:all",
     "experiments:read",
     "workers:read",
+    "usage:read",
+    "usage:read:all",
+    "usage:read:summary",
     "audit:read",
     "users:manage",
     "workers:manage",
@@ -48,8 +51,9 @@ pub fn default_roles() -> Vec<(&'static str, Vec<&'static str>)> {
                 "jobs:logs",
                 "experiments:read",
                 "workers:read",
+                "usage:read",
             ],
         ),
-        ("analyst", vec!["jobs:read:summary", "experiments:read", "workers:read"]),
+        ("analyst", vec!["jobs:read:summary", "experiments:read", "workers:read", "usage:read:summary"]),
     ]
 }

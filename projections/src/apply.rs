@@ -16,6 +16,7 @@
 
 use crate::ProjectionError;
 use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, attempt_of, enum_str};
+use crate::usage::{OpenAttempt, UsageFold, UsageRow};
 use chrono::{DateTime, Utc};
 use fetchml_events::Envelope;
 use fetchml_events::job::JobEvent;
@@ -76,6 +77,7 @@ pub async fn apply_batch(
         .map(|j| j.id)
         .collect();
     let mut rows = load_rows(conn, &existing).await?;
+    let mut usage = UsageFold { open: load_open(conn, &existing).await?, ..UsageFold::default() };
     // The jobs whose rows changed, in the order first changed.
     let mut changed: Vec<Uuid> = Vec::new();
     let mut in_changed: HashSet<Uuid> = HashSet::new();
@@ -83,10 +85,12 @@ pub async fn apply_batch(
     for j in &jobs {
         let row = rows.entry(j.id).or_insert(None);
         let was = row.as_ref().map(|r| r.last_seq);
+        let before = row.as_ref().map(|r| r.job.status);
         if JobRow::fold(row, j.seq, j.env.occurred_at, &j.env.payload)
             && let Some(r) = row.as_ref()
         {
             fold::fold_metrics(&mut metrics, &mut faults, j.id, r, j.seq, j.env.occurred_at, &j.env.payload);
+            usage.fold(&mut faults, j.id, before, &r.job, j.seq, j.env.occurred_at, &j.env.payload);
         }
         if row.as_ref().map(|r| r.last_seq) != was && in_changed.insert(j.id) {
             changed.push(j.id);
@@ -96,7 +100,129 @@ pub async fn apply_batch(
         changed.iter().filter_map(|id| rows.get(id).and_then(Option::as_ref).map(|r| (*id, r))).collect();
     upsert_jobs(conn, &changed).await?;
     upsert_metrics(conn, metrics).await?;
+    write_usage(conn, usage).await?;
     Ok(faults)
+}
+
+/// The open attempts of `ids`, as stored.
+async fn load_open(
+    conn: &mut PgConnection,
+    ids: &[Uuid],
+) -> Result<HashMap<Uuid, Option<OpenAttempt>>, ProjectionError> {
+    let mut out = HashMap::new();
+    if ids.is_empty() {
+        return Ok(out);
+    }
+    let rows = sqlx::query(
+        "SELECT job_id, attempt, owner, pool, started_at, gpus, cpus, memory_mb, last_seq
+         FROM usage_open_attempts WHERE job_id = ANY($1)",
+    )
+    .bind(ids)
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(db)?;
+    for r in rows {
+        let id: Uuid = r.try_get("job_id")?;
+        let corrupt =
+            || ProjectionError::Corrupt(format!("open attempt of job {id} does not hold what the projector writes"));
+        out.insert(
+            id,
+            Some(OpenAttempt {
+                attempt: u32::try_from(r.try_get::<i32, _>("attempt")?).map_err(|_| corrupt())?,
+                owner: r.try_get("owner")?,
+                pool: r.try_get("pool")?,
+                started_at: r.try_get("started_at")?,
+                gpus: u32::try_from(r.try_get::<i64, _>("gpus")?).map_err(|_| corrupt())?,
+                cpus: u32::try_from(r.try_get::<i64, _>("cpus")?).map_err(|_| corrupt())?,
+                memory_mb: u64::try_from(r.try_get::<i64, _>("memory_mb")?).map_err(|_| corrupt())?,
+                last_seq: r.try_get("last_seq")?,
+            }),
+        );
+    }
+    Ok(out)
+}
+
+/// Writes the batch's usage: the attempts it opened, those it closed, and
+/// the closed ones' usage added to the daily rows (owner's and analysts').
+async fn write_usage(conn: &mut PgConnection, u: UsageFold) -> Result<(), ProjectionError> {
+    let closed: Vec<Uuid> = u.open.iter().filter(|(_, a)| a.is_none()).map(|(id, _)| *id).collect();
+    if !closed.is_empty() {
+        sqlx::query("DELETE FROM usage_open_attempts WHERE job_id = ANY($1)")
+            .bind(&closed)
+            .execute(&mut *conn)
+            .await
+            .map_err(db)?;
+    }
+    let open: Vec<(&Uuid, &OpenAttempt)> = u.open.iter().filter_map(|(id, a)| a.as_ref().map(|a| (id, a))).collect();
+    if !open.is_empty() {
+        sqlx::query(
+            "INSERT INTO usage_open_attempts AS t (job_id, attempt, owner, pool, started_at, gpus, cpus, memory_mb, last_seq)
+             SELECT * FROM UNNEST($1::uuid[], $2::int4[], $3::text[], $4::text[], $5::timestamptz[], $6::int8[],
+                $7::int8[], $8::int8[], $9::int8[])
+             ON CONFLICT (job_id) DO UPDATE SET attempt = EXCLUDED.attempt, owner = EXCLUDED.owner,
+                pool = EXCLUDED.pool, started_at = EXCLUDED.started_at, gpus = EXCLUDED.gpus,
+                cpus = EXCLUDED.cpus, memory_mb = EXCLUDED.memory_mb, last_seq = EXCLUDED.last_seq
+             WHERE t.last_seq < EXCLUDED.last_seq",
+        )
+        .bind(open.iter().map(|(id, _)| **id).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| a.attempt as i32).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| a.owner.as_str()).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| a.pool.as_str()).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| a.started_at).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| i64::from(a.gpus)).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| i64::from(a.cpus)).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| i64::try_from(a.memory_mb).unwrap_or(i64::MAX)).collect::<Vec<_>>())
+        .bind(open.iter().map(|(_, a)| a.last_seq).collect::<Vec<_>>())
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    }
+    if u.daily.is_empty() {
+        return Ok(());
+    }
+    let by_pool = UsageFold::by_pool(&u.daily);
+    const SUMS: &str = "attempts = t.attempts + EXCLUDED.attempts, slot_us = t.slot_us + EXCLUDED.slot_us,
+        gpu_us = t.gpu_us + EXCLUDED.gpu_us, cpu_us = t.cpu_us + EXCLUDED.cpu_us,
+        memory_mb_s = t.memory_mb_s + EXCLUDED.memory_mb_s, last_seq = EXCLUDED.last_seq
+        WHERE t.last_seq < EXCLUDED.last_seq";
+    let rows: Vec<&UsageRow> = u.daily.values().collect();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO usage_daily AS t (owner, pool, day, attempts, slot_us, gpu_us, cpu_us, memory_mb_s, last_seq)
+         SELECT * FROM UNNEST($1::text[], $2::text[], $3::date[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+            $8::int8[], $9::int8[])
+         ON CONFLICT (owner, pool, day) DO UPDATE SET {SUMS}"
+    )))
+    .bind(u.daily.keys().map(|(o, _, _)| o.as_str()).collect::<Vec<_>>())
+    .bind(u.daily.keys().map(|(_, p, _)| p.as_str()).collect::<Vec<_>>())
+    .bind(u.daily.keys().map(|(_, _, d)| *d).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.slot_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.gpu_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.cpu_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.memory_mb_s).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.last_seq).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    let rows: Vec<&UsageRow> = by_pool.values().collect();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO analyst_usage_daily AS t (pool, day, attempts, slot_us, gpu_us, cpu_us, memory_mb_s, last_seq)
+         SELECT * FROM UNNEST($1::text[], $2::date[], $3::int8[], $4::int8[], $5::int8[], $6::int8[], $7::int8[],
+            $8::int8[])
+         ON CONFLICT (pool, day) DO UPDATE SET {SUMS}"
+    )))
+    .bind(by_pool.keys().map(|(p, _)| p.as_str()).collect::<Vec<_>>())
+    .bind(by_pool.keys().map(|(_, d)| *d).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.attempts).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.slot_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.gpu_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.cpu_us).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.memory_mb_s).collect::<Vec<_>>())
+    .bind(rows.iter().map(|r| r.last_seq).collect::<Vec<_>>())
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    Ok(())
 }
 
 /// The rows of `ids` as stored (admin_jobs holds every column of the fold).

@@ -7,6 +7,7 @@
 
 use crate::ProjectionError;
 use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, attempt_of, enum_str};
+use crate::usage::UsageFold;
 use chrono::{DateTime, Utc};
 use fetchml_events::Envelope;
 use fetchml_events::job::JobEvent;
@@ -36,6 +37,7 @@ pub struct Folded {
     timeline: String,
     metrics: BTreeMap<MetricKey, MetricRow>,
     workers: BTreeMap<String, WorkerRow>,
+    usage: UsageFold,
     faults: Vec<Fault>,
     /// Events the live projector could not store: skipped here too.
     skip: HashSet<i64>,
@@ -135,10 +137,17 @@ impl Folded {
         let seq = seq as i64;
         let mut r = self.jobs.remove(&id);
         let new = r.is_none();
+        let before = r.as_ref().map(|r| r.job.status);
         if JobRow::fold(&mut r, seq, at, &env.payload)
             && let Some(row) = r.as_ref()
         {
             fold::fold_metrics(&mut self.metrics, &mut self.faults, id, row, seq, at, &env.payload);
+            self.usage.fold(&mut self.faults, id, before, &row.job, seq, at, &env.payload);
+            // A closed attempt needs no entry (the live path's `None` means
+            // "delete"): keep memory to the running ones.
+            if self.usage.open.get(&id).is_some_and(Option::is_none) {
+                self.usage.open.remove(&id);
+            }
         }
         if let Some(row) = r {
             if new {
@@ -366,6 +375,64 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         pool.clone(),
         format!("COPY {schema}.workers (id, pool, labels, concurrency, host, pid, state, started_at, stopped_at, last_seq) FROM STDIN"),
         w.into(),
+    ));
+    let mut open = String::new();
+    let mut running: Vec<_> = f.usage.open.iter().filter_map(|(id, a)| a.as_ref().map(|a| (id, a))).collect();
+    running.sort_by_key(|(id, _)| **id);
+    for (id, a) in running {
+        row(
+            &mut open,
+            &[
+                Some(id.to_string()),
+                Some(a.attempt.to_string()),
+                Some(a.owner.clone()),
+                Some(a.pool.clone()),
+                Some(ts(a.started_at)),
+                Some(a.gpus.to_string()),
+                Some(a.cpus.to_string()),
+                Some(i64::try_from(a.memory_mb).unwrap_or(i64::MAX).to_string()),
+                Some(a.last_seq.to_string()),
+            ],
+        );
+    }
+    copies.push(copy(
+        pool.clone(),
+        format!(
+            "COPY {schema}.usage_open_attempts (job_id, attempt, owner, pool, started_at, gpus, cpus, memory_mb, last_seq)
+            FROM STDIN"
+        ),
+        open.into(),
+    ));
+    let sums = |r: &crate::usage::UsageRow| {
+        [r.attempts, r.slot_us, r.gpu_us, r.cpu_us, r.memory_mb_s, r.last_seq].map(|v| Some(v.to_string()))
+    };
+    let mut daily = String::new();
+    for ((owner, p, day), r) in &f.usage.daily {
+        let mut fields = vec![Some(owner.clone()), Some(p.clone()), Some(day.to_string())];
+        fields.extend(sums(r));
+        row(&mut daily, &fields);
+    }
+    let mut by_pool = String::new();
+    for ((p, day), r) in UsageFold::by_pool(&f.usage.daily) {
+        let mut fields = vec![Some(p), Some(day.to_string())];
+        fields.extend(sums(&r));
+        row(&mut by_pool, &fields);
+    }
+    copies.push(copy(
+        pool.clone(),
+        format!(
+            "COPY {schema}.usage_daily (owner, pool, day, attempts, slot_us, gpu_us, cpu_us, memory_mb_s, last_seq)
+            FROM STDIN"
+        ),
+        daily.into(),
+    ));
+    copies.push(copy(
+        pool.clone(),
+        format!(
+            "COPY {schema}.analyst_usage_daily (pool, day, attempts, slot_us, gpu_us, cpu_us, memory_mb_s, last_seq)
+            FROM STDIN"
+        ),
+        by_pool.into(),
     ));
     let mut faults = String::new();
     f.faults.sort_by(|a, b| (a.seq, &a.model).cmp(&(b.seq, &b.model)));

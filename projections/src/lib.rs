@@ -26,6 +26,7 @@ mod bulk;
 pub mod fold;
 pub mod health;
 pub mod queries;
+pub mod usage;
 
 pub use fold::Fault;
 pub use health::Health;
@@ -49,7 +50,7 @@ const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
 /// deadlock on table locks taken in different orders.
 const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
 /// The tables a rebuild replaces.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 11] = [
     "projection_checkpoints",
     "projection_faults",
     "admin_jobs",
@@ -58,6 +59,9 @@ pub const TABLES: [&str; 8] = [
     "experiment_metrics",
     "workers",
     "job_timeline",
+    "usage_open_attempts",
+    "usage_daily",
+    "analyst_usage_daily",
 ];
 const SHADOW: &str = "fetchml_rebuild";
 
@@ -576,6 +580,9 @@ pub async fn checksums(pool: &PgPool) -> Result<Vec<(String, String)>, Projectio
         ("experiment_metrics", "experiment, owner, metric"),
         ("workers", "id"),
         ("job_timeline", "job_id, seq"),
+        ("usage_open_attempts", "job_id"),
+        ("usage_daily", "owner, pool, day"),
+        ("analyst_usage_daily", "pool, day"),
         ("projection_faults", "seq, model"),
     ] {
         let sum: Option<String> = sqlx::query_scalar(AssertSqlSafe(format!(

@@ -295,3 +295,74 @@ pub async fn worker_history(pool: &PgPool, limit: i64) -> Result<Vec<Value>, Pro
 pub async fn jobs_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, ProjectionError> {
     Ok(sqlx::query_as("SELECT state, count(*) FROM admin_jobs GROUP BY state").fetch_all(pool).await?)
 }
+
+/// Whose usage a caller reads, and from which table.
+#[derive(Clone, Debug)]
+pub enum UsageScope {
+    /// `usage_daily`, every owner.
+    All,
+    /// `usage_daily` of one owner.
+    Owner(String),
+    /// `analyst_usage_daily`: per pool and day, no owner column at all.
+    Summary,
+}
+
+/// Usage summed over the dimensions asked for (the others are `None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageSums {
+    pub owner: Option<String>,
+    pub pool: Option<String>,
+    pub day: Option<chrono::NaiveDate>,
+    pub attempts: i64,
+    pub slot_us: i64,
+    pub gpu_us: i64,
+    pub cpu_us: i64,
+    pub memory_mb_s: i64,
+}
+
+/// Usage of days `since..=until` in `scope`, summed per owner (if
+/// `by_owner`; never for [`UsageScope::Summary`]), pool (if `by_pool`) and
+/// day (if `by_day`), ordered by them.
+pub async fn usage(
+    pool: &PgPool,
+    scope: &UsageScope,
+    since: chrono::NaiveDate,
+    until: chrono::NaiveDate,
+    by_owner: bool,
+    by_pool: bool,
+    by_day: bool,
+) -> Result<Vec<UsageSums>, ProjectionError> {
+    let (table, has_owner) = match scope {
+        UsageScope::All | UsageScope::Owner(_) => ("usage_daily", true),
+        UsageScope::Summary => ("analyst_usage_daily", false),
+    };
+    let owner = if by_owner && has_owner { "owner" } else { "NULL::text" };
+    let pool_col = if by_pool { "pool" } else { "NULL::text" };
+    let day = if by_day { "day" } else { "NULL::date" };
+    let mut q: QueryBuilder<Postgres> = QueryBuilder::new(format!(
+        "SELECT {owner} AS owner, {pool_col} AS pool, {day} AS day, sum(attempts)::int8 AS attempts,
+            sum(slot_us)::int8 AS slot_us, sum(gpu_us)::int8 AS gpu_us, sum(cpu_us)::int8 AS cpu_us,
+            sum(memory_mb_s)::int8 AS memory_mb_s
+         FROM {table} WHERE day >= "
+    ));
+    q.push_bind(since).push(" AND day <= ").push_bind(until);
+    if let UsageScope::Owner(o) = scope {
+        q.push(" AND owner = ").push_bind(o.clone());
+    }
+    q.push(" GROUP BY 1, 2, 3 ORDER BY 1, 2, 3");
+    let rows = q.build().fetch_all(pool).await?;
+    rows.iter()
+        .map(|r| {
+            Ok(UsageSums {
+                owner: r.try_get("owner")?,
+                pool: r.try_get("pool")?,
+                day: r.try_get("day")?,
+                attempts: r.try_get("attempts")?,
+                slot_us: r.try_get("slot_us")?,
+                gpu_us: r.try_get("gpu_us")?,
+                cpu_us: r.try_get("cpu_us")?,
+                memory_mb_s: r.try_get("memory_mb_s")?,
+            })
+        })
+        .collect()
+}

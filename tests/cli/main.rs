@@ -627,3 +627,35 @@ async fn an_experiments_runs_sort_by_a_metric_either_way() {
     assert_eq!(missing.code, 2, "{missing:?}");
     assert!(missing.stderr.contains("no run of sorted has a metric \"accuracy\""), "{missing:?}");
 }
+
+#[tokio::test]
+async fn usage_is_shown_per_user_and_pool_and_an_analyst_sees_no_users() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let alice = Ml::new(&app, "alice");
+    let id = alice.queue(&["--executor", "sleep", "--cpus", "2", "--", "200"]).await;
+    assert_eq!(alice.run(&["wait", &id]).await.code, 0);
+    // The read model follows the log: wait until it counts the attempt.
+    let report = fetchml_tests::eventually(std::time::Duration::from_secs(30), || async {
+        let r = alice.run(&["usage", "--json", "--by", "user,pool"]).await.ok().json();
+        (r["total"]["attempts"] == 1).then_some(r)
+    })
+    .await;
+    let row = &report["rows"][0];
+    assert_eq!((row["user"].as_str(), row["pool"].as_str()), (Some("alice"), Some("default")), "{report}");
+    let slot = row["slot_seconds"].as_f64().unwrap();
+    assert!(slot >= 0.2, "{report}");
+    assert!((row["cpu_seconds"].as_f64().unwrap() - 2.0 * slot).abs() < 1e-5, "{report}");
+    let table = alice.run(&["usage", "--by", "user,pool"]).await.ok();
+    for want in ["USER", "POOL", "SLOT-H", "GPU-H", "alice", "default"] {
+        assert!(table.stdout.contains(want), "usage lacks {want:?}: {table:?}");
+    }
+    let ana = Ml::new(&app, "ana");
+    let refused = ana.run(&["usage", "--by", "user"]).await;
+    assert_eq!(refused.code, 5, "{refused:?}");
+    assert!(refused.stderr.contains("forbidden"), "{refused:?}");
+    let pools = ana.run(&["usage", "--by", "pool"]).await.ok();
+    assert!(pools.stdout.contains("default") && !pools.stdout.contains("alice"), "{pools:?}");
+    let bad = alice.run(&["usage", "--since", "yesterday"]).await;
+    assert_ne!(bad.code, 0, "{bad:?}");
+}

@@ -316,3 +316,114 @@ async fn reads_answer_at_once_while_postgres_is_down_and_recover_when_it_is_back
     drop(app);
     drop(db);
 }
+
+/// A job whose events are stamped at the given times (the store stamps
+/// `occurred_at` from the command's context).
+async fn push_at(chain: &mut Chain, store: &EventStore, at: &str, event: JobEvent) -> u64 {
+    let mut ctx = CommandContext::new(Actor::User { name: alice() });
+    ctx.now = at.parse().unwrap();
+    let (appended, hash) = store
+        .append_event(&chain.subject, &chain.id.to_string(), chain.seq, chain.version + 1, &chain.hash, event, &ctx)
+        .await
+        .unwrap();
+    (chain.seq, chain.version, chain.hash) = (appended.seq, chain.version + 1, hash);
+    appended.seq
+}
+
+#[tokio::test]
+async fn usage_splits_attempts_at_midnight_survives_absurd_clocks_and_a_rebuild_agrees() {
+    use fetchml_events::job::{FailureClass, Placement};
+    let app = spawn_app().await;
+    let store = store_of(&app).await;
+    let worker = WorkerId::new();
+    let placed = Placement { host: "h1".into(), gpus: vec!["0".into(), "1".into()], cpus: 4, memory_mb: 1000 };
+
+    // Across midnight, on two GPUs: 10 s on the 1st, 10.5 s on the 2nd; a
+    // retry, then a second attempt that a late duplicate end cannot extend.
+    let mut a = Chain::new(&store);
+    let q = JobEvent::JobQueued { owner: alice(), spec: JobSpec::command(["true"]) };
+    push_at(&mut a, &store, "2026-01-01T23:00:00Z", q).await;
+    let start = JobEvent::JobStarted { attempt: 1, worker, placement: placed.clone() };
+    push_at(&mut a, &store, "2026-01-01T23:59:50Z", start).await;
+    let retry = JobEvent::JobRetryScheduled {
+        attempt: 1,
+        exit_code: None,
+        signal: Some(9),
+        class: FailureClass::Infrastructure,
+        reason: "lost".into(),
+        not_before: "2026-01-02T00:00:11Z".parse().unwrap(),
+        metrics: Metrics::new(),
+    };
+    push_at(&mut a, &store, "2026-01-02T00:00:10.5Z", retry).await;
+    let start2 = JobEvent::JobStarted { attempt: 2, worker, placement: placed.clone() };
+    push_at(&mut a, &store, "2026-01-02T01:00:00Z", start2).await;
+    let done = JobEvent::JobSucceeded { attempt: 2, exit_code: 0, metrics: Metrics::new() };
+    push_at(&mut a, &store, "2026-01-02T01:00:01Z", done.clone()).await;
+    push_at(&mut a, &store, "2026-01-02T05:00:00Z", done).await;
+
+    // No placement (an event from before placements): the spec's resources;
+    // cancelled while running.
+    let mut b = Chain::new(&store);
+    let mut spec = JobSpec::command(["true"]);
+    spec.resources.cpus = Some(3);
+    spec.resources.memory_mb = Some(2048);
+    push_at(&mut b, &store, "2026-01-02T10:00:00Z", JobEvent::JobQueued { owner: alice(), spec }).await;
+    let start = JobEvent::JobStarted { attempt: 1, worker, placement: Default::default() };
+    push_at(&mut b, &store, "2026-01-02T10:00:00Z", start).await;
+    push_at(&mut b, &store, "2026-01-02T10:00:02Z", JobEvent::JobCancelled { reason: "enough".into() }).await;
+
+    // A clock eight thousand years off: a fault, not millions of rows.
+    let mut c = Chain::new(&store);
+    let q = JobEvent::JobQueued { owner: alice(), spec: JobSpec::command(["true"]) };
+    push_at(&mut c, &store, "2000-01-01T00:00:00Z", q).await;
+    let start = JobEvent::JobStarted { attempt: 1, worker, placement: placed };
+    push_at(&mut c, &store, "2000-01-01T00:00:00Z", start).await;
+    let end = JobEvent::JobTimedOut { attempt: 1, reason: "late".into(), metrics: Metrics::new() };
+    let absurd = push_at(&mut c, &store, "9999-01-01T00:00:00Z", end).await;
+
+    let (s, normal) = app.submit(json!({"executor": "noop", "command": []})).await;
+    assert_eq!(s, 202, "{normal}");
+    let root = app.as_user("root");
+    let (s, report) = get_as(
+        &root,
+        app.url(&format!("/v1/usage?since=2026-01-01&until=2026-01-02&group_by=user,day&after_seq={}", normal["seq"])),
+    )
+    .await;
+    assert_eq!(s, 200, "the projector is stuck: {report}");
+    let rows: Vec<(String, u64, f64, f64, f64, u64)> = report["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["day"].as_str().unwrap().to_owned(),
+                r["attempts"].as_u64().unwrap(),
+                r["slot_seconds"].as_f64().unwrap(),
+                r["gpu_seconds"].as_f64().unwrap(),
+                r["cpu_seconds"].as_f64().unwrap(),
+                r["memory_mb_seconds"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            ("2026-01-01".to_owned(), 1, 10.0, 20.0, 40.0, 10_000),
+            // 10.5 s + 1 s of job a (2 GPUs, 4 CPUs, 1000 MB), 2 s of b (3 CPUs, 2048 MB);
+            // attempt 1 of a counts on the day it started.
+            ("2026-01-02".to_owned(), 1 + 1, 13.5, 23.0, 52.0, 10_500 + 1_000 + 4_096),
+        ],
+        "{report}"
+    );
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+    let faults: Vec<(i64, String, String)> =
+        sqlx::query_as("SELECT seq, model, code FROM projection_faults ORDER BY seq").fetch_all(&pool).await.unwrap();
+    assert_eq!(faults, [(absurd as i64, "usage_daily".to_owned(), "usage_attempt_too_long".to_owned())]);
+    let open: i64 = sqlx::query_scalar("SELECT count(*) FROM usage_open_attempts").fetch_one(&pool).await.unwrap();
+    assert_eq!(open, 0, "every attempt ended");
+
+    let live = fetchml_projections::checksums(&pool).await.unwrap();
+    let head = store.last_sequence().await.unwrap();
+    assert_eq!(fetchml_projections::rebuild(&pool, &store).await.unwrap(), head);
+    assert_eq!(live, fetchml_projections::checksums(&pool).await.unwrap());
+}

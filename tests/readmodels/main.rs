@@ -4,6 +4,8 @@
 //! killed projector, rebuilt identically, and writes available while Postgres
 //! is down.
 
+mod usage;
+
 use fetchml_tests::app::{TestApp, spawn_app, spawn_app_with, spawn_worker};
 use fetchml_tests::eventually;
 use serde_json::{Value, json};
@@ -177,6 +179,22 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     assert_eq!(n, 153);
     let m: i64 = sqlx::query_scalar("SELECT count(*) FROM experiment_metrics").fetch_one(&pool).await.unwrap();
     assert_eq!(m, 1);
+    // The usage tables are among those compared, and hold every attempt:
+    // each start is either counted (it ended) or still open.
+    let (started, counted, open, by_pool): (i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM job_timeline WHERE type = 'job_started'),
+            (SELECT coalesce(sum(attempts), 0)::int8 FROM usage_daily),
+            (SELECT count(*) FROM usage_open_attempts),
+            (SELECT coalesce(sum(attempts), 0)::int8 FROM analyst_usage_daily)",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert!(started >= 153, "{started}");
+    assert_eq!((counted + open, by_pool), (started, counted));
+    for t in ["usage_open_attempts", "usage_daily", "analyst_usage_daily"] {
+        assert!(live.iter().any(|(name, _)| name == t), "{t} is not compared");
+    }
 }
 
 #[tokio::test]

@@ -63,6 +63,8 @@ pub struct AppState {
     pub(crate) dashboard: Option<routes::ui::Dashboard>,
     /// The embedded scheduler's board (`None`: ask a scheduler over NATS).
     pub scheduler: Option<fetchml_scheduler::SchedulerHandle>,
+    /// Shares and groups (`GET /v1/usage` sums by group with it).
+    pub scheduling: std::sync::Arc<fetchml_runtime::settings::SchedulingSettings>,
 }
 
 /// The keys the audit trail is verified with.
@@ -218,6 +220,7 @@ impl Application {
             audit: AuditKeys { keys: audit_keyring, signer_id: signer.as_ref().map(|s| s.id().to_owned()) },
             dashboard: routes::ui::Dashboard::load_or_warn(&settings.api.ui_dir),
             scheduler: scheduler.as_ref().map(|s| s.handle()),
+            scheduling: std::sync::Arc::new(settings.scheduling.clone()),
         };
         Ok(Self { listener, state, settings, stop, signer, tap, scheduler })
     }

@@ -23,7 +23,7 @@
 use crate::error::ApiError;
 use fetchml_events::UserName;
 use fetchml_identity::{Directory, Principal};
-use fetchml_projections::queries::Scope;
+use fetchml_projections::queries::{Scope, UsageScope};
 
 /// How much of one job a caller sees.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -166,6 +166,22 @@ pub fn list_scope(p: &Principal, dir: &Directory) -> Result<Scope, Denied> {
     }
 }
 
+/// Whose usage `GET /v1/usage` shows `p`: everyone's by owner
+/// (`usage:read:all`), their own (`usage:read`), or everyone's per pool and
+/// day without owners (`usage:read:summary`, analysts: the design keeps owners
+/// from them, and a per-user or per-group sum would name or narrow down one).
+pub fn usage_scope(p: &Principal) -> Result<UsageScope, Denied> {
+    if p.may("usage:read:all") {
+        Ok(UsageScope::All)
+    } else if p.may("usage:read") {
+        Ok(UsageScope::Owner(p.name.to_string()))
+    } else if p.may("usage:read:summary") {
+        Ok(UsageScope::Summary)
+    } else {
+        Err(Denied::forbidden("usage:read"))
+    }
+}
+
 /// Whose log lines a broad subscription shows `p`: `None` for everyone's,
 /// `Some(owners)` for those owners', or `Denied`.
 pub fn log_owners(p: &Principal, dir: &Directory) -> Result<Option<Vec<String>>, Denied> {
@@ -239,5 +255,10 @@ mod tests {
         assert_eq!(log_owners(&who(&d, "carol"), &d), Ok(Some(vec!["alice".into(), "carol".into()])));
         assert_eq!(log_owners(&who(&d, "root"), &d), Ok(None));
         assert_eq!(log_owners(&who(&d, "ana"), &d), Err(Denied::forbidden("jobs:logs")));
+        let usage = |name: &str| format!("{:?}", usage_scope(&who(&d, name)));
+        assert_eq!(usage("root"), "Ok(All)");
+        assert_eq!(usage("alice"), r#"Ok(Owner("alice"))"#);
+        assert_eq!(usage("ana"), "Ok(Summary)");
+        assert_eq!(usage("eve"), format!("{:?}", Err::<(), _>(Denied::forbidden("usage:read"))));
     }
 }

@@ -114,6 +114,12 @@ pub enum Command {
     /// Queue depth per pool and priority, and the workers serving each pool.
     #[command(visible_alias = "queue-depth")]
     Pools,
+    /// Resources held by ended attempts (slot, GPU and CPU hours), per user, group, pool and day.
+    #[command(
+        after_help = "Researchers see their own usage, admins everyone's, analysts per pool and day.\n\n                            Examples:\n  ml usage\n  ml usage --by user,pool --since 2026-11-01\n  \
+                            ml usage --by group --json"
+    )]
+    Usage(UsageArgs),
     /// The audit trail (admins): list it, export it, verify it with or without a server.
     #[command(
         subcommand,
@@ -451,6 +457,19 @@ pub struct AuditVerifyArgs {
     /// Online: replay from the latest signed checkpoint instead of sequence 1.
     #[arg(long)]
     pub from_checkpoint: bool,
+}
+
+#[derive(Args)]
+pub struct UsageArgs {
+    /// First day (UTC, YYYY-MM-DD), inclusive; default 29 days before --until.
+    #[arg(long)]
+    pub since: Option<chrono::NaiveDate>,
+    /// Last day (UTC, YYYY-MM-DD), inclusive; default today.
+    #[arg(long)]
+    pub until: Option<chrono::NaiveDate>,
+    /// Sum by these, comma-separated: user, group, pool, day ("" for one total).
+    #[arg(long, default_value = "day")]
+    pub by: String,
 }
 
 #[derive(Args)]

@@ -9,6 +9,7 @@ pub(crate) mod jobs;
 pub(crate) mod openapi;
 mod pools;
 pub(crate) mod ui;
+pub(crate) mod usage;
 mod workers;
 
 use crate::AppState;
@@ -46,6 +47,7 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/pools", get(pools::list))
         .route("/v1/pools/{pool}/pause", post(pools::pause))
         .route("/v1/pools/{pool}/resume", post(pools::resume))
+        .route("/v1/usage", get(usage::report))
         .route("/v1/audit", get(audit::list))
         .route("/v1/audit/keys", get(audit_chain::keys))
         .route("/v1/audit/verify", get(audit_chain::verify))

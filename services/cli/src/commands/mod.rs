@@ -7,6 +7,7 @@ pub mod experiments;
 pub mod fleet;
 pub mod jobs;
 pub mod queue;
+pub mod usage;
 pub mod watch;
 
 use crate::client::Api;

@@ -338,6 +338,97 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/v1/workers/{id}/drain": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /v1/workers/{id}/drain`: the worker finishes what runs and is given
+         *     nothing new (it stays up, listed as draining).
+         */
+        post: operations["drain"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pools": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /v1/pools`: every pool with waiting jobs, workers or a pause. */
+        get: operations["list"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pools/{pool}/pause": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * `POST /v1/pools/{pool}/pause`: the scheduler starts nothing new in the
+         *     pool; waiting jobs keep their place and running ones finish.
+         */
+        post: operations["pause"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/pools/{pool}/resume": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /** `POST /v1/pools/{pool}/resume`: the scheduler starts jobs in the pool again. */
+        post: operations["resume"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/v1/usage": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /** `GET /v1/usage`. */
+        get: operations["report"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/v1/audit": {
         parameters: {
             query?: never;
@@ -541,7 +632,7 @@ export interface components {
             actor: unknown;
             aggregate_id: string;
             correlation_id: string;
-            /** @description `job`, `user`, `worker` or `audit`: the family of its subject. */
+            /** @description `job`, `user`, `worker`, `pool` or `audit`: the family of its subject. */
             family: string;
             hash: string;
             /** Format: date-time */
@@ -943,6 +1034,7 @@ export interface components {
              */
             version: number;
             worker?: null | components["schemas"]["WorkerId"];
+            scheduling?: null | components["schemas"]["Scheduling"];
         };
         /** @description `GET /v1/jobs`: a page, or with `as_of_seq`/`as_of` the list of then. */
         JobsAnswer: components["schemas"]["JobPage"] | components["schemas"]["AsOfPage"];
@@ -992,8 +1084,34 @@ export interface components {
             /** Format: double */
             min: number;
         };
+        /** @description `GET /v1/pools`. */
+        PoolList: {
+            items: components["schemas"]["PoolSummary"][];
+        };
         /** @description A worker pool's name; it is a token of job and dispatch subjects. */
         PoolName: string;
+        /** @description One pool's queue, for `GET /v1/pools`. */
+        PoolSummary: {
+            pool: string;
+            paused: boolean;
+            /** @description Waiting jobs by priority (10 to 1; only priorities with jobs). */
+            waiting_by_priority: {
+                [key: string]: number;
+            };
+            waiting: number;
+            /**
+             * Format: double
+             * @description Seconds the oldest waiting job has been ready to run.
+             */
+            oldest_wait_secs?: number | null;
+            assigned: number;
+            running: number;
+            workers: number;
+            draining_workers: number;
+            free_slots: number;
+            gpus: number;
+            free_gpus: number;
+        };
         /** @description `GET /readyz` when ready. */
         Ready: {
             /**
@@ -1070,6 +1188,38 @@ export interface components {
              *     ]
              */
             retry_on: components["schemas"]["FailureClass"][];
+        };
+        /** @description Why a job waits (or where it is), for `GET /v1/jobs/{id}`. */
+        Scheduling: {
+            /** @description `waiting`, `assigned` or `running` (as the scheduler sees it). */
+            phase: string;
+            /** @description 1 for the next job this pool would start; absent unless waiting. */
+            position?: number | null;
+            /** Format: int32 */
+            priority: number;
+            /**
+             * Format: int32
+             * @description The priority after aging.
+             */
+            effective_priority: number;
+            /**
+             * Format: int32
+             * @description The owner's share and usage (slot-seconds, decayed, running included),
+             *     and the two divided: lower goes first.
+             */
+            share: number;
+            /** Format: double */
+            usage: number;
+            /** Format: double */
+            normalized_usage: number;
+            /** @description Whether some live worker in the pool could ever hold this job. */
+            fits: boolean;
+            paused: boolean;
+            /** @description In plain words: why it waits, or where it runs. */
+            reason: string;
+            /** Format: date-time */
+            not_before?: string | null;
+            worker?: string | null;
         };
         /** @description One stored event of a job, as in the log, with its stream sequence. */
         StoredEvent: {
@@ -1200,6 +1350,70 @@ export interface components {
              * @description The event's sequence in the log (pass it as `after_seq`).
              */
             seq: number;
+        };
+        /**
+         * @description A dimension `GET /v1/usage` sums by.
+         * @enum {string}
+         */
+        UsageDimension: "user" | "group" | "pool" | "day";
+        /**
+         * @description Resources held by ended attempts: an attempt runs from `job_started` to
+         *     the event that ends it, holding one job slot and the GPUs, CPUs and memory
+         *     of its placement.
+         */
+        UsageFigures: {
+            /**
+             * Format: int64
+             * @description Attempts that started in the period (and have ended).
+             */
+            attempts: number;
+            /** Format: double */
+            cpu_seconds: number;
+            /** Format: double */
+            gpu_seconds: number;
+            /** Format: int64 */
+            memory_mb_seconds: number;
+            /**
+             * Format: double
+             * @description Seconds of job slots held (wall-clock time of the attempts).
+             */
+            slot_seconds: number;
+        };
+        /** @description `GET /v1/usage`. */
+        UsageReport: {
+            group_by: components["schemas"]["UsageDimension"][];
+            rows: components["schemas"]["UsageRow"][];
+            /** Format: date */
+            since: string;
+            /** @description The sum of every row. */
+            total: components["schemas"]["UsageFigures"];
+            /** Format: date */
+            until: string;
+        };
+        /**
+         * @description One row of `GET /v1/usage`: the figures of one combination of the
+         *     dimensions asked for; a dimension not asked for is `null`.
+         */
+        UsageRow: {
+            /** Format: int64 */
+            attempts: number;
+            /** Format: double */
+            cpu_seconds: number;
+            /**
+             * Format: date
+             * @description UTC day, `YYYY-MM-DD`.
+             */
+            day?: string | null;
+            /** Format: double */
+            gpu_seconds: number;
+            /** @description With `group_by=group`, `null` is the users in no group. */
+            group?: string | null;
+            /** Format: int64 */
+            memory_mb_seconds: number;
+            pool?: string | null;
+            /** Format: double */
+            slot_seconds: number;
+            user?: string | null;
         };
         /** @description A user's name as configured; it is a token of job subjects. */
         UserName: string;
@@ -2907,11 +3121,525 @@ export interface operations {
             };
         };
     };
+    drain: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The worker's id (as `GET /v1/workers` lists it) */
+                id: string;
+            };
+            cookie?: never;
+        };
+        /** @description Optional; an empty body is allowed */
+        requestBody?: {
+            content: {
+                "application/json": null | components["schemas"]["ReasonRequest"];
+            };
+        };
+        responses: {
+            /** @description The event is stored */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CommandAccepted"];
+                };
+            };
+            /** @description `invalid_worker_id`, `invalid_body`, `text_invalid_character`, `text_too_long`, `text_empty`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `worker_not_found`: no live worker has this id */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `body_timeout`: the body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `body_too_large`: the body is larger than `api.max_body_bytes` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    list: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Each pool's queue: depth per priority, oldest wait, running, paused */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["PoolList"];
+                };
+            };
+            /** @description `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `scheduler_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    pause: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The pool's name */
+                pool: string;
+            };
+            cookie?: never;
+        };
+        /** @description Optional; an empty body is allowed */
+        requestBody?: {
+            content: {
+                "application/json": null | components["schemas"]["ReasonRequest"];
+            };
+        };
+        responses: {
+            /** @description The event is stored */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CommandAccepted"];
+                };
+            };
+            /** @description `invalid_pool`, `invalid_body`, `text_invalid_character`, `text_too_long`, `text_empty`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `body_timeout`: the body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `body_too_large`: the body is larger than `api.max_body_bytes` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    resume: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                /** @description The pool's name */
+                pool: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description The event is stored */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["CommandAccepted"];
+                };
+            };
+            /** @description `invalid_pool`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden` */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `body_timeout`: the body did not arrive in time */
+            408: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `body_too_large`: the body is larger than `api.max_body_bytes` */
+            413: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `event_store_unavailable`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
+    report: {
+        parameters: {
+            query?: {
+                /** @description First day (UTC, `YYYY-MM-DD`), inclusive; default 29 days before `until`. */
+                since?: string;
+                /** @description Last day (UTC, `YYYY-MM-DD`), inclusive; default today. */
+                until?: string;
+                /**
+                 * @description Comma-separated dimensions to sum by, any of `user`, `group`, `pool`,
+                 *     `day` (default `day`; empty: one total). `user` and `group` need
+                 *     `usage:read` or `usage:read:all` (analysts see no owners: 403).
+                 * @example user,pool
+                 */
+                group_by?: string;
+                /**
+                 * @description Wait (at most 5 s) until the figures include the write that answered
+                 *     `seq: N`; 503 `not_caught_up` otherwise.
+                 */
+                after_seq?: number;
+            };
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Usage of ended attempts in the period, summed by `group_by`: the caller's own (`usage:read`), everyone's (`usage:read:all`), or per pool and day without users (`usage:read:summary`) */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UsageReport"];
+                };
+            };
+            /** @description `invalid_parameter`, `unknown_parameter`; `ambiguous_credentials`: more than one Authorization header */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `unauthenticated`: no, unknown, expired or revoked credentials (with `WWW-Authenticate: Bearer`) */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `forbidden`: no usage permission, or `group_by` `user`/`group` with `usage:read:summary` only */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `too_many_attempts`: too many failed attempts from this address or for this user (with `Retry-After`) */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `internal`: a fault of ours (details only in the log) */
+            500: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `read_model_unavailable`, `not_caught_up`; `event_store_unavailable`: NATS does not answer */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+            /** @description `request_timeout`: no answer within `api.request_timeout_ms` (a command may still have been stored: retry with the same `Idempotency-Key`) */
+            504: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ErrorBody"];
+                };
+            };
+        };
+    };
     list: {
         parameters: {
             query?: {
                 /**
-                 * @description The event family: `job`, `user`, `worker` or `audit`.
+                 * @description The event family: `job`, `user`, `worker`, `pool` or `audit`.
                  * @example user
                  */
                 family?: string;
