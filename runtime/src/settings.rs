@@ -215,6 +215,17 @@ pub struct NatsSettings {
     /// server runs with authorization (`./deploy/up` generates one per class
     /// of process: api, worker, reader).
     pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and NKey seed) for a server run in operator
+    /// mode; the alternative to `nkey_file` (not both).
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates that signed the server's certificate. Setting it
+    /// (or a `tls://` URL) makes TLS required: a server without TLS is refused.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that verifies clients
+    /// (`verify: true`); with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key (readable by this process's user only).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -300,8 +311,18 @@ pub struct WorkerSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
-    /// Read models live here (from the identity/read-model issue on).
+    /// Read models live here: the projectors write them, and the api's
+    /// queries read them unless `read_url` is set. TLS is set in the URL, as
+    /// libpq spells it: `?sslmode=verify-full&sslrootcert=/etc/fetchml/pg-ca.pem`
+    /// (and `sslcert=`/`sslkey=` for a client certificate). Without `sslmode`
+    /// TLS is used when the server offers it, unverified (`prefer`).
     pub url: String,
+    /// A read-only connection string for the api's queries (a streaming
+    /// replica, or a pooler in front of replicas); empty: queries use `url`.
+    /// Projectors and migrations always use `url`. A query that needs a write
+    /// newer than the replica has (`after_seq`) waits for the replica's
+    /// checkpoint to reach it, as it waits for the projector.
+    pub read_url: String,
     /// How long a read waits for a pooled connection before it answers 503.
     /// While Postgres is known to be down, reads answer 503 at once instead.
     pub acquire_timeout_ms: u64,
@@ -319,6 +340,10 @@ impl Default for NatsSettings {
             replicas: s.replicas,
             worker_ttl_secs: fetchml_eventstore::DEFAULT_WORKER_TTL.as_secs(),
             nkey_file: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -362,7 +387,7 @@ impl Default for WorkerSettings {
 
 impl Default for PostgresSettings {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into(), acquire_timeout_ms: 2000 }
+        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into(), read_url: String::new(), acquire_timeout_ms: 2000 }
     }
 }
 
@@ -410,6 +435,18 @@ impl Settings {
         Namespace::parse(&self.nats.namespace).map_err(|e| invalid("nats.namespace", e.to_string()))?;
         if !self.nats.url.starts_with("nats://") && !self.nats.url.starts_with("tls://") {
             return Err(invalid("nats.url", format!("{:?} must start with nats:// or tls://", self.nats.url)));
+        }
+        if self.nats.tls_cert_file.is_some() != self.nats.tls_key_file.is_some() {
+            return Err(invalid("nats.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
+        }
+        if self.nats.nkey_file.is_some() && self.nats.credentials_file.is_some() {
+            return Err(invalid("nats.credentials_file", "set nkey_file or credentials_file, not both".into()));
+        }
+        for (field, url) in [("postgres.url", &self.postgres.url), ("postgres.read_url", &self.postgres.read_url)] {
+            if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                // Only the scheme: the rest may hold a password, never echoed.
+                return Err(invalid(field, "must start with postgres:// or postgresql://".into()));
+            }
         }
         self.api_listen()?;
         self.worker_metrics_listen()?;
@@ -503,6 +540,24 @@ impl Settings {
     /// How long a worker's registry entry lives without a refresh.
     pub fn worker_ttl(&self) -> Duration {
         Duration::from_secs(self.nats.worker_ttl_secs)
+    }
+
+    /// How this process authenticates to NATS and checks its TLS.
+    pub fn nats_security(&self) -> fetchml_eventstore::ConnectSecurity {
+        let n = &self.nats;
+        fetchml_eventstore::ConnectSecurity {
+            nkey_file: n.nkey_file.clone(),
+            credentials_file: n.credentials_file.clone(),
+            tls_ca_file: n.tls_ca_file.clone(),
+            tls_client_cert: n.tls_cert_file.clone().zip(n.tls_key_file.clone()),
+            require_tls: n.url.starts_with("tls://"),
+        }
+    }
+
+    /// The connection string the api's queries use: `postgres.read_url` if
+    /// set, else the writer's.
+    pub fn postgres_read_url(&self) -> &str {
+        if self.postgres.read_url.is_empty() { &self.postgres.url } else { &self.postgres.read_url }
     }
 
     pub fn stream_settings(&self) -> StreamSettings {

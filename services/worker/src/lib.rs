@@ -151,7 +151,7 @@ impl Worker {
         };
         let secrets = secrets::SecretSource::load(&settings.secrets)?;
         let nats =
-            fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-worker", settings.nats.nkey_file.as_deref())
+            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-worker", &settings.nats_security())
                 .await?;
         let store = EventStore::open_as_client(
             nats.clone(),
