@@ -98,9 +98,7 @@ impl ConnectSecurity {
 /// connection tries it: the client would otherwise report a bare I/O error
 /// without the file's name, and retry forever.
 fn readable(what: &str, path: &Path) -> Result<(), StoreError> {
-    std::fs::File::open(path)
-        .map(drop)
-        .map_err(|e| StoreError::Invalid(format!("NATS {what} {}: {e}", path.display())))
+    std::fs::File::open(path).map(drop).map_err(|e| StoreError::Invalid(format!("NATS {what} {}: {e}", path.display())))
 }
 
 /// [`connect`] with the authentication and TLS of `security`.
@@ -155,7 +153,9 @@ pub async fn connect_secure(
         })
         .connect(url)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to NATS at {url}: {e}{}", hint(&e, security))))?;
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to NATS at {url}: {e}{}", hint(&e, security, url)))
+        })?;
     // Without retry_on_initial_connect, connect returns after the handshake, so
     // the server's INFO (version, JetStream) is known here.
     let info = client.server_info();
@@ -167,18 +167,28 @@ pub async fn connect_secure(
 }
 
 /// What to check, for the failures whose cause the client's message leaves
-/// open: a TLS handshake the server cut short is most often a missing or
-/// untrusted client certificate, or a CA that did not sign the server's.
-fn hint(e: &async_nats::ConnectError, security: &ConnectSecurity) -> &'static str {
+/// to the reader: rustls names the TLS alert or the verdict on the server's
+/// certificate, and this says which setting that points to.
+fn hint(e: &async_nats::ConnectError, security: &ConnectSecurity, url: &str) -> &'static str {
     use async_nats::ConnectErrorKind as K;
+    let tls = security.wants_tls() || url.starts_with("tls://");
+    let text = e.to_string();
     match e.kind() {
-        K::Tls | K::Io if security.wants_tls() && security.tls_client_cert.is_none() => {
-            " (TLS: the server may require a client certificate: set nats.tls_cert_file and nats.tls_key_file; \
-             and nats.tls_ca_file must hold the CA that signed the server's certificate)"
+        K::Tls | K::Io if tls && text.contains("CertificateRequired") => {
+            " (TLS: the server requires a client certificate: set nats.tls_cert_file and nats.tls_key_file)"
         }
-        K::Tls | K::Io if security.wants_tls() => {
-            " (TLS: check that nats.tls_ca_file holds the CA that signed the server's certificate, that the \
-             server trusts the CA of nats.tls_cert_file, and that the URL's host is named in the server's certificate)"
+        K::Tls | K::Io if tls && (text.contains("UnknownCA") || text.contains("BadCertificate")) => {
+            " (TLS: the server does not accept this client certificate: it must be signed by a CA in the \
+             server's tls ca_file; see nats.tls_cert_file)"
+        }
+        K::Tls | K::Io if tls && text.contains("invalid peer certificate") => {
+            " (TLS: the server's certificate is not trusted here: nats.tls_ca_file must hold the CA that \
+             signed it, and the URL's host must be named in it)"
+        }
+        K::Tls | K::Io if tls => {
+            " (TLS: check nats.tls_ca_file (the CA of the server's certificate), nats.tls_cert_file and \
+             nats.tls_key_file (this host's client certificate), and that the URL's host is named in the \
+             server's certificate)"
         }
         K::AuthorizationViolation | K::Authentication => {
             " (check nats.nkey_file or nats.credentials_file: the server did not accept this process's identity)"

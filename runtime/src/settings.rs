@@ -387,7 +387,11 @@ impl Default for WorkerSettings {
 
 impl Default for PostgresSettings {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into(), read_url: String::new(), acquire_timeout_ms: 2000 }
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/fetchml".into(),
+            read_url: String::new(),
+            acquire_timeout_ms: 2000,
+        }
     }
 }
 

@@ -149,7 +149,10 @@ fn each_containerfile_copies_built_targets_and_files_that_exist_and_runs_as_non_
                         // What `npm run build` and `npm ci` make, where the api looks for it.
                         let made = [
                             "web/app/dist".to_owned(),
-                            format!("web/docs/{}", Path::new("node_modules/redoc/bundles/redoc.standalone.js").display()),
+                            format!(
+                                "web/docs/{}",
+                                Path::new("node_modules/redoc/bundles/redoc.standalone.js").display()
+                            ),
                         ];
                         assert!(made.contains(&rel.to_owned()), "{name}: {line}");
                         assert!(

@@ -2,7 +2,8 @@
 //! accepts TCP connections only over TLS: `sslmode=verify-full` with the
 //! right CA connects (and the api's read models work through it), a wrong CA
 //! is refused, a plain connection is rejected by the server, and
-//! `sslmode=require` against a server without TLS fails with a clear error.
+//! `sslmode=require` against a server without TLS (another throwaway) fails
+//! with a clear error.
 
 use crate::pki::Pki;
 use fetchml_tests::app::spawn_app_with;
@@ -24,10 +25,8 @@ async fn postgres_over_tls_is_verified_and_plain_or_misverified_connections_are_
     // The right CA, the host checked against the certificate: TLS in use.
     let good = format!("{base}/postgres?sslmode=verify-full&sslrootcert={ca}");
     let mut c = connect(&good).await.unwrap();
-    let ssl: bool = sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(&mut c)
-        .await
-        .unwrap();
+    let ssl: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetch_one(&mut c).await.unwrap();
     assert!(ssl, "verify-full connected without TLS");
     sqlx::query("CREATE DATABASE fetchml").execute(&mut c).await.unwrap();
     c.close().await.unwrap();
@@ -35,17 +34,19 @@ async fn postgres_over_tls_is_verified_and_plain_or_misverified_connections_are_
     // A CA that did not sign the server's certificate.
     let other = pki.other_ca().display().to_string();
     let e = connect(&format!("{base}/postgres?sslmode=verify-full&sslrootcert={other}")).await.unwrap_err();
-    assert!(matches!(e, sqlx::Error::Tls(_)), "{e:?}");
-    assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
+    // rustls's verdict, as sqlx passes it on: the issuer is not trusted.
+    assert!(e.to_string().contains("UnknownIssuer"), "{e}");
     // Without TLS: the server's pg_hba rejects it.
     let e = connect(&format!("{base}/postgres?sslmode=disable")).await.unwrap_err();
     assert!(e.to_string().contains("pg_hba.conf"), "{e}");
 
-    // sslmode=require against the suite's server, which has no TLS.
-    let plain = fetchml_tests::fresh_database();
-    let e = connect(&format!("{}?sslmode=require", plain.url)).await.unwrap_err();
+    // sslmode=require against a server without TLS (a throwaway one: the
+    // suite's server may have TLS on, as Debian's default cluster does).
+    let plain = PgProcess::start().unwrap();
+    let e = connect(&format!("{}/postgres?sslmode=require", plain.url())).await.unwrap_err();
     assert!(matches!(e, sqlx::Error::Tls(_)), "{e:?}");
-    assert!(e.to_string().contains("not support TLS") || e.to_string().contains("TLS"), "{e}");
+    assert!(e.to_string().contains("not support TLS"), "{e}");
+    drop(plain);
 
     // The api's read models (projector and queries) over verify-full.
     let url = format!("{base}/fetchml?sslmode=verify-full&sslrootcert={ca}");

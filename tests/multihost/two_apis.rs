@@ -6,7 +6,7 @@
 
 use fetchml_runtime::Settings;
 use fetchml_tests::app::{client_with_key, fetchml_binary, key_of, spawn_worker, users_file};
-use fetchml_tests::{NamespaceGuard, eventually, fresh_database, free_port, nats_url, unique_namespace};
+use fetchml_tests::{NamespaceGuard, eventually, free_port, fresh_database, nats_url, unique_namespace};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
@@ -41,7 +41,11 @@ async fn start_api(ns: &str, db_url: &str) -> ApiProcess {
         .env("FETCHML_API__RECONCILE_GRACE_SECS", "2")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
-        .stderr(if std::env::var("TEST_LOG").is_ok() { std::process::Stdio::inherit() } else { std::process::Stdio::null() })
+        .stderr(if std::env::var("TEST_LOG").is_ok() {
+            std::process::Stdio::inherit()
+        } else {
+            std::process::Stdio::null()
+        })
         .kill_on_drop(true)
         .spawn()
         .unwrap();
@@ -55,7 +59,7 @@ async fn start_api(ns: &str, db_url: &str) -> ApiProcess {
     ApiProcess { child, base }
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A WebSocket as alice on `base`, subscribed to the experiment's events from `from`.
 async fn subscribe(base: &str, from: Value) -> Ws {
@@ -64,7 +68,8 @@ async fn subscribe(base: &str, from: Value) -> Ws {
     req.headers_mut().insert("authorization", format!("Bearer {}", key_of("alice")).parse().unwrap());
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     assert_eq!(fetchml_tests::next_ws_json(&mut ws).await["type"], "hello");
-    let sub = json!({"op": "subscribe", "id": "e", "stream": "events", "target": {"experiment": EXPERIMENT}, "from": from});
+    let sub =
+        json!({"op": "subscribe", "id": "e", "stream": "events", "target": {"experiment": EXPERIMENT}, "from": from});
     ws.send(Message::Text(sub.to_string().into())).await.unwrap();
     assert_eq!(fetchml_tests::next_ws_json(&mut ws).await["type"], "subscribed");
     ws
@@ -149,8 +154,7 @@ async fn clients_fail_over_to_a_second_api_without_losing_or_duplicating_anythin
             out
         }));
     }
-    eventually(Duration::from_secs(60), || async { (acked.load(Ordering::Acquire) >= KILL_AFTER).then_some(()) })
-        .await;
+    eventually(Duration::from_secs(60), || async { (acked.load(Ordering::Acquire) >= KILL_AFTER).then_some(()) }).await;
     a.child.start_kill().unwrap();
     a.child.wait().await.unwrap();
     killed_tx.send(true).unwrap();
@@ -191,7 +195,8 @@ async fn clients_fail_over_to_a_second_api_without_losing_or_duplicating_anythin
         })
         .await;
         assert_eq!(job["attempt"], 1, "{job}");
-        let events: Value = http.get(format!("{}/v1/jobs/{id}/events", b.base)).send().await.unwrap().json().await.unwrap();
+        let events: Value =
+            http.get(format!("{}/v1/jobs/{id}/events", b.base)).send().await.unwrap().json().await.unwrap();
         let items = events["items"].as_array().unwrap();
         let count = |t: &str| items.iter().filter(|e| e["type"] == t).count();
         assert_eq!(count("job_queued"), 1, "{id}: {events}");

@@ -157,8 +157,7 @@ impl Application {
         }
         let (signer, audit_keyring) = audit_keys(&settings.audit)?;
         let nats =
-            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-api", &settings.nats_security())
-                .await?;
+            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-api", &settings.nats_security()).await?;
         let store =
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();

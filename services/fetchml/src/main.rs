@@ -445,8 +445,7 @@ async fn verify_online(
     let (_, ring) = fetchml_api::audit_keys(&settings.audit)?;
     let ring = trusted_keys(ring, public_keys, keys_file)?;
     let client =
-        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-verify", &settings.nats_security())
-            .await?;
+        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-verify", &settings.nats_security()).await?;
     let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
     let from = if from_checkpoint {
         fetchml_audit::online::From::LatestCheckpoint
@@ -461,8 +460,7 @@ async fn export(settings: &Settings, from: u64, to: Option<u64>, out: Option<&st
     use std::io::Write;
     let (_, ring) = fetchml_api::audit_keys(&settings.audit)?;
     let client =
-        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-export", &settings.nats_security())
-            .await?;
+        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-export", &settings.nats_security()).await?;
     let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
     let mut lines = fetchml_audit::online::export(&store, ring.keys().to_vec(), from, to).await?;
     // A command-line tool with one task: blocking writes are fine here.

@@ -151,8 +151,7 @@ impl Worker {
         };
         let secrets = secrets::SecretSource::load(&settings.secrets)?;
         let nats =
-            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-worker", &settings.nats_security())
-                .await?;
+            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-worker", &settings.nats_security()).await?;
         let store = EventStore::open_as_client(
             nats.clone(),
             fetchml_events::subject::Subjects::new(settings.namespace()),
