@@ -558,12 +558,6 @@ impl Settings {
         }
     }
 
-    /// The connection string the api's queries use: `postgres.read_url` if
-    /// set, else the writer's.
-    pub fn postgres_read_url(&self) -> &str {
-        if self.postgres.read_url.is_empty() { &self.postgres.url } else { &self.postgres.read_url }
-    }
-
     pub fn stream_settings(&self) -> StreamSettings {
         StreamSettings {
             duplicate_window: Duration::from_secs(self.nats.duplicate_window_secs),
@@ -632,6 +626,30 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_reach_the_nats_connection() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("FETCHML_NATS__URL", "tls://nats1.example.org:4222"),
+                ("FETCHML_NATS__TLS_CA_FILE", "/etc/fetchml/ca.pem"),
+                ("FETCHML_NATS__TLS_CERT_FILE", "/etc/fetchml/w.pem"),
+                ("FETCHML_NATS__TLS_KEY_FILE", "/etc/fetchml/w-key.pem"),
+            ]),
+        )
+        .unwrap();
+        let sec = s.nats_security();
+        assert!(sec.require_tls);
+        assert_eq!(sec.tls_ca_file.as_deref(), Some(Path::new("/etc/fetchml/ca.pem")));
+        assert_eq!(
+            sec.tls_client_cert,
+            Some((PathBuf::from("/etc/fetchml/w.pem"), PathBuf::from("/etc/fetchml/w-key.pem")))
+        );
+        assert_eq!(s.postgres.read_url, "", "no replica unless one is named");
+        let plain = Settings::load_from(None, &env(&[("FETCHML_NATS__URL", "nats://127.0.0.1:4222")])).unwrap();
+        assert!(!plain.nats_security().require_tls);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_precisely() {
         let e = Settings::load_from(None, &env(&[("FETCHML_NATS__URLL", "x")])).unwrap_err();
         assert!(e.to_string().contains("urll"), "{e}");
@@ -647,6 +665,13 @@ mod tests {
         }
         let e = Settings::load_from(None, &env(&[("FETCHML_API__REQUEST_TIMEOUT_MS", "30000")])).unwrap_err();
         assert!(e.to_string().contains("api.request_timeout_ms"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_NATS__TLS_CERT_FILE", "/c.pem")])).unwrap_err();
+        assert!(e.to_string().contains("nats.tls_cert_file"), "{e}");
+        let both = env(&[("FETCHML_NATS__NKEY_FILE", "/a.nk"), ("FETCHML_NATS__CREDENTIALS_FILE", "/a.creds")]);
+        let e = Settings::load_from(None, &both).unwrap_err();
+        assert!(e.to_string().contains("nats.credentials_file"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_POSTGRES__READ_URL", "mysql://u:pw@h/db")])).unwrap_err();
+        assert!(e.to_string().contains("postgres.read_url") && !e.to_string().contains("pw"), "{e}");
         let ok =
             Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
         assert_eq!(ok.unwrap().api.cors_allowed_origins, ["http://127.0.0.1:3000"]);
