@@ -364,8 +364,13 @@ pub struct Ready {
     pub nats: String,
     /// Events the read models could not store (`null`: unknown).
     pub projection_faults: Option<u64>,
-    /// `up` or `unavailable` (Postgres; does not decide readiness).
+    /// `up` or `unavailable` (Postgres; does not decide readiness): the
+    /// writer's database, where the projector stores the read models.
     pub read_models: String,
+    /// `up` or `unavailable`: the read replica the queries read
+    /// (`postgres.read_url`); `null` when the queries read the writer's.
+    #[serde(default)]
+    pub read_replica: Option<String>,
     #[schema(example = "ready")]
     pub status: String,
 }

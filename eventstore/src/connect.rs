@@ -2,6 +2,7 @@
 
 use crate::error::StoreError;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -62,13 +63,76 @@ pub async fn connect_with(
     name: &str,
     nkey_file: Option<&std::path::Path>,
 ) -> Result<async_nats::Client, StoreError> {
+    let security = ConnectSecurity { nkey_file: nkey_file.map(ToOwned::to_owned), ..ConnectSecurity::default() };
+    connect_secure(url, name, &security).await
+}
+
+/// How a process proves who it is to NATS and checks who NATS is: what a
+/// host other than the server's own needs (see the README, "Running on
+/// several machines").
+#[derive(Clone, Debug, Default)]
+pub struct ConnectSecurity {
+    /// An NKey seed file (`fetchml nats-auth` writes one per class of process).
+    pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (a user JWT and its NKey seed), for servers run in
+    /// operator mode (`nsc`); the alternative to `nkey_file`.
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates the server's certificate must chain to; given, the
+    /// connection must be TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// A PEM client certificate and its key, for servers that verify clients
+    /// (`verify: true` in the server's `tls` block).
+    pub tls_client_cert: Option<(PathBuf, PathBuf)>,
+    /// Refuse a server that does not offer TLS (implied by `tls://` URLs and
+    /// by any of the TLS files).
+    pub require_tls: bool,
+}
+
+impl ConnectSecurity {
+    fn wants_tls(&self) -> bool {
+        self.require_tls || self.tls_ca_file.is_some() || self.tls_client_cert.is_some()
+    }
+}
+
+/// Checks that a file named in the settings is readable before the
+/// connection tries it: the client would otherwise report a bare I/O error
+/// without the file's name, and retry forever.
+fn readable(what: &str, path: &Path) -> Result<(), StoreError> {
+    std::fs::File::open(path).map(drop).map_err(|e| StoreError::Invalid(format!("NATS {what} {}: {e}", path.display())))
+}
+
+/// [`connect`] with the authentication and TLS of `security`.
+pub async fn connect_secure(
+    url: &str,
+    name: &str,
+    security: &ConnectSecurity,
+) -> Result<async_nats::Client, StoreError> {
     let first = Arc::new(AtomicBool::new(true));
     let mut options = async_nats::ConnectOptions::new();
-    if let Some(path) = nkey_file {
+    if let Some(path) = &security.nkey_file {
         // The seed is a secret: its text never goes into an error or a log.
         let seed = std::fs::read_to_string(path)
             .map_err(|e| StoreError::Invalid(format!("NATS nkey file {}: {e}", path.display())))?;
         options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(path) = &security.credentials_file {
+        readable("credentials file", path)?;
+        // The error names the file only: the client's message could quote the seed.
+        options = options.credentials_file(path).await.map_err(|_| {
+            StoreError::Invalid(format!("NATS credentials file {} is not a valid .creds file", path.display()))
+        })?;
+    }
+    if let Some(ca) = &security.tls_ca_file {
+        readable("CA file", ca)?;
+        options = options.add_root_certificates(ca.clone());
+    }
+    if let Some((cert, key)) = &security.tls_client_cert {
+        readable("client certificate", cert)?;
+        readable("client key", key)?;
+        options = options.add_client_certificate(cert.clone(), key.clone());
+    }
+    if security.wants_tls() {
+        options = options.require_tls(true);
     }
     let client = options
         .name(name)
@@ -89,7 +153,9 @@ pub async fn connect_with(
         })
         .connect(url)
         .await
-        .map_err(|e| StoreError::Unavailable(format!("cannot connect to NATS at {url}: {e}")))?;
+        .map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to NATS at {url}: {e}{}", hint(&e, security, url)))
+        })?;
     // Without retry_on_initial_connect, connect returns after the handshake, so
     // the server's INFO (version, JetStream) is known here.
     let info = client.server_info();
@@ -98,6 +164,37 @@ pub async fn connect_with(
         return Err(StoreError::Invalid(format!("NATS at {url} runs without JetStream; start it with -js")));
     }
     Ok(client)
+}
+
+/// What to check, for the failures whose cause the client's message leaves
+/// to the reader: rustls names the TLS alert or the verdict on the server's
+/// certificate, and this says which setting that points to.
+fn hint(e: &async_nats::ConnectError, security: &ConnectSecurity, url: &str) -> &'static str {
+    use async_nats::ConnectErrorKind as K;
+    let tls = security.wants_tls() || url.starts_with("tls://");
+    let text = e.to_string();
+    match e.kind() {
+        K::Tls | K::Io if tls && text.contains("CertificateRequired") => {
+            " (TLS: the server requires a client certificate: set nats.tls_cert_file and nats.tls_key_file)"
+        }
+        K::Tls | K::Io if tls && (text.contains("UnknownCA") || text.contains("BadCertificate")) => {
+            " (TLS: the server does not accept this client certificate: it must be signed by a CA in the \
+             server's tls ca_file; see nats.tls_cert_file)"
+        }
+        K::Tls | K::Io if tls && text.contains("invalid peer certificate") => {
+            " (TLS: the server's certificate is not trusted here: nats.tls_ca_file must hold the CA that \
+             signed it, and the URL's host must be named in it)"
+        }
+        K::Tls | K::Io if tls => {
+            " (TLS: check nats.tls_ca_file (the CA of the server's certificate), nats.tls_cert_file and \
+             nats.tls_key_file (this host's client certificate), and that the URL's host is named in the \
+             server's certificate)"
+        }
+        K::AuthorizationViolation | K::Authentication => {
+            " (check nats.nkey_file or nats.credentials_file: the server did not accept this process's identity)"
+        }
+        _ => "",
+    }
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ mod store;
 mod streams;
 mod tap;
 
-pub use connect::{MIN_SERVER_VERSION, ServerVersion, check_server_version, connect, connect_with};
+pub use connect::{
+    ConnectSecurity, MIN_SERVER_VERSION, ServerVersion, check_server_version, connect, connect_secure, connect_with,
+};
 pub use error::StoreError;
 pub use index::{IndexedJob, JobIndex};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};

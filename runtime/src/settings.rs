@@ -274,6 +274,17 @@ pub struct NatsSettings {
     /// server runs with authorization (`./deploy/up` generates one per class
     /// of process: api, worker, reader).
     pub nkey_file: Option<PathBuf>,
+    /// A `.creds` file (user JWT and NKey seed) for a server run in operator
+    /// mode; the alternative to `nkey_file` (not both).
+    pub credentials_file: Option<PathBuf>,
+    /// PEM CA certificates that signed the server's certificate. Setting it
+    /// (or a `tls://` URL) makes TLS required: a server without TLS is refused.
+    pub tls_ca_file: Option<PathBuf>,
+    /// PEM client certificate, for a server that verifies clients
+    /// (`verify: true`); with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's PEM private key (readable by this process's user only).
+    pub tls_key_file: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -362,8 +373,18 @@ pub struct WorkerSettings {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PostgresSettings {
-    /// Read models live here (from the identity/read-model issue on).
+    /// Read models live here: the projectors write them, and the api's
+    /// queries read them unless `read_url` is set. TLS is set in the URL, as
+    /// libpq spells it: `?sslmode=verify-full&sslrootcert=/etc/fetchml/pg-ca.pem`
+    /// (and `sslcert=`/`sslkey=` for a client certificate). Without `sslmode`
+    /// TLS is used when the server offers it, unverified (`prefer`).
     pub url: String,
+    /// A read-only connection string for the api's queries (a streaming
+    /// replica, or a pooler in front of replicas); empty: queries use `url`.
+    /// Projectors and migrations always use `url`. A query that needs a write
+    /// newer than the replica has (`after_seq`) waits for the replica's
+    /// checkpoint to reach it, as it waits for the projector.
+    pub read_url: String,
     /// How long a read waits for a pooled connection before it answers 503.
     /// While Postgres is known to be down, reads answer 503 at once instead.
     pub acquire_timeout_ms: u64,
@@ -381,6 +402,10 @@ impl Default for NatsSettings {
             replicas: s.replicas,
             worker_ttl_secs: fetchml_eventstore::DEFAULT_WORKER_TTL.as_secs(),
             nkey_file: None,
+            credentials_file: None,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
         }
     }
 }
@@ -425,7 +450,11 @@ impl Default for WorkerSettings {
 
 impl Default for PostgresSettings {
     fn default() -> Self {
-        Self { url: "postgres://postgres@127.0.0.1:5432/fetchml".into(), acquire_timeout_ms: 2000 }
+        Self {
+            url: "postgres://postgres@127.0.0.1:5432/fetchml".into(),
+            read_url: String::new(),
+            acquire_timeout_ms: 2000,
+        }
     }
 }
 
@@ -473,6 +502,18 @@ impl Settings {
         Namespace::parse(&self.nats.namespace).map_err(|e| invalid("nats.namespace", e.to_string()))?;
         if !self.nats.url.starts_with("nats://") && !self.nats.url.starts_with("tls://") {
             return Err(invalid("nats.url", format!("{:?} must start with nats:// or tls://", self.nats.url)));
+        }
+        if self.nats.tls_cert_file.is_some() != self.nats.tls_key_file.is_some() {
+            return Err(invalid("nats.tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
+        }
+        if self.nats.nkey_file.is_some() && self.nats.credentials_file.is_some() {
+            return Err(invalid("nats.credentials_file", "set nkey_file or credentials_file, not both".into()));
+        }
+        for (field, url) in [("postgres.url", &self.postgres.url), ("postgres.read_url", &self.postgres.read_url)] {
+            if !url.is_empty() && !url.starts_with("postgres://") && !url.starts_with("postgresql://") {
+                // Only the scheme: the rest may hold a password, never echoed.
+                return Err(invalid(field, "must start with postgres:// or postgresql://".into()));
+            }
         }
         self.api_listen()?;
         self.worker_metrics_listen()?;
@@ -583,6 +624,18 @@ impl Settings {
         Duration::from_secs(self.nats.worker_ttl_secs)
     }
 
+    /// How this process authenticates to NATS and checks its TLS.
+    pub fn nats_security(&self) -> fetchml_eventstore::ConnectSecurity {
+        let n = &self.nats;
+        fetchml_eventstore::ConnectSecurity {
+            nkey_file: n.nkey_file.clone(),
+            credentials_file: n.credentials_file.clone(),
+            tls_ca_file: n.tls_ca_file.clone(),
+            tls_client_cert: n.tls_cert_file.clone().zip(n.tls_key_file.clone()),
+            require_tls: n.url.starts_with("tls://"),
+        }
+    }
+
     pub fn stream_settings(&self) -> StreamSettings {
         StreamSettings {
             duplicate_window: Duration::from_secs(self.nats.duplicate_window_secs),
@@ -651,6 +704,30 @@ mod tests {
     }
 
     #[test]
+    fn tls_settings_reach_the_nats_connection() {
+        let s = Settings::load_from(
+            None,
+            &env(&[
+                ("FETCHML_NATS__URL", "tls://nats1.example.org:4222"),
+                ("FETCHML_NATS__TLS_CA_FILE", "/etc/fetchml/ca.pem"),
+                ("FETCHML_NATS__TLS_CERT_FILE", "/etc/fetchml/w.pem"),
+                ("FETCHML_NATS__TLS_KEY_FILE", "/etc/fetchml/w-key.pem"),
+            ]),
+        )
+        .unwrap();
+        let sec = s.nats_security();
+        assert!(sec.require_tls);
+        assert_eq!(sec.tls_ca_file.as_deref(), Some(Path::new("/etc/fetchml/ca.pem")));
+        assert_eq!(
+            sec.tls_client_cert,
+            Some((PathBuf::from("/etc/fetchml/w.pem"), PathBuf::from("/etc/fetchml/w-key.pem")))
+        );
+        assert_eq!(s.postgres.read_url, "", "no replica unless one is named");
+        let plain = Settings::load_from(None, &env(&[("FETCHML_NATS__URL", "nats://127.0.0.1:4222")])).unwrap();
+        assert!(!plain.nats_security().require_tls);
+    }
+
+    #[test]
     fn unknown_keys_and_bad_values_are_refused_precisely() {
         let e = Settings::load_from(None, &env(&[("FETCHML_NATS__URLL", "x")])).unwrap_err();
         assert!(e.to_string().contains("urll"), "{e}");
@@ -666,6 +743,13 @@ mod tests {
         }
         let e = Settings::load_from(None, &env(&[("FETCHML_API__REQUEST_TIMEOUT_MS", "30000")])).unwrap_err();
         assert!(e.to_string().contains("api.request_timeout_ms"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_NATS__TLS_CERT_FILE", "/c.pem")])).unwrap_err();
+        assert!(e.to_string().contains("nats.tls_cert_file"), "{e}");
+        let both = env(&[("FETCHML_NATS__NKEY_FILE", "/a.nk"), ("FETCHML_NATS__CREDENTIALS_FILE", "/a.creds")]);
+        let e = Settings::load_from(None, &both).unwrap_err();
+        assert!(e.to_string().contains("nats.credentials_file"), "{e}");
+        let e = Settings::load_from(None, &env(&[("FETCHML_POSTGRES__READ_URL", "mysql://u:pw@h/db")])).unwrap_err();
+        assert!(e.to_string().contains("postgres.read_url") && !e.to_string().contains("pw"), "{e}");
         let ok =
             Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
         assert_eq!(ok.unwrap().api.cors_allowed_origins, ["http://127.0.0.1:3000"]);

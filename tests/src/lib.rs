@@ -127,7 +127,7 @@ impl Drop for TestDatabase {
 }
 
 /// Runs `f` to completion on a runtime of its own (usable from `Drop`).
-fn run_blocking<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
+pub fn run_blocking<F: std::future::Future<Output = ()> + Send + 'static>(f: F) {
     let _ = std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(f);

@@ -28,6 +28,41 @@ fn postgres_ids() -> Option<(u32, u32)> {
 impl PgProcess {
     /// `None` (with the reason printed) where the Debian server binaries are missing.
     pub fn start() -> Option<Self> {
+        let me = Self::init()?;
+        me.start_server();
+        Some(me)
+    }
+
+    /// A server that accepts TCP connections only over TLS (`hostssl`; plain
+    /// ones are rejected), with the given PEM certificate and key.
+    pub fn start_with_tls(cert: &std::path::Path, key: &std::path::Path) -> Option<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let me = Self::init()?;
+        let data = std::path::PathBuf::from(me.data());
+        for (from, to) in [(cert, "server.crt"), (key, "server.key")] {
+            let dest = data.join(to);
+            std::fs::copy(from, &dest).unwrap();
+            // Postgres refuses a key readable by others.
+            std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o600)).unwrap();
+            if me.as_postgres {
+                let (uid, gid) = postgres_ids().unwrap();
+                std::os::unix::fs::chown(&dest, Some(uid), Some(gid)).unwrap();
+            }
+        }
+        let conf = data.join("postgresql.conf");
+        let mut text = std::fs::read_to_string(&conf).unwrap();
+        text.push_str("\nssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        std::fs::write(&conf, text).unwrap();
+        std::fs::write(
+            data.join("pg_hba.conf"),
+            "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 reject\n",
+        )
+        .unwrap();
+        me.start_server();
+        Some(me)
+    }
+
+    fn init() -> Option<Self> {
         let Some(bin) = bindir() else {
             eprintln!("skipped: no PostgreSQL server binaries under /usr/lib/postgresql");
             return None;
@@ -43,7 +78,6 @@ impl PgProcess {
         let data = me.data();
         let ok = me.cmd("initdb").args(["-D", &data, "-U", "postgres", "--auth=trust", "-E", "UTF8"]).output().unwrap();
         assert!(ok.status.success(), "initdb: {}", String::from_utf8_lossy(&ok.stderr));
-        me.start_server();
         Some(me)
     }
 

@@ -37,11 +37,19 @@ pub struct AppState {
     /// Every job, folded from the log in memory (lists, filters, read-your-writes).
     pub index: JobIndex,
     pub auth: std::sync::Arc<auth::Auth>,
-    /// The read models (connects lazily: commands work while Postgres is down).
+    /// The read models, as the queries read them: `postgres.read_url` (a
+    /// replica) when set, else the writer's database. Connects lazily:
+    /// commands work while Postgres is down.
     pub pg: sqlx::PgPool,
-    /// Whether Postgres answers (shared with the embedded projector): reads
-    /// go through `pg_health.guard` and answer 503 at once while it is down.
+    /// Whether `pg` answers: reads go through `pg_health.guard` and answer 503
+    /// at once while it is down.
     pub pg_health: fetchml_projections::Health,
+    /// The writer's database (`postgres.url`): the embedded projector and the
+    /// migrations. The same pool and health as `pg` without a replica.
+    pub pg_writer: sqlx::PgPool,
+    pub pg_writer_health: fetchml_projections::Health,
+    /// Whether `pg` is a replica apart from the writer (`/readyz` reports both).
+    pub has_read_replica: bool,
     pub read_your_writes: Duration,
     pub stream_limits: stream::session::Limits,
     pub max_stream_connections: usize,
@@ -156,8 +164,7 @@ impl Application {
         }
         let (signer, audit_keyring) = audit_keys(&settings.audit)?;
         let nats =
-            fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-api", settings.nats.nkey_file.as_deref())
-                .await?;
+            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-api", &settings.nats_security()).await?;
         let store =
             EventStore::open(nats.clone(), Subjects::new(settings.namespace()), &settings.stream_settings()).await?;
         let stop = CancellationToken::new();
@@ -172,15 +179,22 @@ impl Application {
         // or reader creates it with the default.
         fetchml_eventstore::ensure_registry(store.jetstream(), store.subjects(), settings.worker_ttl()).await?;
         let auth = std::sync::Arc::new(auth::Auth::new(store.clone(), &settings.auth).await?);
-        let pg = fetchml_projections::pool_with(
-            &settings.postgres.url,
-            Duration::from_millis(settings.postgres.acquire_timeout_ms),
-        )?;
-        let pg_health = fetchml_projections::Health::new(&settings.postgres.url)?;
+        let acquire = Duration::from_millis(settings.postgres.acquire_timeout_ms);
+        let pg_writer = fetchml_projections::pool_with(&settings.postgres.url, acquire)?;
+        let pg_writer_health = fetchml_projections::Health::new(&settings.postgres.url)?;
+        let has_read_replica = !settings.postgres.read_url.is_empty();
+        let (pg, pg_health) = if has_read_replica {
+            (
+                fetchml_projections::pool_with(&settings.postgres.read_url, acquire)?,
+                fetchml_projections::Health::new(&settings.postgres.read_url)?,
+            )
+        } else {
+            (pg_writer.clone(), pg_writer_health.clone())
+        };
         // Create the read-model tables now if Postgres answers, so the first
         // queries do not race the projector; if it does not, the projector
         // migrates when it comes back (commands never wait for Postgres).
-        match tokio::time::timeout(Duration::from_secs(5), fetchml_projections::migrate(&pg)).await {
+        match tokio::time::timeout(Duration::from_secs(5), fetchml_projections::migrate(&pg_writer)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "read models not migrated yet (Postgres unavailable?)"),
             Err(_) => tracing::warn!("read models not migrated yet: Postgres did not answer within 5 s"),
@@ -207,6 +221,9 @@ impl Application {
             auth,
             pg,
             pg_health,
+            pg_writer,
+            pg_writer_health,
+            has_read_replica,
             read_your_writes,
             stream_limits,
             max_stream_connections: st.max_connections_per_user,
@@ -241,11 +258,11 @@ impl Application {
         let scheduler = self.scheduler.map(|s| tokio::spawn(s.run(source.clone(), stop.clone())));
         if self.settings.api.embedded_projector {
             let projector = fetchml_projections::Projector::new(
-                self.state.pg.clone(),
+                self.state.pg_writer.clone(),
                 self.state.store.clone(),
                 fetchml_projections::Batching::default(),
             )
-            .with_health(self.state.pg_health.clone())
+            .with_health(self.state.pg_writer_health.clone())
             .with_source(source.clone());
             tokio::spawn(projector.run(stop.clone()));
         }

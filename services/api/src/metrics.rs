@@ -173,7 +173,9 @@ fn cap_pools(queues: BTreeMap<(String, u8), (u64, DateTime<Utc>)>) -> BTreeMap<(
 
 /// Projection lag: the log's head against the projector's checkpoint, and
 /// the age of the first event it has not applied. Read from the checkpoint
-/// row, so it is right wherever the projector runs (embedded or standalone).
+/// row, so it is right wherever the projector runs (embedded or standalone);
+/// with `postgres.read_url`, the replica's row: the lag the queries see,
+/// replication included.
 async fn refresh_lag(state: &AppState) {
     let checkpoint =
         tokio::time::timeout(POSTGRES_WITHIN, state.pg_health.guard(fetchml_projections::checkpoint(&state.pg))).await;

@@ -380,7 +380,7 @@ fn keygen(user: &str, role: &str) -> ExitCode {
 
 async fn open_store(settings: &Settings) -> anyhow::Result<EventStore> {
     let client =
-        fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-cli", settings.nats.nkey_file.as_deref()).await?;
+        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-cli", &settings.nats_security()).await?;
     Ok(EventStore::open(client, Subjects::new(settings.namespace()), &settings.stream_settings()).await?)
 }
 
@@ -449,8 +449,7 @@ async fn verify_online(
     let (_, ring) = fetchml_api::audit_keys(&settings.audit)?;
     let ring = trusted_keys(ring, public_keys, keys_file)?;
     let client =
-        fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-verify", settings.nats.nkey_file.as_deref())
-            .await?;
+        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-verify", &settings.nats_security()).await?;
     let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
     let from = if from_checkpoint {
         fetchml_audit::online::From::LatestCheckpoint
@@ -465,8 +464,7 @@ async fn export(settings: &Settings, from: u64, to: Option<u64>, out: Option<&st
     use std::io::Write;
     let (_, ring) = fetchml_api::audit_keys(&settings.audit)?;
     let client =
-        fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-export", settings.nats.nkey_file.as_deref())
-            .await?;
+        fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-export", &settings.nats_security()).await?;
     let store = EventStore::open_existing(client, Subjects::new(settings.namespace())).await?;
     let mut lines = fetchml_audit::online::export(&store, ring.keys().to_vec(), from, to).await?;
     // A command-line tool with one task: blocking writes are fine here.

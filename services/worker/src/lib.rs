@@ -163,8 +163,7 @@ impl Worker {
         let secrets = secrets::SecretSource::load(&settings.secrets)?;
         let capacity = host::capacity(&settings.worker).await;
         let nats =
-            fetchml_eventstore::connect_with(&settings.nats.url, "fetchml-worker", settings.nats.nkey_file.as_deref())
-                .await?;
+            fetchml_eventstore::connect_secure(&settings.nats.url, "fetchml-worker", &settings.nats_security()).await?;
         let store = EventStore::open_as_client(
             nats.clone(),
             fetchml_events::subject::Subjects::new(settings.namespace()),

@@ -5,6 +5,8 @@
 //! work while Postgres is down): `read_models` says whether Postgres answers,
 //! and `projection_faults` counts the events the read models could not store
 //! (see `fetchml_projections::fold`; the rows of `projection_faults` say which).
+//! With `postgres.read_url`, `read_models` is the writer's database (the
+//! projector's) and `read_replica` the one the queries read.
 
 use crate::AppState;
 use axum::Json;
@@ -31,16 +33,12 @@ pub async fn healthz() -> Json<Health> {
 pub async fn readyz(State(state): State<AppState>) -> Response {
     let connected = state.nats.connection_state() == async_nats::connection::State::Connected;
     let last = if connected { state.store.last_sequence().await.ok() } else { None };
-    let faults =
-        tokio::time::timeout(READ_MODELS_WITHIN, state.pg_health.guard(fetchml_projections::fault_count(&state.pg)))
-            .await;
-    let (read_models, faults) = match faults {
-        Ok(Ok(n)) => ("up", Some(n)),
-        Ok(Err(e)) if !e.is_unavailable() => {
-            tracing::warn!(error = %e, "cannot count projection faults");
-            ("up", None)
-        }
-        _ => ("unavailable", None),
+    let (read_models, faults) = fault_count(&state.pg_writer_health, &state.pg_writer).await;
+    // The replica is asked the same question: a count it answers proves
+    // both that it is reachable and that the read models' tables are there.
+    let read_replica = match state.has_read_replica {
+        true => Some(fault_count(&state.pg_health, &state.pg).await.0.to_owned()),
+        false => None,
     };
     match last {
         Some(seq) => Json(Ready {
@@ -48,6 +46,7 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             nats: "connected".into(),
             projection_faults: faults,
             read_models: read_models.into(),
+            read_replica,
             status: "ready".into(),
         })
         .into_response(),
@@ -56,5 +55,17 @@ pub async fn readyz(State(state): State<AppState>) -> Response {
             let error = ErrorDetail { code: "not_ready".into(), field: None, message: message.into() };
             (StatusCode::SERVICE_UNAVAILABLE, Json(ErrorBody { error })).into_response()
         }
+    }
+}
+
+/// Whether the database behind `pool` answers, and its count of projection faults.
+async fn fault_count(health: &fetchml_projections::Health, pool: &sqlx::PgPool) -> (&'static str, Option<u64>) {
+    match tokio::time::timeout(READ_MODELS_WITHIN, health.guard(fetchml_projections::fault_count(pool))).await {
+        Ok(Ok(n)) => ("up", Some(n)),
+        Ok(Err(e)) if !e.is_unavailable() => {
+            tracing::warn!(error = %e, "cannot count projection faults");
+            ("up", None)
+        }
+        _ => ("unavailable", None),
     }
 }

@@ -1126,8 +1126,16 @@ export interface components {
              * @description Events the read models could not store (`null`: unknown).
              */
             projection_faults?: number | null;
-            /** @description `up` or `unavailable` (Postgres; does not decide readiness). */
+            /**
+             * @description `up` or `unavailable` (Postgres; does not decide readiness): the
+             *     writer's database, where the projector stores the read models.
+             */
             read_models: string;
+            /**
+             * @description `up` or `unavailable`: the read replica the queries read
+             *     (`postgres.read_url`); `null` when the queries read the writer's.
+             */
+            read_replica?: string | null;
             /** @example ready */
             status: string;
         };
