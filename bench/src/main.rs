@@ -442,7 +442,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             r.add(&format!("queue-to-start p50 at {label}"), pct(&lat.total, 0.5), "ms", None);
             r.add(&format!("queue-to-start p99 at {label}"), pct(&lat.total, 0.99), "ms", None);
             r.add(&format!("queue-to-start p999 at {label}"), pct(&lat.total, 0.999), "ms", None);
-            for (hop, v) in [("append", &lat.append), ("dispatch", &lat.dispatch), ("claim", &lat.claim)] {
+            for (hop, v) in [("append", &lat.append), ("assign", &lat.assign), ("claim", &lat.claim)] {
                 r.add(&format!("  hop {hop} at {label}, p50"), pct(v, 0.5), "ms", None);
                 r.add(&format!("  hop {hop} at {label}, p99"), pct(v, 0.99), "ms", None);
             }
@@ -559,13 +559,13 @@ impl Env {
     }
 }
 
-/// Messages ever stored in a namespace's streams (work-queue tickets are
-/// removed once acknowledged, so the last sequence counts, not the size).
+/// Messages ever stored in a namespace's streams (the last sequence counts,
+/// not the size: PROGRESS drops old messages).
 async fn stored_messages(client: &async_nats::Client, ns: &str) -> anyhow::Result<u64> {
     let js = jetstream::new(client.clone());
     let mut total = 0;
     let subjects = subjects_of(ns)?;
-    for name in [subjects.events_stream(), subjects.dispatch_stream(), subjects.progress_stream()] {
+    for name in [subjects.events_stream(), subjects.progress_stream()] {
         if let Ok(mut s) = js.get_stream(name).await {
             total += s.info().await?.state.last_sequence;
         }
@@ -801,26 +801,27 @@ struct StartLatency {
     total: Vec<f64>,
     /// `job_queued.occurred_at` until a plain subscriber sees the stored event.
     append: Vec<f64>,
-    /// Event seen until its dispatch ticket is seen.
-    dispatch: Vec<f64>,
-    /// Ticket seen until `job_started.occurred_at` (the worker's claim).
+    /// Event seen until the scheduler's assignment is seen.
+    assign: Vec<f64>,
+    /// Assignment seen until `job_started.occurred_at` (the worker's claim).
     claim: Vec<f64>,
 }
 
 /// Submits at `rate` jobs/s for `secs`, then reads every job's `job_queued`
 /// and `job_started` times from the log: the latency is between the two
 /// events' `occurred_at` (api clock and worker clock: the same machine). A
-/// plain subscription on the job and dispatch subjects times each hop.
+/// plain subscription on the job subjects and the scheduler's assignments
+/// times each hop.
 async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) -> anyhow::Result<StartLatency> {
     let client = &env.client;
     let n = (rate * secs) as usize;
-    // Arrival times of each job's queued event and of its ticket.
+    // Arrival times of each job's queued event and of its assignment.
     type Seen = HashMap<String, [Option<chrono::DateTime<chrono::Utc>>; 2]>;
     let seen: Arc<std::sync::Mutex<Seen>> = Arc::default();
     let observer = {
         let subjects = subjects_of(ns)?;
         let mut evs = client.subscribe(subjects.all_job_events()).await?;
-        let mut tickets = client.subscribe(subjects.all_dispatch()).await?;
+        let mut tickets = client.subscribe(format!("{}.sched.worker.>", subjects.namespace())).await?;
         client.flush().await?;
         let seen = seen.clone();
         tokio::spawn(async move {
@@ -832,10 +833,18 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
                     else => return,
                 };
                 let now = chrono::Utc::now();
-                let job = m.subject.rsplit('.').next().unwrap_or_default().to_owned();
-                if slot == 0 && !memfind(&m.payload, needle) {
-                    continue;
-                }
+                let job = if slot == 0 {
+                    if !memfind(&m.payload, needle) {
+                        continue;
+                    }
+                    m.subject.rsplit('.').next().unwrap_or_default().to_owned()
+                } else {
+                    // An assignment names its job in its body.
+                    match serde_json::from_slice::<Value>(&m.payload) {
+                        Ok(v) if v["kind"] == "assign" => v["job_id"].as_str().unwrap_or_default().to_owned(),
+                        _ => continue,
+                    }
+                };
                 seen.lock().unwrap().entry(job).or_default()[slot].get_or_insert(now);
             }
         })
@@ -874,7 +883,7 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
     let mut out =
-        StartLatency { total: Vec::with_capacity(n), append: Vec::new(), dispatch: Vec::new(), claim: Vec::new() };
+        StartLatency { total: Vec::with_capacity(n), append: Vec::new(), assign: Vec::new(), claim: Vec::new() };
     loop {
         let m = msgs.next().await.unwrap()?;
         let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
@@ -890,7 +899,7 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
                     out.total.push(ms(at - *q));
                     if let Some([Some(ev), Some(ticket)]) = seen.get(&id) {
                         out.append.push(ms(*ev - *q));
-                        out.dispatch.push(ms(*ticket - *ev));
+                        out.assign.push(ms(*ticket - *ev));
                         out.claim.push(ms(at - *ticket));
                     }
                 }
@@ -901,7 +910,7 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
             break;
         }
     }
-    for v in [&mut out.total, &mut out.append, &mut out.dispatch, &mut out.claim] {
+    for v in [&mut out.total, &mut out.append, &mut out.assign, &mut out.claim] {
         v.sort_by(|a, b| a.total_cmp(b));
     }
     Ok(out)

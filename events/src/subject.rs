@@ -34,11 +34,6 @@ impl Subjects {
     pub fn progress_stream(&self) -> String {
         format!("{}_PROGRESS", self.ns)
     }
-    /// The work queue, derived from the event log.
-    pub fn dispatch_stream(&self) -> String {
-        format!("{}_DISPATCH", self.ns)
-    }
-
     /// All event subjects of the namespace.
     pub fn all_events(&self) -> String {
         format!("{}.ev.>", self.ns)
@@ -108,29 +103,6 @@ impl Subjects {
     /// The key-value bucket holding the scheduler's leadership lease.
     pub fn leases_bucket(&self) -> String {
         format!("{}_leases", self.ns)
-    }
-
-    /// All dispatch subjects.
-    pub fn all_dispatch(&self) -> String {
-        format!("{}.dispatch.>", self.ns)
-    }
-    /// Where a job's ticket is queued: by pool, priority and the exact set of
-    /// labels it needs, so that each (pool, priority, label set) is one queue
-    /// that workers can prefer by priority and match by labels.
-    pub fn dispatch(&self, pool: &PoolName, priority: u8, label_key: &str, job: JobId) -> String {
-        format!("{}.dispatch.{pool}.{priority}.{label_key}.{job}", self.ns)
-    }
-    /// One queue: every ticket of a pool, priority and label set.
-    pub fn dispatch_queue(&self, pool: &PoolName, priority: u8, label_key: &str) -> String {
-        format!("{}.dispatch.{pool}.{priority}.{label_key}.*", self.ns)
-    }
-    /// All of one pool's tickets.
-    pub fn dispatch_pool(&self, pool: &PoolName) -> String {
-        format!("{}.dispatch.{pool}.>", self.ns)
-    }
-    /// A filter matching one job's ticket wherever it is queued.
-    pub fn dispatch_for_job(&self, job: JobId) -> String {
-        format!("{}.dispatch.*.*.*.{job}", self.ns)
     }
 
     /// The key-value bucket of live workers.

@@ -72,22 +72,6 @@ fn progress_config(s: &Subjects, st: &StreamSettings) -> Config {
     }
 }
 
-fn dispatch_config(s: &Subjects, st: &StreamSettings) -> Config {
-    Config {
-        name: s.dispatch_stream(),
-        description: Some("fetchml work queue, derived from the event log".into()),
-        subjects: vec![s.all_dispatch()],
-        storage: StorageType::File,
-        retention: RetentionPolicy::WorkQueue,
-        // The reconciler looks up one job's ticket by subject.
-        allow_direct: true,
-        duplicate_window: st.duplicate_window,
-        max_message_size: st.max_message_size,
-        num_replicas: st.replicas,
-        ..Default::default()
-    }
-}
-
 /// The fields whose mismatch makes a stream unusable for fetchml.
 fn check(existing: &Config, wanted: &Config) -> Result<(), StoreError> {
     let conflict = |field: &'static str, e: String, w: String| StoreError::StreamConflict {
@@ -118,7 +102,7 @@ fn check(existing: &Config, wanted: &Config) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Creates the namespace's EVENTS, PROGRESS and DISPATCH streams, or verifies
+/// Creates the namespace's EVENTS and PROGRESS streams, or verifies
 /// that existing ones fit and applies this process's limits to them.
 pub async fn ensure_streams(
     js: &jetstream::Context,
@@ -138,9 +122,7 @@ pub async fn ensure_streams_as(
     settings: &StreamSettings,
     update_limits: bool,
 ) -> Result<(), StoreError> {
-    for wanted in
-        [events_config(subjects, settings), progress_config(subjects, settings), dispatch_config(subjects, settings)]
-    {
+    for wanted in [events_config(subjects, settings), progress_config(subjects, settings)] {
         match js.get_stream(&wanted.name).await {
             Ok(mut stream) => {
                 let info = stream.info().await.map_err(StoreError::unavailable)?;

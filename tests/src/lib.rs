@@ -70,10 +70,10 @@ pub fn delete_namespace(url: &str, ns: &str) {
             let js = async_nats::jetstream::new(client);
             let Ok(ns) = fetchml_events::ids::Namespace::parse(ns.as_str()) else { return };
             let s = fetchml_events::subject::Subjects::new(ns);
-            for stream in [s.events_stream(), s.progress_stream(), s.dispatch_stream()] {
+            for stream in [s.events_stream(), s.progress_stream()] {
                 let _ = js.delete_stream(stream).await;
             }
-            for bucket in [s.workers_bucket(), s.sessions_bucket()] {
+            for bucket in [s.workers_bucket(), s.sessions_bucket(), s.leases_bucket()] {
                 let _ = js.delete_key_value(bucket).await;
             }
         });
