@@ -822,3 +822,211 @@ fn unfit_reason(t: &Tracked, workers: &[&WorkerState]) -> String {
         t.state.spec.labels
     )
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fetchml_events::UserName;
+    use fetchml_events::job::JobSpec;
+
+    fn t0() -> DateTime<Utc> {
+        "2026-11-30T12:00:00Z".parse().unwrap()
+    }
+
+    fn secs(n: i64) -> chrono::Duration {
+        chrono::Duration::seconds(n)
+    }
+
+    struct Fixture {
+        board: Board,
+        seq: u64,
+    }
+
+    impl Fixture {
+        fn new(settings: SchedulingSettings) -> Self {
+            Self { board: Board::new(settings, std::time::Duration::from_secs(15)), seq: 0 }
+        }
+
+        fn event(&mut self, id: JobId, at: DateTime<Utc>, e: JobEvent) -> Option<Notice> {
+            self.seq += 1;
+            let subject = format!("t.ev.job.x.default.{id}");
+            self.board.apply_job(self.seq, id, &subject, "h", uuid::Uuid::nil(), at, &e)
+        }
+
+        fn queue(&mut self, owner: &str, at: DateTime<Utc>, tune: impl FnOnce(&mut JobSpec)) -> JobId {
+            let id = JobId::new();
+            let mut spec = JobSpec::command(["true"]);
+            tune(&mut spec);
+            self.event(id, at, JobEvent::JobQueued { owner: UserName::parse(owner).unwrap(), spec });
+            id
+        }
+
+        fn worker(&mut self, gpus: &[&str], slots: usize, at: DateTime<Utc>) -> WorkerId {
+            let id = WorkerId::new();
+            let capacity = Capacity {
+                pool: "default".into(),
+                slots,
+                gpus: gpus.iter().map(|g| (*g).to_owned()).collect(),
+                cpus: 8,
+                memory_mb: 16_000,
+                host: "h".into(),
+                ..Default::default()
+            };
+            self.board.worker_seen(id, capacity, false, at);
+            id
+        }
+
+        /// Plans at `at`, and starts every decision as its worker would.
+        fn start_all(&mut self, at: DateTime<Utc>) -> Vec<Decision> {
+            let decisions = self.board.plan(at, secs(5));
+            for d in &decisions {
+                let e = JobEvent::JobStarted {
+                    attempt: d.assignment.attempt,
+                    worker: d.worker,
+                    placement: d.assignment.placement.clone(),
+                };
+                self.event(d.assignment.job_id, at, e);
+            }
+            decisions
+        }
+
+        fn succeed(&mut self, id: JobId, at: DateTime<Utc>) {
+            self.event(id, at, JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: Default::default() });
+        }
+    }
+
+    #[test]
+    fn gpus_are_given_out_one_job_each_and_taken_back_when_the_attempt_ends() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        f.worker(&["0", "1"], 8, t0());
+        let jobs: Vec<JobId> = (0..3).map(|_| f.queue("alice", t0(), |s| s.resources.gpus = 1)).collect();
+        let first = f.start_all(t0());
+        assert_eq!(first.len(), 2, "two GPUs, two jobs");
+        let mut given: Vec<String> = first.iter().flat_map(|d| d.assignment.placement.gpus.clone()).collect();
+        given.sort();
+        assert_eq!(given, ["0", "1"]);
+        assert!(f.board.plan(t0(), secs(5)).is_empty(), "no GPU left");
+        // The first job ends: its GPU goes to the third.
+        let done = first[0].assignment.job_id;
+        let freed = first[0].assignment.placement.gpus.clone();
+        f.succeed(done, t0() + secs(1));
+        let next = f.start_all(t0() + secs(1));
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].assignment.placement.gpus, freed);
+        assert!(jobs.contains(&next[0].assignment.job_id));
+    }
+
+    #[test]
+    fn a_job_no_worker_could_hold_is_explained_as_unschedulable() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        f.worker(&["0", "1"], 8, t0());
+        let big = f.queue("alice", t0(), |s| s.resources.gpus = 3);
+        assert!(f.start_all(t0()).is_empty());
+        let e = f.board.explain(big, t0()).unwrap();
+        assert!(!e.fits);
+        assert!(e.reason.contains("unschedulable: needs 3 GPU(s)"), "{}", e.reason);
+        let labelled = f.queue("alice", t0(), |s| s.labels = vec!["a100".into()]);
+        let e = f.board.explain(labelled, t0()).unwrap();
+        assert!(!e.fits && e.reason.contains("a100"), "{}", e.reason);
+    }
+
+    #[test]
+    fn a_user_with_no_usage_goes_before_a_backlog_and_fifo_without_fair_share() {
+        for fair in [true, false] {
+            let mut f = Fixture::new(SchedulingSettings { fair_share: fair, ..Default::default() });
+            let w = f.worker(&[], 1, t0());
+            let alice: Vec<JobId> = (0..5).map(|_| f.queue("alice", t0(), |_| {})).collect();
+            // Alice has run for a while: she has usage.
+            let first = f.start_all(t0());
+            assert_eq!(first[0].assignment.job_id, alice[0]);
+            let bob = f.queue("bob", t0() + secs(1), |_| {});
+            f.succeed(alice[0], t0() + secs(60));
+            let next = f.start_all(t0() + secs(60));
+            assert_eq!(next[0].worker, w);
+            let expected = if fair { bob } else { alice[1] };
+            assert_eq!(next[0].assignment.job_id, expected, "fair share {fair}");
+        }
+    }
+
+    #[test]
+    fn shares_weigh_usage_and_groups_are_compared_first() {
+        let mut settings = SchedulingSettings::default();
+        settings.user_shares.insert("alice".into(), 4);
+        let f = Fixture::new(settings);
+        let usage: HashMap<Arc<str>, f64> = [("alice".into(), 40.0), ("bob".into(), 20.0)].into_iter().collect();
+        // Alice used twice as much, with four times the share: she goes first.
+        assert!(f.board.share_key("alice", &usage) < f.board.share_key("bob", &usage));
+        let mut settings = SchedulingSettings::default();
+        settings.groups.insert("vision".into(), group(2, &["alice", "carol"]));
+        let f = Fixture::new(settings);
+        let usage: HashMap<Arc<str>, f64> =
+            [("alice".into(), 10.0), ("carol".into(), 50.0), ("bob".into(), 20.0)].into_iter().collect();
+        // vision used 60 on a share of 2 (30 per share), bob 20 on 1: bob first,
+        // although alice alone used less than him.
+        assert!(f.board.share_key("bob", &usage) < f.board.share_key("alice", &usage));
+    }
+
+    fn group(share: u32, members: &[&str]) -> fetchml_runtime::settings::GroupSettings {
+        fetchml_runtime::settings::GroupSettings { share, members: members.iter().map(|m| (*m).to_owned()).collect() }
+    }
+
+    #[test]
+    fn aging_lifts_a_long_waiting_low_priority_job_above_a_fresh_higher_one() {
+        let mut f = Fixture::new(SchedulingSettings { aging_secs: 600, ..Default::default() });
+        let old = f.queue("alice", t0(), |s| s.priority = 1);
+        let fresh = f.queue("alice", t0() + secs(1800), |s| s.priority = 3);
+        f.worker(&[], 1, t0() + secs(1801));
+        // 1800 s of waiting at one level per 600 s: 1 + 3 = 4 > 3.
+        let d = f.start_all(t0() + secs(1801));
+        assert_eq!(d[0].assignment.job_id, old);
+        assert_eq!(f.board.explain(fresh, t0() + secs(1801)).unwrap().position, Some(1));
+    }
+
+    #[test]
+    fn a_paused_pool_and_a_drained_worker_are_given_nothing() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        let w = f.worker(&[], 2, t0());
+        let id = f.queue("alice", t0(), |_| {});
+        f.board.apply_pool(100, &PoolEvent::PoolPaused { pool: "default".into(), reason: "x".into() });
+        assert!(f.start_all(t0()).is_empty());
+        assert!(f.board.explain(id, t0()).unwrap().reason.contains("paused"));
+        f.board.apply_pool(101, &PoolEvent::PoolResumed { pool: "default".into() });
+        let notice = f.board.apply_worker(102, w, &WorkerEvent::WorkerDrainRequested { reason: "x".into() });
+        assert_eq!(notice, Some(Notice::Drain { worker: w }));
+        assert!(f.start_all(t0()).is_empty(), "the only worker is drained");
+        let other = f.worker(&[], 2, t0());
+        assert_eq!(f.start_all(t0())[0].worker, other);
+    }
+
+    #[test]
+    fn an_assignment_not_started_in_time_goes_back_and_a_silent_worker_loses_its_jobs() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        f.worker(&[], 1, t0());
+        let id = f.queue("alice", t0(), |_| {});
+        let offered = f.board.plan(t0(), secs(5));
+        assert_eq!(offered.len(), 1);
+        assert!(f.board.plan(t0(), secs(5)).is_empty(), "its only slot is promised");
+        f.board.tick(t0() + secs(6));
+        let again = f.board.plan(t0() + secs(6), secs(5));
+        assert_eq!(again[0].assignment.job_id, id, "offered again after the timeout");
+        // Started, then the worker goes quiet beyond the registry TTL.
+        let e = JobEvent::JobStarted { attempt: 1, worker: again[0].worker, placement: Placement::default() };
+        f.event(id, t0() + secs(6), e);
+        assert!(f.board.tick(t0() + secs(10)).is_empty());
+        let lost = f.board.tick(t0() + secs(30));
+        assert_eq!(lost.len(), 1);
+        assert_eq!((lost[0].job, lost[0].attempt), (id, 1));
+    }
+
+    #[test]
+    fn a_cancel_of_a_running_job_tells_its_worker_to_stop() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        let w = f.worker(&[], 1, t0());
+        let id = f.queue("alice", t0(), |_| {});
+        f.start_all(t0());
+        let n = f.event(id, t0() + secs(1), JobEvent::JobCancelled { reason: "x".into() });
+        assert_eq!(n, Some(Notice::Stop { worker: w, job: id, attempt: 1 }));
+        assert_eq!(f.board.unfinished(), 0);
+    }
+}
