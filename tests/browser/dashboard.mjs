@@ -279,6 +279,70 @@ const scenarios = {
     noProblems(problems);
     await close();
   },
+
+  // The admin's audit page lists logins and refusals and narrows by actor;
+  // the other roles are not offered it (no nav entry, the path is no page).
+  async audit() {
+    const refusedBy = process.env.FETCHML_REFUSED_BY;
+    for (const user of ['alice', 'ana']) {
+      const { page, received, problems, close } = await open();
+      await signIn(page, user);
+      await page.waitForSelector('nav a[href="/jobs"]', { timeout: WAIT });
+      const hasNav = (await page.$('nav a[href="/audit"]')) !== null;
+      await page.goto(`${BASE}/audit`);
+      await page.waitForSelector('h1', { timeout: WAIT });
+      const heading = (await page.textContent('h1')).trim();
+      await page.waitForLoadState('networkidle', { timeout: WAIT }).catch(() => {});
+      const askedTrail = received.some((r) => new URL(r.url).pathname === '/v1/audit');
+      if (user === 'ana') await shot(page, 'audit-analyst');
+      result({ user, auditNav: hasNav, auditHeading: heading, askedTrail });
+      noProblems(problems);
+      await close();
+    }
+    const { page, problems, close } = await open();
+    await signIn(page, 'root');
+    await page.click('nav a[href="/audit"]');
+    await page.waitForSelector('[data-testid=audit] tbody tr', { timeout: WAIT });
+    const rows = () =>
+      page.$$eval('[data-testid=audit] tbody tr', (ts) =>
+        ts.map((t) => ({ type: t.dataset.type, outcome: t.dataset.outcome, actor: t.dataset.actor })),
+      );
+    const all = await rows();
+    await shot(page, 'audit');
+    // Narrow to the refusing user: every row is theirs, the refusal among them.
+    await page.getByLabel('Actor').fill(refusedBy);
+    await page.getByLabel('Actor').press('Enter');
+    await page.waitForFunction((a) => location.search.includes(`actor=${a}`), refusedBy, { timeout: WAIT });
+    await page.waitForFunction(
+      (a) => {
+        const t = document.querySelector('[data-testid=audit]');
+        const trs = [...document.querySelectorAll('[data-testid=audit] tbody tr')];
+        return t?.getAttribute('aria-busy') === 'false' && trs.length > 0 && trs.every((r) => r.dataset.actor === a);
+      },
+      refusedBy,
+      { timeout: WAIT },
+    );
+    const byActor = await rows();
+    // Refusals only, by the outcome filter.
+    await page.getByLabel('Outcome').selectOption('refused');
+    await page.waitForFunction(() => location.search.includes('outcome=refused'), null, { timeout: WAIT });
+    await page.waitForFunction(
+      () => {
+        const trs = [...document.querySelectorAll('[data-testid=audit] tbody tr')];
+        return trs.length > 0 && trs.every((r) => r.dataset.outcome === 'refused');
+      },
+      null,
+      { timeout: WAIT },
+    );
+    const refused = await rows();
+    // A time range that ends before the log began: the empty state says what to do.
+    await page.goto(`${BASE}/audit?until=2000-01-01T00:00:00Z`);
+    await page.waitForSelector('.empty', { timeout: WAIT });
+    const emptyText = (await page.textContent('.empty')).trim();
+    result({ all, byActor, refused, emptyText });
+    noProblems(problems);
+    await close();
+  },
 };
 
 // Measurements (tests/browser/main.rs, ignored by default; BENCHMARKS.md).

@@ -177,6 +177,38 @@ async fn the_history_scrubber_shows_a_job_only_from_the_point_it_was_queued() {
     assert_eq!(types.last(), Some(&"job_succeeded"));
 }
 
+/// The audit page: an admin reads who did what, logins and refusals
+/// included, and narrows it by actor and outcome; a researcher and an analyst
+/// are not offered it.
+#[tokio::test]
+async fn an_admin_reads_the_trail_with_logins_and_refusals_and_other_roles_are_not_offered_it() {
+    let app = dashboard_app().await;
+    // A refusal in the log: an analyst may not submit.
+    let r = app.as_user("ana").post(app.url("/v1/jobs")).json(&json!({"command": ["true"]})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let (s, _) = app.submit(json!({"command": ["true"], "experiment": "browser-audit"})).await;
+    assert_eq!(s, 202);
+    let results = scenario(&app, "audit", &[("FETCHML_REFUSED_BY", "ana".into())]).await;
+    for user in ["alice", "ana"] {
+        let r = results.iter().find(|r| r["user"] == user).unwrap_or_else(|| panic!("{user} reported: {results:?}"));
+        assert_eq!(r["auditNav"], false, "{user} has no Audit entry");
+        assert_eq!(r["auditHeading"], "No such page", "{user}: /audit is no page");
+        assert_eq!(r["askedTrail"], false, "{user}'s page never asked for the trail");
+    }
+    let admin = results.iter().find(|r| r.get("all").is_some()).expect("the admin's part reported");
+    let rows = |k: &str| admin[k].as_array().cloned().unwrap_or_default();
+    let has = |k: &str, ty: &str, actor: &str| rows(k).iter().any(|r| r["type"] == ty && r["actor"] == actor);
+    assert!(has("all", "user_authenticated", "root"), "the admin's own login is listed: {admin}");
+    assert!(has("all", "user_authenticated", "alice"), "another user's login is listed: {admin}");
+    assert!(has("all", "access_denied", "ana"), "the analyst's refusal is listed: {admin}");
+    assert!(rows("all").iter().any(|r| r["actor"] != "ana"), "before the filter others are listed too");
+    assert!(has("byActor", "access_denied", "ana"));
+    assert!(rows("byActor").iter().all(|r| r["actor"] == "ana"), "the actor filter narrows the list: {admin}");
+    assert!(rows("byActor").len() < rows("all").len());
+    assert!(rows("refused").iter().all(|r| r["outcome"] == "refused" && r["actor"] == "ana"), "{admin}");
+    assert!(admin["emptyText"].as_str().unwrap_or("").contains("No entries match"), "{admin}");
+}
+
 #[tokio::test]
 async fn the_api_serves_the_dashboard_with_its_cache_and_security_headers() {
     let app = dashboard_app().await;
