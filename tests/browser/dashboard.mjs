@@ -9,7 +9,7 @@
 // Prints `result <json>` lines for the Rust side; exits non-zero with the reason
 // when an expectation fails. Every wait is on a condition, bounded.
 import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -345,7 +345,7 @@ const scenarios = {
   },
 };
 
-// Measurements (tests/browser/main.rs, ignored by default; BENCHMARKS.md).
+// Measurements (tests/browser/main.rs: small in the suite, full size for BENCHMARKS.md).
 scenarios.perf = async function perf() {
   const { page, close } = await open();
   await signIn(page, 'root');
@@ -359,10 +359,13 @@ scenarios.perf = async function perf() {
     firstPaint.push(await page.evaluate(() => performance.getEntriesByName('fetchml:jobs-rows')[0].startTime));
   }
   result({ firstUsefulPaintMs: firstPaint });
-  // Frame times while the api appends 1000 job events per second (100 queued
-  // jobs every 100 ms, over HTTP), the page following them live.
+  // Frame times and long tasks while the api appends 1000 job events per
+  // second (100 queued jobs every 100 ms, over HTTP), the page following them live.
+  const rowsBefore = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
   await page.evaluate(() => {
     window.__frames = [];
+    window.__long = [];
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration))).observe({ type: 'longtask' });
     let last = performance.now();
     const tick = (t) => {
       window.__frames.push(t - last);
@@ -382,19 +385,101 @@ scenarios.perf = async function perf() {
     if (Date.now() < due) await new Promise((r) => setTimeout(r, due - Date.now()));
   }
   const elapsed = (Date.now() - started) / 1000;
-  const frames = await page.evaluate(() => {
+  const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
-    return window.__frames.slice(5);
+    return { frames: window.__frames.slice(5), long: window.__long };
   });
-  frames.sort((a, b) => a - b);
-  const q = (p) => frames[Math.min(frames.length - 1, Math.floor(p * frames.length))];
+  await shot(page, 'jobs-burst');
+  const rowsAfter = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
   result({
     eventsPerSecond: Math.round(sent / elapsed),
     frames: frames.length,
-    frameMsP50: q(0.5),
-    frameMsP99: q(0.99),
-    frameMsMax: frames[frames.length - 1],
+    frameMsP50: quantile(frames, 0.5),
+    frameMsP99: quantile(frames, 0.99),
+    frameMsMax: quantile(frames, 1),
+    longTasks: long.length,
+    longTaskMsMax: long.length ? quantile(long, 1) : 0,
+    liveRowsShown: rowsAfter - rowsBefore,
   });
+  await close();
+};
+
+function quantile(xs, p) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null;
+}
+
+// A job page following a fast log (tests/browser/main.rs writes
+// `L<n> <ms since epoch>` lines once the go file exists): every animation
+// frame, how old the newest rendered line is, whether it is on screen, and
+// how many lines the view holds.
+scenarios.logs = async function logs() {
+  const id = process.env.FETCHML_JOB;
+  const total = Number(process.env.FETCHML_LOG_TOTAL);
+  const rate = Number(process.env.FETCHML_LOG_RATE);
+  const { page, problems, close } = await open();
+  await signIn(page, 'root');
+  await page.goto(`${BASE}/jobs/${id}`);
+  await page.waitForSelector('[data-testid=log-lines]', { timeout: WAIT });
+  await page.waitForSelector('.live-dot.open', { timeout: WAIT });
+  // As a person following the log would: the log box in view.
+  await page.$eval('[data-testid=logs]', (e) => e.scrollIntoView({ block: 'end' }));
+  await page.evaluate(() => {
+    const w = (window.__log = { samples: [], frames: [], long: [], last: -1, maxDom: 0, atBottom: 0 });
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => w.long.push(e.duration))).observe({ type: 'longtask' });
+    let prev = performance.now();
+    const tick = (t) => {
+      const pre = document.querySelector('[data-testid=log-lines]');
+      const m = /^L(\d+) (\d+)$/.exec(pre?.lastElementChild?.textContent ?? '');
+      if (m) {
+        w.frames.push(t - prev);
+        w.last = Number(m[1]);
+        w.samples.push(Date.now() - Number(m[2]));
+        w.maxDom = Math.max(w.maxDom, pre.childElementCount);
+        if (pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4) w.atBottom++;
+      }
+      prev = t;
+      if (!w.stop) requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  });
+  writeFileSync(process.env.FETCHML_GO_FILE, '');
+  const started = Date.now();
+  await page.waitForFunction((n) => window.__log.last >= n - 1, total, { timeout: WAIT + (total / rate) * 4000, polling: 100 });
+  const doneMs = Date.now() - started;
+  const w = await page.evaluate(() => {
+    window.__log.stop = true;
+    return window.__log;
+  });
+  // The newest line is on screen: inside the scrolled box's visible part.
+  const lastOnScreen = await page.evaluate((n) => {
+    const pre = document.querySelector('[data-testid=log-lines]');
+    const last = pre.lastElementChild;
+    if (!last?.textContent?.startsWith(`L${n - 1} `)) return `the last line is ${last?.textContent}`;
+    const a = pre.getBoundingClientRect();
+    const b = last.getBoundingClientRect();
+    // Inside the log box's visible part (its padding aside).
+    return (b.bottom <= a.bottom + 1 && b.top >= a.top - 1) || `line at ${b.top}-${b.bottom}, box ${a.top}-${a.bottom}`;
+  }, total);
+  await shot(page, 'job-fast-log');
+  result({
+    rate,
+    total,
+    followedMs: doneMs,
+    lastLine: w.last,
+    lastOnScreen,
+    maxDomLines: w.maxDom,
+    samples: w.samples.length,
+    lagMsP50: quantile(w.samples, 0.5),
+    lagMsP99: quantile(w.samples, 0.99),
+    lagMsMax: quantile(w.samples, 1),
+    atBottomShare: w.samples.length ? w.atBottom / w.samples.length : 0,
+    frameMsP50: quantile(w.frames, 0.5),
+    frameMsP99: quantile(w.frames, 0.99),
+    longTasks: w.long.length,
+    longTaskMsMax: w.long.length ? quantile(w.long, 1) : 0,
+  });
+  noProblems(problems);
   await close();
 };
 
