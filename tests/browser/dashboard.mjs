@@ -41,7 +41,7 @@ async function api(path, key, body) {
 }
 
 /** A fresh browser profile, a page at 1366x768, and a record of everything it received. */
-async function open(viewport = { width: 1366, height: 768 }) {
+async function open(viewport = { width: 1366, height: 768 }, { record = true } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'fetchml-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.FETCHML_CHROMIUM || '/usr/bin/chromium',
@@ -62,14 +62,16 @@ async function open(viewport = { width: 1366, height: 768 }) {
   const page = context.pages()[0] ?? (await context.newPage());
   const received = [];
   const problems = [];
-  page.on('response', async (r) => {
+  // Measurements leave out the recording: every stream frame would cross
+  // the DevTools protocol into this process, on the same cores as the page.
+  if (record) page.on('response', async (r) => {
     try {
       received.push({ url: r.url(), body: await r.text() });
     } catch {
       // A response without a body (a redirect, a 204).
     }
   });
-  page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push({ url: ws.url(), body: String(f.payload) })));
+  if (record) page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push({ url: ws.url(), body: String(f.payload) })));
   page.on('console', (m) => {
     if (m.type() === 'error') problems.push(m.text());
   });
@@ -347,7 +349,7 @@ const scenarios = {
 
 // Measurements (tests/browser/main.rs: small in the suite, full size for BENCHMARKS.md).
 scenarios.perf = async function perf() {
-  const { page, close } = await open();
+  const { page, close } = await open(undefined, { record: false });
   await signIn(page, 'root');
   const firstPaint = [];
   // The session is in sessionStorage: each reload is a cold start of the app
@@ -375,16 +377,44 @@ scenarios.perf = async function perf() {
     requestAnimationFrame(tick);
   });
   const seconds = Number(process.env.FETCHML_PERF_SECONDS || 10);
+  // FETCHML_PERF_PROFILE=1: a CPU profile of the page during the burst,
+  // printed as the functions with the most self time.
+  const cdp = process.env.FETCHML_PERF_PROFILE ? await page.context().newCDPSession(page) : null;
+  if (cdp) {
+    await cdp.send('Profiler.enable');
+    await cdp.send('Profiler.start');
+  }
   const started = Date.now();
   let sent = 0;
+  // One batch every 100 ms whether or not the previous one was answered (at
+  // most 10 in flight), so a slow answer does not lower the rate.
+  const inflight = new Set();
   for (let i = 0; i < seconds * 10; i++) {
     const jobs = Array.from({ length: 100 }, () => ({ command: ['true'], pool: 'perf' }));
-    await api('/v1/jobs/batch', KEYS.root, { jobs });
-    sent += 100;
+    const p = api('/v1/jobs/batch', KEYS.root, { jobs }).then(() => {
+      sent += 100;
+      inflight.delete(p);
+    });
+    inflight.add(p);
+    if (inflight.size >= 10) await Promise.race(inflight);
     const due = started + (i + 1) * 100;
     if (Date.now() < due) await new Promise((r) => setTimeout(r, due - Date.now()));
   }
+  await Promise.all(inflight);
   const elapsed = (Date.now() - started) / 1000;
+  if (cdp) {
+    const { profile } = await cdp.send('Profiler.stop');
+    const self = new Map();
+    const dt = profile.timeDeltas ?? [];
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    profile.samples.forEach((id, i) => {
+      const f = byId.get(id).callFrame;
+      const k = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
+      self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0) / 1000);
+    });
+    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+    result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
+  }
   const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
     return { frames: window.__frames.slice(5), long: window.__long };
@@ -417,7 +447,7 @@ scenarios.logs = async function logs() {
   const id = process.env.FETCHML_JOB;
   const total = Number(process.env.FETCHML_LOG_TOTAL);
   const rate = Number(process.env.FETCHML_LOG_RATE);
-  const { page, problems, close } = await open();
+  const { page, problems, close } = await open(undefined, { record: false });
   await signIn(page, 'root');
   await page.goto(`${BASE}/jobs/${id}`);
   await page.waitForSelector('[data-testid=log-lines]', { timeout: WAIT });
@@ -462,6 +492,16 @@ scenarios.logs = async function logs() {
     return (b.bottom <= a.bottom + 1 && b.top >= a.top - 1) || `line at ${b.top}-${b.bottom}, box ${a.top}-${a.bottom}`;
   }, total);
   await shot(page, 'job-fast-log');
+  // The worker's share of the lag: each line's publish time (`at`, set by the
+  // worker) against the time the job wrote it.
+  const ndjson = await (await fetch(`${BASE}/v1/jobs/${id}/logs`, { headers: { Authorization: `Bearer ${KEYS.root}` } })).text();
+  const workerLag = ndjson
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l))
+    .map((d) => [/^L\d+ (\d+)$/.exec(d.line), d.at])
+    .filter(([m]) => m)
+    .map(([m, at]) => Date.parse(at) - Number(m[1]));
   result({
     rate,
     total,
@@ -473,6 +513,9 @@ scenarios.logs = async function logs() {
     lagMsP50: quantile(w.samples, 0.5),
     lagMsP99: quantile(w.samples, 0.99),
     lagMsMax: quantile(w.samples, 1),
+    storedLines: workerLag.length,
+    workerLagMsP50: quantile(workerLag, 0.5),
+    workerLagMsP99: quantile(workerLag, 0.99),
     atBottomShare: w.samples.length ? w.atBottom / w.samples.length : 0,
     frameMsP50: quantile(w.frames, 0.5),
     frameMsP99: quantile(w.frames, 0.99),

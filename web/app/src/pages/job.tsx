@@ -9,9 +9,11 @@ import { duration, metric, runTime, when } from '../lib/format';
 import { useSession } from '../lib/session';
 import { toBlocks } from '../lib/logs';
 
-/** Lines kept in memory; the view shows the newest of them. */
+/** Lines kept in memory; the view shows the newest of them (the box shows
+ *  about 25 at a time: rendering more only costs layout per frame while a
+ *  fast log is followed; Download has the whole log). */
 const MAX_LINES = 50_000;
-const SHOWN_LINES = 1_000;
+const SHOWN_LINES = 400;
 
 type Line = ProgressLog & { seq: number };
 
@@ -23,7 +25,9 @@ export function JobPage({ id }: { id: string }) {
   const [percent, setPercent] = useState<number | null>(null);
   const [metrics, setMetrics] = useState<Record<string, Series>>({});
   const lines = useRef<Line[]>([]);
-  const [linesVersion, setLinesVersion] = useState(0);
+  // New lines re-render the log view only, not the whole page (at thousands
+  // of lines a second the page's charts and timeline would re-render per frame).
+  const linesChanged = useRef(new Set<() => void>());
   const [reload, setReload] = useState(0);
 
   const fetchJob = () =>
@@ -68,7 +72,7 @@ export function JobPage({ id }: { id: string }) {
       }
       if (newLines) {
         if (lines.current.length > MAX_LINES) lines.current.splice(0, lines.current.length - MAX_LINES);
-        setLinesVersion((v) => v + 1);
+        linesChanged.current.forEach((f) => f());
       }
       if (newMetrics) {
         const add = newMetrics;
@@ -175,7 +179,7 @@ export function JobPage({ id }: { id: string }) {
       )}
       <h2>Timeline</h2>
       <Timeline events={events} full={full} />
-      {can.logs && full && <Logs lines={lines.current} version={linesVersion} jobId={job.id} />}
+      {can.logs && full && <Logs lines={lines} changed={linesChanged.current} jobId={job.id} />}
     </section>
   );
 }
@@ -326,7 +330,15 @@ export function Timeline({ events, full }: { events: (StoredEvent & { seq: numbe
   );
 }
 
-function Logs({ lines, version, jobId }: { lines: Line[]; version: number; jobId: string }) {
+function Logs(props: { lines: { current: Line[] }; changed: Set<() => void>; jobId: string }) {
+  const { changed, jobId } = props;
+  const lines = props.lines.current;
+  const [version, setVersion] = useState(0);
+  useEffect(() => {
+    const f = () => setVersion((v) => v + 1);
+    changed.add(f);
+    return () => void changed.delete(f);
+  }, [changed]);
   const [follow, setFollow] = useState(true);
   const [paused, setPaused] = useState<Line[] | null>(null);
   const [search, setSearch] = useState('');
