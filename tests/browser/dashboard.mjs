@@ -9,7 +9,7 @@
 // Prints `result <json>` lines for the Rust side; exits non-zero with the reason
 // when an expectation fails. Every wait is on a condition, bounded.
 import { createRequire } from 'node:module';
-import { mkdtempSync, rmSync, mkdirSync } from 'node:fs';
+import { mkdtempSync, rmSync, mkdirSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -41,7 +41,7 @@ async function api(path, key, body) {
 }
 
 /** A fresh browser profile, a page at 1366x768, and a record of everything it received. */
-async function open(viewport = { width: 1366, height: 768 }) {
+async function open(viewport = { width: 1366, height: 768 }, { record = true } = {}) {
   const profile = mkdtempSync(join(tmpdir(), 'fetchml-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.FETCHML_CHROMIUM || '/usr/bin/chromium',
@@ -62,14 +62,16 @@ async function open(viewport = { width: 1366, height: 768 }) {
   const page = context.pages()[0] ?? (await context.newPage());
   const received = [];
   const problems = [];
-  page.on('response', async (r) => {
+  // Measurements leave out the recording: every stream frame would cross
+  // the DevTools protocol into this process, on the same cores as the page.
+  if (record) page.on('response', async (r) => {
     try {
       received.push({ url: r.url(), body: await r.text() });
     } catch {
       // A response without a body (a redirect, a 204).
     }
   });
-  page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push({ url: ws.url(), body: String(f.payload) })));
+  if (record) page.on('websocket', (ws) => ws.on('framereceived', (f) => received.push({ url: ws.url(), body: String(f.payload) })));
   page.on('console', (m) => {
     if (m.type() === 'error') problems.push(m.text());
   });
@@ -279,11 +281,75 @@ const scenarios = {
     noProblems(problems);
     await close();
   },
+
+  // The admin's audit page lists logins and refusals and narrows by actor;
+  // the other roles are not offered it (no nav entry, the path is no page).
+  async audit() {
+    const refusedBy = process.env.FETCHML_REFUSED_BY;
+    for (const user of ['alice', 'ana']) {
+      const { page, received, problems, close } = await open();
+      await signIn(page, user);
+      await page.waitForSelector('nav a[href="/jobs"]', { timeout: WAIT });
+      const hasNav = (await page.$('nav a[href="/audit"]')) !== null;
+      await page.goto(`${BASE}/audit`);
+      await page.waitForSelector('h1', { timeout: WAIT });
+      const heading = (await page.textContent('h1')).trim();
+      await page.waitForLoadState('networkidle', { timeout: WAIT }).catch(() => {});
+      const askedTrail = received.some((r) => new URL(r.url).pathname === '/v1/audit');
+      if (user === 'ana') await shot(page, 'audit-analyst');
+      result({ user, auditNav: hasNav, auditHeading: heading, askedTrail });
+      noProblems(problems);
+      await close();
+    }
+    const { page, problems, close } = await open();
+    await signIn(page, 'root');
+    await page.click('nav a[href="/audit"]');
+    await page.waitForSelector('[data-testid=audit] tbody tr', { timeout: WAIT });
+    const rows = () =>
+      page.$$eval('[data-testid=audit] tbody tr', (ts) =>
+        ts.map((t) => ({ type: t.dataset.type, outcome: t.dataset.outcome, actor: t.dataset.actor })),
+      );
+    const all = await rows();
+    await shot(page, 'audit');
+    // Narrow to the refusing user: every row is theirs, the refusal among them.
+    await page.getByLabel('Actor').fill(refusedBy);
+    await page.getByLabel('Actor').press('Enter');
+    await page.waitForFunction((a) => location.search.includes(`actor=${a}`), refusedBy, { timeout: WAIT });
+    await page.waitForFunction(
+      (a) => {
+        const t = document.querySelector('[data-testid=audit]');
+        const trs = [...document.querySelectorAll('[data-testid=audit] tbody tr')];
+        return t?.getAttribute('aria-busy') === 'false' && trs.length > 0 && trs.every((r) => r.dataset.actor === a);
+      },
+      refusedBy,
+      { timeout: WAIT },
+    );
+    const byActor = await rows();
+    // Refusals only, by the outcome filter.
+    await page.getByLabel('Outcome').selectOption('refused');
+    await page.waitForFunction(() => location.search.includes('outcome=refused'), null, { timeout: WAIT });
+    await page.waitForFunction(
+      () => {
+        const trs = [...document.querySelectorAll('[data-testid=audit] tbody tr')];
+        return trs.length > 0 && trs.every((r) => r.dataset.outcome === 'refused');
+      },
+      null,
+      { timeout: WAIT },
+    );
+    const refused = await rows();
+    // A time range that ends before the log began: the empty state says what to do.
+    await page.goto(`${BASE}/audit?until=2000-01-01T00:00:00Z`);
+    await page.waitForSelector('.empty', { timeout: WAIT });
+    const emptyText = (await page.textContent('.empty')).trim();
+    result({ all, byActor, refused, emptyText });
+    noProblems(problems);
+    await close();
+  },
 };
 
-// Measurements (tests/browser/main.rs, ignored by default; BENCHMARKS.md).
+// Measurements (tests/browser/main.rs: small in the suite, full size for BENCHMARKS.md).
 scenarios.perf = async function perf() {
-  const { page, close } = await open();
+  const { page, close } = await open(undefined, { record: false });
   await signIn(page, 'root');
   const firstPaint = [];
   // The session is in sessionStorage: each reload is a cold start of the app
@@ -295,10 +361,13 @@ scenarios.perf = async function perf() {
     firstPaint.push(await page.evaluate(() => performance.getEntriesByName('fetchml:jobs-rows')[0].startTime));
   }
   result({ firstUsefulPaintMs: firstPaint });
-  // Frame times while the api appends 1000 job events per second (100 queued
-  // jobs every 100 ms, over HTTP), the page following them live.
+  // Frame times and long tasks while the api appends 1000 job events per
+  // second (100 queued jobs every 100 ms, over HTTP), the page following them live.
+  const rowsBefore = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
   await page.evaluate(() => {
     window.__frames = [];
+    window.__long = [];
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => window.__long.push(e.duration))).observe({ type: 'longtask' });
     let last = performance.now();
     const tick = (t) => {
       window.__frames.push(t - last);
@@ -308,29 +377,152 @@ scenarios.perf = async function perf() {
     requestAnimationFrame(tick);
   });
   const seconds = Number(process.env.FETCHML_PERF_SECONDS || 10);
+  // FETCHML_PERF_PROFILE=1: a CPU profile of the page during the burst,
+  // printed as the functions with the most self time.
+  const cdp = process.env.FETCHML_PERF_PROFILE ? await page.context().newCDPSession(page) : null;
+  if (cdp) {
+    await cdp.send('Profiler.enable');
+    await cdp.send('Profiler.start');
+  }
   const started = Date.now();
   let sent = 0;
+  // One batch every 100 ms whether or not the previous one was answered (at
+  // most 10 in flight), so a slow answer does not lower the rate.
+  const inflight = new Set();
   for (let i = 0; i < seconds * 10; i++) {
     const jobs = Array.from({ length: 100 }, () => ({ command: ['true'], pool: 'perf' }));
-    await api('/v1/jobs/batch', KEYS.root, { jobs });
-    sent += 100;
+    const p = api('/v1/jobs/batch', KEYS.root, { jobs }).then(() => {
+      sent += 100;
+      inflight.delete(p);
+    });
+    inflight.add(p);
+    if (inflight.size >= 10) await Promise.race(inflight);
     const due = started + (i + 1) * 100;
     if (Date.now() < due) await new Promise((r) => setTimeout(r, due - Date.now()));
   }
+  await Promise.all(inflight);
   const elapsed = (Date.now() - started) / 1000;
-  const frames = await page.evaluate(() => {
+  if (cdp) {
+    const { profile } = await cdp.send('Profiler.stop');
+    const self = new Map();
+    const dt = profile.timeDeltas ?? [];
+    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+    profile.samples.forEach((id, i) => {
+      const f = byId.get(id).callFrame;
+      const k = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
+      self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0) / 1000);
+    });
+    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+    result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
+  }
+  const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
-    return window.__frames.slice(5);
+    return { frames: window.__frames.slice(5), long: window.__long };
   });
-  frames.sort((a, b) => a - b);
-  const q = (p) => frames[Math.min(frames.length - 1, Math.floor(p * frames.length))];
+  await shot(page, 'jobs-burst');
+  const rowsAfter = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
   result({
     eventsPerSecond: Math.round(sent / elapsed),
     frames: frames.length,
-    frameMsP50: q(0.5),
-    frameMsP99: q(0.99),
-    frameMsMax: frames[frames.length - 1],
+    frameMsP50: quantile(frames, 0.5),
+    frameMsP99: quantile(frames, 0.99),
+    frameMsMax: quantile(frames, 1),
+    longTasks: long.length,
+    longTaskMsMax: long.length ? quantile(long, 1) : 0,
+    liveRowsShown: rowsAfter - rowsBefore,
   });
+  await close();
+};
+
+function quantile(xs, p) {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null;
+}
+
+// A job page following a fast log (tests/browser/main.rs writes
+// `L<n> <ms since epoch>` lines once the go file exists): every animation
+// frame, how old the newest rendered line is, whether it is on screen, and
+// how many lines the view holds.
+scenarios.logs = async function logs() {
+  const id = process.env.FETCHML_JOB;
+  const total = Number(process.env.FETCHML_LOG_TOTAL);
+  const rate = Number(process.env.FETCHML_LOG_RATE);
+  const { page, problems, close } = await open(undefined, { record: false });
+  await signIn(page, 'root');
+  await page.goto(`${BASE}/jobs/${id}`);
+  await page.waitForSelector('[data-testid=log-lines]', { timeout: WAIT });
+  await page.waitForSelector('.live-dot.open', { timeout: WAIT });
+  // As a person following the log would: the log box in view.
+  await page.$eval('[data-testid=logs]', (e) => e.scrollIntoView({ block: 'end' }));
+  await page.evaluate(() => {
+    const w = (window.__log = { samples: [], frames: [], long: [], last: -1, maxDom: 0, atBottom: 0 });
+    new PerformanceObserver((l) => l.getEntries().forEach((e) => w.long.push(e.duration))).observe({ type: 'longtask' });
+    let prev = performance.now();
+    const tick = (t) => {
+      const pre = document.querySelector('[data-testid=log-lines]');
+      const m = /^L(\d+) (\d+)$/.exec(pre?.lastElementChild?.textContent ?? '');
+      if (m) {
+        w.frames.push(t - prev);
+        w.last = Number(m[1]);
+        w.samples.push(Date.now() - Number(m[2]));
+        w.maxDom = Math.max(w.maxDom, pre.childElementCount);
+        if (pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4) w.atBottom++;
+      }
+      prev = t;
+      if (!w.stop) requestAnimationFrame(tick);
+    };
+    requestAnimationFrame(tick);
+  });
+  writeFileSync(process.env.FETCHML_GO_FILE, '');
+  const started = Date.now();
+  await page.waitForFunction((n) => window.__log.last >= n - 1, total, { timeout: WAIT + (total / rate) * 4000, polling: 100 });
+  const doneMs = Date.now() - started;
+  const w = await page.evaluate(() => {
+    window.__log.stop = true;
+    return window.__log;
+  });
+  // The newest line is on screen: inside the scrolled box's visible part.
+  const lastOnScreen = await page.evaluate((n) => {
+    const pre = document.querySelector('[data-testid=log-lines]');
+    const last = pre.lastElementChild;
+    if (!last?.textContent?.startsWith(`L${n - 1} `)) return `the last line is ${last?.textContent}`;
+    const a = pre.getBoundingClientRect();
+    const b = last.getBoundingClientRect();
+    // Inside the log box's visible part (its padding aside).
+    return (b.bottom <= a.bottom + 1 && b.top >= a.top - 1) || `line at ${b.top}-${b.bottom}, box ${a.top}-${a.bottom}`;
+  }, total);
+  await shot(page, 'job-fast-log');
+  // The worker's share of the lag: each line's publish time (`at`, set by the
+  // worker) against the time the job wrote it.
+  const ndjson = await (await fetch(`${BASE}/v1/jobs/${id}/logs`, { headers: { Authorization: `Bearer ${KEYS.root}` } })).text();
+  const workerLag = ndjson
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l))
+    .map((d) => [/^L\d+ (\d+)$/.exec(d.line), d.at])
+    .filter(([m]) => m)
+    .map(([m, at]) => Date.parse(at) - Number(m[1]));
+  result({
+    rate,
+    total,
+    followedMs: doneMs,
+    lastLine: w.last,
+    lastOnScreen,
+    maxDomLines: w.maxDom,
+    samples: w.samples.length,
+    lagMsP50: quantile(w.samples, 0.5),
+    lagMsP99: quantile(w.samples, 0.99),
+    lagMsMax: quantile(w.samples, 1),
+    storedLines: workerLag.length,
+    workerLagMsP50: quantile(workerLag, 0.5),
+    workerLagMsP99: quantile(workerLag, 0.99),
+    atBottomShare: w.samples.length ? w.atBottom / w.samples.length : 0,
+    frameMsP50: quantile(w.frames, 0.5),
+    frameMsP99: quantile(w.frames, 0.99),
+    longTasks: w.long.length,
+    longTaskMsMax: w.long.length ? quantile(w.long, 1) : 0,
+  });
+  noProblems(problems);
   await close();
 };
 

@@ -7,7 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests: a failure is a test failure
 
-use fetchml_tests::app::{TestApp, key_of, processes_with, spawn_app_with, spawn_worker, unique_sleep};
+use fetchml_tests::app::{
+    ApiProcess, TestApp, client_with_key, key_of, processes_with, spawn_api_process, spawn_app_with, spawn_worker,
+    spawn_worker_with, unique_sleep,
+};
 use fetchml_tests::repo_root;
 use serde_json::{Value, json};
 use std::path::PathBuf;
@@ -42,16 +45,70 @@ async fn dashboard_app() -> TestApp {
     spawn_app_with(|s| s.api.ui_dir = dist).await
 }
 
+/// An api the script can drive: in this process, or a `fetchml api` process.
+trait Served {
+    fn addr(&self) -> std::net::SocketAddr;
+}
+impl Served for TestApp {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+impl Served for ApiProcess {
+    fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+}
+
+/// What the measurements run against: the api in this test process (the
+/// suite), or with `FETCHML_TEST_BIN_DIR=target/release` the release
+/// `fetchml api` and `fetchml worker` (the figures in BENCHMARKS.md).
+enum PerfApi {
+    InProcess(TestApp),
+    Process(ApiProcess),
+}
+
+impl PerfApi {
+    async fn start() -> Self {
+        match std::env::var_os("FETCHML_TEST_BIN_DIR") {
+            Some(_) => PerfApi::Process(spawn_api_process(&dist()).await),
+            None => PerfApi::InProcess(dashboard_app().await),
+        }
+    }
+    fn settings(&self) -> &fetchml_runtime::Settings {
+        match self {
+            PerfApi::InProcess(a) => &a.settings,
+            PerfApi::Process(a) => &a.settings,
+        }
+    }
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr())
+    }
+}
+
+impl Served for PerfApi {
+    fn addr(&self) -> std::net::SocketAddr {
+        match self {
+            PerfApi::InProcess(a) => a.addr,
+            PerfApi::Process(a) => a.addr,
+        }
+    }
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
 /// Runs one scenario of the script; returns its `result` lines. Panics with
 /// the script's output if it fails.
-async fn scenario(app: &TestApp, name: &str, env: &[(&str, String)]) -> Vec<Value> {
+async fn scenario(app: &impl Served, name: &str, env: &[(&str, String)]) -> Vec<Value> {
     let keys: serde_json::Map<String, Value> =
         ["alice", "ana", "root"].iter().map(|u| (u.to_string(), Value::String(key_of(u)))).collect();
     let shots = repo_root().join("target/browser-screenshots").join(name);
     let mut cmd = tokio::process::Command::new("node");
     cmd.arg(repo_root().join("tests/browser/dashboard.mjs"))
         .arg(name)
-        .env("FETCHML_BASE", format!("http://{}", app.addr))
+        .env("FETCHML_BASE", format!("http://{}", app.addr()))
         .env("FETCHML_KEYS", Value::Object(keys).to_string())
         .env("FETCHML_SHOTS", &shots)
         .env("FETCHML_WEB_APP", web_app())
@@ -177,6 +234,38 @@ async fn the_history_scrubber_shows_a_job_only_from_the_point_it_was_queued() {
     assert_eq!(types.last(), Some(&"job_succeeded"));
 }
 
+/// The audit page: an admin reads who did what, logins and refusals
+/// included, and narrows it by actor and outcome; a researcher and an analyst
+/// are not offered it.
+#[tokio::test]
+async fn an_admin_reads_the_trail_with_logins_and_refusals_and_other_roles_are_not_offered_it() {
+    let app = dashboard_app().await;
+    // A refusal in the log: an analyst may not submit.
+    let r = app.as_user("ana").post(app.url("/v1/jobs")).json(&json!({"command": ["true"]})).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let (s, _) = app.submit(json!({"command": ["true"], "experiment": "browser-audit"})).await;
+    assert_eq!(s, 202);
+    let results = scenario(&app, "audit", &[("FETCHML_REFUSED_BY", "ana".into())]).await;
+    for user in ["alice", "ana"] {
+        let r = results.iter().find(|r| r["user"] == user).unwrap_or_else(|| panic!("{user} reported: {results:?}"));
+        assert_eq!(r["auditNav"], false, "{user} has no Audit entry");
+        assert_eq!(r["auditHeading"], "No such page", "{user}: /audit is no page");
+        assert_eq!(r["askedTrail"], false, "{user}'s page never asked for the trail");
+    }
+    let admin = results.iter().find(|r| r.get("all").is_some()).expect("the admin's part reported");
+    let rows = |k: &str| admin[k].as_array().cloned().unwrap_or_default();
+    let has = |k: &str, ty: &str, actor: &str| rows(k).iter().any(|r| r["type"] == ty && r["actor"] == actor);
+    assert!(has("all", "user_authenticated", "root"), "the admin's own login is listed: {admin}");
+    assert!(has("all", "user_authenticated", "alice"), "another user's login is listed: {admin}");
+    assert!(has("all", "access_denied", "ana"), "the analyst's refusal is listed: {admin}");
+    assert!(rows("all").iter().any(|r| r["actor"] != "ana"), "before the filter others are listed too");
+    assert!(has("byActor", "access_denied", "ana"));
+    assert!(rows("byActor").iter().all(|r| r["actor"] == "ana"), "the actor filter narrows the list: {admin}");
+    assert!(rows("byActor").len() < rows("all").len());
+    assert!(rows("refused").iter().all(|r| r["outcome"] == "refused" && r["actor"] == "ana"), "{admin}");
+    assert!(admin["emptyText"].as_str().unwrap_or("").contains("No entries match"), "{admin}");
+}
+
 #[tokio::test]
 async fn the_api_serves_the_dashboard_with_its_cache_and_security_headers() {
     let app = dashboard_app().await;
@@ -222,14 +311,15 @@ async fn without_a_build_the_api_starts_and_says_the_dashboard_is_unavailable() 
 
 /// The jobs page over a full read model and under a burst of job events: it
 /// paints its rows and keeps rendering frames. In the suite with 1 000 jobs
-/// (it asserts that the page works, never how fast: timing goals belong to
-/// measurements); the figures in BENCHMARKS.md come from the same test with
-/// `FETCHML_PERF_JOBS=100000 ./deploy/test -p fetchml-tests --test browser -- --nocapture measure`.
+/// and a 2 s burst (it asserts that the page works, never how fast: timing
+/// goals belong to measurements); the figures in BENCHMARKS.md come from the
+/// same test against a release build:
+/// `FETCHML_TEST_BIN_DIR=$PWD/target/release FETCHML_PERF_JOBS=100000 FETCHML_PERF_SECONDS=10 ./deploy/test -p fetchml-tests --test browser -- --nocapture measure_the_jobs`.
 #[tokio::test]
 async fn measure_the_jobs_page_over_a_full_read_model() {
-    let app = dashboard_app().await;
-    let jobs: usize = std::env::var("FETCHML_PERF_JOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000);
-    let admin = app.as_user("root");
+    let app = PerfApi::start().await;
+    let jobs = env_number("FETCHML_PERF_JOBS", 1_000) as usize;
+    let admin = client_with_key(&key_of("root"));
     let started = std::time::Instant::now();
     let mut last_seq = 0;
     for chunk in 0..jobs.div_ceil(1000) {
@@ -243,13 +333,13 @@ async fn measure_the_jobs_page_over_a_full_read_model() {
     }
     let submitted = started.elapsed();
     // The read model holds them all (after_seq waits at most 5 s per call).
-    fetchml_tests::eventually(Duration::from_secs(600), || async {
+    fetchml_tests::eventually(Duration::from_secs(900), || async {
         let r = admin.get(app.url(&format!("/v1/jobs?limit=1&after_seq={last_seq}"))).send().await.unwrap();
         (r.status() == 200).then_some(())
     })
     .await;
     println!("{jobs} jobs submitted in {submitted:?}, projected after {:?}", started.elapsed());
-    let seconds = std::env::var("FETCHML_PERF_SECONDS").unwrap_or_else(|_| "2".into());
+    let seconds = env_number("FETCHML_PERF_SECONDS", 2).to_string();
     let results = scenario(&app, "perf", &[("FETCHML_PERF_SECONDS", seconds)]).await;
     for r in &results {
         println!("{r}");
@@ -262,6 +352,78 @@ async fn measure_the_jobs_page_over_a_full_read_model() {
     assert!(!paints.is_empty() && paints.iter().all(|p| p.as_f64().is_some_and(|ms| ms > 0.0)), "{results:?}");
     let frames = results.iter().find_map(|r| r["frames"].as_u64()).unwrap_or(0);
     assert!(frames > 0, "no frames rendered under the burst: {results:?}");
+    let shown = results.iter().find_map(|r| r["liveRowsShown"].as_u64()).unwrap_or(0);
+    assert!(shown > 0, "the burst's jobs reached the page: {results:?}");
+}
+
+/// Waits for its go file, then writes `L<n> <ms since epoch>` lines at a
+/// rate, one millisecond's worth at a time, up to `L<total-1>`.
+const FAST_LOG: &str = r#"
+import os, sys, time
+go, rate, total = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+while not os.path.exists(go):
+    time.sleep(0.01)
+burst = max(1, rate // 1000)
+start, n = time.time(), 0
+while n < total:
+    wait = start + n / rate - time.time()
+    if wait > 0:
+        time.sleep(wait)
+    ms = int(time.time() * 1000)
+    sys.stdout.write("".join(f"L{n + i} {ms}\n" for i in range(min(burst, total - n))))
+    sys.stdout.flush()
+    n += burst
+"#;
+
+/// A job page following a log written at 5 000 lines/s: the newest line is
+/// on screen (the view is bounded, it keeps up), and the lag from a line's
+/// emission to its rendering is measured. In the suite for 2 s; the figures
+/// in BENCHMARKS.md with `FETCHML_PERF_LOG_SECONDS=10` and a release build.
+#[tokio::test]
+async fn measure_a_job_page_following_a_fast_log() {
+    let app = PerfApi::start().await;
+    let rate = env_number("FETCHML_PERF_LOG_RATE", 5_000);
+    let seconds = env_number("FETCHML_PERF_LOG_SECONDS", 2);
+    let total = rate * seconds;
+    let worker = spawn_worker_with(app.settings(), &["--pool", "logs"], &[]);
+    // The job waits for the page to follow it (the browser script creates
+    // the go file), then writes its lines.
+    let go = worker.job_root.path().join("go");
+    let args = [go.display().to_string(), rate.to_string(), total.to_string()];
+    let admin = client_with_key(&key_of("root"));
+    let r = admin
+        .post(app.url("/v1/jobs"))
+        .json(&json!({"command": ["python3", "-c", FAST_LOG, &args[0], &args[1], &args[2]], "pool": "logs", "experiment": "perf-log"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let id = r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned();
+    let results = scenario(
+        &app,
+        "logs",
+        &[
+            ("FETCHML_JOB", id.clone()),
+            ("FETCHML_GO_FILE", go.display().to_string()),
+            ("FETCHML_LOG_TOTAL", total.to_string()),
+            ("FETCHML_LOG_RATE", rate.to_string()),
+        ],
+    )
+    .await;
+    for r in &results {
+        println!("{r}");
+    }
+    let out = repo_root().join("target/browser-screenshots/perf-logs.json");
+    std::fs::write(&out, serde_json::to_string_pretty(&results).unwrap()).unwrap();
+    let r = results.iter().find(|r| r.get("lastLine").is_some()).expect("the script reported");
+    // The newest line emitted is the newest line on screen, and the view
+    // renders a bounded number of lines whatever the log's length.
+    assert_eq!(r["lastLine"].as_u64(), Some(total - 1), "{r}");
+    assert_eq!(r["lastOnScreen"], true, "{r}");
+    let dom = r["maxDomLines"].as_u64().unwrap();
+    assert!(dom > 0 && dom <= 400, "the log view is bounded: {r}");
+    assert!(r["samples"].as_u64().unwrap() > 0, "{r}");
+    drop(worker);
 }
 
 /// `GET /v1/jobs/counts`, which the job list's counts by state come from:

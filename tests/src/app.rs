@@ -186,10 +186,13 @@ impl TestApp {
     }
 }
 
-/// The built `fetchml` binary next to this test's executable.
+/// The built `fetchml` binary next to this test's executable, or in
+/// `FETCHML_TEST_BIN_DIR` (measurements point it at a release build).
 pub fn fetchml_binary() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
+    let dir = match std::env::var_os("FETCHML_TEST_BIN_DIR") {
+        Some(d) => PathBuf::from(d),
+        None => std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_owned(),
+    };
     let bin = dir.join("fetchml");
     assert!(bin.exists(), "{} is missing: run ./deploy/test (it builds the binaries first)", bin.display());
     bin
@@ -201,6 +204,61 @@ pub fn ml_binary() -> PathBuf {
     let bin = exe.parent().unwrap().parent().unwrap().join("ml");
     assert!(bin.exists(), "{} is missing: run ./deploy/test (it builds the binaries first)", bin.display());
     bin
+}
+
+/// The api as its own `fetchml api` process ([`fetchml_binary`]), for
+/// measurements of a release build; settings as [`spawn_app_with`]'s.
+/// Killed, its namespace and database removed, on drop.
+pub struct ApiProcess {
+    pub addr: SocketAddr,
+    pub settings: Settings,
+    child: tokio::process::Child,
+    _db: crate::TestDatabase,
+}
+
+pub async fn spawn_api_process(ui_dir: &std::path::Path) -> ApiProcess {
+    let db = crate::fresh_database();
+    let ns = unique_namespace().to_string();
+    let port = crate::free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let quiet = std::env::var("TEST_LOG").is_err();
+    let child = tokio::process::Command::new(fetchml_binary())
+        .args(["api", "--listen", &addr.to_string()])
+        .env("FETCHML_NATS__URL", nats_url())
+        .env("FETCHML_NATS__NAMESPACE", &ns)
+        .env("FETCHML_NATS__PROGRESS_MAX_BYTES", crate::TEST_PROGRESS_BYTES.to_string())
+        .env("FETCHML_AUTH__USERS_FILE", users_file())
+        .env("FETCHML_POSTGRES__URL", &db.url)
+        .env("FETCHML_API__UI_DIR", ui_dir)
+        .env("FETCHML_API__RECONCILE_EVERY_SECS", "1")
+        .env("FETCHML_API__RECONCILE_GRACE_SECS", "2")
+        .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(if quiet { Stdio::null() } else { Stdio::inherit() })
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let http = reqwest::Client::new();
+    crate::eventually(Duration::from_secs(60), || async {
+        let r = http.get(format!("http://{addr}/readyz")).send().await.ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    let mut settings = Settings::default();
+    settings.nats.url = nats_url();
+    settings.nats.namespace = ns;
+    settings.nats.progress_max_bytes = crate::TEST_PROGRESS_BYTES;
+    settings.postgres.url = db.url.clone();
+    settings.api.listen = addr.to_string();
+    ApiProcess { addr, settings, child, _db: db }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+        crate::delete_namespace(&self.settings.nats.url, &self.settings.nats.namespace);
+    }
 }
 
 /// A `fetchml worker` process serving the app's namespace.

@@ -20,13 +20,23 @@ use bytes::Bytes;
 use fetchml_events::job::{Metric, Metrics};
 use fetchml_events::subject::Subjects;
 use fetchml_events::{JobId, UserName};
+use futures::StreamExt;
 use serde_json::{Value, json};
+use std::future::IntoFuture;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 pub const PREFIX: &str = "##fetchml ";
 /// Distinct metrics kept per attempt; more are still streamed, not recorded.
 pub const MAX_METRICS: usize = 256;
+/// Progress messages published and not yet acknowledged, at most.
+const MAX_UNACKED: usize = 256;
+
+fn settle(ack: Option<Result<jetstream::publish::PublishAck, jetstream::context::PublishError>>) {
+    if let Some(Err(e)) = ack {
+        tracing::debug!(error = %e, "progress message not acknowledged");
+    }
+}
 
 /// What one output line means.
 #[derive(Debug, PartialEq)]
@@ -70,6 +80,7 @@ pub fn forward(
 ) -> tokio::task::JoinHandle<Metrics> {
     let publish = async move {
         let mut metrics = Metrics::new();
+        let mut acks = futures::stream::FuturesOrdered::new();
         while let Some(line) = rx.recv().await {
             let at = chrono::Utc::now();
             let (kind, body) = match parse(&line) {
@@ -89,14 +100,22 @@ pub fn forward(
                 ),
             };
             let subject = subjects.progress(&owner, job, kind);
+            // Publishes go out in order on one connection, so they are stored
+            // in order; waiting for each acknowledgement before the next
+            // publish capped a job's output at one broker round trip a line.
             match js.publish(subject, Bytes::from(body.to_string())).await {
                 Ok(ack) => {
-                    if let Err(e) = ack.await {
-                        tracing::debug!(error = %e, "progress message not acknowledged");
+                    if acks.len() >= MAX_UNACKED {
+                        settle(acks.next().await);
                     }
+                    acks.push_back(ack.into_future());
                 }
                 Err(e) => tracing::debug!(error = %e, "progress message not published"),
             }
+        }
+        // Every line is stored before the attempt's outcome is recorded.
+        while let Some(r) = acks.next().await {
+            settle(Some(r));
         }
         metrics
     };

@@ -2,7 +2,7 @@ import { useEffect, useMemo, useState } from 'preact/hooks';
 import { LocationProvider, Router, Route, useLocation } from 'preact-iso';
 import { ApiError, abortInflight, explain, loadSession, request, saveSession, setOnUnauthenticated, type Session } from './api/client';
 import type { Whoami } from './api/types';
-import { SessionContext, abilities, type Ctx } from './lib/session';
+import { SessionContext, abilities, useSession, type Ctx } from './lib/session';
 import { StreamClient, streamUrl, type StreamStatus } from './lib/stream';
 import { SignIn } from './pages/signin';
 import { JobsPage } from './pages/jobs';
@@ -11,6 +11,7 @@ import { ExperimentsPage } from './pages/experiments';
 import { WorkersPage } from './pages/workers';
 import { DeadLettersPage } from './pages/deadletters';
 import { HistoryPage } from './pages/history';
+import { AuditPage } from './pages/audit';
 import { ThemeToggle } from './components/theme';
 
 const WHOAMI_KEY = 'fetchml.whoami';
@@ -130,6 +131,8 @@ function Shell({ me, token, signOut }: { me: Whoami; token: string; signOut: () 
           <Route path="/workers" component={WorkersPage} />
           <Route path="/dead-letters" component={DeadLettersPage} />
           <Route path="/history" component={HistoryPage} />
+          {/* Without audit:read the path is not routed at all: the page is not offered. */}
+          {ctx.can.audit ? [<Route path="/audit" component={AuditPage} key="audit" />] : []}
           <Route default component={NotFound} />
         </Router>
       </main>
@@ -139,12 +142,14 @@ function Shell({ me, token, signOut }: { me: Whoami; token: string; signOut: () 
 
 function Nav() {
   const { path } = useLocation();
+  const { can } = useSession();
   const items: [string, string][] = [
     ['/jobs', 'Jobs'],
     ['/experiments', 'Experiments'],
     ['/workers', 'Workers'],
     ['/dead-letters', 'Dead letters'],
     ['/history', 'History'],
+    ...(can.audit ? ([['/audit', 'Audit']] as [string, string][]) : []),
   ];
   const current = (href: string) => path === href || path.startsWith(`${href}/`) || (href === '/jobs' && path === '/');
   return (

@@ -49,7 +49,7 @@ export function setOnUnauthenticated(f: () => void) {
 
 export async function request<T>(
   path: string,
-  init: { method?: string; body?: unknown; token?: string | null; signal?: AbortSignal } = {},
+  init: { method?: string; body?: unknown; token?: string | null; signal?: AbortSignal; text?: boolean } = {},
 ): Promise<T> {
   const headers: Record<string, string> = {};
   const token = init.token === undefined ? loadSession()?.token : init.token;
@@ -70,6 +70,7 @@ export async function request<T>(
   }
   if (r.status === 204) return undefined as T;
   const text = await r.text();
+  if (r.ok && init.text) return text as T;
   let body: unknown = null;
   try {
     body = text ? JSON.parse(text) : null;
@@ -82,6 +83,11 @@ export async function request<T>(
     throw new ApiError(r.status, err?.code ?? `http_${r.status}`, err?.message ?? `The api answered ${r.status}.`);
   }
   return body as T;
+}
+
+/** A body that is not one JSON value (NDJSON logs), as text; errors as [`request`]. */
+export function fetchText(path: string): Promise<string> {
+  return request<string>(path, { text: true });
 }
 
 /** Query string from the set values only. */

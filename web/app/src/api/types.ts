@@ -35,6 +35,9 @@ export type StreamClientMessage = S['StreamClientMessage'];
 export type StreamServerMessage = S['StreamServerMessage'];
 export type StreamTarget = S['StreamTarget'];
 export type StreamFrom = S['StreamFrom'];
+export type AuditEntry = S['AuditEntry'];
+export type AuditPage = S['AuditPage'];
+export type AuditOutcome = S['AuditOutcome'];
 
 /** A row of the job list, live or as of a point in time (both carry these). */
 export type ListedJob = JobRow | AsOfJob;

@@ -1,4 +1,5 @@
 import type { ComponentChildren } from 'preact';
+import { useEffect, useState } from 'preact/hooks';
 import { STATE_LABEL } from '../lib/format';
 
 export function StateBadge({ state }: { state: string }) {
@@ -38,4 +39,23 @@ export function ErrorBox({ error, retry }: { error: string | null; retry?: () =>
 
 export function Empty({ children }: { children: ComponentChildren }) {
   return <div class="empty">{children}</div>;
+}
+
+/** A text filter applied on Enter or when the field loses focus, not per keystroke. */
+export function TextFilter(props: { label: string; value: string | undefined; onSet: (v: string) => void; placeholder?: string }) {
+  const [v, setV] = useState(props.value ?? '');
+  useEffect(() => setV(props.value ?? ''), [props.value]);
+  return (
+    <label>
+      {props.label}
+      <input
+        type="search"
+        value={v}
+        placeholder={props.placeholder}
+        onInput={(e) => setV((e.target as HTMLInputElement).value)}
+        onChange={() => props.onSet(v.trim())}
+        onKeyDown={(e) => e.key === 'Enter' && props.onSet(v.trim())}
+      />
+    </label>
+  );
 }

@@ -18,6 +18,19 @@ export function when(iso: string | null | undefined, now: Date = new Date()): st
   return d.toDateString() === now.toDateString() ? timeOnly.format(d) : dateTime.format(d);
 }
 
+/** datetime-local (the viewer's zone) to RFC 3339 and back. */
+export function toRfc3339(local: string): string {
+  const d = new Date(local);
+  return local && !Number.isNaN(d.getTime()) ? d.toISOString() : '';
+}
+export function toLocal(iso: string | undefined): string {
+  if (!iso) return '';
+  const d = new Date(iso);
+  if (Number.isNaN(d.getTime())) return '';
+  const p = (n: number) => String(n).padStart(2, '0');
+  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
+}
+
 /** "3 h 12 min", "42 s", "850 ms". */
 export function duration(ms: number | null | undefined): string {
   if (ms === null || ms === undefined || !Number.isFinite(ms) || ms < 0) return '—';

@@ -13,6 +13,8 @@ export type Abilities = {
   logs: boolean;
   workers: boolean;
   experiments: boolean;
+  /** Reads the whole trail (`GET /v1/audit`): admins. */
+  audit: boolean;
 };
 
 export function abilities(permissions: string[]): Abilities {
@@ -25,6 +27,7 @@ export function abilities(permissions: string[]): Abilities {
     logs: has('jobs:logs') || has('jobs:logs:all'),
     workers: has('workers:read'),
     experiments: has('experiments:read'),
+    audit: has('audit:read'),
   };
 }
 

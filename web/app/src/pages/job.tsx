@@ -1,15 +1,19 @@
-import { useEffect, useMemo, useRef, useState } from 'preact/hooks';
-import { explain, request } from '../api/client';
+import { memo } from 'preact/compat';
+import { useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { explain, fetchText, request } from '../api/client';
 import type { CommandAccepted, JobAnswer, ProgressLog, ProgressMetric, ProgressPercent, StoredEvent } from '../api/types';
 import { RETRYABLE, TERMINAL, isFullView } from '../api/types';
 import { ErrorBox, ProgressBar, StateBadge } from '../components/bits';
 import { LineChart, type Series } from '../components/chart';
 import { duration, metric, runTime, when } from '../lib/format';
 import { useSession } from '../lib/session';
+import { toBlocks } from '../lib/logs';
 
-/** Lines kept in memory; the view shows the newest of them. */
+/** Lines kept in memory; the view shows the newest of them (the box shows
+ *  about 25 at a time: rendering more only costs layout per frame while a
+ *  fast log is followed; Download has the whole log). */
 const MAX_LINES = 50_000;
-const SHOWN_LINES = 1_000;
+const SHOWN_LINES = 400;
 
 type Line = ProgressLog & { seq: number };
 
@@ -21,7 +25,9 @@ export function JobPage({ id }: { id: string }) {
   const [percent, setPercent] = useState<number | null>(null);
   const [metrics, setMetrics] = useState<Record<string, Series>>({});
   const lines = useRef<Line[]>([]);
-  const [linesVersion, setLinesVersion] = useState(0);
+  // New lines re-render the log view only, not the whole page (at thousands
+  // of lines a second the page's charts and timeline would re-render per frame).
+  const linesChanged = useRef(new Set<() => void>());
   const [reload, setReload] = useState(0);
 
   const fetchJob = () =>
@@ -66,7 +72,7 @@ export function JobPage({ id }: { id: string }) {
       }
       if (newLines) {
         if (lines.current.length > MAX_LINES) lines.current.splice(0, lines.current.length - MAX_LINES);
-        setLinesVersion((v) => v + 1);
+        linesChanged.current.forEach((f) => f());
       }
       if (newMetrics) {
         const add = newMetrics;
@@ -173,7 +179,7 @@ export function JobPage({ id }: { id: string }) {
       )}
       <h2>Timeline</h2>
       <Timeline events={events} full={full} />
-      {can.logs && full && <Logs lines={lines.current} version={linesVersion} jobId={job.id} />}
+      {can.logs && full && <Logs lines={lines} changed={linesChanged.current} jobId={job.id} />}
     </section>
   );
 }
@@ -324,7 +330,15 @@ export function Timeline({ events, full }: { events: (StoredEvent & { seq: numbe
   );
 }
 
-function Logs({ lines, version, jobId }: { lines: Line[]; version: number; jobId: string }) {
+function Logs(props: { lines: { current: Line[] }; changed: Set<() => void>; jobId: string }) {
+  const { changed, jobId } = props;
+  const lines = props.lines.current;
+  const [version, setVersion] = useState(0);
+  useEffect(() => {
+    const f = () => setVersion((v) => v + 1);
+    changed.add(f);
+    return () => void changed.delete(f);
+  }, [changed]);
   const [follow, setFollow] = useState(true);
   const [paused, setPaused] = useState<Line[] | null>(null);
   const [search, setSearch] = useState('');
@@ -335,17 +349,37 @@ function Logs({ lines, version, jobId }: { lines: Line[]; version: number; jobId
     const picked = q ? source.filter((l) => l.line.toLowerCase().includes(q)) : source;
     return picked.slice(-SHOWN_LINES);
   }, [version, paused, search]);
-  useEffect(() => {
+  // Before the browser paints: the frame that shows new lines already shows
+  // them scrolled into view.
+  useLayoutEffect(() => {
     if (follow && !paused && box.current) box.current.scrollTop = box.current.scrollHeight;
   }, [shown, follow, paused]);
-  const download = () => {
-    const text = lines.map((l) => `${l.at} ${l.stream} ${l.line}`).join('\n');
-    const url = URL.createObjectURL(new Blob([text], { type: 'text/plain' }));
-    const a = document.createElement('a');
-    a.href = url;
-    a.download = `${jobId}.log`;
-    a.click();
-    URL.revokeObjectURL(url);
+  const blocks = useMemo(() => toBlocks(shown), [shown]);
+  // The whole log from the api (GET /v1/jobs/{id}/logs), not the lines this
+  // page keeps: those are capped, a download is not.
+  const [downloading, setDownloading] = useState<string | null>(null);
+  const download = async () => {
+    setDownloading('Preparing the log…');
+    try {
+      const r = await fetchText(`/v1/jobs/${jobId}/logs`);
+      const text = r
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => {
+          const d = JSON.parse(l) as { at: string; stream: string; line: string };
+          return `${d.at} ${d.stream} ${d.line}`;
+        })
+        .join('\n');
+      const url = URL.createObjectURL(new Blob([text], { type: 'text/plain' }));
+      const a = document.createElement('a');
+      a.href = url;
+      a.download = `${jobId}.log`;
+      a.click();
+      URL.revokeObjectURL(url);
+      setDownloading(null);
+    } catch (e) {
+      setDownloading(explain(e));
+    }
   };
   return (
     <section class="logs" data-testid="logs">
@@ -364,9 +398,10 @@ function Logs({ lines, version, jobId }: { lines: Line[]; version: number; jobId
           value={search}
           onInput={(e) => setSearch((e.target as HTMLInputElement).value)}
         />
-        <button type="button" onClick={download} disabled={!lines.length}>
+        <button type="button" onClick={() => void download()} disabled={!lines.length} data-testid="log-download">
           Download
         </button>
+        {downloading && <span class="muted small">{downloading}</span>}
         <span class="muted small">
           {lines.length} lines{shown.length < (search ? shown.length : source.length) ? `, newest ${shown.length} shown` : ''}
         </span>
@@ -375,13 +410,25 @@ function Logs({ lines, version, jobId }: { lines: Line[]; version: number; jobId
         {shown.length === 0 ? (
           <span class="muted">{search ? 'No line matches.' : 'No log lines yet.'}</span>
         ) : (
-          shown.map((l) => (
-            <div key={l.seq} class={l.stream === 'stderr' ? 'err' : ''}>
-              {l.line}
-            </div>
-          ))
+          blocks.map((b) => <LogBlock key={b[0].seq} lines={b} />)
         )}
       </pre>
     </section>
   );
 }
+
+const LogBlock = memo(
+  function LogBlock({ lines }: { lines: Line[] }) {
+    return (
+      <>
+        {lines.map((l) => (
+          <div key={l.seq} class={l.stream === 'stderr' ? 'err' : ''}>
+            {l.line}
+          </div>
+        ))}
+      </>
+    );
+  },
+  // Same first and last line: the same content (lines never change).
+  (a, b) => a.lines.length === b.lines.length && a.lines[a.lines.length - 1] === b.lines[b.lines.length - 1],
+);

@@ -5,8 +5,8 @@ import { explain, qs, request } from '../api/client';
 import type { JobCounts, JobPage as Page, JobStatus, Ready, StreamMessage } from '../api/types';
 import { JOB_STATES, RETRYABLE, TERMINAL } from '../api/types';
 import { BulkBar, type Action } from '../components/bulk';
-import { Empty, ErrorBox, ProgressBar, StateBadge } from '../components/bits';
-import { count, runTime, shortId, when, STATE_LABEL } from '../lib/format';
+import { Empty, ErrorBox, ProgressBar, StateBadge, TextFilter } from '../components/bits';
+import { count, runTime, shortId, toLocal, toRfc3339, when, STATE_LABEL } from '../lib/format';
 import { countByState, fromItems, appendItems, reduce, type Filters, type JobsState, type Row } from '../lib/jobs';
 import { useSession } from '../lib/session';
 
@@ -25,18 +25,6 @@ function filtersFrom(q: Record<string, string>): Filters {
     created_after: q.created_after || '',
     created_before: q.created_before || '',
   };
-}
-
-/** datetime-local (the viewer's zone) to RFC 3339 and back. */
-function toRfc3339(local: string): string {
-  return local ? new Date(local).toISOString() : '';
-}
-function toLocal(iso: string | undefined): string {
-  if (!iso) return '';
-  const d = new Date(iso);
-  if (Number.isNaN(d.getTime())) return '';
-  const p = (n: number) => String(n).padStart(2, '0');
-  return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())}T${p(d.getHours())}:${p(d.getMinutes())}`;
 }
 
 export function JobsPage() {
@@ -363,24 +351,6 @@ const JobLine = memo(function JobLine(props: {
     </tr>
   );
 });
-
-function TextFilter(props: { label: string; value: string | undefined; onSet: (v: string) => void; placeholder?: string }) {
-  const [v, setV] = useState(props.value ?? '');
-  useEffect(() => setV(props.value ?? ''), [props.value]);
-  return (
-    <label>
-      {props.label}
-      <input
-        type="search"
-        value={v}
-        placeholder={props.placeholder}
-        onInput={(e) => setV((e.target as HTMLInputElement).value)}
-        onChange={() => props.onSet(v.trim())}
-        onKeyDown={(e) => e.key === 'Enter' && props.onSet(v.trim())}
-      />
-    </label>
-  );
-}
 
 function cap(s: JobsState, max: number): JobsState {
   if (s.order.length <= max) return s;
