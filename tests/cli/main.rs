@@ -564,15 +564,28 @@ async fn workers_pools_completions_man_and_help() {
     ml.queue(&["--pool", "nowhere", "--priority", "7", "--executor", "noop", "--", "x"]).await;
     let pools = fetchml_tests::eventually(std::time::Duration::from_secs(30), || async {
         let p = ml.run(&["pools", "--json"]).await.ok().json();
-        (p["queues"].as_array().unwrap().len() == 1).then_some(p)
+        let nowhere = p["items"].as_array()?.iter().find(|p| p["pool"] == "nowhere")?.clone();
+        (nowhere["waiting"] == 1).then_some(p)
     })
     .await;
-    assert_eq!(pools["queues"][0]["pool"], "nowhere");
-    assert_eq!(pools["queues"][0]["priority"], 7);
-    assert_eq!(pools["queues"][0]["queued"], 1);
-    assert_eq!(pools["workers"][0]["pool"], "default");
+    let items = pools["items"].as_array().unwrap();
+    let nowhere = items.iter().find(|p| p["pool"] == "nowhere").unwrap();
+    assert_eq!(nowhere["waiting_by_priority"]["7"], 1, "{pools}");
+    assert_eq!(nowhere["workers"], 0);
+    let default = items.iter().find(|p| p["pool"] == "default").unwrap();
+    assert_eq!((default["workers"].as_u64(), default["free_slots"].as_u64()), (Some(1), Some(4)), "{pools}");
     let human = ml.run(&["queue-depth"]).await.ok();
-    assert!(human.stdout.contains("nowhere") && human.stdout.contains("default"), "{human:?}");
+    assert!(human.stdout.contains("nowhere") && human.stdout.contains("7:1"), "{human:?}");
+    // Pausing is for admins; a researcher is told so.
+    let refused = ml.run(&["pools", "pause", "nowhere"]).await;
+    assert_eq!(refused.code, 5, "forbidden exits 5: {refused:?}");
+    let root = Ml::new(&app, "root");
+    root.run(&["pools", "pause", "nowhere", "--reason", "maintenance"]).await.ok();
+    let paused = root.run(&["pools"]).await.ok();
+    assert!(paused.stdout.contains("nowhere (paused)"), "{paused:?}");
+    root.run(&["pools", "resume", "nowhere"]).await.ok();
+    let worker_id = list.items[0]["id"].as_str().unwrap().to_owned();
+    root.run(&["workers", "drain", &worker_id]).await.ok();
 
     let bash = ml.run(&["completions", "bash"]).await.ok();
     assert!(bash.stdout.contains("_ml()") && bash.stdout.contains("--idempotency-key"));

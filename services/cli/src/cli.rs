@@ -111,9 +111,13 @@ pub enum Command {
     Compare(CompareArgs),
     /// The worker fleet: pools, labels, running/concurrency.
     Workers(WorkersArgs),
-    /// Queue depth per pool and priority, and the workers serving each pool.
-    #[command(visible_alias = "queue-depth")]
-    Pools,
+    /// Queue depth per pool and priority, the oldest wait, running jobs, workers
+    /// and free slots; `pause`/`resume` a pool (admins).
+    #[command(
+        visible_alias = "queue-depth",
+        after_help = "Examples:\n  ml pools\n  ml pools pause gpu --reason 'driver upgrade'\n  ml pools resume gpu"
+    )]
+    Pools(PoolsArgs),
     /// Resources held by ended attempts (slot, GPU and CPU hours), per user, group, pool and day.
     #[command(
         after_help = "Researchers see their own usage, admins everyone's, analysts per pool and day.\n\n                            Examples:\n  ml usage\n  ml usage --by user,pool --since 2026-11-01\n  \
@@ -477,6 +481,37 @@ pub struct WorkersArgs {
     /// Every worker ever started, not just the live ones.
     #[arg(long)]
     pub history: bool,
+    #[command(subcommand)]
+    pub action: Option<WorkerAction>,
+}
+
+#[derive(Subcommand)]
+pub enum WorkerAction {
+    /// Let a worker finish what runs and give it nothing new (admins).
+    Drain {
+        /// The worker's id, as `ml workers` lists it.
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+}
+
+#[derive(Args)]
+pub struct PoolsArgs {
+    #[command(subcommand)]
+    pub action: Option<PoolAction>,
+}
+
+#[derive(Subcommand)]
+pub enum PoolAction {
+    /// Start nothing new in a pool; waiting jobs keep their place (admins).
+    Pause {
+        pool: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Start jobs in a paused pool again (admins).
+    Resume { pool: String },
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ async fn run(cli: Cli, out: Out) -> Result<u8, CliError> {
         Command::Experiment(a) => ok(commands::experiments::show(&ctx, a).await),
         Command::Compare(a) => ok(commands::experiments::compare(&ctx, a).await),
         Command::Workers(a) => ok(commands::fleet::workers(&ctx, a).await),
-        Command::Pools => ok(commands::fleet::pools(&ctx).await),
+        Command::Pools(a) => ok(commands::fleet::pools(&ctx, a).await),
         Command::Usage(a) => ok(commands::usage::show(&ctx, a).await),
         Command::Audit(cli::AuditCommand::List(a)) => ok(commands::audit::list(&ctx, a).await),
         Command::Audit(cli::AuditCommand::Keys) => ok(commands::audit::keys(&ctx).await),

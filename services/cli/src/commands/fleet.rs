@@ -1,16 +1,11 @@
 //! `ml workers` and `ml pools`: the fleet and what waits for it.
 
 use super::Ctx;
-use super::jobs::{fetch_list, rows};
-use crate::cli::WorkersArgs;
+use crate::cli::{PoolAction, PoolsArgs, WorkerAction, WorkersArgs};
 use crate::error::{CliError, Result};
 use crate::output::{ago, opt};
-use chrono::{DateTime, Utc};
 use comfy_table::Cell;
-use fetchml_api_types::{JobsAnswer, ListJobsQuery, Worker, WorkerList, WorkersQuery};
-use fetchml_events::job::JobStatus;
-use serde::Serialize;
-use std::collections::BTreeMap;
+use fetchml_api_types::{CommandAccepted, PoolList, ReasonRequest, Worker, WorkerList, WorkersQuery};
 
 fn workers_of(ctx: &Ctx, list: &WorkerList) -> Result<Vec<Worker>> {
     list.items
@@ -23,6 +18,15 @@ fn workers_of(ctx: &Ctx, list: &WorkerList) -> Result<Vec<Worker>> {
 }
 
 pub async fn workers(ctx: &Ctx, a: &WorkersArgs) -> Result<()> {
+    if let Some(WorkerAction::Drain { id, reason }) = &a.action {
+        let body = reason.clone().map(|r| ReasonRequest { reason: Some(r) });
+        let accepted: CommandAccepted = ctx.api.post(&format!("/v1/workers/{id}/drain"), body.as_ref(), &[]).await?;
+        if ctx.out.json {
+            return ctx.out.json(&accepted);
+        }
+        eprintln!("Worker {id} drains: it finishes what runs and takes nothing new (event {}).", accepted.seq);
+        return Ok(());
+    }
     let q = WorkersQuery { history: a.history.then_some(true) };
     let list: WorkerList = ctx.api.get_query("/v1/workers", &q).await?;
     if ctx.out.json {
@@ -75,103 +79,58 @@ pub async fn workers(ctx: &Ctx, a: &WorkersArgs) -> Result<()> {
     Ok(())
 }
 
-/// One queue: a pool at one priority.
-#[derive(Serialize, Default)]
-struct Queue {
-    pool: String,
-    priority: i32,
-    /// Waiting for a worker now.
-    queued: u64,
-    /// Waiting for a retry's backoff to pass.
-    retry_scheduled: u64,
-    /// When the longest-waiting of them was created.
-    oldest: Option<DateTime<Utc>>,
-}
-
-/// The live workers of one pool.
-#[derive(Serialize, Default)]
-struct PoolWorkers {
-    pool: String,
-    workers: u64,
-    running: u64,
-    concurrency: u64,
-}
-
-/// `ml pools --json`.
-#[derive(Serialize)]
-struct PoolsOut {
-    queues: Vec<Queue>,
-    workers: Vec<PoolWorkers>,
-}
-
-/// Counted from the caller's job list (waiting states) and the live workers:
-/// what the api offers every role, with no endpoint of its own.
-pub async fn pools(ctx: &Ctx) -> Result<()> {
-    let mut queues: BTreeMap<(String, std::cmp::Reverse<i32>), Queue> = BTreeMap::new();
-    for state in [JobStatus::Queued, JobStatus::RetryScheduled] {
-        let q = ListJobsQuery { state: Some(state), limit: Some(500), ..ListJobsQuery::default() };
-        let JobsAnswer::Page(page) = fetch_list(ctx, q, true).await? else { continue };
-        for r in rows(&page, ctx)? {
-            let e = queues.entry((r.pool.clone(), std::cmp::Reverse(r.priority))).or_insert_with(|| Queue {
-                pool: r.pool.clone(),
-                priority: r.priority,
-                ..Queue::default()
-            });
-            if state == JobStatus::Queued {
-                e.queued += 1
-            } else {
-                e.retry_scheduled += 1
-            }
-            e.oldest = Some(e.oldest.map_or(r.created_at, |o| o.min(r.created_at)));
+/// `ml pools`: the scheduler's view of each pool (`GET /v1/pools`), or
+/// pause/resume one.
+pub async fn pools(ctx: &Ctx, a: &PoolsArgs) -> Result<()> {
+    if let Some(action) = &a.action {
+        let (path, reason, done) = match action {
+            PoolAction::Pause { pool, reason } => (format!("/v1/pools/{pool}/pause"), reason.clone(), "paused"),
+            PoolAction::Resume { pool } => (format!("/v1/pools/{pool}/resume"), None, "resumed"),
+        };
+        let body = reason.map(|r| ReasonRequest { reason: Some(r) });
+        let accepted: CommandAccepted = ctx.api.post(&path, body.as_ref(), &[]).await?;
+        if ctx.out.json {
+            return ctx.out.json(&accepted);
         }
+        eprintln!("Pool {done} (event {}).", accepted.seq);
+        return Ok(());
     }
-    let list: WorkerList = ctx.api.get_query("/v1/workers", &WorkersQuery::default()).await?;
-    let mut by_pool: BTreeMap<String, PoolWorkers> = BTreeMap::new();
-    for w in workers_of(ctx, &list)? {
-        let p =
-            by_pool.entry(w.pool.clone()).or_insert_with(|| PoolWorkers { pool: w.pool.clone(), ..Default::default() });
-        p.workers += 1;
-        p.running += w.running.unwrap_or(0);
-        p.concurrency += w.concurrency;
-    }
-    let out = PoolsOut { queues: queues.into_values().collect(), workers: by_pool.into_values().collect() };
+    let list: PoolList = ctx.api.get("/v1/pools").await?;
     if ctx.out.json {
-        return ctx.out.json(&out);
+        return ctx.out.json(&list);
     }
-    let mut t = ctx.out.table(&["POOL", "PRIORITY", "QUEUED", "RETRY WAIT", "OLDEST", "WORKERS", "BUSY"]);
-    let mut pools_shown = std::collections::BTreeSet::new();
-    for q in &out.queues {
-        let w = out.workers.iter().find(|w| w.pool == q.pool);
-        let first = pools_shown.insert(q.pool.clone());
-        t.add_row(vec![
-            Cell::new(&q.pool),
-            Cell::new(q.priority),
-            Cell::new(q.queued),
-            Cell::new(q.retry_scheduled),
-            Cell::new(q.oldest.map(ago).unwrap_or_else(|| "-".into())),
-            Cell::new(if first { w.map_or("0".into(), |w| w.workers.to_string()) } else { String::new() }),
-            Cell::new(if first {
-                w.map_or("-".into(), |w| format!("{}/{}", w.running, w.concurrency))
-            } else {
-                String::new()
-            }),
-        ]);
-    }
-    for w in out.workers.iter().filter(|w| !pools_shown.contains(&w.pool)) {
-        t.add_row(vec![
-            Cell::new(&w.pool),
-            Cell::new("-"),
-            Cell::new(0),
-            Cell::new(0),
-            Cell::new("-"),
-            Cell::new(w.workers),
-            Cell::new(format!("{}/{}", w.running, w.concurrency)),
-        ]);
-    }
-    if out.queues.is_empty() && out.workers.is_empty() {
+    if list.items.is_empty() {
         eprintln!("Nothing waits and no worker is live.");
-    } else {
-        ctx.out.print_table(&mut t);
+        return Ok(());
     }
+    let mut t = ctx.out.table(&[
+        "POOL",
+        "WAITING",
+        "BY PRIORITY",
+        "OLDEST WAIT",
+        "RUNNING",
+        "WORKERS",
+        "FREE SLOTS",
+        "GPUS FREE",
+    ]);
+    for p in &list.items {
+        let by_prio: Vec<String> = p.waiting_by_priority.iter().rev().map(|(prio, n)| format!("{prio}:{n}")).collect();
+        let workers = if p.draining_workers > 0 {
+            format!("{} ({} draining)", p.workers, p.draining_workers)
+        } else {
+            p.workers.to_string()
+        };
+        t.add_row(vec![
+            Cell::new(if p.paused { format!("{} (paused)", p.pool) } else { p.pool.clone() }),
+            Cell::new(p.waiting),
+            Cell::new(if by_prio.is_empty() { "-".into() } else { by_prio.join(" ") }),
+            Cell::new(p.oldest_wait_secs.map(|s| format!("{s:.0}s")).unwrap_or_else(|| "-".into())),
+            Cell::new(p.running + p.assigned),
+            Cell::new(workers),
+            Cell::new(p.free_slots),
+            Cell::new(if p.gpus == 0 { "-".into() } else { format!("{}/{}", p.free_gpus, p.gpus) }),
+        ]);
+    }
+    ctx.out.print_table(&mut t);
     Ok(())
 }
