@@ -254,8 +254,12 @@ async fn verify_from(cluster: &NatsCluster, node: &str, stream: &str, ns: &str) 
         .await
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
+    let verified = said
+        .strip_prefix("intact up to sequence ")
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse::<u64>().ok());
     assert!(
-        out.status.success() && said.starts_with(&format!("intact up to sequence {last}")),
+        out.status.success() && verified == Some(last),
         "verify on {node} (last sequence {last}): {said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
