@@ -127,6 +127,21 @@ struct SubmitTally {
     transport: usize,
     /// Anything else: a failure.
     other: Vec<(u16, Value)>,
+    /// From the first refused or incomplete request to the last one.
+    unavailable_window: Option<(tokio::time::Instant, tokio::time::Instant)>,
+}
+
+impl SubmitTally {
+    fn refused(&mut self) {
+        let now = tokio::time::Instant::now();
+        let first = self.unavailable_window.map_or(now, |(f, _)| f);
+        self.unavailable_window = Some((first, now));
+    }
+
+    /// How long writes were refused, as the client saw it.
+    fn unavailable_for(&self) -> Duration {
+        self.unavailable_window.map_or(Duration::ZERO, |(f, l)| l - f)
+    }
 }
 
 /// Submits `n` short sleep jobs one after another, each retried with its own
@@ -148,8 +163,14 @@ async fn submit_load(api: Arc<ApiProcess>, n: usize, acked: Arc<AtomicUsize>) ->
                     acked.fetch_add(1, Ordering::Relaxed);
                     break;
                 }
-                503 => t.unavailable += 1,
-                0 => t.transport += 1,
+                503 => {
+                    t.unavailable += 1;
+                    t.refused();
+                }
+                0 => {
+                    t.transport += 1;
+                    t.refused();
+                }
                 _ => {
                     t.other.push((status, body));
                     break;
@@ -294,11 +315,12 @@ async fn killing_the_events_leader_under_load_loses_no_job_and_the_restarted_nod
     let tally = load.await.unwrap();
     println!(
         "killed the EVENTS leader {leader} after {} acknowledged jobs: {} acknowledged in all, {} answers 503 and {} \
-         incomplete requests during the election, each retried with its key",
+         incomplete requests during the election (writes refused for {:?}), each retried with its key",
         15,
         tally.ids.len(),
         tally.unavailable,
-        tally.transport
+        tally.transport,
+        tally.unavailable_for()
     );
     assert!(tally.other.is_empty(), "unexpected answers: {:?}", tally.other);
     assert_eq!(tally.ids.len(), 60);
@@ -372,16 +394,17 @@ async fn a_partitioned_node_refuses_writes_the_majority_goes_on_and_after_healin
     // The majority goes on: the load that spanned the cut, then more while
     // the partition lasts.
     let mut tally = load.await.unwrap();
-    let spanned = (tally.ids.len(), tally.unavailable, tally.transport);
+    let spanned = (tally.ids.len(), tally.unavailable, tally.transport, tally.unavailable_for());
     let during = submit_load(major.clone(), 20, Arc::new(AtomicUsize::new(0))).await;
     assert_eq!(cluster.node("n3").routed_servers().await, Some(0), "the partition healed by itself");
     println!(
         "partition: the majority acknowledged {} jobs across the cut ({} answers 503, {} incomplete requests while \
-         it elected a new EVENTS leader) and {} more during the partition ({} answers 503); the minority answered \
-         503 event_store_unavailable {} times out of {}",
+         it elected a new EVENTS leader, writes refused for {:?}) and {} more during the partition ({} answers 503); \
+         the minority answered 503 event_store_unavailable {} times out of {}",
         spanned.0,
         spanned.1,
         spanned.2,
+        spanned.3,
         during.ids.len(),
         during.unavailable,
         refused_keys.len(),
