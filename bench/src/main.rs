@@ -700,7 +700,7 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let pipe_rate = publish_pipelined(&js, "raw.b", n).await?;
     let broker_rate = (env.broker_messages().await? - before).total() as f64 / t0.elapsed().as_secs_f64();
 
-    let consumer: jetstream::consumer::PullConsumer = s
+    let mut consumer: jetstream::consumer::PullConsumer = s
         .create_consumer(pull::Config {
             durable_name: Some("rawc".into()),
             filter_subject: "raw.b.>".into(),
@@ -708,6 +708,13 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
             ..Default::default()
         })
         .await?;
+    // A replicated consumer answers pulls once its own group has a leader.
+    for _ in 0..500 {
+        if consumer.info().await.ok().and_then(|i| i.cluster.clone()).is_none_or(|c| c.leader.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t0 = Instant::now();
     let mut msgs = consumer.messages().await?;
     let mut got = 0;
