@@ -142,6 +142,15 @@ ensure_chromium() {
     || die "cannot install chromium (apt-get install chromium)"
 }
 
+# The cluster tests (tests/cluster) cut a node off with a network namespace
+# and veth pairs of their own, made with iproute2's `ip`.
+ensure_iproute2() {
+  if command -v ip >/dev/null; then return; fi
+  say "installing Debian's iproute2 for the cluster tests' network namespaces"
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null \
+    || die "cannot install iproute2 (apt-get install iproute2)"
+}
+
 pg_answers() { pg_isready -q -h "$PG_HOST" -p "$PG_PORT" 2>/dev/null; }
 
 # Uses the PostgreSQL that answers on $PG_HOST:$PG_PORT; otherwise installs the

@@ -47,6 +47,10 @@ struct Args {
     /// durability, submit, e2e, latency, rebuild, audit, streams, cancel. Repeatable.
     #[arg(long)]
     only: Vec<String>,
+    /// Run against a 3-node loopback JetStream cluster with R3 streams (every
+    /// stream the bench or fetchml makes), instead of one server.
+    #[arg(long)]
+    cluster: bool,
 }
 
 impl Args {
@@ -127,9 +131,14 @@ struct Env {
     key: String,
     users_file: tempfile::NamedTempFile,
     nats_url: String,
-    /// The broker's monitoring endpoint.
-    monitor: String,
-    _nats: Proc,
+    /// Every server's client URL: workers are spread over them.
+    node_urls: Vec<String>,
+    next_node: std::sync::atomic::AtomicUsize,
+    /// The brokers' monitoring endpoints (one per server).
+    monitors: Vec<String>,
+    /// Replicas of every stream made (1, or 3 with --cluster).
+    replicas: usize,
+    _nats: Vec<Proc>,
     _store: tempfile::TempDir,
     client: async_nats::Client,
 }
@@ -158,6 +167,7 @@ impl Env {
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
             .env("FETCHML_POSTGRES__URL", self.database(ns).await)
+            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
             .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
@@ -178,9 +188,12 @@ impl Env {
     }
 
     fn worker(&self, ns: &str, concurrency: usize, job_root: &Path) -> Proc {
+        // On a cluster, workers connect to the servers in turn, as on hosts of their own.
+        let node = self.next_node.fetch_add(1, Ordering::Relaxed) % self.node_urls.len();
         let child = Command::new(self.fetchml())
             .args(["worker", "--concurrency", &concurrency.to_string()])
-            .env("FETCHML_NATS__URL", &self.nats_url)
+            .env("FETCHML_NATS__URL", &self.node_urls[node])
+            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_WORKER__JOB_ROOT", job_root)
             .env("FETCHML_WORKER__KILL_GRACE_SECS", "1")
@@ -200,21 +213,12 @@ async fn main() -> anyhow::Result<()> {
         bail!("{} missing: run `cargo build --release --bins` first", args.bin_dir.join("fetchml").display());
     }
     let store = tempfile::tempdir()?;
-    let port = free_port();
-    // The monitoring port (on the same loopback host as the clients' port)
-    // gives the broker's message counters: messages per job.
-    let monitor_port = free_port();
-    let nats = Proc(
-        Command::new(&args.nats_server)
-            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
-            .arg(store.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("starting {}", args.nats_server.display()))?,
-    );
-    wait_port(port).await;
-    let nats_url = format!("nats://127.0.0.1:{port}");
+    let (nats, node_urls, monitors) = if args.cluster {
+        start_cluster(&args.nats_server, store.path()).await?
+    } else {
+        start_one(&args.nats_server, store.path()).await?
+    };
+    let nats_url = node_urls[0].clone();
     let client = async_nats::connect(&nats_url).await?;
     let k = fetchml_identity::generate_key()?;
     let users_file = tempfile::NamedTempFile::new()?;
@@ -226,6 +230,7 @@ async fn main() -> anyhow::Result<()> {
         ),
     )?;
     let pg_server = args.pg.trim_end_matches('/').to_owned();
+    let args_cluster = args.cluster;
     let mut env = Env {
         pg_server,
         pg_url: String::new(),
@@ -234,7 +239,10 @@ async fn main() -> anyhow::Result<()> {
         key: k.key,
         users_file,
         nats_url,
-        monitor: format!("http://127.0.0.1:{monitor_port}"),
+        node_urls,
+        next_node: std::sync::atomic::AtomicUsize::new(0),
+        monitors,
+        replicas: if args_cluster { 3 } else { 1 },
         _nats: nats,
         _store: store,
         client,
@@ -254,10 +262,84 @@ async fn main() -> anyhow::Result<()> {
     result
 }
 
+type Servers = (Vec<Proc>, Vec<String>, Vec<String>);
+
+/// One nats-server: its processes, client URLs and monitoring endpoints.
+async fn start_one(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
+    let port = free_port();
+    // The monitoring port (on the same loopback host as the clients' port)
+    // gives the broker's message counters: messages per job.
+    let monitor_port = free_port();
+    let nats = Proc(
+        Command::new(bin)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?,
+    );
+    wait_port(port).await;
+    Ok((vec![nats], vec![format!("nats://127.0.0.1:{port}")], vec![format!("http://127.0.0.1:{monitor_port}")]))
+}
+
+/// Three nats-servers routed into one JetStream cluster on loopback ports
+/// (the shape of deploy/cluster), returned once they agree on a meta leader.
+async fn start_cluster(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
+    let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
+    let routes: Vec<String> = ports.iter().map(|(_, r, _)| format!("nats-route://127.0.0.1:{r}")).collect();
+    let mut procs = Vec::new();
+    for (i, (client, route, monitor)) in ports.iter().enumerate() {
+        let conf = store.join(format!("n{i}.conf"));
+        std::fs::write(
+            &conf,
+            format!(
+                "server_name: n{i}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                 jetstream {{ store_dir: {:?} }}\n\
+                 cluster {{ name: bench, listen: 127.0.0.1:{route}, routes: [{}] }}\n",
+                store.join(format!("n{i}")),
+                routes.join(", ")
+            ),
+        )?;
+        procs.push(Proc(
+            Command::new(bin)
+                .arg("-c")
+                .arg(&conf)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .with_context(|| format!("starting {}", bin.display()))?,
+        ));
+    }
+    let monitors: Vec<String> = ports.iter().map(|(_, _, m)| format!("http://127.0.0.1:{m}")).collect();
+    for _ in 0..1500 {
+        let mut leaders = Vec::new();
+        for m in &monitors {
+            let leader = match reqwest::get(format!("{m}/jsz")).await {
+                Ok(r) => {
+                    r.json::<Value>().await.ok().and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned))
+                }
+                Err(_) => None,
+            };
+            leaders.push(leader.unwrap_or_default());
+        }
+        if !leaders[0].is_empty() && leaders.iter().all(|l| *l == leaders[0]) {
+            return Ok((procs, ports.iter().map(|(c, _, _)| format!("nats://127.0.0.1:{c}")).collect(), monitors));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    bail!("the three nats-servers did not elect a meta leader within 30 s")
+}
+
 async fn run(env: &Env) -> anyhow::Result<()> {
     let mut r = Report::default();
     let quick = env.args.quick;
-    println!("machine: {} cores; nats-server {}", num_cpus(), env.client.server_info().version);
+    println!(
+        "machine: {} cores; nats-server {}; {}",
+        num_cpus(),
+        env.client.server_info().version,
+        if env.replicas > 1 { "3-node loopback cluster, R3 streams" } else { "one server, R1 streams" }
+    );
     println!("{:<48} {:>12} {:<8} ratio", "figure", "value", "unit");
 
     // ---- 1. The limit: raw JetStream with fetchml-sized messages.
@@ -552,10 +634,17 @@ impl std::ops::Sub for BrokerMessages {
 }
 
 impl Env {
+    /// Summed over the servers: on a cluster this counts the replication
+    /// between them too.
     async fn broker_messages(&self) -> anyhow::Result<BrokerMessages> {
-        let v: Value = reqwest::get(format!("{}/varz", self.monitor)).await?.json().await?;
-        let n = |k: &str| v[k].as_u64().ok_or_else(|| anyhow::anyhow!("varz has no {k}"));
-        Ok(BrokerMessages { received: n("in_msgs")?, sent: n("out_msgs")? })
+        let mut total = BrokerMessages { received: 0, sent: 0 };
+        for m in &self.monitors {
+            let v: Value = reqwest::get(format!("{m}/varz")).await?.json().await?;
+            let n = |k: &str| v[k].as_u64().ok_or_else(|| anyhow::anyhow!("varz has no {k}"));
+            total.received += n("in_msgs")?;
+            total.sent += n("out_msgs")?;
+        }
+        Ok(total)
     }
 }
 
@@ -601,6 +690,7 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
             name: "RAW".into(),
             subjects: vec!["raw.>".into()],
             storage: stream::StorageType::File,
+            num_replicas: env.replicas,
             ..Default::default()
         })
         .await?;
@@ -610,7 +700,7 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
     let pipe_rate = publish_pipelined(&js, "raw.b", n).await?;
     let broker_rate = (env.broker_messages().await? - before).total() as f64 / t0.elapsed().as_secs_f64();
 
-    let consumer: jetstream::consumer::PullConsumer = s
+    let mut consumer: jetstream::consumer::PullConsumer = s
         .create_consumer(pull::Config {
             durable_name: Some("rawc".into()),
             filter_subject: "raw.b.>".into(),
@@ -618,6 +708,13 @@ async fn raw_jetstream(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64, f6
             ..Default::default()
         })
         .await?;
+    // A replicated consumer answers pulls once its own group has a leader.
+    for _ in 0..500 {
+        if consumer.info().await.ok().and_then(|i| i.cluster.clone()).is_none_or(|c| c.leader.is_some()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let t0 = Instant::now();
     let mut msgs = consumer.messages().await?;
     let mut got = 0;
@@ -669,6 +766,7 @@ async fn raw_paced_publish(env: &Env, rate: f64, n: usize) -> anyhow::Result<Vec
     js.create_stream(stream::Config {
         name: "RAWPACED".into(),
         subjects: vec!["rawpaced.>".into()],
+        num_replicas: env.replicas,
         ..Default::default()
     })
     .await?;

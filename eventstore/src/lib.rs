@@ -37,5 +37,5 @@ pub use registry::{
     DEFAULT_WORKER_TTL, HEARTBEAT, WorkerRecord, ensure_registry, heartbeat_every, list_workers, open_registry,
 };
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
-pub use streams::{StreamSettings, ensure_streams};
+pub use streams::{StreamSettings, ensure_streams, log_replicas};
 pub use tap::{EventFeed, LogSource, LogTap};

@@ -78,6 +78,7 @@ pub async fn ensure_registry(
                 description: "fetchml live workers".into(),
                 history: 1,
                 max_age: ttl,
+                num_replicas: crate::streams::log_replicas(js, subjects).await,
                 ..Default::default()
             })
             .await

@@ -164,6 +164,17 @@ pub async fn ensure_streams_as(
     Ok(())
 }
 
+/// The replica count of the namespace's EVENTS stream, 1 when it cannot be
+/// read. Key-value buckets made beside the streams (sessions, the worker
+/// registry) take it, so that on a cluster they survive the loss of a node as
+/// the log does, whichever process happens to create them first.
+pub async fn log_replicas(js: &jetstream::Context, subjects: &Subjects) -> usize {
+    match js.get_stream(subjects.events_stream()).await {
+        Ok(mut stream) => stream.info().await.map_or(1, |i| i.config.num_replicas.max(1)),
+        Err(_) => 1,
+    }
+}
+
 fn needs_safe_update(existing: &Config, wanted: &Config) -> bool {
     existing.allow_direct != wanted.allow_direct
         || existing.duplicate_window != wanted.duplicate_window

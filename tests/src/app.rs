@@ -324,6 +324,11 @@ impl WorkerProcess {
         self.child.id()
     }
 
+    /// Whether the process has not exited (nor been killed).
+    pub fn still_running(&mut self) -> bool {
+        self.child.try_wait().map(|s| s.is_none()).unwrap_or(false)
+    }
+
     /// SIGKILL, no chance to clean up.
     pub fn kill9(&mut self) {
         let _ = self.child.kill();

@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a failure is a test failure
 
 pub mod app;
+pub mod cluster;
 pub mod pg;
 
 pub use tokio_util::sync::CancellationToken;

@@ -155,6 +155,7 @@ impl Auth {
                     description: "fetchml session tokens (SHA-256 of the token)".into(),
                     history: 1,
                     max_age: session_ttl,
+                    num_replicas: fetchml_eventstore::log_replicas(js, store.subjects()).await,
                     ..Default::default()
                 })
                 .await

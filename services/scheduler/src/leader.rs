@@ -27,6 +27,9 @@ async fn bucket(js: &jetstream::Context, subjects: &Subjects, ttl: Duration) -> 
                 description: "fetchml leadership leases".into(),
                 history: 1,
                 max_age: ttl,
+                // As many copies as the log: a leader elected on a minority
+                // would assign nothing it could start anyway.
+                num_replicas: fetchml_eventstore::log_replicas(js, subjects).await,
                 ..Default::default()
             })
             .await
