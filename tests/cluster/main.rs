@@ -42,9 +42,7 @@ impl ApiProcess {
             .env("FETCHML_NATS__REPLICAS", "3")
             .env("FETCHML_NATS__PROGRESS_MAX_BYTES", fetchml_tests::TEST_PROGRESS_BYTES.to_string())
             .env("FETCHML_AUTH__USERS_FILE", users_file())
-            .env("FETCHML_POSTGRES__URL", &db.url)
-            .env("FETCHML_API__RECONCILE_EVERY_SECS", "1")
-            .env("FETCHML_API__RECONCILE_GRACE_SECS", "2");
+            .env("FETCHML_POSTGRES__URL", &db.url);
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -357,7 +355,7 @@ async fn a_partitioned_node_refuses_writes_the_majority_goes_on_and_after_healin
         &cluster.node("n3").url(),
         &ns,
         &db,
-        &[("FETCHML_API__EMBEDDED_PROJECTOR", "false"), ("FETCHML_API__EMBEDDED_DISPATCHER", "false")],
+        &[("FETCHML_API__EMBEDDED_PROJECTOR", "false"), ("FETCHML_API__EMBEDDED_SCHEDULER", "false")],
     )
     .await;
     let mut workers = [

@@ -37,8 +37,6 @@ async fn start_api(ns: &str, db_url: &str) -> ApiProcess {
         .env("FETCHML_NATS__PROGRESS_MAX_BYTES", fetchml_tests::TEST_PROGRESS_BYTES.to_string())
         .env("FETCHML_AUTH__USERS_FILE", users_file())
         .env("FETCHML_POSTGRES__URL", db_url)
-        .env("FETCHML_API__RECONCILE_EVERY_SECS", "1")
-        .env("FETCHML_API__RECONCILE_GRACE_SECS", "2")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(if std::env::var("TEST_LOG").is_ok() {

@@ -230,8 +230,6 @@ pub async fn spawn_api_process(ui_dir: &std::path::Path) -> ApiProcess {
         .env("FETCHML_AUTH__USERS_FILE", users_file())
         .env("FETCHML_POSTGRES__URL", &db.url)
         .env("FETCHML_API__UI_DIR", ui_dir)
-        .env("FETCHML_API__RECONCILE_EVERY_SECS", "1")
-        .env("FETCHML_API__RECONCILE_GRACE_SECS", "2")
         .env("RUST_LOG", std::env::var("TEST_LOG").unwrap_or_else(|_| "warn".into()))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
