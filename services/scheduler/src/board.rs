@@ -163,6 +163,9 @@ type PoolQueues = BTreeMap<(u8, Arc<str>), VecDeque<JobId>>;
 pub struct Board {
     settings: SchedulingSettings,
     jobs: HashMap<JobId, Tracked>,
+    /// The jobs assigned or running: the few that time, usage and lost
+    /// workers concern, so that no decision walks the whole backlog.
+    active: HashSet<JobId>,
     /// Waiting jobs ready now, per pool, per (priority, owner), oldest first.
     queues: BTreeMap<String, PoolQueues>,
     /// Waiting jobs in backoff, by the time they become ready.
@@ -183,6 +186,7 @@ impl Board {
         Self {
             settings,
             jobs: HashMap::new(),
+            active: HashSet::new(),
             queues: BTreeMap::new(),
             delayed: BTreeSet::new(),
             workers: HashMap::new(),
@@ -233,6 +237,7 @@ impl Board {
     ) -> Option<Notice> {
         self.seen = self.seen.max(seq);
         let prev = self.jobs.remove(&id);
+        self.active.remove(&id);
         if prev.is_none() && !matches!(event, JobEvent::JobQueued { .. } | JobEvent::JobRequeued { .. }) {
             // A job the board let go of (finished) moving again can only be
             // a requeue; anything else about it is history we do not need.
@@ -241,7 +246,11 @@ impl Board {
         let mut notice = None;
         // The attempt that was holding a worker ends with any event but a start.
         if let Some(p) = &prev {
-            self.unqueue(id, p);
+            // Only a waiting job is in a queue (an assigned one left it when
+            // it was offered): the search is skipped on the hot path.
+            if matches!(p.phase, Phase::Waiting) {
+                self.unqueue(id, p);
+            }
             match &p.phase {
                 Phase::Running { worker, placement, since } => {
                     let slot_secs = (at - *since).num_milliseconds().max(0) as f64 / 1000.0 * weight(placement);
@@ -308,6 +317,8 @@ impl Board {
         };
         if matches!(tracked.phase, Phase::Waiting) {
             self.enqueue(id, &tracked);
+        } else {
+            self.active.insert(id);
         }
         self.jobs.insert(id, tracked);
         notice
@@ -455,9 +466,9 @@ impl Board {
             }
         }
         let expired: Vec<(JobId, WorkerId)> = self
-            .jobs
+            .active
             .iter()
-            .filter_map(|(id, t)| match t.phase {
+            .filter_map(|id| match self.jobs.get(id)?.phase {
                 Phase::Assigned { worker, until } if until <= now => Some((*id, worker)),
                 _ => None,
             })
@@ -467,6 +478,7 @@ impl Board {
             if let Some(w) = self.workers.get_mut(&worker) {
                 w.holding.remove(&id);
             }
+            self.active.remove(&id);
             if let Some(mut t) = self.jobs.remove(&id) {
                 t.phase = Phase::Waiting;
                 self.enqueue(id, &t);
@@ -485,8 +497,9 @@ impl Board {
 
     /// Running attempts whose worker is not live.
     pub fn orphans(&self) -> Vec<Lost> {
-        self.jobs
+        self.active
             .iter()
+            .filter_map(|id| Some((id, self.jobs.get(id)?)))
             .filter_map(|(id, t)| match &t.phase {
                 Phase::Running { worker, .. } if !self.workers.contains_key(worker) => Some(Lost {
                     job: *id,
@@ -505,24 +518,6 @@ impl Board {
         t.state.spec.priority as u32 + (waited / self.settings.aging_secs.max(1)) as u32
     }
 
-    /// Slot-seconds of `owner` now: decayed past, plus what runs.
-    fn usage_of(&self, owner: &str, now: DateTime<Utc>) -> f64 {
-        let past = self.usage.get(owner).map(|u| u.decayed(now, self.half_life())).unwrap_or(0.0);
-        let running: f64 = self
-            .jobs
-            .values()
-            .filter(|t| &*t.owner == owner)
-            .map(|t| match &t.phase {
-                Phase::Running { placement, since, .. } => {
-                    weight(placement) * (HELD + (now - *since).num_milliseconds().max(0) as f64 / 1000.0)
-                }
-                Phase::Assigned { .. } => HELD,
-                Phase::Waiting => 0.0,
-            })
-            .sum();
-        past + running
-    }
-
     /// The fair-share key of an owner: (group's usage per share, own usage
     /// per share); lower goes first. Users outside any group are their own.
     fn share_key(&self, owner: &str, usage: &HashMap<Arc<str>, f64>) -> (f64, f64) {
@@ -538,10 +533,21 @@ impl Board {
         }
     }
 
+    /// Every owner's usage now, in one pass over the past and what runs.
     fn usage_table(&self, now: DateTime<Utc>) -> HashMap<Arc<str>, f64> {
-        let mut owners: HashSet<Arc<str>> = self.usage.keys().cloned().collect();
-        owners.extend(self.jobs.values().map(|t| t.owner.clone()));
-        owners.into_iter().map(|o| (o.clone(), self.usage_of(&o, now))).collect()
+        let hl = self.half_life();
+        let mut out: HashMap<Arc<str>, f64> = self.usage.iter().map(|(o, u)| (o.clone(), u.decayed(now, hl))).collect();
+        for t in self.active.iter().filter_map(|id| self.jobs.get(id)) {
+            let held = match &t.phase {
+                Phase::Running { placement, since, .. } => {
+                    weight(placement) * (HELD + (now - *since).num_milliseconds().max(0) as f64 / 1000.0)
+                }
+                Phase::Assigned { .. } => HELD,
+                Phase::Waiting => 0.0,
+            };
+            *out.entry(t.owner.clone()).or_default() += held;
+        }
+        out
     }
 
     /// What `job` would hold on `w`, if it fits there now.
@@ -588,6 +594,7 @@ impl Board {
                 let Some((job, placement)) = self.best_for(w, now, &usage) else { continue };
                 let Some(t) = self.jobs.get_mut(&job) else { continue };
                 t.phase = Phase::Assigned { worker: *wid, until: now + assignment_timeout };
+                self.active.insert(job);
                 let assignment = fetchml_events::dispatch::Assignment {
                     job_id: job,
                     subject: t.subject.clone(),
