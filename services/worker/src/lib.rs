@@ -497,6 +497,11 @@ impl Worker {
         self.stops.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
         stopper.abort();
 
+        // The process has ended: its slot and GPUs are free before the end
+        // is recorded, so an assignment sent by a scheduler that saw that
+        // record always finds them free here (else it is declined and waits
+        // for the scheduler's assignment timeout).
+        self.capacity.lock().unwrap_or_else(|p| p.into_inner()).held.remove(&job_id);
         let ran_outcome = if fenced.is_cancelled() { "ended_elsewhere" } else { outcome_label(&outcome) };
         metrics::histogram!(fetchml_runtime::metrics::RUN_TIME, "pool" => self.pool.to_string(), "outcome" => ran_outcome)
             .record(ran.as_secs_f64());
