@@ -71,7 +71,13 @@ struct Inner {
 
 impl LogTap {
     pub fn new(store: EventStore) -> Self {
-        let (tx, _) = broadcast::channel(BUFFER);
+        Self::with_buffer(store, BUFFER)
+    }
+
+    /// A tap holding `events` for followers that are behind (a test makes it
+    /// small to see a follower fall behind it and catch up on its own).
+    pub fn with_buffer(store: EventStore, events: usize) -> Self {
+        let (tx, _) = broadcast::channel(events.max(1));
         Self { inner: Arc::new(Inner { store, tx, pending_start: Mutex::new(Some(u64::MAX)) }) }
     }
 

@@ -285,8 +285,14 @@ async fn verify_from(cluster: &NatsCluster, node: &str, stream: &str, ns: &str) 
     last
 }
 
+/// Each test runs three nats-servers, an api and workers on a 2-core machine:
+/// one cluster at a time, so that an election's timing is the cluster's and
+/// not the other test's load.
+static ONE_CLUSTER_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn killing_the_events_leader_under_load_loses_no_job_and_the_restarted_node_catches_up_and_verifies() {
+    let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     let mut cluster = NatsCluster::start().await;
     let ns = unique_namespace().to_string();
     let db = fresh_database();
@@ -340,6 +346,7 @@ async fn killing_the_events_leader_under_load_loses_no_job_and_the_restarted_nod
 
 #[tokio::test]
 async fn a_partitioned_node_refuses_writes_the_majority_goes_on_and_after_healing_everything_converges() {
+    let _alone = ONE_CLUSTER_AT_A_TIME.lock().await;
     if let Err(why) = fetchml_tests::cluster::can_make_netns() {
         panic!("this test makes network namespaces and veth pairs, which needs root and iproute2: {why}");
     }

@@ -273,3 +273,57 @@ async fn the_job_index_lets_finished_jobs_go_and_takes_a_requeued_one_back() {
     assert_eq!(back.last_seq, again.seq);
     stop.cancel();
 }
+
+/// `n` new jobs queued; their sequences in order.
+async fn queue_many(store: &EventStore, n: usize) -> Vec<u64> {
+    let mut seqs = Vec::with_capacity(n);
+    for _ in 0..n {
+        seqs.push(queue(store, &["true"]).await.1);
+    }
+    seqs
+}
+
+/// The next `n` sequences a feed hands out (bounded wait for each).
+async fn take(feed: &mut fetchml_eventstore::EventFeed, n: usize) -> Vec<u64> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let ev = tokio::time::timeout(std::time::Duration::from_secs(20), feed.next())
+            .await
+            .expect("an event within 20 s")
+            .expect("the feed goes on")
+            .expect("no error");
+        out.push(ev.seq);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_shared_delivery_gives_every_follower_the_log_from_its_own_point_without_gap_or_duplicate() {
+    use fetchml_eventstore::LogTap;
+    let store = fresh_store().await;
+    let before = queue_many(&store, 20).await;
+    // A tiny buffer, so that a follower that does not read falls behind it.
+    let tap = LogTap::with_buffer(store.clone(), 8);
+    let stop = fetchml_tests::CancellationToken::new();
+    let mut from_start = tap.follow(1);
+    let mut idle = tap.follow(1);
+    tap.start(stop.clone());
+    assert_eq!(take(&mut from_start, 20).await, before, "a follower from the start sees the whole log in order");
+
+    // A follower that asks after the start, from the middle, catches up on
+    // its own and then shares the tap.
+    let mut late = tap.follow(before[10]);
+    assert_eq!(take(&mut late, 10).await, before[10..]);
+    let after = queue_many(&store, 30).await;
+    assert_eq!(take(&mut from_start, 30).await, after);
+    assert_eq!(take(&mut late, 30).await, after, "the late follower switched to the tap with no gap");
+
+    // The idle follower's buffer overflowed long ago (50 events, 8 held): it
+    // reads on its own and rejoins; still every event once, in order.
+    let all: Vec<u64> = before.iter().chain(&after).copied().collect();
+    assert_eq!(take(&mut idle, 50).await, all, "the lagging follower lost nothing");
+    let more = queue_many(&store, 5).await;
+    assert_eq!(take(&mut idle, 5).await, more);
+    assert_eq!(take(&mut from_start, 5).await, more);
+    stop.cancel();
+}

@@ -417,7 +417,8 @@ impl Board {
         self.seen = self.seen.max(seq);
     }
 
-    /// A registry entry was written (or rewritten) for `worker`.
+    /// A registry entry was written (or rewritten) for `worker`, at `now`
+    /// (or, read back by a poll, last refreshed then).
     pub fn worker_seen(&mut self, worker: WorkerId, capacity: Capacity, draining: bool, now: DateTime<Utc>) {
         if draining {
             self.drained.insert(worker);
@@ -425,7 +426,8 @@ impl Board {
         match self.workers.get_mut(&worker) {
             Some(w) => {
                 w.capacity = capacity;
-                w.seen_at = now;
+                // A poll may bring an older refresh than the watch did.
+                w.seen_at = w.seen_at.max(now);
             }
             None => {
                 // Jobs the log says run on it hold its capacity.

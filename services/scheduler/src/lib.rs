@@ -208,6 +208,16 @@ impl Scheduler {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch: Option<kv::Watch> = None;
+        // The watch is the fast path; a poll of the registry backs it, so
+        // that a watch that stalls (its stream's leader lost, say) never makes
+        // live workers look dead.
+        let (polled_tx, mut polled) = tokio::sync::mpsc::channel::<Vec<WorkerRecord>>(4);
+        tokio::spawn(poll_registry(
+            registry.clone(),
+            (self.worker_ttl / 3).max(Duration::from_millis(500)),
+            polled_tx,
+            stop.clone(),
+        ));
         tracing::info!(scheduler = %self.id, "scheduler running");
         'outer: while !stop.is_cancelled() {
             let feed = match first.take() {
@@ -258,6 +268,15 @@ impl Scheduler {
                     }
                     q = queries.next() => {
                         if let Some(msg) = q { self.answer(&client, msg).await; }
+                    }
+                    Some(records) = polled.recv() => {
+                        let now = Utc::now();
+                        for rec in records {
+                            // As of its last refresh: an entry not yet expired
+                            // is no proof of life.
+                            let at = rec.seen_at.min(now);
+                            self.worker_record(rec, at);
+                        }
                     }
                     done = lost_done.recv() => {
                         if let Some(key) = done { recording.remove(&key); }
@@ -404,19 +423,25 @@ impl Scheduler {
         match entry.operation {
             kv::Operation::Put => {
                 let Ok(rec) = serde_json::from_slice::<WorkerRecord>(&entry.value) else { return };
-                let capacity = Capacity {
-                    pool: rec.pool,
-                    labels: rec.labels,
-                    slots: rec.concurrency,
-                    gpus: rec.gpus,
-                    cpus: rec.cpus,
-                    memory_mb: rec.memory_mb,
-                    host: rec.host,
-                };
-                self.board().worker_seen(worker, capacity, rec.draining, Utc::now());
+                self.worker_record(rec, Utc::now());
             }
             kv::Operation::Delete | kv::Operation::Purge => self.board().worker_gone(worker),
         }
+    }
+
+    /// What a registry entry says a worker offers, as seen at `at`.
+    fn worker_record(&self, rec: WorkerRecord, at: chrono::DateTime<Utc>) {
+        let Ok(worker) = rec.id.parse::<WorkerId>() else { return };
+        let capacity = Capacity {
+            pool: rec.pool,
+            labels: rec.labels,
+            slots: rec.concurrency,
+            gpus: rec.gpus,
+            cpus: rec.cpus,
+            memory_mb: rec.memory_mb,
+            host: rec.host,
+        };
+        self.board().worker_seen(worker, capacity, rec.draining, at);
     }
 
     async fn answer(&self, client: &async_nats::Client, msg: async_nats::Message) {
@@ -428,6 +453,31 @@ impl Scheduler {
         };
         if let Ok(body) = body {
             let _ = client.publish(reply, body.into()).await;
+        }
+    }
+}
+
+/// Lists the registry every `every` until `stop`, for the run loop.
+async fn poll_registry(
+    registry: kv::Store,
+    every: Duration,
+    out: tokio::sync::mpsc::Sender<Vec<WorkerRecord>>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match fetchml_eventstore::list_workers(&registry).await {
+            Ok(records) => {
+                if out.send(records).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot list the worker registry; the watch goes on"),
         }
     }
 }
