@@ -38,4 +38,4 @@ pub use registry::{
 };
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
 pub use streams::{StreamSettings, ensure_streams, log_replicas};
-pub use tap::{EventFeed, LogSource, LogTap};
+pub use tap::{EventFeed, LogSource, LogTap, STALL_CHECK};

@@ -34,6 +34,9 @@ use tokio_util::sync::CancellationToken;
 /// behind than this reads on its own until it has caught up (see the header).
 const BUFFER: usize = 16_384;
 
+/// How long a reader may be quiet before it is checked against the log's end.
+pub const STALL_CHECK: Duration = Duration::from_secs(5);
+
 /// What a follower reads: events in log order, from where it asked.
 pub type EventFeed = Pin<Box<dyn Stream<Item = Result<StoredEvent, StoreError>> + Send>>;
 
@@ -117,7 +120,22 @@ impl LogTap {
                     }
                 };
                 loop {
-                    let item = tokio::select! { _ = stop.cancelled() => return, i = events.next() => i };
+                    let item = tokio::select! {
+                        _ = stop.cancelled() => return,
+                        i = tokio::time::timeout(STALL_CHECK, events.next()) => i,
+                    };
+                    let item = match item {
+                        Ok(item) => item,
+                        // Quiet: fine if the log is, else the reader is stuck
+                        // (seen once its stream's leader moved): read again.
+                        Err(_) => match (inner.store.last_sequence().await, next) {
+                            (Ok(last), Some(want)) if last >= want => {
+                                tracing::warn!(want, last, "log tap stalled behind the log; reading again");
+                                break;
+                            }
+                            _ => continue,
+                        },
+                    };
                     let Some(Ok(ev)) = item else { break };
                     backoff = Duration::from_millis(100);
                     next = Some(ev.seq + 1);

@@ -208,6 +208,8 @@ impl Scheduler {
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch: Option<kv::Watch> = None;
+        let mut watch_tried: Option<tokio::time::Instant> = None;
+        let mut last_event = tokio::time::Instant::now();
         // The watch is the fast path; a poll of the registry backs it, so
         // that a watch that stalls (its stream's leader lost, say) never makes
         // live workers look dead.
@@ -234,10 +236,27 @@ impl Scheduler {
                 }
             };
             loop {
-                if watch.is_none() {
-                    match registry.watch_all().await {
-                        Ok(w) => watch = Some(w),
-                        Err(e) => tracing::warn!(error = %e, "scheduler cannot watch the worker registry"),
+                // At most one attempt a second: a failing attempt waits for
+                // its request timeout, and events must not wait behind it
+                // (the poll keeps the workers known meanwhile).
+                if watch.is_none() && watch_tried.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                    watch_tried = Some(tokio::time::Instant::now());
+                    match tokio::time::timeout(Duration::from_secs(1), registry.watch_all()).await {
+                        Ok(Ok(w)) => watch = Some(w),
+                        Ok(Err(e)) => tracing::warn!(error = %e, "scheduler cannot watch the worker registry"),
+                        Err(_) => tracing::warn!("scheduler cannot watch the worker registry: no answer within 1 s"),
+                    }
+                }
+                // A feed quiet for long while the log has grown is stuck
+                // (its reader lost its stream's leader): read again from
+                // where the board is, on a reader of its own if need be.
+                if last_event.elapsed() >= fetchml_eventstore::STALL_CHECK {
+                    last_event = tokio::time::Instant::now();
+                    if let Ok(last) = self.store.last_sequence().await
+                        && last >= next
+                    {
+                        tracing::warn!(next, last, "scheduler's log feed stalled; reading again");
+                        continue 'outer;
                     }
                 }
                 let mut notices = Vec::new();
@@ -246,6 +265,7 @@ impl Scheduler {
                     ev = feed.next() => {
                         let Some(Ok(first)) = ev else { continue 'outer };
                         backoff = Duration::from_millis(100);
+                        last_event = tokio::time::Instant::now();
                         let mut batch = vec![first];
                         while batch.len() < 1024 {
                             match feed.next().now_or_never() {
