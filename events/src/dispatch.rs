@@ -53,17 +53,6 @@ pub enum WorkerMessage {
     Drain,
 }
 
-/// Who is asked to do what (for logs).
-impl WorkerMessage {
-    pub fn job(&self) -> Option<JobId> {
-        match self {
-            WorkerMessage::Assign(a) => Some(a.job_id),
-            WorkerMessage::Stop { job_id, .. } => Some(*job_id),
-            WorkerMessage::Drain => None,
-        }
-    }
-}
-
 /// The worker an assignment is for, and its subject, in one place.
 pub fn worker_subject(ns: &crate::ids::Namespace, worker: WorkerId) -> String {
     format!("{ns}.sched.worker.{worker}")

@@ -219,10 +219,6 @@ impl Board {
         self.jobs.len()
     }
 
-    pub fn waiting(&self) -> usize {
-        self.jobs.values().filter(|t| matches!(t.phase, Phase::Waiting)).count()
-    }
-
     /// Folds one job event. Returns what the leader must tell a worker.
     #[allow(clippy::too_many_arguments)]
     pub fn apply_job(
@@ -447,10 +443,6 @@ impl Board {
     /// The worker's registry entry was deleted (a clean stop).
     pub fn worker_gone(&mut self, worker: WorkerId) {
         self.workers.remove(&worker);
-    }
-
-    pub fn is_live(&self, worker: WorkerId) -> bool {
-        self.workers.contains_key(&worker)
     }
 
     /// Time passes: backoffs end, assignments not started go back to the

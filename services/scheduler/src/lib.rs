@@ -86,7 +86,6 @@ pub enum Query {
 pub struct SchedulerHandle {
     board: Arc<Mutex<Board>>,
     leading: Arc<AtomicBool>,
-    caught_up: Arc<AtomicBool>,
 }
 
 impl SchedulerHandle {
@@ -95,13 +94,6 @@ impl SchedulerHandle {
     }
     pub fn pools(&self) -> Vec<PoolView> {
         self.board.lock().unwrap_or_else(|p| p.into_inner()).pools(Utc::now())
-    }
-    pub fn is_leader(&self) -> bool {
-        self.leading.load(Ordering::Relaxed)
-    }
-    /// Whether the board has replayed the log as it was when the scheduler started.
-    pub fn caught_up(&self) -> bool {
-        self.caught_up.load(Ordering::Relaxed)
     }
 }
 
@@ -129,11 +121,7 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(store: EventStore, settings: SchedulingSettings, worker_ttl: Duration) -> Self {
         let board = Board::new(settings.clone(), worker_ttl);
-        let handle = SchedulerHandle {
-            board: Arc::new(Mutex::new(board)),
-            leading: Arc::new(AtomicBool::new(false)),
-            caught_up: Arc::new(AtomicBool::new(false)),
-        };
+        let handle = SchedulerHandle { board: Arc::new(Mutex::new(board)), leading: Arc::new(AtomicBool::new(false)) };
         Self { store, settings, worker_ttl, handle, id: uuid::Uuid::now_v7().to_string() }
     }
 
@@ -210,6 +198,7 @@ impl Scheduler {
         let mut watch: Option<kv::Watch> = None;
         let mut watch_tried: Option<tokio::time::Instant> = None;
         let mut last_event = tokio::time::Instant::now();
+        let mut announced = false;
         // The watch is the fast path; a poll of the registry backs it, so
         // that a watch that stalls (its stream's leader lost, say) never makes
         // live workers look dead.
@@ -304,7 +293,8 @@ impl Scheduler {
                     _ = tick.tick() => {}
                 }
                 let caught_up = self.handle.board.lock().unwrap_or_else(|p| p.into_inner()).seen >= log_end;
-                if caught_up && !self.handle.caught_up.swap(true, Ordering::Relaxed) {
+                if caught_up && !announced {
+                    announced = true;
                     tracing::info!(seq = log_end, "scheduler caught up with the log");
                 }
                 if !caught_up || !leading.load(Ordering::Relaxed) {

@@ -202,11 +202,6 @@ impl Worker {
         self.id
     }
 
-    /// The GPU ids this worker offers.
-    pub fn gpus(&self) -> Vec<String> {
-        self.capacity.lock().unwrap_or_else(|p| p.into_inner()).gpus.clone()
-    }
-
     /// Runs assignments until `stop` is cancelled, then lets running jobs
     /// finish for up to `drain_secs`, and hands the rest back.
     pub async fn run(mut self, stop: CancellationToken) -> Result<(), WorkerError> {
