@@ -22,6 +22,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod scheduling;
+
 #[derive(Parser)]
 #[command(about = "fetchml benchmarks, as ratios to the broker's limit in the same run")]
 struct Args {
@@ -44,7 +46,8 @@ struct Args {
     #[arg(long)]
     rebuild_events: Option<usize>,
     /// Run only these sections (the raw limit always runs: ratios need it):
-    /// durability, submit, e2e, latency, rebuild, audit, streams, cancel. Repeatable.
+    /// durability, submit, e2e, latency, backlog, fairshare, rebuild, audit,
+    /// streams, cancel. Repeatable.
     #[arg(long)]
     only: Vec<String>,
     /// Run against a 3-node loopback JetStream cluster with R3 streams (every
@@ -79,6 +82,75 @@ fn rss_kib(pid: u32) -> u64 {
         .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
+}
+
+/// With `BENCH_PROCESS_LOGS=<dir>`, the api, scheduler and worker processes log
+/// at `info` into files there (to find out why a figure is what it is);
+/// otherwise they log warnings to nowhere.
+fn process_log() -> Stdio {
+    let Some(dir) = std::env::var_os("BENCH_PROCESS_LOGS") else { return Stdio::null() };
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let path = Path::new(&dir).join(format!("process-{}.log", NEXT.fetch_add(1, Ordering::Relaxed)));
+    std::fs::File::create(path).map(Stdio::from).unwrap_or_else(|_| Stdio::null())
+}
+
+fn log_level() -> &'static str {
+    if std::env::var_os("BENCH_PROCESS_LOGS").is_some() { "info" } else { "warn" }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds.
+fn cpu_secs(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // The fields after the command name (which may hold spaces), from field 3.
+    let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else { return 0.0 };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 =
+        f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0) + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    // Linux reports in USER_HZ, 100 on every architecture we run on.
+    ticks / 100.0
+}
+
+/// CPU time of every process named `comm` (PostgreSQL's backends, say).
+fn cpu_secs_of_all(comm: &str) -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return 0.0 };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == comm))
+        .map(cpu_secs)
+        .sum()
+}
+
+/// Where the CPU of a phase went, by process kind.
+struct CpuSplit {
+    api: f64,
+    workers: f64,
+    broker: f64,
+    postgres: f64,
+    bench: f64,
+}
+
+impl CpuSplit {
+    fn now(api: &Proc, workers: &[Proc], env: &Env) -> Self {
+        Self {
+            api: cpu_secs(api.0.id()),
+            workers: workers.iter().map(|w| cpu_secs(w.0.id())).sum(),
+            broker: env._nats.iter().map(|n| cpu_secs(n.0.id())).sum(),
+            postgres: cpu_secs_of_all("postgres"),
+            bench: cpu_secs(std::process::id()),
+        }
+    }
+
+    /// Reports CPU microseconds per job spent in each kind since `before`.
+    fn report(&self, before: &Self, jobs: usize, label: &str, r: &mut Report) {
+        for (name, a, b) in [
+            ("api", self.api, before.api),
+            ("workers", self.workers, before.workers),
+            ("nats-server", self.broker, before.broker),
+            ("postgres", self.postgres, before.postgres),
+            ("bench client", self.bench, before.bench),
+        ] {
+            r.add(&format!("  CPU per job, {label}: {name}"), (a - b) * 1e6 / jobs as f64, "µs", None);
+        }
+    }
 }
 
 fn free_port() -> u16 {
@@ -138,6 +210,11 @@ struct Env {
     monitors: Vec<String>,
     /// Replicas of every stream made (1, or 3 with --cluster).
     replicas: usize,
+    /// Keys of `scheduling::USERS` more researchers (only when a scheduling
+    /// section runs: each key costs an argon2 hash).
+    user_keys: Vec<String>,
+    /// End to end with four workers on an empty queue, once measured.
+    e2e_4: std::sync::OnceLock<f64>,
     _nats: Vec<Proc>,
     _store: tempfile::TempDir,
     client: async_nats::Client,
@@ -160,18 +237,39 @@ impl Env {
 
     /// An api process on a free port in namespace `ns`.
     async fn api(&self, ns: &str) -> (Proc, String) {
+        self.api_with(ns, &[]).await
+    }
+
+    /// A standalone scheduler in namespace `ns`.
+    fn scheduler(&self, ns: &str) -> Proc {
+        let child = Command::new(self.fetchml())
+            .arg("scheduler")
+            .env("FETCHML_NATS__URL", &self.nats_url)
+            .env("FETCHML_NATS__NAMESPACE", ns)
+            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
+            .env("RUST_LOG", log_level())
+            .stdout(Stdio::null())
+            .stderr(process_log())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
+    /// An api process with settings `extra` (environment variables) on top.
+    async fn api_with(&self, ns: &str, extra: &[(&str, &str)]) -> (Proc, String) {
         let port = free_port();
         let child = Command::new(self.fetchml())
             .args(["api", "--listen", &format!("127.0.0.1:{port}")])
+            .envs(extra.iter().copied())
             .env("FETCHML_NATS__URL", &self.nats_url)
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
             .env("FETCHML_POSTGRES__URL", self.database(ns).await)
             .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
             .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(process_log())
             .spawn()
             .context("starting the api")
             .unwrap();
@@ -197,9 +295,9 @@ impl Env {
             .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_WORKER__JOB_ROOT", job_root)
             .env("FETCHML_WORKER__KILL_GRACE_SECS", "1")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", log_level())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(process_log())
             .spawn()
             .unwrap();
         Proc(child)
@@ -222,13 +320,24 @@ async fn main() -> anyhow::Result<()> {
     let client = async_nats::connect(&nats_url).await?;
     let k = fetchml_identity::generate_key()?;
     let users_file = tempfile::NamedTempFile::new()?;
-    std::fs::write(
-        users_file.path(),
-        format!(
-            "users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n",
-            k.key_id, k.hash
-        ),
-    )?;
+    let mut users = format!(
+        "users:\n  - name: researcher1\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n",
+        k.key_id, k.hash
+    );
+    let mut user_keys = Vec::new();
+    if args.runs("backlog") || args.runs("fairshare") {
+        for i in 0..scheduling::USERS {
+            let uk = fetchml_identity::generate_key()?;
+            users.push_str(&format!(
+                "  - name: {}\n    role: researcher\n    keys: [{{id: \"{}\", hash: \"{}\"}}]\n",
+                scheduling::user_name(i),
+                uk.key_id,
+                uk.hash
+            ));
+            user_keys.push(uk.key);
+        }
+    }
+    std::fs::write(users_file.path(), users)?;
     let pg_server = args.pg.trim_end_matches('/').to_owned();
     let args_cluster = args.cluster;
     let mut env = Env {
@@ -243,6 +352,8 @@ async fn main() -> anyhow::Result<()> {
         next_node: std::sync::atomic::AtomicUsize::new(0),
         monitors,
         replicas: if args_cluster { 3 } else { 1 },
+        user_keys,
+        e2e_4: std::sync::OnceLock::new(),
         _nats: nats,
         _store: store,
         client,
@@ -418,7 +529,6 @@ async fn run(env: &Env) -> anyhow::Result<()> {
                 r.add("memory: worker RSS idle", ws[0].rss_kib() as f64 / 1024.0, "MiB", None);
             }
             let n = if quick { 2_000 } else { 10_000 };
-            let done = count_events(&env.client, &ns, "job_succeeded", n);
             let t0 = Instant::now();
             let peak = Arc::new(AtomicU64::new(0));
             let sampling = Arc::new(AtomicBool::new(true));
@@ -459,9 +569,11 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             };
             let before = env.broker_messages().await?;
             let stored_before = stored_messages(&env.client, &ns).await?;
+            let cpu_before = CpuSplit::now(&api, &ws, env);
             submit_many(&env.key, &url, n, 64, json!({"executor": "noop", "command": []})).await;
-            done.await??;
+            let asked = scheduling::until_finished_down_to(env, &ns, 0).await?;
             let rate = n as f64 / t0.elapsed().as_secs_f64();
+            CpuSplit::now(&api, &ws, env).report(&cpu_before, n, &format!("{workers} worker(s)"), &mut r);
             let moved = env.broker_messages().await? - before;
             let stored = stored_messages(&env.client, &ns).await? - stored_before;
             sampling.store(false, Ordering::Relaxed);
@@ -475,6 +587,9 @@ async fn run(env: &Env) -> anyhow::Result<()> {
                 None,
             );
             e2e_max = e2e_max.max(rate);
+            if workers == 4 {
+                let _ = env.e2e_4.set(rate);
+            }
             r.add(
                 &format!("end to end: noop jobs, {workers} worker(s)"),
                 rate,
@@ -483,8 +598,8 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             );
             // What one job costs the broker, and what that allows at most if
             // the broker had the whole machine (see BENCHMARKS.md).
-            // The bench's own completion counter reads each job's 3 events.
-            let per_job = moved.total() as f64 / n as f64 - 3.0;
+            // Less the bench's own questions to the scheduler (how many are left).
+            let per_job = (moved.total() as f64 - 4.0 * asked as f64) / n as f64;
             r.add(&format!("  broker messages in+out per job, {workers} worker(s)"), per_job, "msg", None);
             r.add(&format!("  stored messages per job, {workers} worker(s)"), stored as f64 / n as f64, "msg", None);
             r.add(
@@ -531,6 +646,15 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             drop(ws);
             drop(api);
         }
+    }
+
+    // ---- 4. The scheduler: a large backlog, and fair share between two users.
+    if env.args.runs("backlog") {
+        let (n, e2e_n) = if quick { (20_000, 2_000) } else { (100_000, 10_000) };
+        scheduling::backlog(env, &mut r, n, e2e_n, root.path()).await?;
+    }
+    if env.args.runs("fairshare") {
+        scheduling::fair_share(env, &mut r, 20_000, 100, root.path()).await?;
     }
 
     let n_events = env.args.rebuild_events.unwrap_or(if quick { 100_000 } else { 1_000_000 });

@@ -219,6 +219,11 @@ impl Board {
         self.jobs.len()
     }
 
+    /// Number of jobs assigned to a worker or running.
+    pub fn active(&self) -> usize {
+        self.active.len()
+    }
+
     /// Folds one job event. Returns what the leader must tell a worker.
     #[allow(clippy::too_many_arguments)]
     pub fn apply_job(
@@ -550,21 +555,22 @@ impl Board {
         if w.free_slots() == 0 || !fits_ever(t, &w.capacity) {
             return None;
         }
-        let free = w.free_gpus();
-        if (free.len() as u32) < r.gpus {
-            return None;
-        }
+        // Each check walks what the worker holds: only the ones the job needs.
+        let gpus: Vec<String> = if r.gpus == 0 {
+            Vec::new()
+        } else {
+            let free = w.free_gpus();
+            if (free.len() as u32) < r.gpus {
+                return None;
+            }
+            free.into_iter().take(r.gpus as usize).cloned().collect()
+        };
         let cpus = r.cpus.unwrap_or(0);
         let mem = r.memory_mb.unwrap_or(0);
-        if w.free_cpus() < cpus as i64 || w.free_memory() < mem as i64 {
+        if (cpus > 0 && w.free_cpus() < cpus as i64) || (mem > 0 && w.free_memory() < mem as i64) {
             return None;
         }
-        Some(Placement {
-            host: w.capacity.host.clone(),
-            gpus: free.into_iter().take(r.gpus as usize).cloned().collect(),
-            cpus,
-            memory_mb: mem,
-        })
+        Some(Placement { host: w.capacity.host.clone(), gpus, cpus, memory_mb: mem })
     }
 
     /// The next assignments: for every worker with room, the best job that
@@ -581,11 +587,25 @@ impl Board {
             .map(|(id, _)| *id)
             .collect();
         workers.sort();
+        let mut nothing_fits: HashSet<WorkerId> = HashSet::new();
         loop {
             let mut progress = false;
+            // A full worker is not looked at again in this pass: with a deep
+            // backlog, asking it for its best job would walk every queue's
+            // backfill window for nothing.
+            // Nor is one that nothing fits: within a pass its room only shrinks
+            // and the queues only lose jobs.
+            workers
+                .retain(|wid| self.workers.get(wid).is_some_and(|w| w.free_slots() > 0) && !nothing_fits.contains(wid));
             for wid in &workers {
                 let Some(w) = self.workers.get(wid) else { continue };
-                let Some((job, placement)) = self.best_for(w, now, &usage) else { continue };
+                if w.free_slots() == 0 {
+                    continue;
+                }
+                let Some((job, placement)) = self.best_for(w, now, &usage) else {
+                    nothing_fits.insert(*wid);
+                    continue;
+                };
                 let Some(t) = self.jobs.get_mut(&job) else { continue };
                 t.phase = Phase::Assigned { worker: *wid, until: now + assignment_timeout };
                 self.active.insert(job);
@@ -916,6 +936,34 @@ mod tests {
         assert_eq!(next.len(), 1);
         assert_eq!(next[0].assignment.placement.gpus, freed);
         assert!(jobs.contains(&next[0].assignment.job_id));
+    }
+
+    #[test]
+    fn a_deep_backlog_of_many_users_fills_every_slot_evenly_and_backfills_past_a_job_that_does_not_fit() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        let users: Vec<String> = (0..50).map(|i| format!("user{i:02}")).collect();
+        // A GPU job heads one user's queue; no worker has a GPU.
+        f.queue("user00", t0(), |s| s.resources.gpus = 1);
+        for _ in 0..100 {
+            for u in &users {
+                f.queue(u, t0(), |_| {});
+            }
+        }
+        let workers: Vec<WorkerId> = (0..4).map(|_| f.worker(&[], 32, t0())).collect();
+        let decisions = f.start_all(t0());
+        assert_eq!(decisions.len(), 128, "every slot of every worker");
+        for w in &workers {
+            assert_eq!(decisions.iter().filter(|d| d.worker == *w).count(), 32);
+        }
+        let mut per_user: HashMap<String, usize> = HashMap::new();
+        for d in &decisions {
+            assert_eq!(d.assignment.state.spec.resources.gpus, 0, "the GPU job has nowhere to go");
+            *per_user.entry(d.assignment.state.owner.to_string()).or_default() += 1;
+        }
+        assert_eq!(per_user.len(), 50, "everyone gets a slot");
+        let (min, max) = (per_user.values().min().copied(), per_user.values().max().copied());
+        assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{per_user:?}");
+        assert!(f.board.plan(t0(), secs(5)).is_empty(), "every worker is full");
     }
 
     #[test]

@@ -79,6 +79,30 @@ const TICK: Duration = Duration::from_millis(200);
 pub enum Query {
     Explain(JobId),
     Pools,
+    Stats,
+}
+
+/// What a scheduler has done, for the bench and for operators: how much it
+/// holds and how long its decisions take (`Query::Stats`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Stats {
+    pub leading: bool,
+    /// The highest log sequence folded into the board.
+    pub seen: u64,
+    /// Jobs not finished: waiting, assigned or running.
+    pub unfinished: usize,
+    /// Of those, assigned or running.
+    pub active: usize,
+    /// Planning passes that assigned at least one job, and their time.
+    pub busy_passes: u64,
+    pub busy_nanos: u64,
+    /// Assignments made.
+    pub decisions: u64,
+    /// Passes that found nothing to assign (every event and tick plans).
+    pub idle_passes: u64,
+    pub idle_nanos: u64,
+    /// The longest single pass.
+    pub max_pass_nanos: u64,
 }
 
 /// A read-only view of a running scheduler's board, for the api.
@@ -86,6 +110,7 @@ pub enum Query {
 pub struct SchedulerHandle {
     board: Arc<Mutex<Board>>,
     leading: Arc<AtomicBool>,
+    stats: Arc<Mutex<Stats>>,
 }
 
 impl SchedulerHandle {
@@ -94,6 +119,18 @@ impl SchedulerHandle {
     }
     pub fn pools(&self) -> Vec<PoolView> {
         self.board.lock().unwrap_or_else(|p| p.into_inner()).pools(Utc::now())
+    }
+    pub fn stats(&self) -> Stats {
+        let (seen, unfinished, active) = {
+            let b = self.board.lock().unwrap_or_else(|p| p.into_inner());
+            (b.seen, b.unfinished(), b.active())
+        };
+        let mut s = self.stats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        s.leading = self.leading.load(Ordering::Relaxed);
+        s.seen = seen;
+        s.unfinished = unfinished;
+        s.active = active;
+        s
     }
 }
 
@@ -121,7 +158,11 @@ pub struct Scheduler {
 impl Scheduler {
     pub fn new(store: EventStore, settings: SchedulingSettings, worker_ttl: Duration) -> Self {
         let board = Board::new(settings.clone(), worker_ttl);
-        let handle = SchedulerHandle { board: Arc::new(Mutex::new(board)), leading: Arc::new(AtomicBool::new(false)) };
+        let handle = SchedulerHandle {
+            board: Arc::new(Mutex::new(board)),
+            leading: Arc::new(AtomicBool::new(false)),
+            stats: Arc::new(Mutex::new(Stats::default())),
+        };
         Self { store, settings, worker_ttl, handle, id: uuid::Uuid::now_v7().to_string() }
     }
 
@@ -301,11 +342,13 @@ impl Scheduler {
                     continue;
                 }
                 let now = Utc::now();
+                let pass = std::time::Instant::now();
                 let (decisions, lost) = {
                     let mut b = self.handle.board.lock().unwrap_or_else(|p| p.into_inner());
                     let lost = b.tick(now);
                     (b.plan(now, timeout), lost)
                 };
+                self.count_pass(pass.elapsed(), decisions.len());
                 for d in decisions {
                     let subject = subjects.scheduler_to_worker(d.worker);
                     tracing::info!(job = %d.assignment.job_id, correlation = %d.assignment.correlation_id,
@@ -407,6 +450,20 @@ impl Scheduler {
         }
     }
 
+    fn count_pass(&self, took: Duration, decisions: usize) {
+        let nanos = took.as_nanos().min(u64::MAX as u128) as u64;
+        let mut s = self.handle.stats.lock().unwrap_or_else(|p| p.into_inner());
+        if decisions > 0 {
+            s.busy_passes += 1;
+            s.busy_nanos += nanos;
+            s.decisions += decisions as u64;
+        } else {
+            s.idle_passes += 1;
+            s.idle_nanos += nanos;
+        }
+        s.max_pass_nanos = s.max_pass_nanos.max(nanos);
+    }
+
     fn board(&self) -> std::sync::MutexGuard<'_, Board> {
         self.handle.board.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -459,6 +516,7 @@ impl Scheduler {
         let body = match serde_json::from_slice::<Query>(&msg.payload) {
             Ok(Query::Explain(job)) => serde_json::to_vec(&self.handle.explain(job)),
             Ok(Query::Pools) => serde_json::to_vec(&self.handle.pools()),
+            Ok(Query::Stats) => serde_json::to_vec(&self.handle.stats()),
             Err(e) => serde_json::to_vec(&serde_json::json!({ "error": e.to_string() })),
         };
         if let Ok(body) = body {
