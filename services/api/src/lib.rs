@@ -29,9 +29,21 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// What every handler can reach.
+/// What every handler can reach. axum clones the state for every request,
+/// so it is one reference count (a profile found the clones and drops of
+/// its twenty-odd fields at about 3% of the api's CPU).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(std::sync::Arc<AppShared>);
+
+impl std::ops::Deref for AppState {
+    type Target = AppShared;
+    fn deref(&self) -> &AppShared {
+        &self.0
+    }
+}
+
+/// The state behind [`AppState`].
+pub struct AppShared {
     pub store: EventStore,
     pub nats: async_nats::Client,
     /// Every job, folded from the log in memory (lists, filters, read-your-writes).
@@ -214,7 +226,7 @@ impl Application {
             st.buffer,
             Duration::from_millis(st.send_timeout_ms),
         ));
-        let state = AppState {
+        let state = AppState(std::sync::Arc::new(AppShared {
             store,
             nats,
             index,
@@ -238,7 +250,7 @@ impl Application {
             dashboard: routes::ui::Dashboard::load_or_warn(&settings.api.ui_dir),
             scheduler: scheduler.as_ref().map(|s| s.handle()),
             scheduling: std::sync::Arc::new(settings.scheduling.clone()),
-        };
+        }));
         Ok(Self { listener, state, settings, stop, signer, tap, scheduler })
     }
 
