@@ -363,7 +363,9 @@ scenarios.perf = async function perf() {
   result({ firstUsefulPaintMs: firstPaint });
   // Frame times and long tasks while the api appends 1000 job events per
   // second (100 queued jobs every 100 ms, over HTTP), the page following them live.
-  const rowsBefore = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
+  // The list's length (the table renders only the rows on screen).
+  const listed = async () => Number(await page.getAttribute('[data-testid=jobs-table]', 'data-rows'));
+  const rowsBefore = await listed();
   await page.evaluate(() => {
     window.__frames = [];
     window.__long = [];
@@ -383,6 +385,20 @@ scenarios.perf = async function perf() {
   if (cdp) {
     await cdp.send('Profiler.enable');
     await cdp.send('Profiler.start');
+  }
+  // FETCHML_PERF_TRACE=1: a trace of the renderer during the burst (the
+  // timeline's categories), printed as the main thread's self time per kind of
+  // work: what the profiler lumps into "(program)" (style, layout, paint).
+  const tracer = process.env.FETCHML_PERF_TRACE ? await page.context().newCDPSession(page) : null;
+  const traceEvents = [];
+  let traced = null;
+  if (tracer) {
+    tracer.on('Tracing.dataCollected', (d) => traceEvents.push(...d.value));
+    traced = new Promise((r) => tracer.once('Tracing.tracingComplete', r));
+    await tracer.send('Tracing.start', {
+      categories: 'devtools.timeline,disabled-by-default-devtools.timeline,blink,cc,v8.execute',
+      transferMode: 'ReportEvents',
+    });
   }
   const started = Date.now();
   let sent = 0;
@@ -415,12 +431,17 @@ scenarios.perf = async function perf() {
     const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
     result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
   }
+  if (tracer) {
+    await tracer.send('Tracing.end');
+    await traced;
+    result({ traceMainThreadSelfMs: mainThreadSelf(traceEvents).slice(0, 25) });
+  }
   const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
     return { frames: window.__frames.slice(5), long: window.__long };
   });
   await shot(page, 'jobs-burst');
-  const rowsAfter = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
+  const rowsAfter = await listed();
   result({
     eventsPerSecond: Math.round(sent / elapsed),
     frames: frames.length,
@@ -433,6 +454,29 @@ scenarios.perf = async function perf() {
   });
   await close();
 };
+
+/** Self time per event name on the renderer's main thread, most first. */
+function mainThreadSelf(events) {
+  const main = events.find((e) => e.ph === 'M' && e.name === 'thread_name' && e.args?.name === 'CrRendererMain');
+  if (!main) return [];
+  const xs = events
+    .filter((e) => e.pid === main.pid && e.tid === main.tid && e.ph === 'X' && typeof e.dur === 'number')
+    .sort((a, b) => a.ts - b.ts || b.dur - a.dur);
+  const self = new Map();
+  const counts = new Map();
+  const stack = [];
+  for (const e of xs) {
+    while (stack.length && stack[stack.length - 1].ts + stack[stack.length - 1].dur <= e.ts) stack.pop();
+    const parent = stack[stack.length - 1];
+    if (parent) self.set(parent.name, (self.get(parent.name) ?? 0) - e.dur);
+    self.set(e.name, (self.get(e.name) ?? 0) + e.dur);
+    counts.set(e.name, (counts.get(e.name) ?? 0) + 1);
+    stack.push(e);
+  }
+  return [...self.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, us]) => `${Math.round(us / 1000)} ms ${k} (${counts.get(k)}x)`);
+}
 
 function quantile(xs, p) {
   const s = [...xs].sort((a, b) => a - b);
