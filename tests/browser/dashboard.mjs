@@ -405,11 +405,14 @@ scenarios.perf = async function perf() {
   // One batch every 100 ms whether or not the previous one was answered (at
   // most 10 in flight), so a slow answer does not lower the rate.
   const inflight = new Set();
+  // The job with the highest sequence: the table's top row once shown.
+  let newest = { seq: -1, id: null };
   for (let i = 0; i < seconds * 10; i++) {
     const jobs = Array.from({ length: 100 }, () => ({ command: ['true'], pool: 'perf' }));
-    const p = api('/v1/jobs/batch', KEYS.root, { jobs }).then(() => {
+    const p = api('/v1/jobs/batch', KEYS.root, { jobs }).then((r) => {
       sent += 100;
       inflight.delete(p);
+      for (const j of r?.jobs ?? []) if (j.seq > newest.seq) newest = j;
     });
     inflight.add(p);
     if (inflight.size >= 10) await Promise.race(inflight);
@@ -418,6 +421,11 @@ scenarios.perf = async function perf() {
   }
   await Promise.all(inflight);
   const elapsed = (Date.now() - started) / 1000;
+  // New jobs join the table a few times a second: how long after the last
+  // one was accepted it is on screen (stream delivery plus that wait).
+  const answered = Date.now();
+  await page.waitForSelector(`tr[data-job="${newest.id}"]`, { timeout: WAIT });
+  const newestShownMs = Date.now() - answered;
   if (cdp) {
     const { profile } = await cdp.send('Profiler.stop');
     const self = new Map();
@@ -434,7 +442,7 @@ scenarios.perf = async function perf() {
   if (tracer) {
     await tracer.send('Tracing.end');
     await traced;
-    result({ traceMainThreadSelfMs: mainThreadSelf(traceEvents).slice(0, 25) });
+    result({ traceMainThreadSelfMs: mainThreadSelf(traceEvents).slice(0, 25), traceLongestTasks: longestTasks(traceEvents, 5) });
   }
   const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
@@ -451,6 +459,7 @@ scenarios.perf = async function perf() {
     longTasks: long.length,
     longTaskMsMax: long.length ? quantile(long, 1) : 0,
     liveRowsShown: rowsAfter - rowsBefore,
+    newestShownMs,
   });
   await close();
 };
@@ -476,6 +485,19 @@ function mainThreadSelf(events) {
   return [...self.entries()]
     .sort((a, b) => b[1] - a[1])
     .map(([k, us]) => `${Math.round(us / 1000)} ms ${k} (${counts.get(k)}x)`);
+}
+
+/** The longest tasks on the renderer's main thread, each with what took its time. */
+function longestTasks(events, n) {
+  const main = events.find((e) => e.ph === 'M' && e.name === 'thread_name' && e.args?.name === 'CrRendererMain');
+  if (!main) return [];
+  const xs = events.filter((e) => e.pid === main.pid && e.tid === main.tid && e.ph === 'X' && typeof e.dur === 'number');
+  const tasks = xs.filter((e) => e.name === 'RunTask').sort((a, b) => b.dur - a.dur).slice(0, n);
+  return tasks.map((t) => {
+    const inside = xs.filter((e) => e !== t && e.ts >= t.ts && e.ts + e.dur <= t.ts + t.dur);
+    const self = mainThreadSelf([main, ...inside]).slice(0, 6);
+    return `${Math.round(t.dur / 1000)} ms: ${self.join(', ')}`;
+  });
 }
 
 function quantile(xs, p) {

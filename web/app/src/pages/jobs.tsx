@@ -44,12 +44,14 @@ export function JobsPage() {
   const loc = useLocation();
   const filters = filtersFrom(loc.query);
   const key = JSON.stringify(filters);
-  const [jobs, setJobsState] = useState<LiveJobs>(() => live({ order: [], byId: {} }));
-  // The same state for the stream's handlers, which run outside renders.
-  const jobsRef = useRef(jobs);
+  // The list lives in a ref, read by renders and by the stream's handlers
+  // (which run outside renders); setJobs renders, a bare ref update does not.
+  const [, setRendered] = useState<LiveJobs | null>(null);
+  const jobsRef = useRef<LiveJobs>(live({ order: [], byId: {} }));
+  const jobs = jobsRef.current;
   const setJobs = useCallback((next: LiveJobs) => {
     jobsRef.current = next;
-    setJobsState(next);
+    setRendered(next);
   }, []);
   // New jobs wait in a buffer while the reader is not at the top of the
   // page, has paused, or is working in the table (focus on a row).
@@ -131,7 +133,11 @@ export function JobsPage() {
       // The buffer holds as many jobs as the table shows: older ones would
       // be pushed out by the newer ones on the way in anyway.
       const out = receive(s, batch, filters, Math.max(LIVE_ROWS, s.order.length));
-      if (out !== s) setJobs(out);
+      // Only new jobs arrived, and they join the table within REVEAL_MS:
+      // nothing on screen changes, so no render (the bar counts them only
+      // while they are held).
+      if (out.order === s.order && out.byId === s.byId && !holdingRef.current) jobsRef.current = out;
+      else if (out !== s) setJobs(out);
       if (waiting(out) > 0) reveals.request();
     };
     let unsubs: (() => void)[] = [];
