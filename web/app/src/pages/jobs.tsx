@@ -482,8 +482,13 @@ const JobRows = memo(function JobRows(props: {
     <tbody ref={body}>
       {start > 0 && <Spacer key="above" height={start * px} columns={props.columns} />}
       {rows.slice(start, end).map((r, i) => (
+        // Keyed by place, not by job: when new jobs come in on top, the rows
+        // on screen keep their elements and change only the cells that differ
+        // (no rows created and removed each time). Nothing in a row's DOM
+        // belongs to the job alone: the checkbox is controlled, and new jobs
+        // are held back while focus is in the table.
         <JobLine
-          key={r.id}
+          key={start + i}
           r={r}
           index={start + i}
           full={props.full}
