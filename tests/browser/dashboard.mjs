@@ -363,7 +363,9 @@ scenarios.perf = async function perf() {
   result({ firstUsefulPaintMs: firstPaint });
   // Frame times and long tasks while the api appends 1000 job events per
   // second (100 queued jobs every 100 ms, over HTTP), the page following them live.
-  const rowsBefore = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
+  // The list's length (the table renders only the rows on screen).
+  const listed = async () => Number(await page.getAttribute('[data-testid=jobs-table]', 'data-rows'));
+  const rowsBefore = await listed();
   await page.evaluate(() => {
     window.__frames = [];
     window.__long = [];
@@ -384,16 +386,33 @@ scenarios.perf = async function perf() {
     await cdp.send('Profiler.enable');
     await cdp.send('Profiler.start');
   }
+  // FETCHML_PERF_TRACE=1: a trace of the renderer during the burst (the
+  // timeline's categories), printed as the main thread's self time per kind of
+  // work: what the profiler lumps into "(program)" (style, layout, paint).
+  const tracer = process.env.FETCHML_PERF_TRACE ? await page.context().newCDPSession(page) : null;
+  const traceEvents = [];
+  let traced = null;
+  if (tracer) {
+    tracer.on('Tracing.dataCollected', (d) => traceEvents.push(...d.value));
+    traced = new Promise((r) => tracer.once('Tracing.tracingComplete', r));
+    await tracer.send('Tracing.start', {
+      categories: 'devtools.timeline,disabled-by-default-devtools.timeline,blink,cc,v8.execute',
+      transferMode: 'ReportEvents',
+    });
+  }
   const started = Date.now();
   let sent = 0;
   // One batch every 100 ms whether or not the previous one was answered (at
   // most 10 in flight), so a slow answer does not lower the rate.
   const inflight = new Set();
+  // The job with the highest sequence: the table's top row once shown.
+  let newest = { seq: -1, id: null };
   for (let i = 0; i < seconds * 10; i++) {
     const jobs = Array.from({ length: 100 }, () => ({ command: ['true'], pool: 'perf' }));
-    const p = api('/v1/jobs/batch', KEYS.root, { jobs }).then(() => {
+    const p = api('/v1/jobs/batch', KEYS.root, { jobs }).then((r) => {
       sent += 100;
       inflight.delete(p);
+      for (const j of r?.jobs ?? []) if (j.seq > newest.seq) newest = j;
     });
     inflight.add(p);
     if (inflight.size >= 10) await Promise.race(inflight);
@@ -402,6 +421,11 @@ scenarios.perf = async function perf() {
   }
   await Promise.all(inflight);
   const elapsed = (Date.now() - started) / 1000;
+  // New jobs join the table a few times a second: how long after the last
+  // one was accepted it is on screen (stream delivery plus that wait).
+  const answered = Date.now();
+  await page.waitForSelector(`tr[data-job="${newest.id}"]`, { timeout: WAIT });
+  const newestShownMs = Date.now() - answered;
   if (cdp) {
     const { profile } = await cdp.send('Profiler.stop');
     const self = new Map();
@@ -415,12 +439,17 @@ scenarios.perf = async function perf() {
     const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
     result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
   }
+  if (tracer) {
+    await tracer.send('Tracing.end');
+    await traced;
+    result({ traceMainThreadSelfMs: mainThreadSelf(traceEvents).slice(0, 25), traceLongestTasks: longestTasks(traceEvents, 5) });
+  }
   const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
     return { frames: window.__frames.slice(5), long: window.__long };
   });
   await shot(page, 'jobs-burst');
-  const rowsAfter = (await page.$$('[data-testid=jobs-table] tbody tr')).length;
+  const rowsAfter = await listed();
   result({
     eventsPerSecond: Math.round(sent / elapsed),
     frames: frames.length,
@@ -430,9 +459,46 @@ scenarios.perf = async function perf() {
     longTasks: long.length,
     longTaskMsMax: long.length ? quantile(long, 1) : 0,
     liveRowsShown: rowsAfter - rowsBefore,
+    newestShownMs,
   });
   await close();
 };
+
+/** Self time per event name on the renderer's main thread, most first. */
+function mainThreadSelf(events) {
+  const main = events.find((e) => e.ph === 'M' && e.name === 'thread_name' && e.args?.name === 'CrRendererMain');
+  if (!main) return [];
+  const xs = events
+    .filter((e) => e.pid === main.pid && e.tid === main.tid && e.ph === 'X' && typeof e.dur === 'number')
+    .sort((a, b) => a.ts - b.ts || b.dur - a.dur);
+  const self = new Map();
+  const counts = new Map();
+  const stack = [];
+  for (const e of xs) {
+    while (stack.length && stack[stack.length - 1].ts + stack[stack.length - 1].dur <= e.ts) stack.pop();
+    const parent = stack[stack.length - 1];
+    if (parent) self.set(parent.name, (self.get(parent.name) ?? 0) - e.dur);
+    self.set(e.name, (self.get(e.name) ?? 0) + e.dur);
+    counts.set(e.name, (counts.get(e.name) ?? 0) + 1);
+    stack.push(e);
+  }
+  return [...self.entries()]
+    .sort((a, b) => b[1] - a[1])
+    .map(([k, us]) => `${Math.round(us / 1000)} ms ${k} (${counts.get(k)}x)`);
+}
+
+/** The longest tasks on the renderer's main thread, each with what took its time. */
+function longestTasks(events, n) {
+  const main = events.find((e) => e.ph === 'M' && e.name === 'thread_name' && e.args?.name === 'CrRendererMain');
+  if (!main) return [];
+  const xs = events.filter((e) => e.pid === main.pid && e.tid === main.tid && e.ph === 'X' && typeof e.dur === 'number');
+  const tasks = xs.filter((e) => e.name === 'RunTask').sort((a, b) => b.dur - a.dur).slice(0, n);
+  return tasks.map((t) => {
+    const inside = xs.filter((e) => e !== t && e.ts >= t.ts && e.ts + e.dur <= t.ts + t.dur);
+    const self = mainThreadSelf([main, ...inside]).slice(0, 6);
+    return `${Math.round(t.dur / 1000)} ms: ${self.join(', ')}`;
+  });
+}
 
 function quantile(xs, p) {
   const s = [...xs].sort((a, b) => a - b);

@@ -1,5 +1,5 @@
 import { memo } from 'preact/compat';
-import { useCallback, useEffect, useMemo, useRef, useState } from 'preact/hooks';
+import { useCallback, useEffect, useLayoutEffect, useMemo, useRef, useState } from 'preact/hooks';
 import { useLocation } from 'preact-iso';
 import { explain, qs, request } from '../api/client';
 import type { JobCounts, JobPage as Page, JobStatus, Ready, StreamMessage } from '../api/types';
@@ -7,13 +7,25 @@ import { JOB_STATES, RETRYABLE, TERMINAL } from '../api/types';
 import { BulkBar, type Action } from '../components/bulk';
 import { Empty, ErrorBox, ProgressBar, StateBadge, TextFilter } from '../components/bits';
 import { count, runTime, shortId, toLocal, toRfc3339, when, STATE_LABEL } from '../lib/format';
-import { countByState, fromItems, appendItems, reduce, type Filters, type JobsState, type Row } from '../lib/jobs';
+import { countByState, fromItems, appendItems, type Filters, type Row } from '../lib/jobs';
+import { Throttle, live, receive, reveal, waiting, type LiveJobs } from '../lib/live';
+import { rowWindow, sameWindow, type RowWindow } from '../lib/rowwindow';
 import { useSession } from '../lib/session';
 
 const PAGE = 50;
 /** Rows kept while following live: new jobs go on top and push the oldest
  *  rows out (render cost stays flat at a thousand events a second). */
 const LIVE_ROWS = 250;
+/** New jobs join the table at most this often (a few times a second): each
+ *  insertion moves every row below it, which the browser lays out and paints
+ *  again. A lone new job after a quiet spell shows at once. */
+const REVEAL_MS = 250;
+/** Within this many pixels of the top, the page follows new jobs. */
+const TOP_PX = 8;
+/** Rows rendered past each edge of the screen (the rest are spacers). */
+const OVERSCAN = 10;
+/** A row's height until one is measured (styles.css gives rows one height). */
+const ROW_PX = 33;
 
 function filtersFrom(q: Record<string, string>): Filters {
   return {
@@ -32,7 +44,23 @@ export function JobsPage() {
   const loc = useLocation();
   const filters = filtersFrom(loc.query);
   const key = JSON.stringify(filters);
-  const [jobs, setJobs] = useState<JobsState>({ order: [], byId: {} });
+  // The list lives in a ref, read by renders and by the stream's handlers
+  // (which run outside renders); setJobs renders, a bare ref update does not.
+  const [, setRendered] = useState<LiveJobs | null>(null);
+  const jobsRef = useRef<LiveJobs>(live({ order: [], byId: {} }));
+  const jobs = jobsRef.current;
+  const setJobs = useCallback((next: LiveJobs) => {
+    jobsRef.current = next;
+    setRendered(next);
+  }, []);
+  // New jobs wait in a buffer while the reader is not at the top of the
+  // page, has paused, or is working in the table (focus on a row).
+  const [paused, setPaused] = useState(false);
+  const [atTop, setAtTop] = useState(true);
+  const [rowFocus, setRowFocus] = useState(false);
+  const holding = paused || !atTop || rowFocus;
+  const holdingRef = useRef(holding);
+  holdingRef.current = holding;
   const [next, setNext] = useState<string | null>(null);
   const [loading, setLoading] = useState(true);
   const [error, setError] = useState<string | null>(null);
@@ -63,6 +91,34 @@ export function JobsPage() {
     return () => clearInterval(t);
   }, [key, reload]);
 
+  // Moves the waiting new jobs into the table (newest on top, the oldest
+  // rows making room).
+  const showNew = useCallback(() => {
+    const s = jobsRef.current;
+    const out = reveal(s, Math.max(LIVE_ROWS, s.order.length));
+    if (out.state === s) return;
+    setJobs(out.state);
+    if (out.trimmed) setTrimmed(true);
+  }, []);
+  const reveals = useMemo(
+    () =>
+      new Throttle(() => {
+        if (!holdingRef.current) showNew();
+      }, REVEAL_MS),
+    [],
+  );
+  useEffect(() => () => reveals.cancel(), []);
+  // Following again (back at the top, resumed, focus left the rows): what
+  // waits joins the table.
+  useEffect(() => {
+    if (!holding && waiting(jobsRef.current) > 0) reveals.request();
+  }, [holding]);
+  useEffect(() => {
+    const onScroll = () => setAtTop(window.scrollY <= TOP_PX);
+    window.addEventListener('scroll', onScroll, { passive: true });
+    return () => window.removeEventListener('scroll', onScroll);
+  }, []);
+
   useEffect(() => {
     let cancelled = false;
     const buffered: StreamMessage[] = [];
@@ -73,12 +129,16 @@ export function JobsPage() {
         buffered.push(...batch);
         return;
       }
-      setJobs((s) => {
-        const out = reduce(s, batch, filters, true);
-        if (out.order.length <= Math.max(LIVE_ROWS, s.order.length)) return out;
-        setTrimmed(true);
-        return cap(out, Math.max(LIVE_ROWS, s.order.length));
-      });
+      const s = jobsRef.current;
+      // The buffer holds as many jobs as the table shows: older ones would
+      // be pushed out by the newer ones on the way in anyway.
+      const out = receive(s, batch, filters, Math.max(LIVE_ROWS, s.order.length));
+      // Only new jobs arrived, and they join the table within REVEAL_MS:
+      // nothing on screen changes, so no render (the bar counts them only
+      // while they are held).
+      if (out.order === s.order && out.byId === s.byId && !holdingRef.current) jobsRef.current = out;
+      else if (out !== s) setJobs(out);
+      if (waiting(out) > 0) reveals.request();
     };
     let unsubs: (() => void)[] = [];
     setLoading(true);
@@ -98,11 +158,10 @@ export function JobsPage() {
           stream.subscribe({ stream: 'events', target: 'all', from: last > 0 ? { seq: last + 1 } : 'beginning' }, apply),
           stream.subscribe({ stream: 'progress', target: 'all', kinds: ['percent'], from: 'live' }, apply),
         ];
-        const rows = page.items;
-        setJobs(fromItems(rows));
+        setJobs(live(fromItems(page.items)));
         setNext(page.next);
         loaded = true;
-        if (buffered.length) setJobs((s) => reduce(s, buffered.splice(0), filters, true));
+        if (buffered.length) apply(buffered.splice(0));
       } catch (e) {
         if (!cancelled) setError(explain(e));
       } finally {
@@ -119,14 +178,16 @@ export function JobsPage() {
     if (!next) return;
     try {
       const page = await request<Page>(`/v1/jobs${qs({ ...filters, limit: PAGE, cursor: next })}`);
-      setJobs((s) => appendItems(s, page.items));
+      const s = jobsRef.current;
+      setJobs({ ...s, ...appendItems(s, page.items) });
       setNext(page.next);
     } catch (e) {
       setError(explain(e));
     }
   };
 
-  const rows = jobs.order.map((id) => jobs.byId[id]).filter(Boolean);
+  const rows = useMemo(() => jobs.order.map((id) => jobs.byId[id]).filter(Boolean), [jobs.order, jobs.byId]);
+  const newJobs = waiting(jobs);
   // The first rows on screen: "first useful paint", read by the browser
   // test's measurement (performance.getEntriesByName).
   const marked = useRef(false);
@@ -135,8 +196,8 @@ export function JobsPage() {
       marked.current = true;
       requestAnimationFrame(() => performance.mark('fetchml:jobs-rows'));
     }
-  }, [jobs]);
-  const shownCounts = useMemo(() => countByState(rows), [jobs]);
+  }, [rows]);
+  const shownCounts = useMemo(() => countByState(rows), [rows]);
   const byState = (s: JobStatus) => (counts ? (counts.by_state[s] ?? 0) : shownCounts[s]);
   const actions: Action[] = [...(can.cancel ? (['cancel'] as const) : []), ...(can.retry ? (['retry'] as const) : [])];
   const selectable = actions.length > 0;
@@ -230,6 +291,18 @@ export function JobsPage() {
         </li>
       </ul>
       <ErrorBox error={error} retry={() => setReload((n) => n + 1)} />
+      {!loading && !error && (
+        <NewJobsBar
+          waiting={newJobs}
+          paused={paused}
+          holding={holding}
+          onShow={() => {
+            showNew();
+            window.scrollTo({ top: 0 });
+          }}
+          onPause={() => setPaused((p) => !p)}
+        />
+      )}
       {selectable && (
         <BulkBar
           selected={[...selected].filter((id) => jobs.byId[id])}
@@ -249,12 +322,22 @@ export function JobsPage() {
           )}
         </Empty>
       ) : (
-        <div class="tablewrap">
-          <table class="jobs" ref={tableRef} onKeyDown={onKey} data-testid="jobs-table" aria-busy={loading}>
+        <div class="tablewrap live">
+          <table
+            class="jobs"
+            ref={tableRef}
+            onKeyDown={onKey}
+            onFocusIn={() => setRowFocus(true)}
+            onFocusOut={(e) => setRowFocus(tableRef.current?.contains(e.relatedTarget as Node | null) ?? false)}
+            data-testid="jobs-table"
+            data-rows={rows.length}
+            aria-rowcount={rows.length + 1}
+            aria-busy={loading}
+          >
             <thead>
-              <tr>
+              <tr aria-rowindex={1}>
                 {selectable && (
-                  <th scope="col">
+                  <th scope="col" class="c-sel">
                     <input
                       type="checkbox"
                       aria-label="select all"
@@ -265,26 +348,29 @@ export function JobsPage() {
                     />
                   </th>
                 )}
-                <th scope="col">Job</th>
-                <th scope="col">State</th>
-                <th scope="col" class="num">
+                <th scope="col" class="c-id">Job</th>
+                <th scope="col" class="c-state">State</th>
+                <th scope="col" class="num c-att">
                   Attempt
                 </th>
-                <th scope="col">Progress</th>
+                <th scope="col" class="c-prog">Progress</th>
                 <th scope="col">Pool</th>
                 <th scope="col">Experiment</th>
                 {can.full && <th scope="col">Owner</th>}
-                <th scope="col">Created</th>
-                <th scope="col" class="num">
+                <th scope="col" class="c-created">Created</th>
+                <th scope="col" class="num c-run">
                   Run time
                 </th>
               </tr>
             </thead>
-            <tbody>
-              {rows.map((r) => (
-                <JobLine key={r.id} r={r} full={can.full} selectable={selectable} selected={selected.has(r.id)} toggle={toggle} />
-              ))}
-            </tbody>
+            <JobRows
+              rows={rows}
+              full={can.full}
+              selectable={selectable}
+              selected={selected}
+              toggle={toggle}
+              columns={8 + (selectable ? 1 : 0) + (can.full ? 1 : 0)}
+            />
           </table>
         </div>
       )}
@@ -308,9 +394,127 @@ export function JobsPage() {
   );
 }
 
+/** The new jobs waiting to join the table, and the switch that holds them. */
+function NewJobsBar(props: { waiting: number; paused: boolean; holding: boolean; onShow: () => void; onPause: () => void }) {
+  return (
+    <div class="newbar" data-testid="new-jobs">
+      {props.holding && props.waiting > 0 ? (
+        <button type="button" onClick={props.onShow} data-testid="show-new">
+          Show {count(props.waiting)} new {props.waiting === 1 ? 'job' : 'jobs'}
+        </button>
+      ) : (
+        <span class="muted small">
+          {props.paused
+            ? 'Paused: new jobs wait here.'
+            : props.holding
+              ? 'New jobs wait here while you are down the list or in the table.'
+              : 'New jobs appear on top as they are queued.'}
+        </span>
+      )}
+      <button type="button" class="link" aria-pressed={props.paused} onClick={props.onPause} data-testid="pause-new">
+        {props.paused ? 'Follow new jobs' : 'Pause new jobs'}
+      </button>
+    </div>
+  );
+}
+
+/**
+ * The table's body: only the rows on screen and a margin are in the DOM, two
+ * spacer rows stand in for the others (every row has the same height). While
+ * new jobs arrive at a thousand a second, each insertion then lays out and
+ * paints a few dozen rows instead of all of them. Memoized: a frame that only
+ * adds waiting jobs does not render the table at all.
+ */
+const JobRows = memo(function JobRows(props: {
+  rows: Row[];
+  full: boolean;
+  selectable: boolean;
+  selected: Set<string>;
+  toggle: (id: string) => void;
+  columns: number;
+}) {
+  const { rows } = props;
+  const body = useRef<HTMLTableSectionElement>(null);
+  const pitch = useRef(ROW_PX);
+  const count = useRef(rows.length);
+  count.current = rows.length;
+  const [win, setWin] = useState<RowWindow>(() =>
+    rowWindow(rows.length, ROW_PX, 0, typeof innerHeight === 'number' ? innerHeight : 800, OVERSCAN),
+  );
+  const measure = useCallback(() => {
+    const tb = body.current;
+    if (!tb) return;
+    const real = tb.querySelectorAll<HTMLElement>('tr[data-job]');
+    if (real.length > 0) {
+      const a = real[0].getBoundingClientRect();
+      const b = real[real.length - 1].getBoundingClientRect();
+      if (b.bottom > a.top) pitch.current = (b.bottom - a.top) / real.length;
+    }
+    // The body's top is row 0's: the top spacer is part of it.
+    const next = rowWindow(count.current, pitch.current, tb.getBoundingClientRect().top, innerHeight, OVERSCAN);
+    setWin((w) => (sameWindow(w, next) ? w : next));
+  }, []);
+  // Scrolling and resizing move the window, measured once per frame.
+  useEffect(() => {
+    let queued = false;
+    const onMove = () => {
+      if (queued) return;
+      queued = true;
+      requestAnimationFrame(() => {
+        queued = false;
+        measure();
+      });
+    };
+    addEventListener('scroll', onMove, { passive: true });
+    addEventListener('resize', onMove);
+    return () => {
+      removeEventListener('scroll', onMove);
+      removeEventListener('resize', onMove);
+    };
+  }, []);
+  // A longer or shorter list (the first page, a reveal, Load more) may
+  // change the window; the first rows also give the real row height.
+  useLayoutEffect(measure, [rows.length]);
+  const start = Math.min(win.start, rows.length);
+  const end = Math.min(Math.max(win.end, start), rows.length);
+  const px = pitch.current;
+  return (
+    <tbody ref={body}>
+      {start > 0 && <Spacer key="above" height={start * px} columns={props.columns} />}
+      {rows.slice(start, end).map((r, i) => (
+        // Keyed by place, not by job: when new jobs come in on top, the rows
+        // on screen keep their elements and change only the cells that differ
+        // (no rows created and removed each time). Nothing in a row's DOM
+        // belongs to the job alone: the checkbox is controlled, and new jobs
+        // are held back while focus is in the table.
+        <JobLine
+          key={start + i}
+          r={r}
+          index={start + i}
+          full={props.full}
+          selectable={props.selectable}
+          selected={props.selected.has(r.id)}
+          toggle={props.toggle}
+        />
+      ))}
+      {end < rows.length && <Spacer key="below" height={(rows.length - end) * px} columns={props.columns} />}
+    </tbody>
+  );
+});
+
+function Spacer({ height, columns }: { height: number; columns: number }) {
+  return (
+    <tr class="spacer" aria-hidden="true" style={{ height: `${height}px` }}>
+      <td colSpan={columns} />
+    </tr>
+  );
+}
+
 // Memoized: a batch of events re-renders only the rows it changed.
 const JobLine = memo(function JobLine(props: {
   r: Row;
+  /** The row's place in the whole list (aria-rowindex counts the header as 1). */
+  index: number;
   full: boolean;
   selectable: boolean;
   selected: boolean;
@@ -319,7 +523,7 @@ const JobLine = memo(function JobLine(props: {
   const { r } = props;
   const owner = (r as { owner?: string | null }).owner;
   return (
-    <tr data-job={r.id} data-state={r.state} class={props.selected ? 'sel' : ''}>
+    <tr data-job={r.id} data-state={r.state} class={props.selected ? 'sel' : ''} aria-rowindex={props.index + 2}>
       {props.selectable && (
         <td>
           <input
@@ -351,11 +555,3 @@ const JobLine = memo(function JobLine(props: {
     </tr>
   );
 });
-
-function cap(s: JobsState, max: number): JobsState {
-  if (s.order.length <= max) return s;
-  const order = s.order.slice(0, max);
-  const byId: Record<string, Row> = {};
-  for (const id of order) byId[id] = s.byId[id];
-  return { order, byId };
-}
