@@ -77,10 +77,16 @@ export function JobsPage() {
   // loaded), from the read model; refreshed at most every 2 s while events arrive.
   useEffect(() => {
     const { state: _state, ...rest } = filters;
-    const load = () =>
-      request<JobCounts>(`/v1/jobs/counts${qs(rest)}`)
+    // At the log's position when asked, as the list is: a job that ended
+    // just before the page opened is counted even if the projector had not
+    // caught up yet (no later event would ask again).
+    const load = async () => {
+      const ready = await request<Ready>('/readyz', { token: null }).catch(() => null);
+      const last = ready?.last_seq ?? 0;
+      await request<JobCounts>(`/v1/jobs/counts${qs({ ...rest, after_seq: last > 0 ? last : undefined })}`)
         .then(setCounts)
         .catch(() => setCounts(null));
+    };
     countsDirty.current = false;
     void load();
     const t = setInterval(() => {
