@@ -51,6 +51,11 @@ struct Args {
     /// stream the bench or fetchml makes), instead of one server.
     #[arg(long)]
     cluster: bool,
+    /// How the streams section's clients take messages: `batch` (subscribe
+    /// with `batch: true`: many messages a frame) or `single` (one frame a
+    /// message, as clients written before batching do).
+    #[arg(long, default_value = "batch", value_parser = ["batch", "single"])]
+    stream_frames: String,
 }
 
 impl Args {
@@ -583,6 +588,10 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             let ns = format!("bws{subscribers}");
             let (api, url) = env.api(&ns).await;
             let (p50, p99, delivered) = ws_fanout(env, &ns, &url, subscribers, 1000, if quick { 2 } else { 5 }).await?;
+            println!(
+                "  ({subscribers} subscribers, {} frames)",
+                if env.args.stream_frames == "batch" { "batched" } else { "single-message" }
+            );
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p50"), p50, "ms", None);
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p99"), p99, "ms", None);
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, delivered"), delivered * 100.0, "%", None);
@@ -1353,10 +1362,20 @@ async fn ws_connect(
 async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
+    /// A frame's type and how many messages a `messages` frame holds,
+    /// without building their trees.
+    #[derive(serde::Deserialize)]
+    struct Frame {
+        #[serde(rename = "type")]
+        kind: String,
+        #[serde(default)]
+        items: Vec<serde::de::IgnoredAny>,
+    }
+    let batch = env.args.stream_frames == "batch";
     let mut ws = ws_connect(url, &env.key).await?;
     let t0 = Instant::now();
     ws.send(Message::Text(
-        json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"})
+        json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning", "batch": batch})
             .to_string()
             .into(),
     ))
@@ -1366,6 +1385,10 @@ async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
         // Pings keep an empty replay open: give up on a silent one.
         let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
         match next {
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with(r#"{"type":"messages""#) => {
+                got += serde_json::from_str::<Frame>(&t)
+                    .map_or(0, |f| if f.kind == "messages" { f.items.len() } else { 0 })
+            }
             Ok(Some(Ok(Message::Text(t)))) if t.contains("\"type\":\"message\"") => got += 1,
             Ok(Some(Ok(_))) => {}
             Err(_) => bail!("replay stalled after {got} of {n} events"),
@@ -1399,12 +1422,13 @@ async fn ws_fanout(
     let total = rate * secs as usize;
     let mut clients = Vec::new();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    let batch = env.args.stream_frames == "batch";
     for _ in 0..subscribers {
         let mut ws = ws_connect(url, &env.key).await?;
         let ready = ready.clone();
         let job_id = job_id.clone();
         clients.push(tokio::spawn(async move {
-            let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live"});
+            let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live", "batch": batch});
             ws.send(Message::Text(sub.to_string().into())).await.ok();
             let mut lat = Vec::with_capacity(total);
             loop {
@@ -1416,9 +1440,12 @@ async fn ws_fanout(
                         // reads only the two fields it needs from a message,
                         // not a whole JSON tree (that parse alone took more
                         // CPU than the api's share of the run).
-                        if t.starts_with(r#"{"type":"message""#) {
-                            if let Some(at) = field(&t, r#""at":""#).and_then(|a| a.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
-                                lat.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                        // (`messages` frames too: one `at` per message.)
+                        if t.starts_with(r#"{"type":"message"#) {
+                            for at in fields(&t, r#""at":""#) {
+                                if let Ok(at) = at.parse::<chrono::DateTime<chrono::Utc>>() {
+                                    lat.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                                }
                             }
                             if t.contains(r#""value":-1.0"#) {
                                 break;
@@ -1459,11 +1486,10 @@ async fn ws_fanout(
     Ok((pct(&all, 0.5), pct(&all, 0.99), delivered))
 }
 
-/// The string value after `key` (which ends with its opening quote) in a
-/// JSON text whose strings hold no escaped quotes.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let from = text.find(key)? + key.len();
-    text[from..].split('"').next()
+/// The string values after each `key` (which ends with its opening quote)
+/// in a JSON text whose strings hold no escaped quotes.
+fn fields<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    text.match_indices(key).filter_map(move |(i, _)| text[i + key.len()..].split('"').next())
 }
 
 /// Raw publishes against a second nats-server configured with
