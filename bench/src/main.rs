@@ -174,6 +174,9 @@ impl Env {
             .env("FETCHML_POSTGRES__URL", self.database(ns).await)
             .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
             .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
+            // The streams section opens 1 000 WebSockets; the default (512)
+            // leaves the rest waiting in the listen backlog.
+            .env("FETCHML_API__MAX_CONNECTIONS", "5000")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -1362,32 +1365,22 @@ async fn ws_connect(
 async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
-    /// A frame's type and how many messages a `messages` frame holds,
-    /// without building their trees.
-    #[derive(serde::Deserialize)]
-    struct Frame {
-        #[serde(rename = "type")]
-        kind: String,
-        #[serde(default)]
-        items: Vec<serde::de::IgnoredAny>,
+    let mut sub = json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"});
+    if env.args.stream_frames == "batch" {
+        sub["batch"] = json!(true);
     }
-    let batch = env.args.stream_frames == "batch";
     let mut ws = ws_connect(url, &env.key).await?;
     let t0 = Instant::now();
-    ws.send(Message::Text(
-        json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning", "batch": batch})
-            .to_string()
-            .into(),
-    ))
-    .await?;
+    ws.send(Message::Text(sub.to_string().into())).await?;
     let mut got = 0;
     while got < n {
         // Pings keep an empty replay open: give up on a silent one.
         let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
         match next {
+            // Each item starts with its sequence (the api writes it so);
+            // counted without parsing, as the fan-out's clients do.
             Ok(Some(Ok(Message::Text(t)))) if t.starts_with(r#"{"type":"messages""#) => {
-                got += serde_json::from_str::<Frame>(&t)
-                    .map_or(0, |f| if f.kind == "messages" { f.items.len() } else { 0 })
+                got += t.matches(r#"{"seq":"#).count()
             }
             Ok(Some(Ok(Message::Text(t)))) if t.contains("\"type\":\"message\"") => got += 1,
             Ok(Some(Ok(_))) => {}
@@ -1422,15 +1415,28 @@ async fn ws_fanout(
     let total = rate * secs as usize;
     let mut clients = Vec::new();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
-    let batch = env.args.stream_frames == "batch";
+    // Set once every message is published: only then does a client's silence
+    // end its run. (Before, a client gave up after 10 s without a message
+    // while the later clients were still connecting: at 1 000 subscribers
+    // about half had given up, with nothing, before the first publish.)
+    let published_all = Arc::new(AtomicBool::new(false));
+    let mut sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live"});
+    if env.args.stream_frames == "batch" {
+        // Only when asked: an api from before batching refuses the field.
+        sub["batch"] = json!(true);
+    }
+    let connecting = Instant::now();
     for _ in 0..subscribers {
         let mut ws = ws_connect(url, &env.key).await?;
         let ready = ready.clone();
-        let job_id = job_id.clone();
+        let published_all = published_all.clone();
+        let sub = sub.to_string();
         clients.push(tokio::spawn(async move {
-            let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live", "batch": batch});
-            ws.send(Message::Text(sub.to_string().into())).await.ok();
+            ws.send(Message::Text(sub.into())).await.ok();
             let mut lat = Vec::with_capacity(total);
+            // How this client's run ended: the last message, `lagged`, or
+            // anything else (a close, a silence of 10 s).
+            let mut end = "other";
             loop {
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => {
@@ -1448,6 +1454,7 @@ async fn ws_fanout(
                                 }
                             }
                             if t.contains(r#""value":-1.0"#) {
+                                end = "last";
                                 break;
                             }
                             continue;
@@ -1456,17 +1463,20 @@ async fn ws_fanout(
                         if v["type"] == "subscribed" {
                             ready.add_permits(1);
                         } else if v["type"] == "lagged" {
+                            end = "lagged";
                             break;
                         }
                     }
                     Ok(Some(Ok(_))) => {}
+                    Err(_) if !published_all.load(Ordering::Acquire) => {}
                     _ => break,
                 }
             }
-            lat
+            (lat, end)
         }));
     }
     let _ = ready.acquire_many(subscribers as u32).await?;
+    let connected = connecting.elapsed().as_secs_f64();
     let js = jetstream::new(env.client.clone());
     let subject =
         subjects_of(ns)?.progress(&fetchml_events::UserName::parse("researcher1")?, job_id.parse()?, "metric");
@@ -1477,10 +1487,25 @@ async fn ws_fanout(
         let body = json!({"job_id": job_id, "attempt": 1, "name": "m", "value": if last { -1.0 } else { i as f64 }, "at": chrono::Utc::now()});
         let _ = js.publish(subject.clone(), Bytes::from(body.to_string())).await?;
     }
+    let published = t0.elapsed().as_secs_f64();
+    published_all.store(true, Ordering::Release);
     let mut all = Vec::new();
+    let mut per_client = Vec::new();
+    let mut ends: std::collections::BTreeMap<&str, usize> = Default::default();
     for c in clients {
-        all.extend(c.await?);
+        let (lat, end) = c.await?;
+        per_client.push(lat.len() as f64);
+        *ends.entry(end).or_default() += 1;
+        all.extend(lat);
     }
+    per_client.sort_by(|a, b| a.total_cmp(b));
+    // Where the missing messages are: a few clients cut off, or every client short.
+    println!(
+        "  ({subscribers} subscribers connected and subscribed in {connected:.1} s; {total} published in {published:.1} s; messages per client min {} / p50 {} / max {}; clients ended by {ends:?})",
+        pct(&per_client, 0.0),
+        pct(&per_client, 0.5),
+        pct(&per_client, 1.0),
+    );
     all.sort_by(|a, b| a.total_cmp(b));
     let delivered = all.len() as f64 / (total * subscribers) as f64;
     Ok((pct(&all, 0.5), pct(&all, 0.99), delivered))

@@ -379,11 +379,7 @@ scenarios.perf = async function perf() {
   const seconds = Number(process.env.FETCHML_PERF_SECONDS || 10);
   // FETCHML_PERF_PROFILE=1: a CPU profile of the page during the burst,
   // printed as the functions with the most self time.
-  const cdp = process.env.FETCHML_PERF_PROFILE ? await page.context().newCDPSession(page) : null;
-  if (cdp) {
-    await cdp.send('Profiler.enable');
-    await cdp.send('Profiler.start');
-  }
+  const cdp = await startProfile(page);
   const started = Date.now();
   let sent = 0;
   // One batch every 100 ms whether or not the previous one was answered (at
@@ -402,19 +398,7 @@ scenarios.perf = async function perf() {
   }
   await Promise.all(inflight);
   const elapsed = (Date.now() - started) / 1000;
-  if (cdp) {
-    const { profile } = await cdp.send('Profiler.stop');
-    const self = new Map();
-    const dt = profile.timeDeltas ?? [];
-    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-    profile.samples.forEach((id, i) => {
-      const f = byId.get(id).callFrame;
-      const k = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
-      self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0) / 1000);
-    });
-    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
-    result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
-  }
+  await stopProfile(cdp);
   const { frames, long } = await page.evaluate(() => {
     window.__stop = true;
     return { frames: window.__frames.slice(5), long: window.__long };
@@ -433,6 +417,32 @@ scenarios.perf = async function perf() {
   });
   await close();
 };
+
+// FETCHML_PERF_PROFILE=1: a CPU profile of the page (Chrome's sampling
+// profiler through the DevTools protocol) from startProfile to stopProfile,
+// reported as the functions with the most self time.
+async function startProfile(page) {
+  if (!process.env.FETCHML_PERF_PROFILE) return null;
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Profiler.enable');
+  await cdp.send('Profiler.start');
+  return cdp;
+}
+
+async function stopProfile(cdp) {
+  if (!cdp) return;
+  const { profile } = await cdp.send('Profiler.stop');
+  const self = new Map();
+  const dt = profile.timeDeltas ?? [];
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  profile.samples.forEach((id, i) => {
+    const f = byId.get(id).callFrame;
+    const k = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
+    self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0) / 1000);
+  });
+  const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+  result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
+}
 
 function quantile(xs, p) {
   const s = [...xs].sort((a, b) => a - b);
@@ -473,10 +483,12 @@ scenarios.logs = async function logs() {
     };
     requestAnimationFrame(tick);
   });
+  const cdp = await startProfile(page);
   writeFileSync(process.env.FETCHML_GO_FILE, '');
   const started = Date.now();
   await page.waitForFunction((n) => window.__log.last >= n - 1, total, { timeout: WAIT + (total / rate) * 4000, polling: 100 });
   const doneMs = Date.now() - started;
+  await stopProfile(cdp);
   const w = await page.evaluate(() => {
     window.__log.stop = true;
     return window.__log;
