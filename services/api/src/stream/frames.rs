@@ -52,6 +52,7 @@ impl SubFrames {
 pub struct BatchFrame {
     text: String,
     pub items: usize,
+    pub first_seq: u64,
     pub last_seq: u64,
 }
 
@@ -60,7 +61,7 @@ impl BatchFrame {
         let mut text = String::with_capacity(sub.batch_head.len() + item.len() + 2);
         text.push_str(&sub.batch_head);
         text.push_str(item);
-        Self { text, items: 1, last_seq: seq }
+        Self { text, items: 1, first_seq: seq, last_seq: seq }
     }
 
     /// Adds `item` unless the frame would then be longer than `max` bytes

@@ -106,9 +106,9 @@ impl Outgoing {
 /// The most buffered messages written in one go (then flushed).
 const MAX_PER_WRITE: usize = 1024;
 
-/// A frame ready to write, and the last message of its subscription it
-/// carries (none for a notice).
-type Ready = (String, Option<(Arc<SubFrames>, u64)>);
+/// A frame ready to write, and the first and last message of its
+/// subscription it carries (none for a notice).
+type Ready = (String, Option<(Arc<SubFrames>, u64, u64)>);
 
 /// Puts `first` and whatever else the buffer holds (at most
 /// [`MAX_PER_WRITE`] in all) into frames, in order: a subscription that takes
@@ -132,7 +132,7 @@ fn frames_of(first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>, max_bytes: usiz
             Outgoing::Notice { text, .. } => slots.push(Slot::Done((text, None))),
             Outgoing::Item { sub, seq, item } if !sub.batch => {
                 let text = sub.single(&item);
-                slots.push(Slot::Done((text, Some((sub, seq)))));
+                slots.push(Slot::Done((text, Some((sub, seq, seq)))));
             }
             Outgoing::Item { sub, seq, item } => {
                 let key = Arc::as_ptr(&sub);
@@ -156,8 +156,8 @@ fn frames_of(first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>, max_bytes: usiz
         .map(|s| match s {
             Slot::Done(r) => r,
             Slot::Open(sub, b) => {
-                let last = b.last_seq;
-                (b.finish(), Some((sub, last)))
+                let (first, last) = (b.first_seq, b.last_seq);
+                (b.finish(), Some((sub, first, last)))
             }
         })
         .collect()
@@ -260,12 +260,12 @@ pub async fn run<S, R>(
                 // Write what is waiting in one go and flush once: a flush per
                 // message would cap a connection far below what NATS delivers.
                 // A message counts as delivered once handed to the socket.
-                let frames = frames_of(out, &mut rx, limits.max_message_bytes);
+                let mut frames = frames_of(out, &mut rx, limits.max_message_bytes);
                 let write = async {
-                    for (text, last) in frames {
-                        sink.feed(Outbound::Text(text)).await.map_err(|_| ())?;
-                        if let Some((sub, seq)) = last {
-                            handed_over(&mut subs, &sub, seq);
+                    for (text, carries) in frames.iter_mut() {
+                        sink.feed(Outbound::Text(std::mem::take(text))).await.map_err(|_| ())?;
+                        if let Some((sub, _, last)) = carries {
+                            handed_over(&mut subs, sub, *last);
                         }
                     }
                     sink.flush().await.map_err(|_| ())
@@ -274,8 +274,13 @@ pub async fn run<S, R>(
                     Ok(Ok(())) => {}
                     Ok(Err(())) => break,
                     // The client does not read: what was being written may or
-                    // may not arrive; resume from after the last one handed over.
+                    // may not arrive; resume from after the last one handed
+                    // over, or (none yet) from the first one taken for this
+                    // write: it has left the buffer `cut_off` reads.
                     Err(_) => {
+                        lags.extend(frames.iter().filter_map(|(_, c)| {
+                            c.as_ref().map(|(sub, first, _)| Lag { sub: sub.id.clone(), seq: *first })
+                        }));
                         closed_by_us = Some(cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await);
                         break;
                     }
