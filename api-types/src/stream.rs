@@ -53,6 +53,10 @@ pub enum StreamRequest {
         /// Progress only: `log`, `metric`, `percent`.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         kinds: Option<Vec<String>>,
+        /// Take `messages` frames (many messages in one) as well as `message`
+        /// frames; left out when false, as servers before batching expect.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        batch: bool,
     },
     Unsubscribe {
         id: String,
@@ -87,6 +91,12 @@ pub enum StreamFrame {
         subject_kind: String,
         data: Value,
     },
+    /// Several messages of a subscription made with `batch: true`, in order.
+    Messages {
+        sub: String,
+        stream: StreamName,
+        items: Vec<StreamItem>,
+    },
     Lagged {
         sub: String,
         stream: StreamName,
@@ -98,6 +108,14 @@ pub enum StreamFrame {
         message: String,
     },
     Pong {},
+}
+
+/// One message of a `messages` frame.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamItem {
+    pub seq: u64,
+    pub subject_kind: String,
+    pub data: Value,
 }
 
 /// A progress message of kind `log`.
@@ -145,6 +163,7 @@ mod tests {
             target: StreamTarget::Job(id),
             from: StreamFrom::Seq(1042),
             kinds: Some(vec!["metric".into()]),
+            batch: false,
         };
         assert_eq!(
             serde_json::to_value(&sub).expect("json"),
@@ -156,5 +175,11 @@ mod tests {
         let frame: StreamFrame =
             serde_json::from_str(r#"{"type":"lagged","sub":"e","stream":"events","resume_from":7}"#).expect("frame");
         assert_eq!(frame, StreamFrame::Lagged { sub: "e".into(), stream: StreamName::Events, resume_from: 7 });
+        let frame: StreamFrame = serde_json::from_str(
+            r#"{"type":"messages","sub":"e","stream":"events","items":[{"seq":8,"subject_kind":"job_queued","data":{}}]}"#,
+        )
+        .expect("frame");
+        let StreamFrame::Messages { items, .. } = frame else { panic!("{frame:?}") };
+        assert_eq!(items.iter().map(|i| i.seq).collect::<Vec<_>>(), [8]);
     }
 }

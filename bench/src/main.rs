@@ -54,6 +54,11 @@ struct Args {
     /// stream the bench or fetchml makes), instead of one server.
     #[arg(long)]
     cluster: bool,
+    /// How the streams section's clients take messages: `batch` (subscribe
+    /// with `batch: true`: many messages a frame) or `single` (one frame a
+    /// message, as clients written before batching do).
+    #[arg(long, default_value = "batch", value_parser = ["batch", "single"])]
+    stream_frames: String,
 }
 
 impl Args {
@@ -267,6 +272,9 @@ impl Env {
             .env("FETCHML_POSTGRES__URL", self.database(ns).await)
             .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
             .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
+            // The streams section opens 1 000 WebSockets; the default (512)
+            // leaves the rest waiting in the listen backlog.
+            .env("FETCHML_API__MAX_CONNECTIONS", "5000")
             .env("RUST_LOG", log_level())
             .stdout(Stdio::null())
             .stderr(process_log())
@@ -707,6 +715,10 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             let ns = format!("bws{subscribers}");
             let (api, url) = env.api(&ns).await;
             let (p50, p99, delivered) = ws_fanout(env, &ns, &url, subscribers, 1000, if quick { 2 } else { 5 }).await?;
+            println!(
+                "  ({subscribers} subscribers, {} frames)",
+                if env.args.stream_frames == "batch" { "batched" } else { "single-message" }
+            );
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p50"), p50, "ms", None);
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, latency p99"), p99, "ms", None);
             r.add(&format!("streams: {subscribers} subscribers x 1000 msg/s, delivered"), delivered * 100.0, "%", None);
@@ -1477,19 +1489,23 @@ async fn ws_connect(
 async fn ws_replay(env: &Env, url: &str, n: usize) -> anyhow::Result<f64> {
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
+    let mut sub = json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"});
+    if env.args.stream_frames == "batch" {
+        sub["batch"] = json!(true);
+    }
     let mut ws = ws_connect(url, &env.key).await?;
     let t0 = Instant::now();
-    ws.send(Message::Text(
-        json!({"op": "subscribe", "id": "r", "stream": "events", "target": "all", "from": "beginning"})
-            .to_string()
-            .into(),
-    ))
-    .await?;
+    ws.send(Message::Text(sub.to_string().into())).await?;
     let mut got = 0;
     while got < n {
         // Pings keep an empty replay open: give up on a silent one.
         let next = tokio::time::timeout(Duration::from_secs(30), ws.next()).await;
         match next {
+            // Each item starts with its sequence (the api writes it so);
+            // counted without parsing, as the fan-out's clients do.
+            Ok(Some(Ok(Message::Text(t)))) if t.starts_with(r#"{"type":"messages""#) => {
+                got += t.matches(r#"{"seq":"#).count()
+            }
             Ok(Some(Ok(Message::Text(t)))) if t.contains("\"type\":\"message\"") => got += 1,
             Ok(Some(Ok(_))) => {}
             Err(_) => bail!("replay stalled after {got} of {n} events"),
@@ -1523,14 +1539,28 @@ async fn ws_fanout(
     let total = rate * secs as usize;
     let mut clients = Vec::new();
     let ready = Arc::new(tokio::sync::Semaphore::new(0));
+    // Set once every message is published: only then does a client's silence
+    // end its run. (Before, a client gave up after 10 s without a message
+    // while the later clients were still connecting: at 1 000 subscribers
+    // about half had given up, with nothing, before the first publish.)
+    let published_all = Arc::new(AtomicBool::new(false));
+    let mut sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live"});
+    if env.args.stream_frames == "batch" {
+        // Only when asked: an api from before batching refuses the field.
+        sub["batch"] = json!(true);
+    }
+    let connecting = Instant::now();
     for _ in 0..subscribers {
         let mut ws = ws_connect(url, &env.key).await?;
         let ready = ready.clone();
-        let job_id = job_id.clone();
+        let published_all = published_all.clone();
+        let sub = sub.to_string();
         clients.push(tokio::spawn(async move {
-            let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["metric"], "from": "live"});
-            ws.send(Message::Text(sub.to_string().into())).await.ok();
+            ws.send(Message::Text(sub.into())).await.ok();
             let mut lat = Vec::with_capacity(total);
+            // How this client's run ended: the last message, `lagged`, or
+            // anything else (a close, a silence of 10 s).
+            let mut end = "other";
             loop {
                 match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
                     Ok(Some(Ok(Message::Text(t)))) => {
@@ -1540,11 +1570,15 @@ async fn ws_fanout(
                         // reads only the two fields it needs from a message,
                         // not a whole JSON tree (that parse alone took more
                         // CPU than the api's share of the run).
-                        if t.starts_with(r#"{"type":"message""#) {
-                            if let Some(at) = field(&t, r#""at":""#).and_then(|a| a.parse::<chrono::DateTime<chrono::Utc>>().ok()) {
-                                lat.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                        // (`messages` frames too: one `at` per message.)
+                        if t.starts_with(r#"{"type":"message"#) {
+                            for at in fields(&t, r#""at":""#) {
+                                if let Ok(at) = at.parse::<chrono::DateTime<chrono::Utc>>() {
+                                    lat.push((now - at).num_microseconds().unwrap_or(0) as f64 / 1000.0);
+                                }
                             }
                             if t.contains(r#""value":-1.0"#) {
+                                end = "last";
                                 break;
                             }
                             continue;
@@ -1553,17 +1587,20 @@ async fn ws_fanout(
                         if v["type"] == "subscribed" {
                             ready.add_permits(1);
                         } else if v["type"] == "lagged" {
+                            end = "lagged";
                             break;
                         }
                     }
                     Ok(Some(Ok(_))) => {}
+                    Err(_) if !published_all.load(Ordering::Acquire) => {}
                     _ => break,
                 }
             }
-            lat
+            (lat, end)
         }));
     }
     let _ = ready.acquire_many(subscribers as u32).await?;
+    let connected = connecting.elapsed().as_secs_f64();
     let js = jetstream::new(env.client.clone());
     let subject =
         subjects_of(ns)?.progress(&fetchml_events::UserName::parse("researcher1")?, job_id.parse()?, "metric");
@@ -1574,20 +1611,34 @@ async fn ws_fanout(
         let body = json!({"job_id": job_id, "attempt": 1, "name": "m", "value": if last { -1.0 } else { i as f64 }, "at": chrono::Utc::now()});
         let _ = js.publish(subject.clone(), Bytes::from(body.to_string())).await?;
     }
+    let published = t0.elapsed().as_secs_f64();
+    published_all.store(true, Ordering::Release);
     let mut all = Vec::new();
+    let mut per_client = Vec::new();
+    let mut ends: std::collections::BTreeMap<&str, usize> = Default::default();
     for c in clients {
-        all.extend(c.await?);
+        let (lat, end) = c.await?;
+        per_client.push(lat.len() as f64);
+        *ends.entry(end).or_default() += 1;
+        all.extend(lat);
     }
+    per_client.sort_by(|a, b| a.total_cmp(b));
+    // Where the missing messages are: a few clients cut off, or every client short.
+    println!(
+        "  ({subscribers} subscribers connected and subscribed in {connected:.1} s; {total} published in {published:.1} s; messages per client min {} / p50 {} / max {}; clients ended by {ends:?})",
+        pct(&per_client, 0.0),
+        pct(&per_client, 0.5),
+        pct(&per_client, 1.0),
+    );
     all.sort_by(|a, b| a.total_cmp(b));
     let delivered = all.len() as f64 / (total * subscribers) as f64;
     Ok((pct(&all, 0.5), pct(&all, 0.99), delivered))
 }
 
-/// The string value after `key` (which ends with its opening quote) in a
-/// JSON text whose strings hold no escaped quotes.
-fn field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
-    let from = text.find(key)? + key.len();
-    text[from..].split('"').next()
+/// The string values after each `key` (which ends with its opening quote)
+/// in a JSON text whose strings hold no escaped quotes.
+fn fields<'a>(text: &'a str, key: &'a str) -> impl Iterator<Item = &'a str> + 'a {
+    text.match_indices(key).filter_map(move |(i, _)| text[i + key.len()..].split('"').next())
 }
 
 /// Raw publishes against a second nats-server configured with

@@ -381,11 +381,7 @@ scenarios.perf = async function perf() {
   const seconds = Number(process.env.FETCHML_PERF_SECONDS || 10);
   // FETCHML_PERF_PROFILE=1: a CPU profile of the page during the burst,
   // printed as the functions with the most self time.
-  const cdp = process.env.FETCHML_PERF_PROFILE ? await page.context().newCDPSession(page) : null;
-  if (cdp) {
-    await cdp.send('Profiler.enable');
-    await cdp.send('Profiler.start');
-  }
+  const cdp = await startProfile(page);
   // FETCHML_PERF_TRACE=1: a trace of the renderer during the burst (the
   // timeline's categories), printed as the main thread's self time per kind of
   // work: what the profiler lumps into "(program)" (style, layout, paint).
@@ -426,19 +422,7 @@ scenarios.perf = async function perf() {
   const answered = Date.now();
   await page.waitForSelector(`tr[data-job="${newest.id}"]`, { timeout: WAIT });
   const newestShownMs = Date.now() - answered;
-  if (cdp) {
-    const { profile } = await cdp.send('Profiler.stop');
-    const self = new Map();
-    const dt = profile.timeDeltas ?? [];
-    const byId = new Map(profile.nodes.map((n) => [n.id, n]));
-    profile.samples.forEach((id, i) => {
-      const f = byId.get(id).callFrame;
-      const k = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
-      self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0) / 1000);
-    });
-    const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
-    result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
-  }
+  await stopProfile(cdp);
   if (tracer) {
     await tracer.send('Tracing.end');
     await traced;
@@ -500,6 +484,32 @@ function longestTasks(events, n) {
   });
 }
 
+// FETCHML_PERF_PROFILE=1: a CPU profile of the page (Chrome's sampling
+// profiler through the DevTools protocol) from startProfile to stopProfile,
+// reported as the functions with the most self time.
+async function startProfile(page) {
+  if (!process.env.FETCHML_PERF_PROFILE) return null;
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Profiler.enable');
+  await cdp.send('Profiler.start');
+  return cdp;
+}
+
+async function stopProfile(cdp) {
+  if (!cdp) return;
+  const { profile } = await cdp.send('Profiler.stop');
+  const self = new Map();
+  const dt = profile.timeDeltas ?? [];
+  const byId = new Map(profile.nodes.map((n) => [n.id, n]));
+  profile.samples.forEach((id, i) => {
+    const f = byId.get(id).callFrame;
+    const k = `${f.functionName || '(anonymous)'} ${f.url.split('/').pop()}:${f.lineNumber}`;
+    self.set(k, (self.get(k) ?? 0) + (dt[i] ?? 0) / 1000);
+  });
+  const top = [...self.entries()].sort((a, b) => b[1] - a[1]).slice(0, 25);
+  result({ profileTopSelfMs: top.map(([k, ms]) => `${Math.round(ms)} ms ${k}`) });
+}
+
 function quantile(xs, p) {
   const s = [...xs].sort((a, b) => a - b);
   return s.length ? s[Math.min(s.length - 1, Math.floor(p * s.length))] : null;
@@ -539,10 +549,12 @@ scenarios.logs = async function logs() {
     };
     requestAnimationFrame(tick);
   });
+  const cdp = await startProfile(page);
   writeFileSync(process.env.FETCHML_GO_FILE, '');
   const started = Date.now();
   await page.waitForFunction((n) => window.__log.last >= n - 1, total, { timeout: WAIT + (total / rate) * 4000, polling: 100 });
   const doneMs = Date.now() - started;
+  await stopProfile(cdp);
   const w = await page.evaluate(() => {
     window.__log.stop = true;
     return window.__log;

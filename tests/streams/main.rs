@@ -39,18 +39,37 @@ async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
-/// Reads `message`s of subscription `sub` until `n` have arrived.
+/// Reads `message`s of subscription `sub` until `n` have arrived (the items
+/// of `messages` frames count one each, as the `message` they stand for).
 async fn collect(ws: &mut Ws, sub: &str, n: usize) -> Vec<Value> {
+    collect_frames(ws, sub, n).await.0
+}
+
+/// [`collect`], and the number of frames the messages came in.
+async fn collect_frames(ws: &mut Ws, sub: &str, n: usize) -> (Vec<Value>, usize) {
     let mut out = Vec::new();
+    let mut frames = 0;
     while out.len() < n {
         let m = next_json(ws).await;
         if m["type"] == "message" && m["sub"] == sub {
             out.push(m);
+            frames += 1;
+        } else if m["type"] == "messages" && m["sub"] == sub {
+            let items = m["items"].as_array().unwrap();
+            assert!(!items.is_empty(), "an empty batch: {m}");
+            out.extend(items.iter().map(|i| as_message(&m, i)));
+            frames += 1;
         } else {
             assert!(m["type"] == "subscribed", "unexpected {m}");
         }
     }
-    out
+    (out, frames)
+}
+
+/// An item of a `messages` frame as the `message` frame it stands for.
+fn as_message(frame: &Value, item: &Value) -> Value {
+    json!({"type": "message", "sub": frame["sub"], "stream": frame["stream"], "seq": item["seq"],
+        "subject_kind": item["subject_kind"], "data": item["data"]})
 }
 
 async fn submit(app: &TestApp, client: &reqwest::Client, spec: Value) -> Value {
@@ -116,6 +135,18 @@ async fn a_client_that_reconnects_from_its_last_sequence_misses_nothing_and_repe
 
 #[tokio::test]
 async fn a_client_that_stops_reading_is_cut_off_while_another_keeps_receiving() {
+    slow_and_fast_clients(false).await;
+}
+
+/// The same with batched frames: the slow client's `lagged` says to resume
+/// right after the last message of the last frame it got, whatever the
+/// frames held.
+#[tokio::test]
+async fn a_batching_client_that_stops_reading_is_cut_off_and_resumes_without_a_gap() {
+    slow_and_fast_clients(true).await;
+}
+
+async fn slow_and_fast_clients(batch: bool) {
     let app = spawn_app_with(|s| {
         s.streaming.buffer = 64;
         s.streaming.send_timeout_ms = 300;
@@ -123,7 +154,7 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_keeps_receiving() 
     .await;
     let job = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
     let job_id: fetchml_events::JobId = job["id"].as_str().unwrap().parse().unwrap();
-    let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "from": "live"});
+    let sub = json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "from": "live", "batch": batch});
     let mut slow = connect(&app, "alice", Some(4096)).await;
     send(&mut slow, sub.clone()).await;
     let mut fast = connect(&app, "alice", None).await;
@@ -165,6 +196,9 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_keeps_receiving() 
                 let m: Value = serde_json::from_str(&t).unwrap();
                 match m["type"].as_str().unwrap() {
                     "message" => seen.push(m["seq"].as_u64().unwrap()),
+                    "messages" if batch => {
+                        seen.extend(m["items"].as_array().unwrap().iter().map(|i| i["seq"].as_u64().unwrap()))
+                    }
                     "lagged" => break m["resume_from"].as_u64().unwrap(),
                     other => panic!("unexpected {other}"),
                 }
@@ -182,6 +216,7 @@ async fn a_client_that_stops_reading_is_cut_off_while_another_keeps_receiving() 
         }
     };
     assert_eq!(u16::from(close.code), 4008);
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "out of order or repeated");
     assert_eq!(resume_from, seen.last().map(|s| s + 1).unwrap_or(resume_from));
     // Resuming from there delivers the rest without a gap.
     let mut again = connect(&app, "alice", None).await;
@@ -377,4 +412,96 @@ async fn live_followers_of_one_job_share_one_consumer_and_each_gets_every_messag
         let _ = ws.close(None).await;
     }
     eventually(Duration::from_secs(10), || async { (consumers().await == 0).then_some(()) }).await;
+}
+
+/// Publishes `n` log lines of `job_id` (owner alice) pipelined; returns their
+/// sequences.
+async fn flood_log(app: &TestApp, job_id: fetchml_events::JobId, n: usize, pad: usize) -> Vec<u64> {
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let subject = store.subjects().progress(&fetchml_events::UserName::parse("alice").unwrap(), job_id, "log");
+    let js = store.jetstream().clone();
+    let pad = "x".repeat(pad);
+    let mut acks = futures::stream::FuturesOrdered::new();
+    let mut seqs = Vec::with_capacity(n);
+    for i in 0..n {
+        let body = json!({"job_id": job_id, "attempt": 1, "stream": "stdout", "line": format!("{i} {pad}")});
+        acks.push_back(std::future::IntoFuture::into_future(
+            js.publish(subject.clone(), bytes::Bytes::from(body.to_string())).await.unwrap(),
+        ));
+        if acks.len() > 256 {
+            seqs.push(acks.next().await.unwrap().unwrap().sequence);
+        }
+    }
+    while let Some(a) = acks.next().await {
+        seqs.push(a.unwrap().sequence);
+    }
+    seqs
+}
+
+/// Clients that take batches, live (through the shared consumer) and from
+/// the beginning (a consumer of their own), next to one that does not: each
+/// gets every message once, in order; batched frames hold many messages and
+/// stay within `max_message_bytes`; the other client gets one frame a message.
+#[tokio::test]
+async fn batched_frames_carry_every_message_once_in_order_within_the_size_bound() {
+    let max = 4096;
+    let app = spawn_app_with(|s| s.streaming.max_message_bytes = max).await;
+    let job = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    let job_id: fetchml_events::JobId = job["id"].as_str().unwrap().parse().unwrap();
+    let subscribe = |from: Value, batch: bool| json!({"op": "subscribe", "id": "p", "stream": "progress", "target": {"job": job_id}, "kinds": ["log"], "from": from, "batch": batch});
+    let mut live = connect(&app, "alice", None).await;
+    send(&mut live, subscribe(json!("live"), true)).await;
+    let mut single = connect(&app, "alice", None).await;
+    send(&mut single, subscribe(json!("live"), false)).await;
+    for ws in [&mut live, &mut single] {
+        assert_eq!(next_json(ws).await["type"], "subscribed");
+    }
+    // Lines of about 300 bytes: a dozen fit a frame.
+    let n = 5000;
+    let seqs = flood_log(&app, job_id, n, 300).await;
+    let mut replay = connect(&app, "alice", None).await;
+    send(&mut replay, subscribe(json!("beginning"), true)).await;
+
+    for (name, ws, batched) in
+        [("live", &mut live, true), ("replay", &mut replay, true), ("single", &mut single, false)]
+    {
+        let mut got = Vec::new();
+        let mut frames = 0;
+        let mut largest = 0;
+        while got.len() < n {
+            let t = match tokio::time::timeout(Duration::from_secs(30), ws.next()).await.unwrap() {
+                Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Ping(_))) => continue,
+                other => panic!("{name}: {other:?}"),
+            };
+            let m: Value = serde_json::from_str(&t).unwrap();
+            match m["type"].as_str().unwrap() {
+                "subscribed" => continue,
+                "message" => got.push(m),
+                "messages" => {
+                    assert!(batched, "{name} did not ask for batches");
+                    let items = m["items"].as_array().unwrap();
+                    assert!(t.len() <= max || items.len() == 1, "{name}: a frame of {} bytes", t.len());
+                    largest = largest.max(items.len());
+                    got.extend(items.iter().map(|i| as_message(&m, i)));
+                }
+                other => panic!("{name}: unexpected {other}"),
+            }
+            frames += 1;
+        }
+        let got_seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+        assert_eq!(got_seqs, seqs, "{name}: every message once, in order");
+        let lines: Vec<String> =
+            got.iter().map(|m| m["data"]["line"].as_str().unwrap().split(' ').next().unwrap().to_owned()).collect();
+        assert_eq!(lines, (0..n).map(|i| i.to_string()).collect::<Vec<_>>(), "{name}");
+        assert!(got.iter().all(|m| m["sub"] == "p" && m["stream"] == "progress" && m["subject_kind"] == "log"));
+        if batched {
+            assert!(largest > 1 && frames < n, "{name}: {n} messages in {frames} frames, at most {largest} a frame");
+        } else {
+            assert_eq!(frames, n, "{name}: one frame a message");
+        }
+    }
+    // Nothing more: no message was repeated after the last.
+    send(&mut live, json!({"op": "ping"})).await;
+    assert_eq!(next_json(&mut live).await["type"], "pong");
 }

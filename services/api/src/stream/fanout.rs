@@ -3,29 +3,35 @@
 //! reading the same messages, and a thousand JSON parses and renders of each
 //! message. Subscriptions that start `live` with the same stream and filters
 //! share one consumer (a hub), which parses and renders each message once per
-//! view (full or redacted); each connection only wraps the shared text with its
-//! subscription id.
+//! view (full or redacted) into the item text every connection's frame is put
+//! together from (`frames`).
 //!
-//! Each follower has its own bounded queue. The hub hands every message to
-//! every queue in stream order; when a queue is full it waits for it at most
-//! the send timeout (this one wait delays the hub's other followers too), and
-//! a follower still full then is cut off as a slow client is (`lagged` with
-//! where to resume, then 4008), so one slow client costs the others at most
-//! one send timeout. Replays (`from` a sequence, a time or the beginning) and
-//! experiment subscriptions keep one consumer each: they start at different
-//! points, or filter per connection.
+//! The hub hands messages on in batches: everything its consumer has ready
+//! when it gets to read (at most [`MAX_BATCH`]), so under load a follower is
+//! woken once per batch, not once per message, and the batch sizes grow with
+//! the load instead of the wake-ups.
+//!
+//! Each follower has its own bounded queue, counted in messages. The hub
+//! hands every batch to every queue in stream order; when a queue has no room
+//! it waits for it at most the send timeout (this one wait delays the hub's
+//! other followers too), and a follower still full then is cut off as a slow
+//! client is (`lagged` with where to resume, then 4008), so one slow client
+//! costs the others at most one send timeout. Replays (`from` a sequence, a
+//! time or the beginning) and experiment subscriptions keep one consumer each:
+//! they start at different points, or filter per connection.
 
 use super::protocol::StreamKind;
 use fetchml_eventstore::{EventStore, StartAt, StoreError, StoredEvent};
-use futures::StreamExt;
-use serde::Serialize;
-use serde_json::value::RawValue;
+use futures::{FutureExt, StreamExt};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
+
+/// The most messages the hub hands on in one batch.
+pub const MAX_BATCH: usize = 256;
 
 type HubKey = (String, Vec<String>);
 
@@ -41,7 +47,7 @@ pub struct Fanout {
 
 /// One shared consumer; it stops when its last follower drops it.
 pub struct Hub {
-    stream: StreamKind,
+    pub stream: StreamKind,
     followers: Mutex<Followers>,
     stop: CancellationToken,
 }
@@ -55,9 +61,15 @@ struct Followers {
 
 struct Slot {
     id: u64,
-    tx: mpsc::Sender<Arc<Shared>>,
+    tx: mpsc::UnboundedSender<Batch>,
+    /// Free places in the follower's queue, in messages (the channel itself
+    /// is unbounded: this bounds it).
+    room: Arc<Semaphore>,
     cut: Arc<AtomicBool>,
 }
+
+/// Messages handed on together, in stream order.
+pub type Batch = Arc<Vec<Shared>>;
 
 impl Drop for Hub {
     fn drop(&mut self) {
@@ -69,20 +81,16 @@ impl Drop for Hub {
 pub struct Shared {
     pub seq: u64,
     event: StoredEvent,
-    full: OnceLock<Option<Rendered>>,
-    redacted: OnceLock<Option<Rendered>>,
-}
-
-/// A message's kind and its data as JSON text.
-pub struct Rendered {
-    kind: String,
-    data: Box<RawValue>,
+    full: OnceLock<Option<Arc<str>>>,
+    redacted: OnceLock<Option<Arc<str>>>,
 }
 
 /// A follower of a hub; leaves it when dropped.
 pub struct Follower {
     pub hub: Arc<Hub>,
-    pub rx: mpsc::Receiver<Arc<Shared>>,
+    pub rx: mpsc::UnboundedReceiver<Batch>,
+    /// Give back a batch's places once it is handed on ([`Follower::done`]).
+    room: Arc<Semaphore>,
     /// Set when the hub gave up on this follower (its queue stayed full).
     cut: Arc<AtomicBool>,
     id: u64,
@@ -96,6 +104,11 @@ impl Follower {
     pub fn was_cut(&self) -> bool {
         self.cut.load(Ordering::Acquire)
     }
+
+    /// The follower has handed `batch` on: its places in the queue are free.
+    pub fn done(&self, batch: &Batch) {
+        self.room.add_permits(batch.len());
+    }
 }
 
 impl Drop for Follower {
@@ -107,7 +120,8 @@ impl Drop for Follower {
 
 impl Fanout {
     pub fn new(store: EventStore, queue: usize, patience: Duration) -> Self {
-        Self { store, hubs: Mutex::new(HashMap::new()), queue: queue.max(1), patience }
+        // A batch must fit in an empty queue.
+        Self { store, hubs: Mutex::new(HashMap::new()), queue: queue.max(MAX_BATCH), patience }
     }
 
     /// Follows `filters` of `stream` live, through the hub that already does
@@ -136,7 +150,7 @@ impl Fanout {
             hubs.retain(|_, h| h.strong_count() > 0);
             hubs.insert(key, Arc::downgrade(&hub));
         }
-        tokio::spawn(forward(reader, Arc::downgrade(&hub), hub.stop.clone(), self.patience));
+        tokio::spawn(forward(reader, Arc::downgrade(&hub), hub.stop.clone(), self.patience, self.queue.min(MAX_BATCH)));
         Ok(self.join(hub))
     }
 
@@ -145,7 +159,8 @@ impl Fanout {
     }
 
     fn join(&self, hub: Arc<Hub>) -> Follower {
-        let (tx, rx) = mpsc::channel(self.queue);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let room = Arc::new(Semaphore::new(self.queue));
         let cut = Arc::new(AtomicBool::new(false));
         // Under the lock the hub hands messages on with: the follower gets
         // every message after `joined_at - 1`, and none before.
@@ -153,10 +168,10 @@ impl Fanout {
             let mut f = hub.followers.lock().unwrap_or_else(|p| p.into_inner());
             let id = f.next_id;
             f.next_id += 1;
-            f.slots.push(Slot { id, tx, cut: cut.clone() });
+            f.slots.push(Slot { id, tx, room: room.clone(), cut: cut.clone() });
             (id, f.last + 1)
         };
-        Follower { hub, rx, cut, id, joined_at }
+        Follower { hub, rx, room, cut, id, joined_at }
     }
 }
 
@@ -167,49 +182,80 @@ async fn forward(
     hub: Weak<Hub>,
     stop: CancellationToken,
     patience: Duration,
+    max_batch: usize,
 ) {
+    let shared =
+        |event: StoredEvent| Shared { seq: event.seq, event, full: OnceLock::new(), redacted: OnceLock::new() };
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,
             n = reader.next() => n,
         };
         let Some(Ok(event)) = next else { return };
+        // Whatever else the consumer already holds goes in the same batch.
+        let mut batch = vec![shared(event)];
+        let mut failed = false;
+        while batch.len() < max_batch {
+            match reader.next().now_or_never() {
+                Some(Some(Ok(event))) => batch.push(shared(event)),
+                Some(_) => {
+                    failed = true;
+                    break;
+                }
+                None => break,
+            }
+        }
         let Some(hub) = hub.upgrade() else { return };
-        let msg = Arc::new(Shared { seq: event.seq, event, full: OnceLock::new(), redacted: OnceLock::new() });
+        let n = batch.len();
+        let batch: Batch = Arc::new(batch);
         let mut full = Vec::new();
         {
             let mut f = hub.followers.lock().unwrap_or_else(|p| p.into_inner());
-            f.last = msg.seq;
+            f.last = batch.last().map_or(f.last, |m| m.seq);
             for s in &f.slots {
-                if let Err(mpsc::error::TrySendError::Full(m)) = s.tx.try_send(msg.clone()) {
-                    full.push((s.id, s.tx.clone(), s.cut.clone(), m));
+                match s.room.try_acquire_many(n as u32) {
+                    Ok(places) => {
+                        places.forget();
+                        // A follower gone meanwhile leaves with its Drop.
+                        let _ = s.tx.send(batch.clone());
+                    }
+                    Err(_) => full.push((s.id, s.tx.clone(), s.room.clone(), s.cut.clone())),
                 }
             }
         }
-        if full.is_empty() {
-            continue;
-        }
-        // Wait for the full queues together, once; whoever is still full is cut.
-        let waits = full.into_iter().map(|(id, tx, cut, m)| async move {
-            match tx.send_timeout(m, patience).await {
-                Err(mpsc::error::SendTimeoutError::Timeout(_)) => {
-                    cut.store(true, Ordering::Release);
-                    Some(id)
+        if !full.is_empty() {
+            // Wait for the full queues together, once; whoever is still full is cut.
+            let waits = full.into_iter().map(|(id, tx, room, cut)| {
+                let batch = batch.clone();
+                async move {
+                    match tokio::time::timeout(patience, room.acquire_many(n as u32)).await {
+                        Ok(Ok(places)) => {
+                            places.forget();
+                            let _ = tx.send(batch);
+                            None
+                        }
+                        _ => {
+                            cut.store(true, Ordering::Release);
+                            Some(id)
+                        }
+                    }
                 }
-                _ => None,
+            });
+            let cut: Vec<u64> = futures::future::join_all(waits).await.into_iter().flatten().collect();
+            if !cut.is_empty() {
+                let mut f = hub.followers.lock().unwrap_or_else(|p| p.into_inner());
+                f.slots.retain(|s| !cut.contains(&s.id));
             }
-        });
-        let cut: Vec<u64> = futures::future::join_all(waits).await.into_iter().flatten().collect();
-        if !cut.is_empty() {
-            let mut f = hub.followers.lock().unwrap_or_else(|p| p.into_inner());
-            f.slots.retain(|s| !cut.contains(&s.id));
+        }
+        if failed {
+            return;
         }
     }
 }
 
 impl Shared {
-    /// The message as a view shows it (`None`: not JSON, skipped).
-    fn rendered(&self, stream: StreamKind, redact: bool) -> Option<&Rendered> {
+    /// The message's item text as a view shows it (`None`: not JSON, skipped).
+    pub fn item(&self, stream: StreamKind, redact: bool) -> Option<&Arc<str>> {
         let cell = if redact { &self.redacted } else { &self.full };
         cell.get_or_init(|| {
             let mut v: serde_json::Value = serde_json::from_slice(&self.event.payload).ok()?;
@@ -221,28 +267,9 @@ impl Shared {
                 super::plan::redact(&mut v);
             }
             let data = serde_json::value::to_raw_value(&v).ok()?;
-            Some(Rendered { kind, data })
+            super::frames::item(self.seq, &kind, &data)
         })
         .as_ref()
-    }
-
-    /// The `message` frame of subscription `sub`, as `ServerMsg::Message`
-    /// would write it.
-    pub fn frame(&self, hub: &Hub, sub: &str, redact: bool) -> Option<String> {
-        #[derive(Serialize)]
-        struct Frame<'a> {
-            #[serde(rename = "type")]
-            kind: &'static str,
-            sub: &'a str,
-            stream: StreamKind,
-            seq: u64,
-            subject_kind: &'a str,
-            data: &'a RawValue,
-        }
-        let r = self.rendered(hub.stream, redact)?;
-        let frame =
-            Frame { kind: "message", sub, stream: hub.stream, seq: self.seq, subject_kind: &r.kind, data: &r.data };
-        serde_json::to_string(&frame).ok()
     }
 }
 
@@ -252,7 +279,7 @@ mod tests {
     use crate::stream::protocol::ServerMsg;
 
     #[test]
-    fn a_shared_frame_is_the_message_a_session_would_write() {
+    fn a_shared_item_makes_the_message_a_session_would_write() {
         let event = StoredEvent {
             seq: 42,
             subject: "ns.progress.alice.j1.metric".into(),
@@ -275,6 +302,9 @@ mod tests {
             data,
         }
         .to_text();
-        assert_eq!(shared.frame(&hub, "p", false).unwrap(), expected);
+        let item = shared.item(hub.stream, false).unwrap();
+        assert_eq!(crate::stream::frames::SubFrames::new("p", hub.stream, false).single(item), expected);
+        // Rendered once: the same text again.
+        assert!(Arc::ptr_eq(item, shared.item(hub.stream, false).unwrap()));
     }
 }

@@ -1,6 +1,7 @@
 //! Live streams: `GET /v1/stream` (WebSocket) and the plain-HTTP log follower.
 
 pub mod fanout;
+pub mod frames;
 pub mod logs;
 pub mod plan;
 pub mod protocol;
@@ -57,7 +58,7 @@ pub const WS_PROTOCOL: &str = "fetchml.v1";
 
 /// `GET /v1/stream`: authenticated at the upgrade like any request.
 #[utoipa::path(get, path = "/v1/stream", tag = "streams", security(("bearer" = [])),
-    description = "The WebSocket of live streams (protocol version 1, JSON text frames; see docs/streams.md). The client sends `StreamClientMessage`s (`subscribe`, `unsubscribe`, `ping`); the server answers `StreamServerMessage`s: `hello` first, then `subscribed`, `message`, `lagged`, `unsubscribed`, `error`, `pong`. Close codes: 4001 credentials revoked or expired, 4008 too slow (resume from `lagged.resume_from`), 4009 idle, 4029 too many connections for this user, 1001 server going away, 1009 frame too large.",
+    description = "The WebSocket of live streams (protocol version 1, JSON text frames; see docs/streams.md). The client sends `StreamClientMessage`s (`subscribe`, `unsubscribe`, `ping`); the server answers `StreamServerMessage`s: `hello` first, then `subscribed`, `message` (and `messages`, many messages in one frame, for a subscription made with `batch: true`), `lagged`, `unsubscribed`, `error`, `pong`. Close codes: 4001 credentials revoked or expired, 4008 too slow (resume from `lagged.resume_from`), 4009 idle, 4029 too many connections for this user, 1001 server going away, 1009 frame too large.",
     params(
         ("Upgrade" = String, Header, description = "`websocket`"),
         ("Sec-WebSocket-Version" = String, Header, description = "`13`"),

@@ -77,6 +77,11 @@ pub enum ClientMsg {
         /// caller may see).
         #[serde(default)]
         kinds: Option<Vec<String>>,
+        /// Whether this client takes `messages` frames (many messages of the
+        /// subscription in one frame) instead of one `message` frame each.
+        /// Default false, so clients written before batching keep working.
+        #[serde(default)]
+        batch: bool,
     },
     Unsubscribe {
         id: String,
@@ -112,6 +117,15 @@ pub enum ServerMsg {
         #[schema(value_type = Object)]
         data: Value,
     },
+    /// Several messages of subscription `sub` in stream order, for a
+    /// subscription made with `batch: true` (which may also get single
+    /// `message` frames). At most `max_message_bytes` long unless its one item
+    /// is longer.
+    Messages {
+        sub: String,
+        stream: StreamKind,
+        items: Vec<Item>,
+    },
     /// The client fell behind; the connection closes with 4008.
     Lagged {
         sub: String,
@@ -125,6 +139,17 @@ pub enum ServerMsg {
         message: String,
     },
     Pong {},
+}
+
+/// One message of a `messages` frame: what a `message` frame carries besides
+/// `sub` and `stream`.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = StreamItem)]
+pub struct Item {
+    pub seq: u64,
+    pub subject_kind: String,
+    #[schema(value_type = Object)]
+    pub data: Value,
 }
 
 impl ServerMsg {

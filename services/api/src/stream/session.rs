@@ -20,6 +20,7 @@
 //! A frame far over the message limit (refused by the transport) closes the
 //! connection with 1009.
 
+use super::frames::{BatchFrame, SubFrames};
 use super::plan::Plan;
 use super::protocol::{ClientMsg, From, PROTOCOL_VERSION, ServerMsg, StreamKind, close};
 use crate::AppState;
@@ -27,6 +28,7 @@ use crate::auth::Caller;
 use fetchml_eventstore::StartAt;
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -77,14 +79,93 @@ impl Default for Limits {
     }
 }
 
-struct Outgoing {
-    sub: String,
-    seq: u64,
-    text: String,
+/// What a subscription puts in its connection's ordered buffer.
+enum Outgoing {
+    /// A frame as it is (the `subscribed` confirmation).
+    Notice { sub: Arc<SubFrames>, text: String },
+    /// One message: its item text, shared with every other follower.
+    Item { sub: Arc<SubFrames>, seq: u64, item: Arc<str> },
+}
+
+impl Outgoing {
+    fn sub(&self) -> &Arc<SubFrames> {
+        match self {
+            Outgoing::Notice { sub, .. } | Outgoing::Item { sub, .. } => sub,
+        }
+    }
+
+    /// The message's sequence (0 for a notice).
+    fn seq(&self) -> u64 {
+        match self {
+            Outgoing::Notice { .. } => 0,
+            Outgoing::Item { seq, .. } => *seq,
+        }
+    }
+}
+
+/// The most buffered messages written in one go (then flushed).
+const MAX_PER_WRITE: usize = 1024;
+
+/// A frame ready to write, and the first and last message of its
+/// subscription it carries (none for a notice).
+type Ready = (String, Option<(Arc<SubFrames>, u64, u64)>);
+
+/// Puts `first` and whatever else the buffer holds (at most
+/// [`MAX_PER_WRITE`] in all) into frames, in order: a subscription that takes
+/// batches gets one `messages` frame for its run of messages (or more, each
+/// at most `max_bytes` long), placed where its first message was; the others
+/// one `message` frame each. Only the order within a subscription is kept
+/// (the protocol promises no other).
+fn frames_of(first: Outgoing, rx: &mut mpsc::Receiver<Outgoing>, max_bytes: usize) -> Vec<Ready> {
+    enum Slot {
+        Done(Ready),
+        Open(Arc<SubFrames>, BatchFrame),
+    }
+    let mut slots: Vec<Slot> = Vec::new();
+    // The open batch of each subscription (by its instance: a resubscription
+    // under the same id after an unsubscribe is another one).
+    let mut open: HashMap<*const SubFrames, usize> = HashMap::new();
+    let mut next = Some(first);
+    let mut n = 0;
+    while let Some(o) = next.take() {
+        match o {
+            Outgoing::Notice { text, .. } => slots.push(Slot::Done((text, None))),
+            Outgoing::Item { sub, seq, item } if !sub.batch => {
+                let text = sub.single(&item);
+                slots.push(Slot::Done((text, Some((sub, seq, seq)))));
+            }
+            Outgoing::Item { sub, seq, item } => {
+                let key = Arc::as_ptr(&sub);
+                let pushed = match open.get(&key).map(|&i| &mut slots[i]) {
+                    Some(Slot::Open(_, b)) => b.try_push(seq, &item, max_bytes),
+                    _ => false,
+                };
+                if !pushed {
+                    open.insert(key, slots.len());
+                    slots.push(Slot::Open(sub.clone(), BatchFrame::new(&sub, seq, &item)));
+                }
+            }
+        }
+        n += 1;
+        if n < MAX_PER_WRITE {
+            next = rx.try_recv().ok();
+        }
+    }
+    slots
+        .into_iter()
+        .map(|s| match s {
+            Slot::Done(r) => r,
+            Slot::Open(sub, b) => {
+                let (first, last) = (b.first_seq, b.last_seq);
+                (b.finish(), Some((sub, first, last)))
+            }
+        })
+        .collect()
 }
 
 /// One open subscription.
 struct Sub {
+    frames: Arc<SubFrames>,
     stop: CancellationToken,
     stream: StreamKind,
     /// Where to resume if nothing was delivered yet (`None`: unknown, `live`
@@ -179,15 +260,13 @@ pub async fn run<S, R>(
                 // Write what is waiting in one go and flush once: a flush per
                 // message would cap a connection far below what NATS delivers.
                 // A message counts as delivered once handed to the socket.
+                let mut frames = frames_of(out, &mut rx, limits.max_message_bytes);
                 let write = async {
-                    sink.feed(Outbound::Text(out.text)).await.map_err(|_| ())?;
-                    handed_over(&mut subs, &out.sub, out.seq);
-                    let mut n = 1;
-                    while n < 256 {
-                        let Ok(more) = rx.try_recv() else { break };
-                        sink.feed(Outbound::Text(more.text)).await.map_err(|_| ())?;
-                        handed_over(&mut subs, &more.sub, more.seq);
-                        n += 1;
+                    for (text, carries) in frames.iter_mut() {
+                        sink.feed(Outbound::Text(std::mem::take(text))).await.map_err(|_| ())?;
+                        if let Some((sub, _, last)) = carries {
+                            handed_over(&mut subs, sub, *last);
+                        }
                     }
                     sink.flush().await.map_err(|_| ())
                 };
@@ -195,8 +274,13 @@ pub async fn run<S, R>(
                     Ok(Ok(())) => {}
                     Ok(Err(())) => break,
                     // The client does not read: what was being written may or
-                    // may not arrive; resume from after the last one handed over.
+                    // may not arrive; resume from after the last one handed
+                    // over, or (none yet) from the first one taken for this
+                    // write: it has left the buffer `cut_off` reads.
                     Err(_) => {
+                        lags.extend(frames.iter().filter_map(|(_, c)| {
+                            c.as_ref().map(|(sub, first, _)| Lag { sub: sub.id.clone(), seq: *first })
+                        }));
                         closed_by_us = Some(cut_off(&mut sink, &limits, &mut subs, &mut rx, &mut lag_rx, lags).await);
                         break;
                     }
@@ -251,10 +335,11 @@ async fn await_client_close<R: Stream<Item = Inbound> + Unpin>(inbound: &mut R, 
 }
 
 /// Notes that subscription `sub`'s message `seq` was handed to the socket
-/// (sequence 0 is its `subscribed` confirmation, not a message).
-fn handed_over(subs: &mut HashMap<String, Sub>, sub: &str, seq: u64) {
-    if seq > 0
-        && let Some(s) = subs.get_mut(sub)
+/// (unless the subscription has ended since; a new one under the same id is
+/// another instance).
+fn handed_over(subs: &mut HashMap<String, Sub>, sub: &Arc<SubFrames>, seq: u64) {
+    if let Some(s) = subs.get_mut(&sub.id)
+        && Arc::ptr_eq(&s.frames, sub)
     {
         s.delivered = Some(seq);
     }
@@ -283,7 +368,7 @@ async fn cut_off<S: Sink<Outbound> + Unpin>(
     };
     rx.close();
     while let Ok(o) = rx.try_recv() {
-        note(o.sub, o.seq);
+        note(o.sub().id.clone(), o.seq());
     }
     while let Ok(l) = lag_rx.try_recv() {
         note(l.sub, l.seq);
@@ -342,7 +427,7 @@ async fn handle_client(
             }
             None => Some(ServerMsg::error(Some(id), "unknown_subscription", "no such subscription")),
         },
-        ClientMsg::Subscribe { id, stream, target, from, kinds } => {
+        ClientMsg::Subscribe { id, stream, target, from, kinds, batch } => {
             if id.is_empty() || id.len() > 64 {
                 return Some(ServerMsg::error(Some(id), "invalid_id", "subscription ids are 1-64 characters"));
             }
@@ -387,20 +472,24 @@ async fn handle_client(
                 }
             };
             let stop = CancellationToken::new();
-            subs.insert(id.clone(), Sub { stop: stop.clone(), stream, start: first, delivered: None });
+            let frames = Arc::new(SubFrames::new(&id, stream, batch));
+            subs.insert(
+                id.clone(),
+                Sub { frames: frames.clone(), stop: stop.clone(), stream, start: first, delivered: None },
+            );
             // The confirmation goes through the same ordered buffer as the
             // messages, so it always comes first.
             let confirm = ServerMsg::Subscribed { id: id.clone(), stream }.to_text();
-            if tx.try_send(Outgoing { sub: id.clone(), seq: 0, text: confirm }).is_err() {
+            if tx.try_send(Outgoing::Notice { sub: frames.clone(), text: confirm }).is_err() {
                 let _ = lag_tx.send(Lag { sub: id.clone(), seq: 0 });
             }
             match source {
                 Source::Own(events) => tokio::spawn(
-                    pump(state.clone(), plan, id, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
+                    pump(state.clone(), plan, frames, events, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
                         .in_current_span(),
                 ),
                 Source::Shared(follower) => tokio::spawn(
-                    pump_shared(plan.redact, id, follower, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
+                    pump_shared(plan.redact, frames, follower, tx.clone(), lag_tx.clone(), stop, limits.send_timeout)
                         .in_current_span(),
                 ),
             };
@@ -417,13 +506,13 @@ enum Source {
     Shared(super::fanout::Follower),
 }
 
-/// [`pump`] for a shared live subscription: the hub's rendered text, wrapped
-/// with this subscription's id. Falling more than the hub's buffer behind is
-/// being too slow: cut off, to resume from the first message not handed on.
+/// [`pump`] for a shared live subscription: the hub's item texts, in its
+/// batches. Falling more than the hub's queue behind is being too slow: cut
+/// off, to resume from the first message not handed on.
 #[allow(clippy::too_many_arguments)]
 async fn pump_shared(
     redact: bool,
-    id: String,
+    sub: Arc<SubFrames>,
     mut follower: super::fanout::Follower,
     tx: mpsc::Sender<Outgoing>,
     lag_tx: mpsc::UnboundedSender<Lag>,
@@ -431,28 +520,53 @@ async fn pump_shared(
     patience: Duration,
 ) {
     let mut next_seq = follower.joined_at;
+    let stream = follower.hub.stream;
     loop {
         let next = tokio::select! {
             _ = stop.cancelled() => return,
             n = follower.rx.recv() => n,
         };
-        let Some(shared) = next else {
+        let Some(batch) = next else {
             // The hub gave up on us (our queue stayed full), or stopped.
             if follower.was_cut() {
-                let _ = lag_tx.send(Lag { sub: id, seq: next_seq });
+                let _ = lag_tx.send(Lag { sub: sub.id.clone(), seq: next_seq });
             }
             return;
         };
-        next_seq = shared.seq + 1;
-        let Some(text) = shared.frame(&follower.hub, &id, redact) else { continue };
-        match tx.send_timeout(Outgoing { sub: id.clone(), seq: shared.seq, text }, patience).await {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(o)) => {
-                let _ = lag_tx.send(Lag { sub: o.sub, seq: o.seq });
+        for shared in batch.iter() {
+            next_seq = shared.seq + 1;
+            let Some(item) = shared.item(stream, redact) else { continue };
+            let out = Outgoing::Item { sub: sub.clone(), seq: shared.seq, item: item.clone() };
+            if !hand_on(&tx, &lag_tx, out, patience).await {
                 return;
             }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
         }
+        follower.done(&batch);
+    }
+}
+
+/// Puts one message in the connection's buffer, waiting at most `patience`
+/// for room; `false` if the subscription must stop (the client is too slow,
+/// and is told so, or the session has ended).
+async fn hand_on(
+    tx: &mpsc::Sender<Outgoing>,
+    lag_tx: &mpsc::UnboundedSender<Lag>,
+    out: Outgoing,
+    patience: Duration,
+) -> bool {
+    // Room at once is the common case: no timer for it.
+    let out = match tx.try_send(out) {
+        Ok(()) => return true,
+        Err(mpsc::error::TrySendError::Closed(_)) => return false,
+        Err(mpsc::error::TrySendError::Full(o)) => o,
+    };
+    match tx.send_timeout(out, patience).await {
+        Ok(()) => true,
+        Err(mpsc::error::SendTimeoutError::Timeout(o)) => {
+            let _ = lag_tx.send(Lag { sub: o.sub().id.clone(), seq: o.seq() });
+            false
+        }
+        Err(mpsc::error::SendTimeoutError::Closed(_)) => false,
     }
 }
 
@@ -461,7 +575,7 @@ async fn pump_shared(
 async fn pump(
     state: AppState,
     plan: Plan,
-    id: String,
+    sub: Arc<SubFrames>,
     mut events: impl Stream<Item = Result<fetchml_eventstore::StoredEvent, fetchml_eventstore::StoreError>> + Unpin,
     tx: mpsc::Sender<Outgoing>,
     lag_tx: mpsc::UnboundedSender<Lag>,
@@ -476,17 +590,11 @@ async fn pump(
         };
         let Some(Ok(ev)) = next else { return };
         let Some((subject_kind, data)) = plan.render(&state, &ev, &mut known) else { continue };
-        let text =
-            ServerMsg::Message { sub: id.clone(), stream: plan.stream, seq: ev.seq, subject_kind, data }.to_text();
+        let Some(item) = super::frames::item(ev.seq, &subject_kind, &data) else { continue };
         // Waiting here slows only this subscription's own consumer; a buffer
         // that stays full for the send timeout means the client is too slow.
-        match tx.send_timeout(Outgoing { sub: id.clone(), seq: ev.seq, text }, patience).await {
-            Ok(()) => {}
-            Err(mpsc::error::SendTimeoutError::Timeout(o)) => {
-                let _ = lag_tx.send(Lag { sub: o.sub, seq: o.seq });
-                return;
-            }
-            Err(mpsc::error::SendTimeoutError::Closed(_)) => return,
+        if !hand_on(&tx, &lag_tx, Outgoing::Item { sub: sub.clone(), seq: ev.seq, item }, patience).await {
+            return;
         }
     }
 }

@@ -287,6 +287,8 @@ impl Session<'_, '_> {
             target: target.clone(),
             from,
             kinds,
+            // A terminal needs no batches: one frame a message.
+            batch: false,
         };
         let ev = subscribe(EVENTS_SUB, StreamName::Events, from(*self.last_events), None);
         if let Err(e) = send(&mut self.ws, &ev).await {
@@ -379,7 +381,8 @@ impl Session<'_, '_> {
                     return Err(CliError::Api { status, detail, hint: None });
                 }
                 // Our own sequences say where to resume; the close follows.
-                StreamFrame::Lagged { .. } => {}
+                // Not asked for (`batch: false`).
+                StreamFrame::Lagged { .. } | StreamFrame::Messages { .. } => {}
                 StreamFrame::Hello { .. }
                 | StreamFrame::Subscribed { .. }
                 | StreamFrame::Unsubscribed { .. }
@@ -516,6 +519,7 @@ pub async fn list_live(ctx: &Ctx, mut q: ListJobsQuery) -> Result<()> {
             target: StreamTarget::All,
             from: last.map_or(StreamFrom::Live, |s| StreamFrom::Seq(s + 1)),
             kinds: None,
+            batch: false,
         };
         if send(&mut ws, &sub).await.is_err() {
             lost_since = Some(tokio::time::Instant::now());

@@ -518,7 +518,7 @@ export interface paths {
         };
         /**
          * `GET /v1/stream`: authenticated at the upgrade like any request.
-         * @description The WebSocket of live streams (protocol version 1, JSON text frames; see docs/streams.md). The client sends `StreamClientMessage`s (`subscribe`, `unsubscribe`, `ping`); the server answers `StreamServerMessage`s: `hello` first, then `subscribed`, `message`, `lagged`, `unsubscribed`, `error`, `pong`. Close codes: 4001 credentials revoked or expired, 4008 too slow (resume from `lagged.resume_from`), 4009 idle, 4029 too many connections for this user, 1001 server going away, 1009 frame too large.
+         * @description The WebSocket of live streams (protocol version 1, JSON text frames; see docs/streams.md). The client sends `StreamClientMessage`s (`subscribe`, `unsubscribe`, `ping`); the server answers `StreamServerMessage`s: `hello` first, then `subscribed`, `message` (and `messages`, many messages in one frame, for a subscription made with `batch: true`), `lagged`, `unsubscribed`, `error`, `pong`. Close codes: 4001 credentials revoked or expired, 4008 too slow (resume from `lagged.resume_from`), 4009 idle, 4029 too many connections for this user, 1001 server going away, 1009 frame too large.
          */
         get: operations["upgrade"];
         put?: never;
@@ -1265,6 +1265,12 @@ export interface components {
              *     caller may see).
              */
             kinds?: string[] | null;
+            /**
+             * @description Whether this client takes `messages` frames (many messages of the
+             *     subscription in one frame) instead of one `message` frame each.
+             *     Default false, so clients written before batching keep working.
+             */
+            batch?: boolean;
             /** @enum {string} */
             op: "subscribe";
         } | {
@@ -1285,6 +1291,16 @@ export interface components {
         } | {
             /** Format: date-time */
             time: string;
+        };
+        /**
+         * @description One message of a `messages` frame: what a `message` frame carries besides
+         *     `sub` and `stream`.
+         */
+        StreamItem: {
+            /** Format: int64 */
+            seq: number;
+            subject_kind: string;
+            data: Record<string, never>;
         };
         /**
          * @description Which stream a subscription reads.
@@ -1318,6 +1334,12 @@ export interface components {
             data: Record<string, never>;
             /** @enum {string} */
             type: "message";
+        } | {
+            sub: string;
+            stream: components["schemas"]["StreamKind"];
+            items: components["schemas"]["StreamItem"][];
+            /** @enum {string} */
+            type: "messages";
         } | {
             sub: string;
             stream: components["schemas"]["StreamKind"];
