@@ -28,41 +28,44 @@ fn num(v: &Value, key: &str) -> f64 {
     v[key].as_f64().unwrap_or(0.0)
 }
 
-/// Waits until the scheduler's board holds at most `unfinished` jobs (polled
-/// every 20 ms: a request each, where reading every event of the log to count
-/// completions, as the bench once did, fell seconds behind at a few thousand
-/// jobs a second and understated the rate).
-/// Returns how many requests it made (each moves 4 broker messages: the
-/// request and the reply, each in and out).
-pub async fn until_finished_down_to(env: &Env, ns: &str, unfinished: u64) -> anyhow::Result<u64> {
+/// Asks the scheduler for its counters every `every` until `done` says yes
+/// (the bench has no event for "the board holds them" or "they finished").
+/// Returns the answer and how many requests it took (each moves 4 broker
+/// messages: the request and the reply, each in and out).
+async fn until_stats(
+    env: &Env,
+    ns: &str,
+    every: Duration,
+    what: &str,
+    done: impl Fn(&Value) -> bool,
+) -> anyhow::Result<(Value, u64)> {
     let t0 = Instant::now();
     let mut asked = 0;
     loop {
         asked += 1;
         if let Ok(s) = stats(env, ns).await
-            && s["unfinished"].as_u64().is_some_and(|u| u <= unfinished)
+            && done(&s)
         {
-            return Ok(asked);
+            return Ok((s, asked));
         }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(900), "jobs did not finish");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(900), "{what}: not within 900 s");
+        tokio::time::sleep(every).await;
     }
 }
 
-/// Waits until the scheduler answers, leads and has folded `unfinished` jobs
-/// (polled: the bench has no event for "the board holds them").
-async fn until_board_holds(env: &Env, ns: &str, unfinished: usize) -> anyhow::Result<Value> {
-    let t0 = Instant::now();
-    loop {
-        if let Ok(s) = stats(env, ns).await
-            && s["leading"].as_bool() == Some(true)
-            && s["unfinished"].as_u64().unwrap_or(0) as usize >= unfinished
-        {
-            return Ok(s);
-        }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(600), "the scheduler did not take {unfinished} jobs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+/// Waits until the scheduler's board holds at most `unfinished` jobs, asking
+/// every 20 ms (reading every event of the log to count completions, as the
+/// bench once did, fell seconds behind at a few thousand jobs a second and
+/// understated the rate). Returns how many requests it made.
+pub async fn until_finished_down_to(env: &Env, ns: &str, unfinished: u64) -> anyhow::Result<u64> {
+    let done = |s: &Value| s["unfinished"].as_u64().is_some_and(|u| u <= unfinished);
+    Ok(until_stats(env, ns, Duration::from_millis(20), "jobs finishing", done).await?.1)
+}
+
+/// Waits until the scheduler answers, leads and has folded `unfinished` jobs.
+async fn until_board_holds(env: &Env, ns: &str, unfinished: u64) -> anyhow::Result<Value> {
+    let done = |s: &Value| s["leading"].as_bool() == Some(true) && s["unfinished"].as_u64().unwrap_or(0) >= unfinished;
+    Ok(until_stats(env, ns, Duration::from_millis(100), "the scheduler taking the jobs", done).await?.0)
 }
 
 /// A backlog of `n` waiting jobs from [`USERS`] users: the standalone
@@ -86,7 +89,7 @@ pub async fn backlog(env: &Env, r: &mut Report, n: usize, e2e_n: usize, job_root
         res?;
     }
     let queued = per_user * USERS;
-    let before = until_board_holds(env, ns, queued).await?;
+    let before = until_board_holds(env, ns, queued as u64).await?;
     let fold_secs = t0.elapsed().as_secs_f64();
     let rss_full = sched.rss_kib();
     r.add(&format!("backlog: {queued} jobs of {USERS} users queued and on the board"), fold_secs, "s", None);
