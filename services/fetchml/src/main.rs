@@ -1,5 +1,5 @@
 //! `fetchml`: the server-side binary. Each subcommand is a thin shell around a
-//! library (`fetchml-api`, `fetchml-worker`, `fetchml-dispatcher`).
+//! library (`fetchml-api`, `fetchml-worker`, `fetchml-scheduler`, ...).
 
 mod nats_auth;
 
@@ -11,6 +11,9 @@ use futures::StreamExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
+
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(name = "fetchml", version, about = "fetchml: event-sourced ML jobs over NATS JetStream")]
