@@ -18,23 +18,14 @@ pub const GENESIS: &str = "00000000000000000000000000000000000000000000000000000
 
 /// Writes `v` as JSON with object keys sorted, independent of how serde_json
 /// was compiled (its `preserve_order` feature changes map order).
+///
+/// Every appended event is hashed (api and workers seal one or two per job,
+/// a verifier hashes the whole log), so this writes straight into `out`: no
+/// string per key or scalar, and no key list when the map is already in
+/// order (always, unless `preserve_order` is on).
 pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
     match v {
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                // Serialising a string cannot fail.
-                out.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
-                out.push(b':');
-                canonical_json(&map[k], out);
-            }
-            out.push(b'}');
-        }
+        Value::Object(map) => write_object(map, |_| true, out),
         Value::Array(items) => {
             out.push(b'[');
             for (i, item) in items.iter().enumerate() {
@@ -45,31 +36,49 @@ pub fn canonical_json(v: &Value, out: &mut Vec<u8>) {
             }
             out.push(b']');
         }
-        scalar => out.extend_from_slice(scalar.to_string().as_bytes()),
+        scalar => write_json(scalar, out),
     }
+}
+
+/// A string or scalar as compact JSON; writing into a `Vec` cannot fail.
+fn write_json<T: serde::Serialize + ?Sized>(v: &T, out: &mut Vec<u8>) {
+    let _ = serde_json::to_writer(&mut *out, v);
+}
+
+/// An object's entries that `keep` accepts, keys sorted.
+fn write_object(map: &serde_json::Map<String, Value>, keep: impl Fn(&str) -> bool, out: &mut Vec<u8>) {
+    let mut first = true;
+    let mut entry = |k: &String, v: &Value, out: &mut Vec<u8>| {
+        if !first {
+            out.push(b',');
+        }
+        first = false;
+        write_json(k, out);
+        out.push(b':');
+        canonical_json(v, out);
+    };
+    out.push(b'{');
+    if map.keys().is_sorted() {
+        for (k, v) in map.iter().filter(|(k, _)| keep(k)) {
+            entry(k, v, out);
+        }
+    } else {
+        let mut keys: Vec<&String> = map.keys().filter(|k| keep(k)).collect();
+        keys.sort();
+        for k in keys {
+            entry(k, &map[k], out);
+        }
+    }
+    out.push(b'}');
 }
 
 /// The hash of an envelope given as a JSON object: SHA-256 over its canonical
 /// form without the `hash` field, as lowercase hex.
 pub fn envelope_hash(envelope: &Value) -> String {
-    let mut buf = Vec::with_capacity(512);
+    let mut buf = Vec::with_capacity(1024);
     match envelope {
-        // The top-level object without `hash`, written in place (a verifier
-        // hashes every event of the log: no copy of the tree).
-        Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().filter(|k| k.as_str() != "hash").collect();
-            keys.sort();
-            buf.push(b'{');
-            for (i, k) in keys.into_iter().enumerate() {
-                if i > 0 {
-                    buf.push(b',');
-                }
-                buf.extend_from_slice(serde_json::to_string(k).unwrap_or_default().as_bytes());
-                buf.push(b':');
-                canonical_json(&map[k], &mut buf);
-            }
-            buf.push(b'}');
-        }
+        // The top-level object without `hash`, written in place (no copy of the tree).
+        Value::Object(map) => write_object(map, |k| k != "hash", &mut buf),
         other => canonical_json(other, &mut buf),
     }
     hex::encode(Sha256::digest(&buf))
@@ -139,6 +148,25 @@ mod tests {
         let mut out = Vec::new();
         canonical_json(&json!({"b": 1, "a": {"d": [1, {"z": 0, "y": "x"}], "c": null}}), &mut out);
         assert_eq!(String::from_utf8(out).unwrap(), r#"{"a":{"c":null,"d":[1,{"y":"x","z":0}]},"b":1}"#);
+    }
+
+    #[test]
+    fn canonical_form_escapes_as_serde_json_does() {
+        let mut out = Vec::new();
+        let v = json!({"k\"\u{0}é": ["a\nb\u{1f}", 1.5, -0, true, null, 10_000_000_000u64, {}], "": []});
+        canonical_json(&v, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"":[],"k\"\u0000é":["a\nb\u001f",1.5,0,true,null,10000000000,{}]}"#
+        );
+    }
+
+    /// Pinned (SHA-256 of `{"a":"é\t","b":{"a":null,"z":[1,"two"]}}`, computed
+    /// outside Rust): a change of the canonical form would break every stored chain.
+    #[test]
+    fn the_hash_of_a_known_envelope_does_not_change() {
+        let v = json!({"hash": "x", "b": {"z": [1, "two"], "a": null}, "a": "é\t"});
+        assert_eq!(envelope_hash(&v), "20b86c868ac2b213de53a7028a78fb3603358202a95b66e721298e2f8892c485");
     }
 
     #[test]

@@ -174,7 +174,7 @@ impl JobIndex {
                     let Some(Ok(ev)) = item else { break };
                     backoff = Duration::from_millis(100);
                     next = ev.seq + 1;
-                    if let Ok(env) = ev.decode::<JobEvent>()
+                    if let Ok(env) = ev.job_event()
                         && let Ok(id) = env.aggregate_id.parse::<JobId>()
                     {
                         // A job the index no longer holds (finished, then queued

@@ -398,7 +398,7 @@ impl Scheduler {
         let kind = peek(&ev.payload).map(|p| p.aggregate_kind);
         match kind {
             Some(AggregateKind::Job) => {
-                let env = match ev.decode::<JobEvent>() {
+                let env = match ev.job_event() {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::error!(seq = ev.seq, error = %e, "undecodable job event; not scheduled");

@@ -280,12 +280,12 @@ mod tests {
 
     #[test]
     fn a_shared_item_makes_the_message_a_session_would_write() {
-        let event = StoredEvent {
-            seq: 42,
-            subject: "ns.progress.alice.j1.metric".into(),
-            payload: bytes::Bytes::from_static(br#"{"job_id":"j1","name":"loss","value":0.5,"step":3}"#),
-            pending: None,
-        };
+        let event = StoredEvent::new(
+            42,
+            "ns.progress.alice.j1.metric".into(),
+            bytes::Bytes::from_static(br#"{"job_id":"j1","name":"loss","value":0.5,"step":3}"#),
+            None,
+        );
         let shared = Shared { seq: 42, event, full: OnceLock::new(), redacted: OnceLock::new() };
         let hub = Hub {
             stream: StreamKind::Progress,
