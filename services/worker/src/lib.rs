@@ -236,7 +236,7 @@ impl Worker {
                 m = inbox.next() => match m { Some(m) => m, None => break },
                 Some(_) = running.join_next(), if !running.is_empty() => continue,
             };
-            let msg: WorkerMessage = match serde_json::from_slice(&msg.payload) {
+            let msg = match WorkerMessage::from_slice(&msg.payload) {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::error!(error = %e, "malformed message from the scheduler; ignored");
@@ -624,10 +624,15 @@ fn record_queue_wait(ready_at: chrono::DateTime<chrono::Utc>, spec: &fetchml_eve
     .record(waited.as_secs_f64());
 }
 
+/// This host's name, read once (it was a file read per started job).
 fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_else(|_| "unknown".into())
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|_| "unknown".into())
+    })
+    .clone()
 }
 
 /// A random draw in 0..=1000 for retry jitter (uuid v4 bits; no extra crate).
