@@ -372,68 +372,71 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
         AS u(id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool, priority,
             labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
             started_at, finished_at, updated_at, last_seq)";
+    // One statement for the three tables (data-modifying CTEs): the rows'
+    // 26 arrays go to Postgres and are parsed (the jsonb ones included) once,
+    // not once per table.
     let full = FULL.map(|table| {
         format!(
-            "INSERT INTO {table} AS t (id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class,
-                reason, pool, priority, labels, experiment, tags, command, env, working_dir, spec, metrics, worker,
-                not_before, created_at, started_at, finished_at, updated_at, last_seq)
+            "{table}_up AS (INSERT INTO {table} AS t (id, owner, state, attempt, attempts_in_run, exit_code, signal,
+                failure_class, reason, pool, priority, labels, experiment, tags, command, env, working_dir, spec,
+                metrics, worker, not_before, created_at, started_at, finished_at, updated_at, last_seq)
              SELECT id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool,
                 priority, labels::text[], experiment, tags, command, env, working_dir, spec, metrics, worker,
                 not_before, created_at, started_at, finished_at, updated_at, last_seq
-             {ROWS}
+             FROM u
              ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
                 attempts_in_run = EXCLUDED.attempts_in_run, exit_code = EXCLUDED.exit_code,
                 signal = EXCLUDED.signal, failure_class = EXCLUDED.failure_class, reason = EXCLUDED.reason,
                 metrics = EXCLUDED.metrics, worker = EXCLUDED.worker, not_before = EXCLUDED.not_before,
                 started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
                 updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
-             WHERE t.last_seq < EXCLUDED.last_seq"
+             WHERE t.last_seq < EXCLUDED.last_seq)"
         )
     });
-    let analyst = format!(
-        "INSERT INTO analyst_jobs AS t (id, state, attempt, exit_code, failure_class, pool, priority, labels,
+    let sql = format!(
+        "WITH u AS MATERIALIZED (SELECT * {ROWS}), {}, {}
+         INSERT INTO analyst_jobs AS t (id, state, attempt, exit_code, failure_class, pool, priority, labels,
             experiment, metrics, created_at, started_at, finished_at, updated_at, last_seq)
          SELECT id, state, attempt, exit_code, failure_class, pool, priority, labels::text[], experiment, metrics,
             created_at, started_at, finished_at, updated_at, last_seq
-         {ROWS}
+         FROM u
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
             exit_code = EXCLUDED.exit_code, failure_class = EXCLUDED.failure_class, metrics = EXCLUDED.metrics,
             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
             updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
-         WHERE t.last_seq < EXCLUDED.last_seq"
+         WHERE t.last_seq < EXCLUDED.last_seq",
+        full[0], full[1]
     );
-    for sql in full.into_iter().chain([analyst]) {
-        sqlx::query(AssertSqlSafe(sql))
-            .bind(&c.id)
-            .bind(&c.owner)
-            .bind(&c.state)
-            .bind(&c.attempt)
-            .bind(&c.attempts_in_run)
-            .bind(&c.exit_code)
-            .bind(&c.signal)
-            .bind(&c.class)
-            .bind(&c.reason)
-            .bind(&c.pool)
-            .bind(&c.priority)
-            .bind(&c.labels)
-            .bind(&c.experiment)
-            .bind(&c.tags)
-            .bind(&c.command)
-            .bind(&c.env)
-            .bind(&c.working_dir)
-            .bind(&c.spec)
-            .bind(&c.metrics)
-            .bind(&c.worker)
-            .bind(&c.not_before)
-            .bind(&c.created_at)
-            .bind(&c.started_at)
-            .bind(&c.finished_at)
-            .bind(&c.updated_at)
-            .bind(&c.last_seq)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-    }
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(&c.id)
+        .bind(&c.owner)
+        .bind(&c.state)
+        .bind(&c.attempt)
+        .bind(&c.attempts_in_run)
+        .bind(&c.exit_code)
+        .bind(&c.signal)
+        .bind(&c.class)
+        .bind(&c.reason)
+        .bind(&c.pool)
+        .bind(&c.priority)
+        .bind(&c.labels)
+        .bind(&c.experiment)
+        .bind(&c.tags)
+        .bind(&c.command)
+        .bind(&c.env)
+        .bind(&c.working_dir)
+        .bind(&c.spec)
+        .bind(&c.metrics)
+        .bind(&c.worker)
+        .bind(&c.not_before)
+        .bind(&c.created_at)
+        .bind(&c.started_at)
+        .bind(&c.finished_at)
+        .bind(&c.updated_at)
+        .bind(&c.last_seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
     Ok(())
 }
 
