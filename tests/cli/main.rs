@@ -89,6 +89,15 @@ async fn every_queue_flag_reaches_the_spec_and_a_dry_run_queues_nothing() {
     let app = spawn_app().await;
     let ml = Ml::new(&app, "alice");
     ml.run(&["whoami"]).await.ok();
+    // The key's first use is recorded on alice's audit chain in the
+    // background: wait for that event, so that `before` counts it (read
+    // before it landed, the log grew under the dry runs without them).
+    let ns = fetchml_events::ids::Namespace::parse(app.settings.nats.namespace.clone()).unwrap();
+    let store = fetchml_tests::store_at(&app.settings.nats.url, ns).await;
+    let mut chain =
+        store.read(&store.subjects().user("alice"), fetchml_eventstore::StartAt::Sequence(1)).await.unwrap();
+    let recorded = tokio::time::timeout(std::time::Duration::from_secs(10), futures::StreamExt::next(&mut chain)).await;
+    assert!(matches!(recorded, Ok(Some(Ok(_)))), "alice's authentication is recorded");
     let dir = tempfile::tempdir().unwrap();
     let env_file = dir.path().join("job.env");
     std::fs::write(&env_file, "# a comment\nexport FROM_FILE=\"yes\"\nBOTH=file\n").unwrap();
