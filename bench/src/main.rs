@@ -252,6 +252,25 @@ impl Env {
         self.api_with(ns, &[]).await
     }
 
+    /// A standalone projector in namespace `ns`, at `nice` 10: the read
+    /// models yield the CPU to the job path (the api runs without its own).
+    async fn projector(&self, ns: &str) -> Proc {
+        let child = Command::new("nice")
+            .args(["-n", "10"])
+            .arg(self.fetchml())
+            .arg("projector")
+            .env("FETCHML_NATS__URL", &self.nats_url)
+            .env("FETCHML_NATS__NAMESPACE", ns)
+            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
+            .env("FETCHML_POSTGRES__URL", self.database(ns).await)
+            .env("RUST_LOG", log_level())
+            .stdout(Stdio::null())
+            .stderr(process_log())
+            .spawn()
+            .unwrap();
+        Proc(child)
+    }
+
     /// A standalone scheduler in namespace `ns`.
     fn scheduler(&self, ns: &str) -> Proc {
         let child = Command::new(self.fetchml())
@@ -660,11 +679,24 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     // ---- 3. Queue-to-start latency at a steady rate (50/s, 500/s, 80% of max).
     if env.args.runs("latency") {
         // 50/s: the path itself, nearly without load; 500/s: the target.
-        for (label, rate) in
-            [("50/s", 50.0), ("500/s", 500.0), ("80% of max", if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 })]
-        {
-            let ns = format!("blat{}", rate as u64);
-            let (api, url) = env.api(&ns).await;
+        let eighty = if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 };
+        // "projector apart": the same api without its projector, and the
+        // projector as a process of its own at a lower CPU priority (what a
+        // deployment that puts the read models on another host also gets).
+        for (label, rate, apart) in [
+            ("50/s", 50.0, false),
+            ("500/s", 500.0, false),
+            ("500/s, projector apart", 500.0, true),
+            ("80% of max", eighty, false),
+            ("80% of max, projector apart", eighty, true),
+        ] {
+            let ns = format!("blat{}{}", rate as u64, if apart { "p" } else { "" });
+            let (api, url) = if apart {
+                env.api_with(&ns, &[("FETCHML_API__EMBEDDED_PROJECTOR", "false")]).await
+            } else {
+                env.api(&ns).await
+            };
+            let _projector = if apart { Some(env.projector(&ns).await) } else { None };
             // The workers of the end-to-end maximum (4 × 32), so that "80% of
             // max" is 80% of what this fleet can do, not an overload.
             let ws: Vec<Proc> = (0..4).map(|_| env.worker(&ns, 32, root.path())).collect();
