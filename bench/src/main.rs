@@ -252,58 +252,53 @@ impl Env {
         self.api_with(ns, &[]).await
     }
 
+    /// A `fetchml` process in namespace `ns` (its NATS server `nats_url`):
+    /// what every process the bench starts shares. `nice` puts it at that
+    /// CPU priority.
+    fn command(&self, ns: &str, nats_url: &str, nice: Option<u8>) -> Command {
+        let mut c = match nice {
+            Some(n) => {
+                let mut c = Command::new("nice");
+                c.args(["-n", &n.to_string()]).arg(self.fetchml());
+                c
+            }
+            None => Command::new(self.fetchml()),
+        };
+        c.env("FETCHML_NATS__URL", nats_url)
+            .env("FETCHML_NATS__NAMESPACE", ns)
+            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
+            .env("RUST_LOG", log_level())
+            .stdout(Stdio::null())
+            .stderr(process_log());
+        c
+    }
+
     /// A standalone projector in namespace `ns`, at `nice` 10: the read
     /// models yield the CPU to the job path (the api runs without its own).
     async fn projector(&self, ns: &str) -> Proc {
-        let child = Command::new("nice")
-            .args(["-n", "10"])
-            .arg(self.fetchml())
-            .arg("projector")
-            .env("FETCHML_NATS__URL", &self.nats_url)
-            .env("FETCHML_NATS__NAMESPACE", ns)
-            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
-            .env("FETCHML_POSTGRES__URL", self.database(ns).await)
-            .env("RUST_LOG", log_level())
-            .stdout(Stdio::null())
-            .stderr(process_log())
-            .spawn()
-            .unwrap();
-        Proc(child)
+        let mut c = self.command(ns, &self.nats_url, Some(10));
+        c.arg("projector").env("FETCHML_POSTGRES__URL", self.database(ns).await);
+        Proc(c.spawn().unwrap())
     }
 
     /// A standalone scheduler in namespace `ns`.
     fn scheduler(&self, ns: &str) -> Proc {
-        let child = Command::new(self.fetchml())
-            .arg("scheduler")
-            .env("FETCHML_NATS__URL", &self.nats_url)
-            .env("FETCHML_NATS__NAMESPACE", ns)
-            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
-            .env("RUST_LOG", log_level())
-            .stdout(Stdio::null())
-            .stderr(process_log())
-            .spawn()
-            .unwrap();
-        Proc(child)
+        Proc(self.command(ns, &self.nats_url, None).arg("scheduler").spawn().unwrap())
     }
 
     /// An api process with settings `extra` (environment variables) on top.
     async fn api_with(&self, ns: &str, extra: &[(&str, &str)]) -> (Proc, String) {
         let port = free_port();
-        let child = Command::new(self.fetchml())
+        let child = self
+            .command(ns, &self.nats_url, None)
             .args(["api", "--listen", &format!("127.0.0.1:{port}")])
             .envs(extra.iter().copied())
-            .env("FETCHML_NATS__URL", &self.nats_url)
-            .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_AUTH__USERS_FILE", self.users_file.path())
             .env("FETCHML_POSTGRES__URL", self.database(ns).await)
-            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
             .env("FETCHML_STREAMING__MAX_CONNECTIONS_PER_USER", "5000")
             // The streams section opens 1 000 WebSockets; the default (512)
             // leaves the rest waiting in the listen backlog.
             .env("FETCHML_API__MAX_CONNECTIONS", "5000")
-            .env("RUST_LOG", log_level())
-            .stdout(Stdio::null())
-            .stderr(process_log())
             .spawn()
             .context("starting the api")
             .unwrap();
@@ -326,16 +321,11 @@ impl Env {
     fn worker(&self, ns: &str, concurrency: usize, job_root: &Path) -> Proc {
         // On a cluster, workers connect to the servers in turn, as on hosts of their own.
         let node = self.next_node.fetch_add(1, Ordering::Relaxed) % self.node_urls.len();
-        let child = Command::new(self.fetchml())
+        let child = self
+            .command(ns, &self.node_urls[node], None)
             .args(["worker", "--concurrency", &concurrency.to_string()])
-            .env("FETCHML_NATS__URL", &self.node_urls[node])
-            .env("FETCHML_NATS__REPLICAS", self.replicas.to_string())
-            .env("FETCHML_NATS__NAMESPACE", ns)
             .env("FETCHML_WORKER__JOB_ROOT", job_root)
             .env("FETCHML_WORKER__KILL_GRACE_SECS", "1")
-            .env("RUST_LOG", log_level())
-            .stdout(Stdio::null())
-            .stderr(process_log())
             .spawn()
             .unwrap();
         Proc(child)

@@ -1,37 +1,17 @@
 import { describe, expect, it } from 'vitest';
 import type { StreamMessage } from '../api/types';
-import { countByState, fromItems, matches, reduce, type EventData, type Row } from './jobs';
+import { JOB_ID, jobEvent, jobRow } from './fixtures';
+import { countByState, fromItems, matches, reduce, type Row } from './jobs';
 
-const ID = '01a22d0a-04a1-7287-8ac2-c06a1fe0fd85';
-
-function ev(seq: number, type: string, payload: Record<string, unknown> = {}, id = ID): StreamMessage {
-  const data: EventData = { aggregate_kind: 'job', aggregate_id: id, type, occurred_at: '2026-11-30T12:00:00Z', payload };
-  return { type: 'message', sub: 's1', stream: 'events', seq, subject_kind: type, data: data as never };
-}
+const ID = JOB_ID;
+const ev = (seq: number, type: string, payload: Record<string, unknown> = {}, id = ID): StreamMessage =>
+  jobEvent(seq, type, id, payload);
 
 function queued(seq: number, id: string, spec: Record<string, unknown> = {}, owner?: string): StreamMessage {
   return ev(seq, 'job_queued', { spec: { pool: 'default', priority: 5, ...spec }, ...(owner ? { owner } : {}) }, id);
 }
 
-const row = (over: Partial<Row> = {}): Row =>
-  ({
-    id: ID,
-    state: 'queued',
-    attempt: 0,
-    created_at: '2026-11-30T11:00:00Z',
-    exit_code: null,
-    experiment: null,
-    failure_class: null,
-    metrics: {},
-    pool: 'default',
-    priority: 5,
-    labels: [],
-    seq: 1,
-    finished_at: null,
-    started_at: null,
-    updated_at: null,
-    ...over,
-  }) as Row;
+const row = jobRow;
 
 describe('reduce', () => {
   it('moves a listed job through its lifecycle', () => {

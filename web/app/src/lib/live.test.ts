@@ -1,34 +1,15 @@
 import { describe, expect, it } from 'vitest';
 import type { StreamMessage } from '../api/types';
-import { fromItems, type EventData, type Row } from './jobs';
+import { jobEvent, jobRow } from './fixtures';
+import { fromItems, type Row } from './jobs';
 import { Throttle, live, receive, reveal, waiting, type LiveJobs } from './live';
 
-function ev(seq: number, type: string, id: string, payload: Record<string, unknown> = {}): StreamMessage {
-  const data: EventData = { aggregate_kind: 'job', aggregate_id: id, type, occurred_at: '2026-11-30T12:00:00Z', payload };
-  return { type: 'message', sub: 's1', stream: 'events', seq, subject_kind: type, data: data as never };
-}
+const ev = jobEvent;
 const queued = (seq: number, id: string, pool = 'default') => ev(seq, 'job_queued', id, { spec: { pool, priority: 5 } });
 const percent = (seq: number, id: string, p: number) =>
   ({ type: 'message', sub: 's2', stream: 'progress', seq, subject_kind: 'percent', data: { job_id: id, percent: p } }) as unknown as StreamMessage;
 
-const row = (id: string, seq: number): Row =>
-  ({
-    id,
-    state: 'queued',
-    attempt: 0,
-    created_at: '2026-11-30T11:00:00Z',
-    exit_code: null,
-    experiment: null,
-    failure_class: null,
-    metrics: {},
-    pool: 'default',
-    priority: 5,
-    labels: [],
-    seq,
-    finished_at: null,
-    started_at: null,
-    updated_at: null,
-  }) as Row;
+const row = (id: string, seq: number): Row => jobRow({ id, seq });
 
 const listed = (...ids: string[]): LiveJobs => live(fromItems(ids.map((id, i) => row(id, i + 1))));
 
