@@ -51,7 +51,7 @@ struct Args {
     #[arg(long)]
     rebuild_events: Option<usize>,
     /// Run only these sections (the raw limit always runs: ratios need it):
-    /// durability, submit, e2e, latency, backlog, fairshare, rebuild, audit,
+    /// durability, submit, e2e, latency, backlog, fairshare, rebuild, projector, audit,
     /// streams, cancel. Repeatable.
     #[arg(long)]
     only: Vec<String>,
@@ -736,6 +736,21 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         );
     }
 
+    // ---- 5a. The live projector catching up on a log: the batches the read
+    // models take while jobs run (the rebuild above folds everything first).
+    if env.args.runs("projector") {
+        let jobs = if quick { 5_000 } else { 20_000 };
+        let p = projector_bench(env, jobs).await?;
+        r.add(
+            &format!("projection: live projector, {} events of {jobs} jobs", jobs * 3),
+            p.events_per_sec,
+            "events/s",
+            None,
+        );
+        r.add("  CPU per job, live projector: projector", p.projector_us, "µs", None);
+        r.add("  CPU per job, live projector: postgres", p.postgres_us, "µs", None);
+    }
+
     // ---- 5b. The audit trail: verification of a clean log (with a signed
     // checkpoint every 1000 events) online and from an export, next to a raw
     // read of the same log by one ordered reader (verification is sequential)
@@ -1314,6 +1329,61 @@ async fn rebuild_bench(env: &Env, n: usize) -> anyhow::Result<(f64, f64, f64)> {
     Ok((append_rate, read_rate, rebuild_rate))
 }
 
+struct ProjectorRun {
+    events_per_sec: f64,
+    projector_us: f64,
+    postgres_us: f64,
+}
+
+/// A `fetchml projector` catching up on `jobs` no-op jobs' events, laid out
+/// as a busy log holds them: each job started 500 jobs after it was queued
+/// and ended 500 after that, so its three events fall in different batches
+/// (as in end to end, where the projector lags by thousands of events).
+async fn projector_bench(env: &Env, jobs: usize) -> anyhow::Result<ProjectorRun> {
+    let ns = "bproject";
+    let (store, _) = seed_events_in(env, ns, jobs * 3, None, 500).await?;
+    let head = store.last_sequence().await?;
+    let pool = sqlx::PgPool::connect(&env.database(ns).await).await?;
+    // The projector creates its tables (a fraction of a second, counted): the
+    // bench does not, so that an older `fetchml` (`--bin-dir`) meets only its
+    // own migrations.
+    let pg0 = cpu_secs_of_all("postgres");
+    let t0 = Instant::now();
+    let projector = env.projector(ns).await;
+    // The checkpoint is another process's: polled, there is nothing to await.
+    while fetchml_projections::checkpoint(&pool).await? < head {
+        if t0.elapsed() > Duration::from_secs(600) {
+            bail!("the projector did not reach sequence {head} within 600 s");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let projector_cpu = cpu_secs(projector.0.id());
+    let postgres_cpu = cpu_secs_of_all("postgres") - pg0;
+    drop(projector);
+    // How many row updates were heap-only (no index touched): Postgres
+    // publishes a backend's counts when it ends, so ask until they show.
+    let stats = "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
+        WHERE relname IN ('admin_jobs', 'researcher_jobs', 'analyst_jobs') ORDER BY 1";
+    for _ in 0..50 {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(stats).fetch_all(&pool).await?;
+        if rows.iter().any(|(_, upd, _)| *upd > 0) {
+            let hot: Vec<String> = rows
+                .iter()
+                .map(|(t, upd, hot)| format!("{t} {:.0}%", 100.0 * *hot as f64 / (*upd).max(1) as f64))
+                .collect();
+            println!("  (live projector: updates that were HOT: {})", hot.join(", "));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(ProjectorRun {
+        events_per_sec: head as f64 / secs,
+        projector_us: projector_cpu * 1e6 / jobs as f64,
+        postgres_us: postgres_cpu * 1e6 / jobs as f64,
+    })
+}
+
 /// How long loading one job takes by its exact subject and by its id alone
 /// (a wildcard over owner and pool), with the whole seeded log in the stream.
 async fn load_by_id(store: &fetchml_eventstore::EventStore) -> anyhow::Result<()> {
@@ -1388,7 +1458,7 @@ async fn audit_bench(env: &Env, r: &mut Report, n: usize) -> anyhow::Result<()> 
     use fetchml_audit::online;
     let key = fetchml_audit::SigningKey::from_seed("bench", &[42; 32])?;
     let keys = fetchml_audit::Keyring::new(vec![key.public()]);
-    let (store, _) = seed_events_in(env, "baudit", n, Some(&key)).await?;
+    let (store, _) = seed_events_in(env, "baudit", n, Some(&key), 0).await?;
     let total = store.last_sequence().await?;
     let t0 = Instant::now();
     raw_read_one(&store, total).await?;
@@ -1464,17 +1534,38 @@ async fn raw_read_one(store: &fetchml_eventstore::EventStore, n: u64) -> anyhow:
 /// Appends `n` sealed events of three-event jobs to the `brebuild` namespace,
 /// pipelined; returns the store and the append rate.
 async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore::EventStore, f64)> {
-    seed_events_in(env, "brebuild", n, None).await
+    seed_events_in(env, "brebuild", n, None, 0).await
 }
 
-/// As [`seed_events`] into namespace `ns`; with `checkpoints`, also a signed
-/// audit checkpoint after every 1000 events (the bench owns the namespace and
-/// publishes in order on one connection, so it knows each sequence).
+/// Which event (0 queued, 1 started, 2 succeeded) of which job comes next,
+/// for `jobs` jobs: each job's three in a row (`window` 0), or each job
+/// started `window` jobs after it was queued and ended `window` jobs later
+/// still, as a busy log interleaves them.
+fn event_order(jobs: usize, window: usize) -> Vec<(usize, usize)> {
+    if window == 0 {
+        return (0..jobs).flat_map(|k| (0..3).map(move |i| (k, i))).collect();
+    }
+    let mut out = Vec::with_capacity(jobs * 3);
+    for step in 0..jobs + 2 * window {
+        for i in 0..3 {
+            if let Some(k) = step.checked_sub(i * window).filter(|k| *k < jobs) {
+                out.push((k, i));
+            }
+        }
+    }
+    out
+}
+
+/// As [`seed_events`] into namespace `ns`, in the order [`event_order`] gives
+/// for `window`; with `checkpoints`, also a signed audit checkpoint after
+/// every 1000 events (the bench owns the namespace and publishes in order on
+/// one connection, so it knows each sequence).
 async fn seed_events_in(
     env: &Env,
     ns: &str,
     n: usize,
     checkpoints: Option<&fetchml_audit::SigningKey>,
+    window: usize,
 ) -> anyhow::Result<(fetchml_eventstore::EventStore, f64)> {
     use fetchml_events::job::{JobEvent, JobSpec, Metrics};
     use fetchml_events::{Actor, CommandId, Envelope, JobId, NewEvent, UserName, WorkerId};
@@ -1494,50 +1585,47 @@ async fn seed_events_in(
     spec.experiment = Some("bench".into());
     let t0 = Instant::now();
     let mut inflight = FuturesUnordered::new();
-    let mut written = 0;
-    while written < n {
-        let id = JobId::new();
-        let subject = subjects.job(&owner, &spec.pool, id);
-        let mut prev = fetchml_events::hash::GENESIS.to_owned();
-        let events = [
-            JobEvent::JobQueued { owner: owner.clone(), spec: spec.clone() },
-            JobEvent::JobStarted { attempt: 1, worker, placement: Default::default() },
-            JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: Metrics::new() },
-        ];
-        for (i, payload) in events.into_iter().enumerate() {
-            if written >= n {
-                break;
-            }
-            let env = Envelope::seal(
-                NewEvent {
-                    aggregate_id: id.to_string(),
-                    aggregate_version: i as u64 + 1,
-                    occurred_at: chrono::Utc::now(),
-                    actor: Actor::User { name: owner.clone() },
-                    command_id: CommandId::new(),
-                    correlation_id: uuid::Uuid::nil(),
-                    payload,
-                },
-                &prev,
-            )?;
-            prev = env.hash.clone();
-            let bytes = env.to_bytes()?;
-            chain.push(chain.seq() + 1, &bytes);
-            // No expected-sequence header: the bench owns the subject.
-            inflight.push(std::future::IntoFuture::into_future(js.publish(subject.clone(), Bytes::from(bytes)).await?));
-            if inflight.len() >= 1024 {
-                inflight.next().await.unwrap()?;
-            }
-            written += 1;
-            if let Some(key) = checkpoints
-                && written % 1000 == 0
-            {
-                let cp = key.checkpoint(ns, chain.seq(), &chain.head(), chrono::Utc::now())?.to_bytes()?;
-                chain.push(chain.seq() + 1, &cp);
-                inflight.push(std::future::IntoFuture::into_future(
-                    js.publish(subjects.audit_checkpoint(), Bytes::from(cp)).await?,
-                ));
-            }
+    // Each job's id and the hash of its last event.
+    let mut jobs: Vec<(JobId, String)> = Vec::new();
+    for (written, (k, i)) in event_order(n.div_ceil(3), window).into_iter().filter(|(k, i)| k * 3 + i < n).enumerate() {
+        if k == jobs.len() {
+            jobs.push((JobId::new(), fetchml_events::hash::GENESIS.to_owned()));
+        }
+        let (id, prev) = &mut jobs[k];
+        let subject = subjects.job(&owner, &spec.pool, *id);
+        let payload = match i {
+            0 => JobEvent::JobQueued { owner: owner.clone(), spec: spec.clone() },
+            1 => JobEvent::JobStarted { attempt: 1, worker, placement: Default::default() },
+            _ => JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: Metrics::new() },
+        };
+        let env = Envelope::seal(
+            NewEvent {
+                aggregate_id: id.to_string(),
+                aggregate_version: i as u64 + 1,
+                occurred_at: chrono::Utc::now(),
+                actor: Actor::User { name: owner.clone() },
+                command_id: CommandId::new(),
+                correlation_id: uuid::Uuid::nil(),
+                payload,
+            },
+            prev,
+        )?;
+        *prev = env.hash.clone();
+        let bytes = env.to_bytes()?;
+        chain.push(chain.seq() + 1, &bytes);
+        // No expected-sequence header: the bench owns the subject.
+        inflight.push(std::future::IntoFuture::into_future(js.publish(subject, Bytes::from(bytes)).await?));
+        if inflight.len() >= 1024 {
+            inflight.next().await.unwrap()?;
+        }
+        if let Some(key) = checkpoints
+            && (written + 1) % 1000 == 0
+        {
+            let cp = key.checkpoint(ns, chain.seq(), &chain.head(), chrono::Utc::now())?.to_bytes()?;
+            chain.push(chain.seq() + 1, &cp);
+            inflight.push(std::future::IntoFuture::into_future(
+                js.publish(subjects.audit_checkpoint(), Bytes::from(cp)).await?,
+            ));
         }
     }
     while let Some(a) = inflight.next().await {

@@ -5,7 +5,9 @@
 //! whose first event in the batch is `job_queued` has none), each event is
 //! folded into its job's row in memory by the one fold the rebuild also uses
 //! (`fold.rs`, on top of the domain's `evolve`), and the final rows go back
-//! with one upsert per table (`UNNEST` of one array per column).
+//! in two statements for the three role tables (`UNNEST` of one array per
+//! column): an upsert of the rows the batch creates, an update of what
+//! changed in the others.
 //!
 //! Every upsert is guarded by the row's `last_seq`, and the fold skips events
 //! already folded, so applying an event twice changes nothing (the
@@ -77,6 +79,9 @@ pub async fn apply_batch(
         .map(|j| j.id)
         .collect();
     let mut rows = load_rows(conn, &existing).await?;
+    // Rows read from the tables exist in all three: they take an UPDATE of
+    // what can change. The others take the full upsert.
+    let stored: HashSet<Uuid> = rows.keys().copied().collect();
     let mut usage = UsageFold { open: load_open(conn, &existing).await?, ..UsageFold::default() };
     // The jobs whose rows changed, in the order first changed.
     let mut changed: Vec<Uuid> = Vec::new();
@@ -96,9 +101,12 @@ pub async fn apply_batch(
             changed.push(j.id);
         }
     }
-    let changed: Vec<(Uuid, &JobRow)> =
-        changed.iter().filter_map(|id| rows.get(id).and_then(Option::as_ref).map(|r| (*id, r))).collect();
-    upsert_jobs(conn, &changed).await?;
+    let (updated, inserted): (Vec<(Uuid, &JobRow)>, Vec<(Uuid, &JobRow)>) = changed
+        .iter()
+        .filter_map(|id| rows.get(id).and_then(Option::as_ref).map(|r| (*id, r)))
+        .partition(|(id, _)| stored.contains(id));
+    upsert_jobs(conn, &inserted).await?;
+    update_jobs(conn, &updated).await?;
     upsert_metrics(conn, metrics).await?;
     write_usage(conn, usage).await?;
     Ok(faults)
@@ -330,7 +338,8 @@ struct Cols {
     last_seq: Vec<i64>,
 }
 
-/// Writes `rows` (each job once) to the admin, researcher and analyst tables.
+/// Writes `rows` (each job once, none read from the tables: new ones, or a
+/// replayed `job_queued`) to the admin, researcher and analyst tables.
 async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Result<(), ProjectionError> {
     if rows.is_empty() {
         return Ok(());
@@ -430,6 +439,80 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
         .bind(&c.worker)
         .bind(&c.not_before)
         .bind(&c.created_at)
+        .bind(&c.started_at)
+        .bind(&c.finished_at)
+        .bind(&c.updated_at)
+        .bind(&c.last_seq)
+        .execute(&mut *conn)
+        .await
+        .map_err(db)?;
+    Ok(())
+}
+
+/// Writes the changed part of `rows` (each job once, each known to exist in
+/// the three tables) to the admin, researcher and analyst tables. Most of a
+/// job's events land here (its start and its end): the spec, tags, command
+/// and environment never change, and leaving them out spares Postgres
+/// parsing them as jsonb again, and the ON CONFLICT path (both were about a
+/// quarter of its CPU per job).
+async fn update_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Result<(), ProjectionError> {
+    if rows.is_empty() {
+        return Ok(());
+    }
+    let mut c = Cols::default();
+    for (id, r) in rows {
+        let j = &r.job;
+        c.id.push(*id);
+        c.state.push(j.status.as_str());
+        c.attempt.push(j.attempt as i32);
+        c.attempts_in_run.push(j.attempts_in_run as i32);
+        c.exit_code.push(j.exit_code);
+        c.signal.push(j.signal);
+        c.class.push(j.failure_class.as_ref().map(enum_str));
+        c.reason.push(j.reason.clone());
+        c.metrics.push(json!(j.metrics));
+        c.worker.push(j.worker.map(|w| w.to_string()));
+        c.not_before.push(j.not_before);
+        c.started_at.push(r.started_at);
+        c.finished_at.push(r.finished_at);
+        c.updated_at.push(r.updated_at);
+        c.last_seq.push(r.last_seq);
+    }
+    // The same columns as the upsert's ON CONFLICT, under the same guard.
+    let full = FULL.map(|table| {
+        format!(
+            "{table}_up AS (UPDATE {table} AS t SET state = u.state, attempt = u.attempt,
+                attempts_in_run = u.attempts_in_run, exit_code = u.exit_code, signal = u.signal,
+                failure_class = u.failure_class, reason = u.reason, metrics = u.metrics, worker = u.worker,
+                not_before = u.not_before, started_at = u.started_at, finished_at = u.finished_at,
+                updated_at = u.updated_at, last_seq = u.last_seq
+             FROM u WHERE t.id = u.id AND t.last_seq < u.last_seq)"
+        )
+    });
+    let sql = format!(
+        "WITH u AS MATERIALIZED (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::int4[],
+            $6::int4[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[], $12::timestamptz[],
+            $13::timestamptz[], $14::timestamptz[], $15::int8[])
+         AS u(id, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, metrics, worker,
+            not_before, started_at, finished_at, updated_at, last_seq)), {}, {}
+         UPDATE analyst_jobs AS t SET state = u.state, attempt = u.attempt, exit_code = u.exit_code,
+            failure_class = u.failure_class, metrics = u.metrics, started_at = u.started_at,
+            finished_at = u.finished_at, updated_at = u.updated_at, last_seq = u.last_seq
+         FROM u WHERE t.id = u.id AND t.last_seq < u.last_seq",
+        full[0], full[1]
+    );
+    sqlx::query(AssertSqlSafe(sql))
+        .bind(&c.id)
+        .bind(&c.state)
+        .bind(&c.attempt)
+        .bind(&c.attempts_in_run)
+        .bind(&c.exit_code)
+        .bind(&c.signal)
+        .bind(&c.class)
+        .bind(&c.reason)
+        .bind(&c.metrics)
+        .bind(&c.worker)
+        .bind(&c.not_before)
         .bind(&c.started_at)
         .bind(&c.finished_at)
         .bind(&c.updated_at)

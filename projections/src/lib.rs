@@ -468,6 +468,18 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
         )))
         .execute(&mut conn)
         .await?;
+        // LIKE copies columns and constraints, not storage parameters (the
+        // fillfactor that leaves room for HOT updates): carry them over.
+        let options: Option<String> = sqlx::query_scalar(
+            "SELECT array_to_string(reloptions, ', ') FROM pg_class WHERE oid = to_regclass($1) AND reloptions IS NOT NULL",
+        )
+        .bind(format!("public.{t}"))
+        .fetch_optional(&mut conn)
+        .await?
+        .flatten();
+        if let Some(options) = options.filter(|o| !o.is_empty()) {
+            sqlx::query(AssertSqlSafe(format!("ALTER TABLE {SHADOW}.{t} SET ({options})"))).execute(&mut conn).await?;
+        }
     }
     // Unqualified names now mean the shadow tables on this connection.
     sqlx::query(AssertSqlSafe(format!("SET search_path TO {SHADOW}"))).execute(&mut conn).await?;

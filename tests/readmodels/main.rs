@@ -166,6 +166,11 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     let indexes = "SELECT tablename, indexname, regexp_replace(indexdef, ' ON \\S+ ', ' ON ') FROM pg_indexes
         WHERE schemaname = 'public' ORDER BY 1, 2";
     let indexes_before: Vec<(String, String, String)> = sqlx::query_as(indexes).fetch_all(&pool).await.unwrap();
+    // And the same storage parameters (the fillfactor kept for HOT updates).
+    let options = "SELECT relname::text, reloptions::text FROM pg_class
+        WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND reloptions IS NOT NULL ORDER BY 1";
+    let options_before: Vec<(String, String)> = sqlx::query_as(options).fetch_all(&pool).await.unwrap();
+    assert!(options_before.contains(&("researcher_jobs".into(), "{fillfactor=70}".into())), "{options_before:?}");
     let rebuilt_to = fetchml_projections::rebuild(&pool, &store).await.unwrap();
     assert_eq!(rebuilt_to, head);
     // The tables are loaded without indexes and indexed afterwards: the same
@@ -173,6 +178,8 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     let indexes_after: Vec<(String, String, String)> = sqlx::query_as(indexes).fetch_all(&pool).await.unwrap();
     assert!(indexes_before.len() >= 10, "{indexes_before:?}");
     assert_eq!(indexes_before, indexes_after);
+    let options_after: Vec<(String, String)> = sqlx::query_as(options).fetch_all(&pool).await.unwrap();
+    assert_eq!(options_before, options_after);
     let rebuilt = fetchml_projections::checksums(&pool).await.unwrap();
     assert_eq!(live, rebuilt);
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM admin_jobs").fetch_one(&pool).await.unwrap();
