@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use sqlx::PgConnection;
 use sqlx::{AssertSqlSafe, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// The tables that hold the same full job rows.
@@ -41,7 +42,7 @@ fn db(e: sqlx::Error) -> ProjectionError {
 struct JobEv {
     seq: i64,
     id: Uuid,
-    env: Envelope<JobEvent>,
+    env: Arc<Envelope<JobEvent>>,
 }
 
 /// Applies `batch` (in log order) on `conn`, which should be in a transaction.
@@ -59,8 +60,8 @@ pub async fn apply_batch(
         if skip.contains(&(ev.seq as i64)) {
             continue;
         }
-        match fold::decode(ev.seq, &ev.payload) {
-            Decoded::Job(id, env) => jobs.push(JobEv { seq: ev.seq as i64, id, env: *env }),
+        match fold::decode_stored(ev) {
+            Decoded::Job(id, env) => jobs.push(JobEv { seq: ev.seq as i64, id, env }),
             // Workers are few and touch only their own table: one by one.
             Decoded::Worker(env) => apply_worker(conn, ev.seq, &env).await?,
             Decoded::Skip => {}

@@ -119,7 +119,7 @@ fn row(out: &mut String, fields: &[Option<String>]) {
 }
 
 impl Folded {
-    fn job_event(&mut self, seq: u64, id: Uuid, env: Envelope<JobEvent>) {
+    fn job_event(&mut self, seq: u64, id: Uuid, env: &Envelope<JobEvent>) {
         let at = env.occurred_at;
         let actor = serde_json::to_value(&env.actor).unwrap_or(Value::Null).to_string();
         let attempt = attempt_of(&env.payload).map(|a| a.to_string());
@@ -232,7 +232,7 @@ pub async fn fold(store: &EventStore, to: u64, carried: Vec<Fault>) -> Result<Fo
                 continue;
             }
             match d {
-                Decoded::Job(id, env) => f.job_event(seq, id, *env),
+                Decoded::Job(id, env) => f.job_event(seq, id, &env),
                 Decoded::Worker(env) => f.worker_event(seq, *env),
                 Decoded::Skip => {}
                 Decoded::Fault(fault) => f.faults.push(fault),

@@ -31,8 +31,10 @@ use fetchml_events::envelope::peek;
 use fetchml_events::job::{FailureClass, Job, JobEvent, JobSpec, JobStatus, Metrics, evolve};
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{AggregateKind, Envelope, UserName, WorkerId};
+use fetchml_eventstore::StoredEvent;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use uuid::Uuid;
 
 /// Longest (experiment, owner, metric) key summarised in `experiment_metrics`,
@@ -289,7 +291,9 @@ pub fn fold_metrics(
 
 /// An event of the log as the read models see it.
 pub enum Decoded {
-    Job(Uuid, Box<Envelope<JobEvent>>),
+    /// Shared: the api's log tap decodes a job event once for all its
+    /// followers (the index, the scheduler and the projector).
+    Job(Uuid, Arc<Envelope<JobEvent>>),
     Worker(Box<Envelope<WorkerEvent>>),
     /// An audit event (users): never in the read models.
     Skip,
@@ -304,7 +308,7 @@ pub fn decode(seq: u64, payload: &[u8]) -> Decoded {
     match peek(&payload).map(|p| p.aggregate_kind) {
         Some(AggregateKind::Job) => match Envelope::<JobEvent>::decode(&payload) {
             Ok(env) => match env.aggregate_id.parse::<Uuid>() {
-                Ok(id) => Decoded::Job(id, Box::new(env)),
+                Ok(id) => Decoded::Job(id, Arc::new(env)),
                 Err(_) => undecodable("job event without a job id".into()),
             },
             Err(e) => undecodable(format!("undecodable job event: {e}")),
@@ -317,6 +321,19 @@ pub fn decode(seq: u64, payload: &[u8]) -> Decoded {
         Some(AggregateKind::User | AggregateKind::Audit | AggregateKind::Pool) => Decoded::Skip,
         None => undecodable("not an event envelope".into()),
     }
+}
+
+/// [`decode`] of a stored event, taking the event's own decoded job
+/// envelope when it has one to give (no NUL to rewrite first).
+pub fn decode_stored(ev: &StoredEvent) -> Decoded {
+    if matches!(storable_payload(&ev.payload), Cow::Borrowed(_))
+        && peek(&ev.payload).is_some_and(|p| p.aggregate_kind == AggregateKind::Job)
+        && let Ok(env) = ev.job_event()
+        && let Ok(id) = env.aggregate_id.parse::<Uuid>()
+    {
+        return Decoded::Job(id, env);
+    }
+    decode(ev.seq, &ev.payload)
 }
 
 /// A serde enum as its string (`failure_class`).
@@ -410,6 +427,36 @@ mod tests {
         assert!(!JobRow::fold(&mut row, 9, at(99), &events[1]));
         let r = row.unwrap();
         assert_eq!((r.job.status, r.updated_at, r.last_seq), (JobStatus::Cancelled, at(3), 9));
+    }
+
+    fn stored(seq: u64, spec: JobSpec) -> StoredEvent {
+        let env = Envelope::seal(
+            fetchml_events::NewEvent {
+                aggregate_id: uuid::Uuid::now_v7().to_string(),
+                aggregate_version: 1,
+                occurred_at: at(0),
+                actor: fetchml_events::Actor::User { name: UserName::parse("alice").unwrap() },
+                command_id: fetchml_events::CommandId::new(),
+                correlation_id: Uuid::nil(),
+                payload: JobEvent::JobQueued { owner: UserName::parse("alice").unwrap(), spec },
+            },
+            fetchml_events::hash::GENESIS,
+        )
+        .unwrap();
+        StoredEvent::new(seq, "s".into(), env.to_bytes().unwrap().into(), None)
+    }
+
+    #[test]
+    fn a_stored_job_event_is_decoded_once_for_every_follower_unless_it_holds_a_nul() {
+        let ev = stored(1, JobSpec::command(["true"]));
+        let Decoded::Job(_, env) = decode_stored(&ev) else { panic!("not a job event") };
+        assert!(Arc::ptr_eq(&env, &ev.job_event().unwrap()), "the event's own decode is shared");
+        // With a NUL, the projector decodes the rewritten bytes itself.
+        let ev = stored(2, JobSpec::command(["echo", "a\0b"]));
+        let Decoded::Job(_, env) = decode_stored(&ev) else { panic!("not a job event") };
+        assert!(!Arc::ptr_eq(&env, &ev.job_event().unwrap()));
+        let JobEvent::JobQueued { spec, .. } = &env.payload else { panic!("not queued") };
+        assert_eq!(spec.command, vec!["echo".to_owned(), "a\u{FFFD}b".to_owned()]);
     }
 
     #[test]
