@@ -102,10 +102,12 @@ pub async fn apply_batch(
             changed.push(j.id);
         }
     }
-    let (updated, inserted): (Vec<(Uuid, &JobRow)>, Vec<(Uuid, &JobRow)>) = changed
-        .iter()
-        .filter_map(|id| rows.get(id).and_then(Option::as_ref).map(|r| (*id, r)))
-        .partition(|(id, _)| stored.contains(id));
+    let (mut updated, mut inserted) = (Vec::new(), Vec::new());
+    for id in &changed {
+        if let Some(r) = rows.get(id).and_then(Option::as_ref) {
+            if stored.contains(id) { updated.push((*id, r)) } else { inserted.push((*id, r)) }
+        }
+    }
     upsert_jobs(conn, &inserted).await?;
     update_jobs(conn, &updated).await?;
     upsert_metrics(conn, metrics).await?;
