@@ -693,6 +693,8 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let secs = if quick { 4.0 } else { 10.0 };
             let lat = queue_to_start(env, &ns, &url, rate, secs).await?;
+            r.add(&format!("queue-to-start: offered at {label}"), rate, "jobs/s", None);
+            r.add(&format!("queue-to-start: started at {label}"), lat.started_per_sec, "jobs/s", None);
             r.add(&format!("queue-to-start p50 at {label}"), pct(&lat.total, 0.5), "ms", None);
             r.add(&format!("queue-to-start p99 at {label}"), pct(&lat.total, 0.99), "ms", None);
             r.add(&format!("queue-to-start p999 at {label}"), pct(&lat.total, 0.999), "ms", None);
@@ -1126,6 +1128,10 @@ struct StartLatency {
     assign: Vec<f64>,
     /// Assignment seen until `job_started.occurred_at` (the worker's claim).
     claim: Vec<f64>,
+    /// Jobs started a second, from the first `job_queued` to the last
+    /// `job_started`: below the offered rate, the phase was an overload (its
+    /// queue grew) and its latency says so.
+    started_per_sec: f64,
 }
 
 /// Submits at `rate` jobs/s for `secs`, then reads every job's `job_queued`
@@ -1203,8 +1209,14 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     let mut queued: HashMap<String, chrono::DateTime<chrono::Utc>> = HashMap::new();
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let ms = |d: chrono::TimeDelta| d.num_microseconds().unwrap_or(0) as f64 / 1000.0;
-    let mut out =
-        StartLatency { total: Vec::with_capacity(n), append: Vec::new(), assign: Vec::new(), claim: Vec::new() };
+    let mut out = StartLatency {
+        total: Vec::with_capacity(n),
+        append: Vec::new(),
+        assign: Vec::new(),
+        claim: Vec::new(),
+        started_per_sec: 0.0,
+    };
+    let (mut first_queued, mut last_started) = (None, None);
     loop {
         let m = msgs.next().await.unwrap()?;
         let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
@@ -1213,9 +1225,11 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
         let id = v["aggregate_id"].as_str().unwrap().to_owned();
         match v["type"].as_str() {
             Some("job_queued") => {
+                first_queued = first_queued.min(Some(at)).or(Some(at));
                 queued.insert(id, at);
             }
             Some("job_started") => {
+                last_started = last_started.max(Some(at));
                 if let Some(q) = queued.get(&id) {
                     out.total.push(ms(at - *q));
                     if let Some([Some(ev), Some(ticket)]) = seen.get(&id) {
@@ -1233,6 +1247,9 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
     }
     for v in [&mut out.total, &mut out.append, &mut out.assign, &mut out.claim] {
         v.sort_by(|a, b| a.total_cmp(b));
+    }
+    if let (Some(a), Some(b)) = (first_queued, last_started) {
+        out.started_per_sec = out.total.len() as f64 / ((b - a).num_microseconds().unwrap_or(0).max(1) as f64 / 1e6);
     }
     Ok(out)
 }
