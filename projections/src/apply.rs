@@ -341,6 +341,29 @@ struct Cols {
     last_seq: Vec<i64>,
 }
 
+impl Cols {
+    /// The columns a job's events after `job_queued` change: all that
+    /// [`update_jobs`] writes, and part of what [`upsert_jobs`] does.
+    fn push_changing(&mut self, id: Uuid, r: &JobRow) {
+        let j = &r.job;
+        self.id.push(id);
+        self.state.push(j.status.as_str());
+        self.attempt.push(j.attempt as i32);
+        self.attempts_in_run.push(j.attempts_in_run as i32);
+        self.exit_code.push(j.exit_code);
+        self.signal.push(j.signal);
+        self.class.push(j.failure_class.as_ref().map(enum_str));
+        self.reason.push(j.reason.clone());
+        self.metrics.push(json!(j.metrics));
+        self.worker.push(j.worker.map(|w| w.to_string()));
+        self.not_before.push(j.not_before);
+        self.started_at.push(r.started_at);
+        self.finished_at.push(r.finished_at);
+        self.updated_at.push(r.updated_at);
+        self.last_seq.push(r.last_seq);
+    }
+}
+
 /// Writes `rows` (each job once, none read from the tables: new ones, or a
 /// replayed `job_queued`) to the admin, researcher and analyst tables.
 async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Result<(), ProjectionError> {
@@ -349,16 +372,9 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
     }
     let mut c = Cols::default();
     for (id, r) in rows {
+        c.push_changing(*id, r);
         let j = &r.job;
-        c.id.push(*id);
         c.owner.push(j.owner.to_string());
-        c.state.push(j.status.as_str());
-        c.attempt.push(j.attempt as i32);
-        c.attempts_in_run.push(j.attempts_in_run as i32);
-        c.exit_code.push(j.exit_code);
-        c.signal.push(j.signal);
-        c.class.push(j.failure_class.as_ref().map(enum_str));
-        c.reason.push(j.reason.clone());
         c.pool.push(j.spec.pool.to_string());
         c.priority.push(i16::from(j.spec.priority));
         c.labels.push(array(&j.spec.labels));
@@ -368,14 +384,7 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
         c.env.push(json!(j.spec.env));
         c.working_dir.push(j.spec.working_dir.clone());
         c.spec.push(serde_json::to_value(&j.spec).unwrap_or(Value::Null));
-        c.metrics.push(json!(j.metrics));
-        c.worker.push(j.worker.map(|w| w.to_string()));
-        c.not_before.push(j.not_before);
         c.created_at.push(r.created_at);
-        c.started_at.push(r.started_at);
-        c.finished_at.push(r.finished_at);
-        c.updated_at.push(r.updated_at);
-        c.last_seq.push(r.last_seq);
     }
     const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[],
             $7::int4[], $8::text[], $9::text[], $10::text[], $11::int2[], $12::text[], $13::text[], $14::jsonb[],
@@ -464,22 +473,7 @@ async fn update_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
     }
     let mut c = Cols::default();
     for (id, r) in rows {
-        let j = &r.job;
-        c.id.push(*id);
-        c.state.push(j.status.as_str());
-        c.attempt.push(j.attempt as i32);
-        c.attempts_in_run.push(j.attempts_in_run as i32);
-        c.exit_code.push(j.exit_code);
-        c.signal.push(j.signal);
-        c.class.push(j.failure_class.as_ref().map(enum_str));
-        c.reason.push(j.reason.clone());
-        c.metrics.push(json!(j.metrics));
-        c.worker.push(j.worker.map(|w| w.to_string()));
-        c.not_before.push(j.not_before);
-        c.started_at.push(r.started_at);
-        c.finished_at.push(r.finished_at);
-        c.updated_at.push(r.updated_at);
-        c.last_seq.push(r.last_seq);
+        c.push_changing(*id, r);
     }
     // The same columns as the upsert's ON CONFLICT, under the same guard.
     let full = FULL.map(|table| {
