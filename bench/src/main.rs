@@ -1225,7 +1225,7 @@ async fn queue_to_start(env: &Env, ns: &str, url: &str, rate: f64, secs: f64) ->
         let id = v["aggregate_id"].as_str().unwrap().to_owned();
         match v["type"].as_str() {
             Some("job_queued") => {
-                first_queued = first_queued.min(Some(at)).or(Some(at));
+                first_queued = Some(first_queued.map_or(at, |f: chrono::DateTime<chrono::Utc>| f.min(at)));
                 queued.insert(id, at);
             }
             Some("job_started") => {
@@ -1559,9 +1559,6 @@ async fn seed_events(env: &Env, n: usize) -> anyhow::Result<(fetchml_eventstore:
 /// started `window` jobs after it was queued and ended `window` jobs later
 /// still, as a busy log interleaves them.
 fn event_order(jobs: usize, window: usize) -> Vec<(usize, usize)> {
-    if window == 0 {
-        return (0..jobs).flat_map(|k| (0..3).map(move |i| (k, i))).collect();
-    }
     let mut out = Vec::with_capacity(jobs * 3);
     for step in 0..jobs + 2 * window {
         for i in 0..3 {
@@ -1846,4 +1843,22 @@ async fn raw_sync_always(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
     .await?;
     let seq_rate = publish_one_at_a_time(&js, "sync.a", (n / 10).max(100)).await?;
     Ok((seq_rate, publish_pipelined(&js, "sync.b", n).await?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::event_order;
+
+    #[test]
+    fn events_come_in_order_per_job_and_interleaved_by_the_window() {
+        assert_eq!(event_order(2, 0), vec![(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]);
+        let order = event_order(5, 2);
+        assert_eq!(order.len(), 15);
+        assert_eq!(&order[..4], &[(0, 0), (1, 0), (2, 0), (0, 1)]);
+        // Each job's events keep their order, and every event comes once.
+        for k in 0..5 {
+            let mine: Vec<usize> = order.iter().filter(|(j, _)| *j == k).map(|(_, i)| *i).collect();
+            assert_eq!(mine, vec![0, 1, 2]);
+        }
+    }
 }

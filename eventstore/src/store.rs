@@ -30,8 +30,9 @@ pub struct StoredEvent {
     /// `None` where the read does not know.
     pub pending: Option<u64>,
     /// The job envelope, decoded at most once: a tap hands one event to the
-    /// index and the scheduler, which both fold every job event (their two
-    /// decodes were about a seventh of the api's CPU). Clones share it.
+    /// index, the scheduler and the projector, which all fold every job event
+    /// (two of those decodes were about a seventh of the api's CPU). Clones
+    /// share it.
     job: Arc<OnceLock<Result<Arc<Envelope<JobEvent>>, String>>>,
 }
 
