@@ -64,6 +64,12 @@ pub struct SchedulingSettings {
     /// An assignment a worker has not started within this long goes back to
     /// the queue (the message was lost, or the worker died).
     pub assignment_timeout_ms: u64,
+    /// At most this many jobs handed to one worker and not yet started (its
+    /// other free slots wait for the next pass). Offers a worker has not
+    /// reached are decided already: with every free slot offered at once, a
+    /// user who queues behind a backlog waited for all of them (in the bench,
+    /// 128 on four 32-slot workers). 0: no limit.
+    pub max_unstarted_per_worker: usize,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -83,6 +89,7 @@ impl Default for SchedulingSettings {
             usage_half_life_secs: 7 * 24 * 3600,
             aging_secs: 3600,
             assignment_timeout_ms: 5_000,
+            max_unstarted_per_worker: 16,
         }
     }
 }

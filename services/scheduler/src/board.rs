@@ -19,6 +19,13 @@
 //! is alive, not draining, and has a free slot and enough free GPUs, CPUs and
 //! memory for what the job's `resources` ask. The board hands out exactly
 //! which GPU ids; the worker gives the process those and no others.
+//!
+//! **Offers are few at a time.** A job offered to a worker is decided, so a
+//! worker holds at most `max_unstarted_per_worker` offers it has not started;
+//! its other free slots wait for the next pass, when what was queued meanwhile
+//! competes for them too. Offering every free slot at once made a user who
+//! queued behind a backlog wait for a whole round of offers (four 32-slot
+//! workers: 128) before fair share could act.
 
 use chrono::{DateTime, Utc};
 use fetchml_api_types::{PoolSummary as PoolView, Scheduling as Explanation};
@@ -587,6 +594,13 @@ impl Board {
             .map(|(id, _)| *id)
             .collect();
         workers.sort();
+        let cap = match self.settings.max_unstarted_per_worker {
+            0 => usize::MAX,
+            n => n,
+        };
+        // Offers each worker has not started yet: counted once, then kept.
+        let mut unstarted: HashMap<WorkerId, usize> =
+            workers.iter().map(|wid| (*wid, self.unstarted_on(wid))).collect();
         let mut nothing_fits: HashSet<WorkerId> = HashSet::new();
         loop {
             let mut progress = false;
@@ -595,11 +609,15 @@ impl Board {
             // backfill window for nothing.
             // Nor is one that nothing fits: within a pass its room only shrinks
             // and the queues only lose jobs.
-            workers
-                .retain(|wid| self.workers.get(wid).is_some_and(|w| w.free_slots() > 0) && !nothing_fits.contains(wid));
+            // Nor is one holding as many unstarted offers as it may.
+            workers.retain(|wid| {
+                self.workers.get(wid).is_some_and(|w| w.free_slots() > 0)
+                    && !nothing_fits.contains(wid)
+                    && unstarted.get(wid).copied().unwrap_or(0) < cap
+            });
             for wid in &workers {
                 let Some(w) = self.workers.get(wid) else { continue };
-                if w.free_slots() == 0 {
+                if w.free_slots() == 0 || unstarted.get(wid).copied().unwrap_or(0) >= cap {
                     continue;
                 }
                 let Some((job, placement)) = self.best_for(w, now, &usage) else {
@@ -627,6 +645,7 @@ impl Board {
                     w.holding.insert(job, placement.clone());
                 }
                 *usage.entry(owner).or_default() += HELD * weight(&placement);
+                *unstarted.entry(*wid).or_default() += 1;
                 out.push(Decision { worker: *wid, assignment });
                 progress = true;
             }
@@ -635,6 +654,15 @@ impl Board {
             }
         }
         out
+    }
+
+    /// How many of the jobs a worker holds were offered and not started yet.
+    fn unstarted_on(&self, wid: &WorkerId) -> usize {
+        let Some(w) = self.workers.get(wid) else { return 0 };
+        w.holding
+            .keys()
+            .filter(|id| self.jobs.get(id).is_some_and(|t| matches!(t.phase, Phase::Assigned { .. })))
+            .count()
     }
 
     /// The best waiting job for worker `w`, in the board's order.
@@ -898,18 +926,25 @@ mod tests {
             id
         }
 
-        /// Plans at `at`, and starts every decision as its worker would.
+        /// Plans at `at` and starts every decision as its worker would, pass
+        /// after pass until nothing more is offered.
         fn start_all(&mut self, at: DateTime<Utc>) -> Vec<Decision> {
-            let decisions = self.board.plan(at, secs(5));
-            for d in &decisions {
-                let e = JobEvent::JobStarted {
-                    attempt: d.assignment.attempt,
-                    worker: d.worker,
-                    placement: d.assignment.placement.clone(),
-                };
-                self.event(d.assignment.job_id, at, e);
+            let mut all = Vec::new();
+            loop {
+                let decisions = self.board.plan(at, secs(5));
+                if decisions.is_empty() {
+                    return all;
+                }
+                for d in &decisions {
+                    let e = JobEvent::JobStarted {
+                        attempt: d.assignment.attempt,
+                        worker: d.worker,
+                        placement: d.assignment.placement.clone(),
+                    };
+                    self.event(d.assignment.job_id, at, e);
+                }
+                all.extend(decisions);
             }
-            decisions
         }
 
         fn succeed(&mut self, id: JobId, at: DateTime<Utc>) {
@@ -964,6 +999,31 @@ mod tests {
         let (min, max) = (per_user.values().min().copied(), per_user.values().max().copied());
         assert!(max.zip(min).is_some_and(|(a, b)| a - b <= 1), "{per_user:?}");
         assert!(f.board.plan(t0(), secs(5)).is_empty(), "every worker is full");
+    }
+
+    #[test]
+    fn a_worker_holds_few_unstarted_offers_so_a_late_user_is_offered_the_next_slot() {
+        let mut f = Fixture::new(SchedulingSettings { max_unstarted_per_worker: 3, ..Default::default() });
+        let alice: Vec<JobId> = (0..10).map(|_| f.queue("alice", t0(), |_| {})).collect();
+        f.worker(&[], 32, t0());
+        let first = f.board.plan(t0(), secs(5));
+        let offered: Vec<JobId> = first.iter().map(|d| d.assignment.job_id).collect();
+        assert_eq!(offered, alice[..3], "three offers, though 32 slots are free");
+        assert!(f.board.plan(t0(), secs(5)).is_empty(), "none of them started yet");
+        let bob = f.queue("bob", t0() + secs(1), |_| {});
+        let started = &first[0].assignment;
+        let e = JobEvent::JobStarted { attempt: 1, worker: first[0].worker, placement: started.placement.clone() };
+        f.event(started.job_id, t0() + secs(1), e);
+        let next = f.board.plan(t0() + secs(1), secs(5));
+        assert_eq!(next.len(), 1, "one offer started, one more made");
+        assert_eq!(next[0].assignment.job_id, bob, "bob has used nothing: he goes before alice's seven");
+
+        // No limit: every free slot is offered at once, alice's backlog first.
+        let mut g = Fixture::new(SchedulingSettings { max_unstarted_per_worker: 0, ..Default::default() });
+        let queued: Vec<JobId> = (0..10).map(|_| g.queue("alice", t0(), |_| {})).collect();
+        g.worker(&[], 32, t0());
+        let all: Vec<JobId> = g.board.plan(t0(), secs(5)).iter().map(|d| d.assignment.job_id).collect();
+        assert_eq!(all, queued);
     }
 
     #[test]
