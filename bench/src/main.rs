@@ -169,10 +169,18 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-async fn wait_port(port: u16) {
+/// Waits until `process` listens on `port`. A process that exits first (a
+/// setting it refuses, a port taken) is reported as such, not as a timeout.
+async fn wait_port(port: u16, process: &mut Proc) {
     for _ in 0..500 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return;
+        }
+        if let Ok(Some(status)) = process.0.try_wait() {
+            panic!(
+                "the process meant to listen on {port} ended ({status}) first; \
+                 BENCH_PROCESS_LOGS=<dir> keeps fetchml's logs"
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -302,7 +310,8 @@ impl Env {
             .spawn()
             .context("starting the api")
             .unwrap();
-        wait_port(port).await;
+        let mut child = Proc(child);
+        wait_port(port, &mut child).await;
         let url = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
         for _ in 0..500 {
@@ -315,7 +324,7 @@ impl Env {
         // verified and cached, and a section should not time argon2 (about
         // a tenth of the api's CPU in a 2 000-job run started cold).
         let _ = http.get(format!("{url}/v1/auth/whoami")).bearer_auth(&self.key).send().await;
-        (Proc(child), url)
+        (child, url)
     }
 
     fn worker(&self, ns: &str, concurrency: usize, job_root: &Path) -> Proc {
@@ -409,7 +418,7 @@ async fn start_one(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
     // The monitoring port (on the same loopback host as the clients' port)
     // gives the broker's message counters: messages per job.
     let monitor_port = free_port();
-    let nats = Proc(
+    let mut nats = Proc(
         Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
             .arg(store)
@@ -418,7 +427,7 @@ async fn start_one(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?,
     );
-    wait_port(port).await;
+    wait_port(port, &mut nats).await;
     Ok((vec![nats], vec![format!("nats://127.0.0.1:{port}")], vec![format!("http://127.0.0.1:{monitor_port}")]))
 }
 
@@ -1828,10 +1837,10 @@ async fn raw_sync_always(env: &Env, n: usize) -> anyhow::Result<(f64, f64)> {
             dir.path().join("js")
         ),
     )?;
-    let _server = Proc(
+    let mut server = Proc(
         Command::new(&env.args.nats_server).arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn()?,
     );
-    wait_port(port).await;
+    wait_port(port, &mut server).await;
     let client = async_nats::connect(format!("nats://127.0.0.1:{port}")).await?;
     let js = jetstream::new(client);
     js.create_stream(stream::Config {
