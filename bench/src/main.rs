@@ -396,7 +396,9 @@ async fn main() -> anyhow::Result<()> {
         client,
     };
     env.pg_url = env.database("brebuild").await;
-    let result = run(&env).await;
+    // A section that panics (an assertion on what it reads back) still has
+    // its databases dropped below, then the panic goes on.
+    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&env))).await;
     {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.pg_server)).await?;
@@ -407,7 +409,7 @@ async fn main() -> anyhow::Result<()> {
                 .await?;
         }
     }
-    result
+    result.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 type Servers = (Vec<Proc>, Vec<String>, Vec<String>);
