@@ -609,7 +609,9 @@ impl Board {
             // backfill window for nothing.
             // Nor is one that nothing fits: within a pass its room only shrinks
             // and the queues only lose jobs.
-            // Nor is one holding as many unstarted offers as it may.
+            // Nor is one holding as many unstarted offers as it may. A worker
+            // gets at most one offer per round, so these checks hold for the
+            // whole round.
             workers.retain(|wid| {
                 self.workers.get(wid).is_some_and(|w| w.free_slots() > 0)
                     && !nothing_fits.contains(wid)
@@ -617,9 +619,6 @@ impl Board {
             });
             for wid in &workers {
                 let Some(w) = self.workers.get(wid) else { continue };
-                if w.free_slots() == 0 || unstarted.get(wid).copied().unwrap_or(0) >= cap {
-                    continue;
-                }
                 let Some((job, placement)) = self.best_for(w, now, &usage) else {
                     nothing_fits.insert(*wid);
                     continue;
