@@ -713,6 +713,12 @@ async fn run(env: &Env) -> anyhow::Result<()> {
                 r.add(&format!("  hop {hop} at {label}, p50"), pct(v, 0.5), "ms", None);
                 r.add(&format!("  hop {hop} at {label}, p99"), pct(v, 0.99), "ms", None);
             }
+            // Jobs the api handed straight to its own scheduler (the rest
+            // waited for the log's delivery to reach it).
+            if let Ok(s) = scheduling::stats(env, &ns).await {
+                let handed = s["handoffs"].as_f64().unwrap_or(0.0);
+                r.add(&format!("  handed to the scheduler at {label}"), 100.0 * handed / (rate * secs), "%", None);
+            }
             drop(ws);
             drop(api);
         }

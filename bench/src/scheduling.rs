@@ -18,7 +18,7 @@ pub fn user_name(i: usize) -> String {
 }
 
 /// Asks the namespace's scheduler for its counters (`Query::Stats`).
-async fn stats(env: &Env, ns: &str) -> anyhow::Result<Value> {
+pub async fn stats(env: &Env, ns: &str) -> anyhow::Result<Value> {
     let subject = subjects_of(ns)?.scheduler_query();
     let reply = env.client.request(subject, r#""stats""#.into()).await?;
     Ok(serde_json::from_slice(&reply.payload)?)

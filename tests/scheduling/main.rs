@@ -300,3 +300,36 @@ async fn killing_the_scheduling_leader_under_load_loses_nothing_and_starts_nothi
     }
     assert_eq!(attempts.keys().copied().collect::<Vec<_>>(), [1], "attempts per job: {attempts:?}");
 }
+
+#[tokio::test]
+async fn a_job_queued_through_the_leading_api_is_planned_at_once_and_assigned_only_once() {
+    // One api whose embedded scheduler leads, one worker: jobs submitted one
+    // by one, each after the last has finished, so the board has usually
+    // folded the whole log when the next `job_queued` is acknowledged and the
+    // api hands the job straight to its scheduler.
+    let app = fetchml_tests::app::spawn_app().await;
+    let _worker = spawn_worker_with(&app.settings, &[], &[]);
+    let store = fetchml_tests::store_at(&app.settings.nats.url, app.settings.namespace()).await;
+    let stats = || async {
+        let v = fetchml_scheduler::ask(&store, &fetchml_scheduler::Query::Stats).await.unwrap();
+        serde_json::from_value::<fetchml_scheduler::Stats>(v).unwrap()
+    };
+    eventually(Duration::from_secs(30), || async { stats().await.leading.then_some(()) }).await;
+    let n = 20;
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = submit(&app, json!({"executor": "noop", "command": []})).await;
+        assert_eq!(app.until_terminal(&id).await["state"], "succeeded");
+        ids.push(id);
+    }
+    for id in &ids {
+        let types = app.event_types(id).await;
+        assert_eq!(types.iter().filter(|t| *t == "job_started").count(), 1, "{id}: {types:?}");
+    }
+    let s = stats().await;
+    assert!(s.handoffs >= 1, "no job was handed over: {s:?}");
+    // The log's later delivery of a handed-over `job_queued` is skipped: had
+    // it been folded again, the job would have been waiting anew and
+    // offered a second time.
+    assert_eq!(s.decisions, n as u64, "{s:?}");
+}

@@ -704,8 +704,9 @@ impl Board {
         let my_usage = usage.get(owner).copied().unwrap_or(0.0);
         let pool = t.state.spec.pool.to_string();
         let paused = self.paused.contains(&pool);
-        let in_pool: Vec<&WorkerState> = self.workers.values().filter(|w| w.capacity.pool == pool).collect();
-        let fits = in_pool.iter().any(|w| fits_ever(t, &w.capacity));
+        let in_pool: Vec<(&WorkerId, &WorkerState)> =
+            self.workers.iter().filter(|(_, w)| w.capacity.pool == pool).collect();
+        let fits = in_pool.iter().any(|(_, w)| fits_ever(t, &w.capacity));
         let mut e = Explanation {
             phase: "waiting".into(),
             position: None,
@@ -748,13 +749,13 @@ impl Board {
                 e.reason = if in_pool.is_empty() {
                     format!("no live worker serves pool {pool}")
                 } else if !fits {
-                    unfit_reason(t, &in_pool)
+                    unfit_reason(t, &in_pool.iter().map(|(_, w)| *w).collect::<Vec<_>>())
                 } else if paused {
                     format!("pool {pool} is paused")
                 } else if let Some(nb) = e.not_before {
                     format!("retry backoff until {nb}")
                 } else if ahead == 0 {
-                    "next to start when a fitting slot is free".into()
+                    self.why_the_next_waits(t, &in_pool)
                 } else {
                     format!(
                         "{ahead} job(s) ahead in pool {pool}: higher (aged) priority, a lower usage per share than {owner}'s {:.1}, or older",
@@ -764,6 +765,30 @@ impl Board {
             }
         }
         Some(e)
+    }
+
+    /// Why the first job in its pool's order has not been offered yet,
+    /// though its pool has live workers that could hold it.
+    fn why_the_next_waits(&self, t: &Tracked, in_pool: &[(&WorkerId, &WorkerState)]) -> String {
+        let pool = t.state.spec.pool.as_str();
+        let able: Vec<&(&WorkerId, &WorkerState)> =
+            in_pool.iter().filter(|(id, w)| !self.drained.contains(*id) && fits_ever(t, &w.capacity)).collect();
+        if able.is_empty() {
+            return format!("every worker of pool {pool} that could run it is draining");
+        }
+        let cap = self.settings.max_unstarted_per_worker;
+        let with_room: Vec<&WorkerId> = able
+            .iter()
+            .filter(|(_, w)| w.free_slots() > 0 && self.fit_now(t, w).is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        if cap > 0 && !with_room.is_empty() && with_room.iter().all(|id| self.unstarted_on(id) >= cap) {
+            return format!(
+                "next to start: the workers with room for it each hold {cap} offers not started yet \
+                 (scheduling.max_unstarted_per_worker); it is offered as they start them"
+            );
+        }
+        "next to start when a fitting slot is free".into()
     }
 
     /// Every pool with waiting jobs or workers.
@@ -1016,6 +1041,9 @@ mod tests {
         let next = f.board.plan(t0() + secs(1), secs(5));
         assert_eq!(next.len(), 1, "one offer started, one more made");
         assert_eq!(next[0].assignment.job_id, bob, "bob has used nothing: he goes before alice's seven");
+        let e = f.board.explain(alice[3], t0() + secs(1)).unwrap();
+        assert_eq!(e.position, Some(1));
+        assert!(e.reason.contains("max_unstarted_per_worker"), "{}", e.reason);
 
         // No limit: every free slot is offered at once, alice's backlog first.
         let mut g = Fixture::new(SchedulingSettings { max_unstarted_per_worker: 0, ..Default::default() });
@@ -1103,6 +1131,7 @@ mod tests {
         let notice = f.board.apply_worker(102, w, &WorkerEvent::WorkerDrainRequested { reason: "x".into() });
         assert_eq!(notice, Some(Notice::Drain { worker: w }));
         assert!(f.start_all(t0()).is_empty(), "the only worker is drained");
+        assert!(f.board.explain(id, t0()).unwrap().reason.contains("draining"));
         let other = f.worker(&[], 2, t0());
         assert_eq!(f.start_all(t0())[0].worker, other);
     }
