@@ -243,6 +243,12 @@ impl Board {
         at: DateTime<Utc>,
         event: &JobEvent,
     ) -> Option<Notice> {
+        // A job's events come in log order: one at or before the last folded
+        // is the same event again (the api handed it over, then the log
+        // delivered it while the scheduler was deciding whether to skip it).
+        if self.jobs.get(&id).is_some_and(|t| t.last_seq >= seq) {
+            return None;
+        }
         self.seen = self.seen.max(seq);
         let prev = self.jobs.remove(&id);
         self.active.remove(&id);
@@ -1051,6 +1057,21 @@ mod tests {
         g.worker(&[], 32, t0());
         let all: Vec<JobId> = g.board.plan(t0(), secs(5)).iter().map(|d| d.assignment.job_id).collect();
         assert_eq!(all, queued);
+    }
+
+    #[test]
+    fn an_event_folded_twice_changes_nothing_the_second_time() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        f.worker(&[], 4, t0());
+        let id = JobId::new();
+        let queued = JobEvent::JobQueued { owner: UserName::parse("alice").unwrap(), spec: JobSpec::command(["true"]) };
+        let subject = format!("t.ev.job.x.default.{id}");
+        f.board.apply_job(1, id, &subject, "h", uuid::Uuid::nil(), t0(), &queued);
+        assert_eq!(f.board.plan(t0(), secs(5)).len(), 1);
+        // The same `job_queued` again, as the log delivers it after the api's hand-off.
+        f.board.apply_job(1, id, &subject, "h", uuid::Uuid::nil(), t0(), &queued);
+        assert!(f.board.plan(t0(), secs(5)).is_empty(), "offered once, not again");
+        assert_eq!(f.board.explain(id, t0()).unwrap().phase, "assigned");
     }
 
     #[test]
