@@ -117,6 +117,8 @@ pub struct Executed {
     pub state: Option<Job>,
     /// What this call appended, with sequences (empty for a duplicate).
     pub appended: Vec<(u64, Envelope<JobEvent>)>,
+    /// The job's subject in the log.
+    pub subject: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -192,7 +194,9 @@ impl EventStore {
             // original answer, however long ago it was first made.
             let cause = *ctx.command_id.as_uuid();
             if let Some((seq, _)) = loaded.history.iter().rev().find(|(_, e)| e.causation_id == cause) {
-                return Ok(Executed { seq: *seq, duplicate: true, state: loaded.state, appended: Vec::new() });
+                // A job with history has a subject.
+                let subject = loaded.subject.unwrap_or_default();
+                return Ok(Executed { seq: *seq, duplicate: true, state: loaded.state, appended: Vec::new(), subject });
             }
             let subject = match (&loaded.subject, &cmd) {
                 (Some(s), _) => s.clone(),
@@ -293,7 +297,7 @@ impl EventStore {
             prev_hash = env.hash.clone();
             appended_events.push((appended.seq, env));
         }
-        Ok(Executed { seq: expected, duplicate, state, appended: appended_events })
+        Ok(Executed { seq: expected, duplicate, state, appended: appended_events, subject: subject.to_owned() })
     }
 }
 

@@ -245,7 +245,8 @@ impl Board {
     ) -> Option<Notice> {
         // A job's events come in log order: one at or before the last folded
         // is the same event again (the api handed it over, then the log
-        // delivered it while the scheduler was deciding whether to skip it).
+        // delivered it). Checked here, under the board's lock, so a hand-off
+        // racing the delivery cannot fold it twice.
         if self.jobs.get(&id).is_some_and(|t| t.last_seq >= seq) {
             return None;
         }
@@ -600,10 +601,7 @@ impl Board {
             .map(|(id, _)| *id)
             .collect();
         workers.sort();
-        let cap = match self.settings.max_unstarted_per_worker {
-            0 => usize::MAX,
-            n => n,
-        };
+        let cap = self.offer_limit();
         // Offers each worker has not started yet: counted once, then kept.
         let mut unstarted: HashMap<WorkerId, usize> =
             workers.iter().map(|wid| (*wid, self.unstarted_on(wid))).collect();
@@ -659,6 +657,14 @@ impl Board {
             }
         }
         out
+    }
+
+    /// Offers a worker may hold unstarted (`0` in the settings: no limit).
+    fn offer_limit(&self) -> usize {
+        match self.settings.max_unstarted_per_worker {
+            0 => usize::MAX,
+            n => n,
+        }
     }
 
     /// How many of the jobs a worker holds were offered and not started yet.
@@ -782,13 +788,9 @@ impl Board {
         if able.is_empty() {
             return format!("every worker of pool {pool} that could run it is draining");
         }
-        let cap = self.settings.max_unstarted_per_worker;
-        let with_room: Vec<&WorkerId> = able
-            .iter()
-            .filter(|(_, w)| w.free_slots() > 0 && self.fit_now(t, w).is_some())
-            .map(|(id, _)| *id)
-            .collect();
-        if cap > 0 && !with_room.is_empty() && with_room.iter().all(|id| self.unstarted_on(id) >= cap) {
+        let cap = self.offer_limit();
+        let mut with_room = able.iter().filter(|(_, w)| self.fit_now(t, w).is_some()).peekable();
+        if with_room.peek().is_some() && with_room.all(|(id, _)| self.unstarted_on(id) >= cap) {
             return format!(
                 "next to start: the workers with room for it each hold {cap} offers not started yet \
                  (scheduling.max_unstarted_per_worker); it is offered as they start them"

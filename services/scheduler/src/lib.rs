@@ -34,7 +34,8 @@
 //! and plans it at once instead of when the log's delivery reaches it
 //! through the api's tap. It is taken only when the board has folded every
 //! event before it, so the board still sees the log strictly in order (the
-//! delivery that follows is skipped as seen); when it has not (a busy log),
+//! board skips the delivery that follows, as it skips any job event at or
+//! before the job's last folded one); when it has not (a busy log),
 //! the delivery schedules the job as before. Measured (BENCHMARKS.md,
 //! eleventh session): queue-to-start at 50 jobs/s 0.1-0.2 ms lower at the
 //! p50; at 500 jobs/s, where the board is behind half the time, no change.
@@ -167,8 +168,8 @@ impl SchedulerHandle {
     /// next, so it is folded now and, on the leader, the job is planned at
     /// once: the start no longer waits for the log's delivery to reach the
     /// scheduler through the api's tap (a broker delivery and two task
-    /// wake-ups). When the log delivers the event, the board has seen it
-    /// and skips it. Otherwise (events before it not folded yet: a busy log)
+    /// wake-ups). When the log delivers the event, the board has folded it
+    /// and skips it (`Board::apply_job`). Otherwise (events before it not folded yet: a busy log)
     /// nothing happens here and the log's delivery schedules the job, as for
     /// a job queued by another api. Returns whether the hand-off was taken.
     pub async fn queued_here(&self, seq: u64, subject: &str, env: &Envelope<JobEvent>) -> bool {
@@ -472,10 +473,6 @@ impl Scheduler {
 
     /// Folds one event of the log into the board.
     async fn apply(&self, ev: &StoredEvent) -> Option<Notice> {
-        // Folded already: handed over by the api that queued it.
-        if ev.seq <= self.board().seen {
-            return None;
-        }
         let kind = peek(&ev.payload).map(|p| p.aggregate_kind);
         match kind {
             Some(AggregateKind::Job) => {

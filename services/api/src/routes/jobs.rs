@@ -127,7 +127,7 @@ async fn queue(
     key: Option<Idempotent>,
 ) -> (JobId, Result<Executed, ApiError>) {
     let mut ctx = CommandContext::new(Actor::User { name: owner.clone() });
-    let (id, known, subject) = match &key {
+    let (id, known) = match &key {
         Some(k) => {
             let id = JobId::from_idempotency_key(owner, &k.key);
             ctx.command_id = CommandId::from_idempotent_request(owner, &k.key, k.digest.as_bytes());
@@ -136,14 +136,14 @@ async fn queue(
             let subject =
                 state.index.subject_of(id).unwrap_or_else(|| state.store.subjects().job(owner, &spec.pool, id));
             match state.store.load_job_at(id, &subject).await {
-                Ok(known) => (id, Some(known), subject),
+                Ok(known) => (id, Some(known)),
                 Err(e) => return (id, Err(e.into())),
             }
         }
         // A fresh UUIDv7 has no history: no need to read it.
         None => {
             let id = JobId::new();
-            (id, Some(LoadedJob::new_job(id)), state.store.subjects().job(owner, &spec.pool, id))
+            (id, Some(LoadedJob::new_job(id)))
         }
     };
     let cmd = JobCommand::Queue { owner: owner.clone(), spec };
@@ -156,7 +156,7 @@ async fn queue(
     if let (Ok(done), Some(scheduler)) = (&done, &state.scheduler)
         && let [(seq, event)] = done.appended.as_slice()
     {
-        scheduler.queued_here(*seq, &subject, event).await;
+        scheduler.queued_here(*seq, &done.subject, event).await;
     }
     (id, done)
 }
