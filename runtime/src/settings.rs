@@ -38,6 +38,34 @@ pub struct Settings {
     pub secrets: SecretSettings,
     pub audit: AuditSettings,
     pub scheduling: SchedulingSettings,
+    pub runtime: RuntimeSettings,
+}
+
+/// The async runtime a service process runs on.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeSettings {
+    /// Threads that run the process's tasks; 0 is one per core. Unset: 1
+    /// for a worker, one per core for the others.
+    ///
+    /// Why a worker takes one: its own work is small (about 40 µs of CPU a
+    /// no-op job) and mostly hand-offs between its tasks, which on one
+    /// thread cost no cross-thread wake-up. On virtual machines whose idle
+    /// CPUs halt, each such wake-up costs about 0.1 ms; in the bench, one
+    /// thread cut a worker's CPU per job by a quarter and raised end to end
+    /// 4-9% (BENCHMARKS.md, twelfth session). One thread uses at most one core.
+    pub threads: Option<usize>,
+}
+
+impl RuntimeSettings {
+    /// Builds the runtime: `threads`, or `default_threads` when it is unset.
+    pub fn build(&self, default_threads: usize) -> std::io::Result<tokio::runtime::Runtime> {
+        match self.threads.unwrap_or(default_threads) {
+            1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+            0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+            n => tokio::runtime::Builder::new_multi_thread().worker_threads(n).enable_all().build(),
+        }
+    }
 }
 
 /// How the scheduler orders waiting jobs (see the README's "Scheduling").
@@ -708,6 +736,32 @@ mod tests {
         assert_eq!(s.worker.concurrency, 2);
         assert_eq!(s.api.listen, "127.0.0.1:9101");
         std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn the_shipped_configs_load() {
+        let configs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../configs");
+        for name in ["server.yaml", "worker.yaml"] {
+            if let Err(e) = Settings::load_from(Some(&configs.join(name)), &[]) {
+                panic!("configs/{name}: {e}");
+            }
+        }
+    }
+
+    #[test]
+    fn runtime_threads_default_per_process_and_can_be_set() {
+        use tokio::runtime::RuntimeFlavor;
+        let unset = Settings::load_from(None, &[]).unwrap().runtime;
+        assert_eq!(unset.threads, None);
+        assert_eq!(unset.build(1).unwrap().handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        assert_eq!(unset.build(0).unwrap().handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        let one = Settings::load_from(None, &env(&[("FETCHML_RUNTIME__THREADS", "1")])).unwrap().runtime;
+        assert_eq!(one.build(0).unwrap().handle().runtime_flavor(), RuntimeFlavor::CurrentThread);
+        let three = Settings::load_from(None, &env(&[("FETCHML_RUNTIME__THREADS", "3")])).unwrap().runtime;
+        let rt = three.build(1).unwrap();
+        assert_eq!(rt.handle().runtime_flavor(), RuntimeFlavor::MultiThread);
+        assert_eq!(rt.metrics().num_workers(), 3);
+        assert!(Settings::load_from(None, &env(&[("FETCHML_RUNTIME__THREADS", "many")])).is_err());
     }
 
     #[test]

@@ -227,7 +227,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match settings.runtime.build(default_threads(&cli.command)) {
         Ok(r) => r,
         Err(e) => {
             eprintln!("fetchml: cannot start the async runtime: {e}");
@@ -244,6 +244,15 @@ fn main() -> ExitCode {
     drop(runtime);
     telemetry.shutdown();
     code
+}
+
+/// Runtime threads when `runtime.threads` is unset (see `RuntimeSettings`):
+/// a worker runs on one, the others on one per core.
+fn default_threads(command: &Command) -> usize {
+    match command {
+        Command::Worker { .. } => 1,
+        _ => 0,
+    }
 }
 
 /// How this process is named in exported traces.
