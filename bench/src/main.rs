@@ -1315,7 +1315,7 @@ fn processes_with(marker: &str) -> usize {
         .count()
 }
 
-/// COPY of `n` rows shaped like `admin_jobs` rows into a scratch table.
+/// COPY of `n` rows shaped like `jobs` rows into a scratch table.
 async fn raw_copy(pg_url: &str, n: usize) -> anyhow::Result<f64> {
     use sqlx::Connection;
     let mut c = sqlx::PgConnection::connect(pg_url).await?;
@@ -1398,7 +1398,7 @@ async fn projector_bench(env: &Env, jobs: usize) -> anyhow::Result<ProjectorRun>
     // How many row updates were heap-only (no index touched): Postgres
     // publishes a backend's counts when it ends, so ask until they show.
     let stats = "SELECT relname::text, n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables
-        WHERE relname IN ('admin_jobs', 'researcher_jobs', 'analyst_jobs') ORDER BY 1";
+        WHERE relname = 'jobs' ORDER BY 1";
     for _ in 0..50 {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(stats).fetch_all(&pool).await?;
         if rows.iter().any(|(_, upd, _)| *upd > 0) {

@@ -5,9 +5,9 @@
 //! whose first event in the batch is `job_queued` has none), each event is
 //! folded into its job's row in memory by the one fold the rebuild also uses
 //! (`fold.rs`, on top of the domain's `evolve`), and the final rows go back
-//! in two statements for the three role tables (`UNNEST` of one array per
-//! column): an upsert of the rows the batch creates, an update of what
-//! changed in the others.
+//! to the one `jobs` table (each role reads it through its own view) in two
+//! statements (`UNNEST` of one array per column): an upsert of the rows the
+//! batch creates, an update of what changed in the others.
 //!
 //! Every upsert is guarded by the row's `last_seq`, and the fold skips events
 //! already folded, so applying an event twice changes nothing (the
@@ -30,9 +30,6 @@ use sqlx::{AssertSqlSafe, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
-
-/// The tables that hold the same full job rows.
-const FULL: [&str; 2] = ["admin_jobs", "researcher_jobs"];
 
 fn db(e: sqlx::Error) -> ProjectionError {
     ProjectionError::Postgres(e)
@@ -236,7 +233,7 @@ async fn write_usage(conn: &mut PgConnection, u: UsageFold) -> Result<(), Projec
     Ok(())
 }
 
-/// The rows of `ids` as stored (admin_jobs holds every column of the fold).
+/// The rows of `ids` as stored.
 async fn load_rows(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid, Option<JobRow>>, ProjectionError> {
     let mut out = HashMap::with_capacity(ids.len());
     if ids.is_empty() {
@@ -245,7 +242,7 @@ async fn load_rows(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid
     let rows = sqlx::query(
         "SELECT id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, spec, metrics,
             worker, not_before, created_at, started_at, finished_at, updated_at, last_seq
-         FROM admin_jobs WHERE id = ANY($1)",
+         FROM jobs WHERE id = ANY($1)",
     )
     .bind(ids)
     .fetch_all(&mut *conn)
@@ -364,8 +361,8 @@ impl Cols {
     }
 }
 
-/// Writes `rows` (each job once, none read from the tables: new ones, or a
-/// replayed `job_queued`) to the admin, researcher and analyst tables.
+/// Writes `rows` (each job once, none read from the table: new ones, or a
+/// replayed `job_queued`) to `jobs`.
 async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Result<(), ProjectionError> {
     if rows.is_empty() {
         return Ok(());
@@ -393,40 +390,21 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
         AS u(id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool, priority,
             labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
             started_at, finished_at, updated_at, last_seq)";
-    // One statement for the three tables (data-modifying CTEs): the rows'
-    // 26 arrays go to Postgres and are parsed (the jsonb ones included) once,
-    // not once per table.
-    let full = FULL.map(|table| {
-        format!(
-            "{table}_up AS (INSERT INTO {table} AS t (id, owner, state, attempt, attempts_in_run, exit_code, signal,
-                failure_class, reason, pool, priority, labels, experiment, tags, command, env, working_dir, spec,
-                metrics, worker, not_before, created_at, started_at, finished_at, updated_at, last_seq)
-             SELECT id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool,
-                priority, labels::text[], experiment, tags, command, env, working_dir, spec, metrics, worker,
-                not_before, created_at, started_at, finished_at, updated_at, last_seq
-             FROM u
-             ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
-                attempts_in_run = EXCLUDED.attempts_in_run, exit_code = EXCLUDED.exit_code,
-                signal = EXCLUDED.signal, failure_class = EXCLUDED.failure_class, reason = EXCLUDED.reason,
-                metrics = EXCLUDED.metrics, worker = EXCLUDED.worker, not_before = EXCLUDED.not_before,
-                started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
-                updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
-             WHERE t.last_seq < EXCLUDED.last_seq)"
-        )
-    });
     let sql = format!(
-        "WITH u AS MATERIALIZED (SELECT * {ROWS}), {}, {}
-         INSERT INTO analyst_jobs AS t (id, state, attempt, exit_code, failure_class, pool, priority, labels,
-            experiment, metrics, created_at, started_at, finished_at, updated_at, last_seq)
-         SELECT id, state, attempt, exit_code, failure_class, pool, priority, labels::text[], experiment, metrics,
-            created_at, started_at, finished_at, updated_at, last_seq
-         FROM u
+        "INSERT INTO jobs AS t (id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class,
+            reason, pool, priority, labels, experiment, tags, command, env, working_dir, spec, metrics, worker,
+            not_before, created_at, started_at, finished_at, updated_at, last_seq)
+         SELECT id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool,
+            priority, labels::text[], experiment, tags, command, env, working_dir, spec, metrics, worker,
+            not_before, created_at, started_at, finished_at, updated_at, last_seq
+         {ROWS}
          ON CONFLICT (id) DO UPDATE SET state = EXCLUDED.state, attempt = EXCLUDED.attempt,
-            exit_code = EXCLUDED.exit_code, failure_class = EXCLUDED.failure_class, metrics = EXCLUDED.metrics,
+            attempts_in_run = EXCLUDED.attempts_in_run, exit_code = EXCLUDED.exit_code,
+            signal = EXCLUDED.signal, failure_class = EXCLUDED.failure_class, reason = EXCLUDED.reason,
+            metrics = EXCLUDED.metrics, worker = EXCLUDED.worker, not_before = EXCLUDED.not_before,
             started_at = EXCLUDED.started_at, finished_at = EXCLUDED.finished_at,
             updated_at = EXCLUDED.updated_at, last_seq = EXCLUDED.last_seq
-         WHERE t.last_seq < EXCLUDED.last_seq",
-        full[0], full[1]
+         WHERE t.last_seq < EXCLUDED.last_seq"
     );
     sqlx::query(AssertSqlSafe(sql))
         .bind(&c.id)
@@ -476,29 +454,18 @@ async fn update_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
         c.push_changing(*id, r);
     }
     // The same columns as the upsert's ON CONFLICT, under the same guard.
-    let full = FULL.map(|table| {
-        format!(
-            "{table}_up AS (UPDATE {table} AS t SET state = u.state, attempt = u.attempt,
-                attempts_in_run = u.attempts_in_run, exit_code = u.exit_code, signal = u.signal,
-                failure_class = u.failure_class, reason = u.reason, metrics = u.metrics, worker = u.worker,
-                not_before = u.not_before, started_at = u.started_at, finished_at = u.finished_at,
-                updated_at = u.updated_at, last_seq = u.last_seq
-             FROM u WHERE t.id = u.id AND t.last_seq < u.last_seq)"
-        )
-    });
-    let sql = format!(
-        "WITH u AS MATERIALIZED (SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::int4[],
-            $6::int4[], $7::text[], $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[], $12::timestamptz[],
-            $13::timestamptz[], $14::timestamptz[], $15::int8[])
+    const SQL: &str = "UPDATE jobs AS t SET state = u.state, attempt = u.attempt,
+            attempts_in_run = u.attempts_in_run, exit_code = u.exit_code, signal = u.signal,
+            failure_class = u.failure_class, reason = u.reason, metrics = u.metrics, worker = u.worker,
+            not_before = u.not_before, started_at = u.started_at, finished_at = u.finished_at,
+            updated_at = u.updated_at, last_seq = u.last_seq
+         FROM UNNEST($1::uuid[], $2::text[], $3::int4[], $4::int4[], $5::int4[], $6::int4[], $7::text[],
+            $8::text[], $9::jsonb[], $10::text[], $11::timestamptz[], $12::timestamptz[], $13::timestamptz[],
+            $14::timestamptz[], $15::int8[])
          AS u(id, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, metrics, worker,
-            not_before, started_at, finished_at, updated_at, last_seq)), {}, {}
-         UPDATE analyst_jobs AS t SET state = u.state, attempt = u.attempt, exit_code = u.exit_code,
-            failure_class = u.failure_class, metrics = u.metrics, started_at = u.started_at,
-            finished_at = u.finished_at, updated_at = u.updated_at, last_seq = u.last_seq
-         FROM u WHERE t.id = u.id AND t.last_seq < u.last_seq",
-        full[0], full[1]
-    );
-    sqlx::query(AssertSqlSafe(sql))
+            not_before, started_at, finished_at, updated_at, last_seq)
+         WHERE t.id = u.id AND t.last_seq < u.last_seq";
+    sqlx::query(SQL)
         .bind(&c.id)
         .bind(&c.state)
         .bind(&c.attempt)

@@ -271,12 +271,10 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
     ));
 
     let mut full = String::new();
-    let mut analyst = String::new();
     for id in &f.order {
         let Some(r) = f.jobs.get(id) else { continue };
         let j = &r.job;
         let opt_ts = |t: Option<DateTime<Utc>>| t.map(ts);
-        let metrics = serde_json::to_string(&j.metrics).unwrap_or_else(|_| "{}".into());
         row(
             &mut full,
             &[
@@ -298,7 +296,7 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
                 Some(json_text(&j.spec.env)),
                 j.spec.working_dir.clone(),
                 Some(json_text(&j.spec)),
-                Some(metrics.clone()),
+                Some(serde_json::to_string(&j.metrics).unwrap_or_else(|_| "{}".into())),
                 j.worker.map(|w| w.to_string()),
                 opt_ts(j.not_before),
                 Some(ts(r.created_at)),
@@ -308,25 +306,11 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
                 Some(r.last_seq.to_string()),
             ],
         );
-        analyst_row(&mut analyst, id, r, &metrics);
     }
-    // admin and researcher hold the same rows: render them once, share them.
-    let full_data: bytes::Bytes = full.into();
     let cols = "(id, owner, state, attempt, attempts_in_run, exit_code, signal, failure_class, reason, pool, priority,
         labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
         started_at, finished_at, updated_at, last_seq)";
-    let mut copies = vec![
-        copy(pool.clone(), format!("COPY {schema}.admin_jobs {cols} FROM STDIN"), full_data.clone()),
-        copy(pool.clone(), format!("COPY {schema}.researcher_jobs {cols} FROM STDIN"), full_data),
-        copy(
-            pool.clone(),
-            format!(
-                "COPY {schema}.analyst_jobs (id, state, attempt, exit_code, failure_class, pool, priority, labels, experiment,
-                metrics, created_at, started_at, finished_at, updated_at, last_seq) FROM STDIN"
-            ),
-            analyst.into(),
-        ),
-    ];
+    let mut copies = vec![copy(pool.clone(), format!("COPY {schema}.jobs {cols} FROM STDIN"), full.into())];
     let mut m = String::new();
     for ((exp, owner, metric), r) in &f.metrics {
         row(
@@ -470,30 +454,6 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         .await?;
     }
     Ok(())
-}
-
-fn analyst_row(out: &mut String, id: &Uuid, r: &JobRow, metrics: &str) {
-    let j = &r.job;
-    row(
-        out,
-        &[
-            Some(id.to_string()),
-            Some(j.status.as_str().to_owned()),
-            Some(j.attempt.to_string()),
-            j.exit_code.map(|c| c.to_string()),
-            j.failure_class.as_ref().map(enum_str),
-            Some(j.spec.pool.to_string()),
-            Some(j.spec.priority.to_string()),
-            Some(array(&j.spec.labels)),
-            j.spec.experiment.clone(),
-            Some(metrics.to_owned()),
-            Some(ts(r.created_at)),
-            r.started_at.map(ts),
-            r.finished_at.map(ts),
-            Some(ts(r.updated_at)),
-            Some(r.last_seq.to_string()),
-        ],
-    );
 }
 
 #[cfg(test)]

@@ -50,12 +50,10 @@ const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
 /// deadlock on table locks taken in different orders.
 const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
 /// The tables a rebuild replaces.
-pub const TABLES: [&str; 11] = [
+pub const TABLES: [&str; 9] = [
     "projection_checkpoints",
     "projection_faults",
-    "admin_jobs",
-    "researcher_jobs",
-    "analyst_jobs",
+    "jobs",
     "experiment_metrics",
     "workers",
     "job_timeline",
@@ -63,6 +61,8 @@ pub const TABLES: [&str; 11] = [
     "usage_daily",
     "analyst_usage_daily",
 ];
+/// The views each role reads `jobs` through (migration 0006).
+const ROLE_VIEWS: [&str; 3] = ["admin_jobs", "researcher_jobs", "analyst_jobs"];
 const SHADOW: &str = "fetchml_rebuild";
 
 #[derive(Debug, thiserror::Error)]
@@ -533,9 +533,25 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     if target > done {
         done = project_range(&mut tx, store, done + 1, target, &skip).await?;
     }
+    // The role views name the live `jobs` table, which is about to be
+    // dropped: take them down and put them back, as they are defined, over
+    // the new one (the definitions name `public.jobs`: public is not on this
+    // connection's search path).
+    let views: Vec<(String, String)> = sqlx::query_as(
+        "SELECT viewname::text, definition FROM pg_views WHERE schemaname = 'public' AND viewname = ANY($1)",
+    )
+    .bind(&ROLE_VIEWS[..])
+    .fetch_all(&mut *tx)
+    .await?;
+    for (view, _) in &views {
+        sqlx::query(AssertSqlSafe(format!("DROP VIEW public.{view}"))).execute(&mut *tx).await?;
+    }
     for t in TABLES {
         sqlx::query(AssertSqlSafe(format!("DROP TABLE public.{t}"))).execute(&mut *tx).await?;
         sqlx::query(AssertSqlSafe(format!("ALTER TABLE {SHADOW}.{t} SET SCHEMA public"))).execute(&mut *tx).await?;
+    }
+    for (view, definition) in &views {
+        sqlx::query(AssertSqlSafe(format!("CREATE VIEW public.{view} AS {definition}"))).execute(&mut *tx).await?;
     }
     sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {SHADOW}"))).execute(&mut *tx).await?;
     tx.commit().await?;
@@ -586,9 +602,7 @@ async fn project_range(
 pub async fn checksums(pool: &PgPool) -> Result<Vec<(String, String)>, ProjectionError> {
     let mut out = Vec::new();
     for (t, order) in [
-        ("admin_jobs", "id"),
-        ("researcher_jobs", "owner, id"),
-        ("analyst_jobs", "id"),
+        ("jobs", "id"),
         ("experiment_metrics", "experiment, owner, metric"),
         ("workers", "id"),
         ("job_timeline", "job_id, seq"),

@@ -1,6 +1,7 @@
-//! Reads of the read models. Each role reads its own table: an analyst's query
-//! can only ever touch `analyst_jobs`, which has no command line, environment,
-//! owner or reason column, so no query bug can leak them.
+//! Reads of the read models. Each role reads its own view of the `jobs`
+//! table: an analyst's query can only ever touch `analyst_jobs`, which has no
+//! command line, environment, owner or reason column, so no query bug can
+//! leak them.
 
 use crate::ProjectionError;
 use chrono::{DateTime, Utc};
@@ -290,10 +291,10 @@ pub async fn worker_history(pool: &PgPool, limit: i64) -> Result<Vec<Value>, Pro
     rows.iter().map(|r| r.try_get::<Value, _>("item").map_err(Into::into)).collect()
 }
 
-/// How many jobs are in each state (`admin_jobs` holds every job; its index on
-/// `state` makes this an index-only count). For the `fetchml_jobs` gauge.
+/// How many jobs are in each state (its index on `state` makes this an
+/// index-only count). For the `fetchml_jobs` gauge.
 pub async fn jobs_by_state(pool: &PgPool) -> Result<Vec<(String, i64)>, ProjectionError> {
-    Ok(sqlx::query_as("SELECT state, count(*) FROM admin_jobs GROUP BY state").fetch_all(pool).await?)
+    Ok(sqlx::query_as("SELECT state, count(*) FROM jobs GROUP BY state").fetch_all(pool).await?)
 }
 
 /// Whose usage a caller reads, and from which table.

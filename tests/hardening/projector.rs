@@ -147,7 +147,7 @@ async fn an_event_postgres_refuses_for_an_unforeseen_reason_is_a_fault_and_the_r
     // A refusal no rule of the projector foresees (a constraint an operator
     // added, say): the same for the live tables and a rebuild's copies.
     let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
-    sqlx::query("ALTER TABLE admin_jobs ADD CONSTRAINT test_refuses CHECK (experiment IS DISTINCT FROM 'refused')")
+    sqlx::query("ALTER TABLE jobs ADD CONSTRAINT test_refuses CHECK (experiment IS DISTINCT FROM 'refused')")
         .execute(&pool)
         .await
         .unwrap();
