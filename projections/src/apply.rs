@@ -77,8 +77,8 @@ pub async fn apply_batch(
         .map(|j| j.id)
         .collect();
     let mut rows = load_rows(conn, &existing).await?;
-    // Rows read from the tables exist in all three: they take an UPDATE of
-    // what can change. The others take the full upsert.
+    // Rows read from the table exist: they take an UPDATE of what can
+    // change. The others take the full upsert.
     let stored: HashSet<Uuid> = rows.keys().copied().collect();
     let mut usage = UsageFold { open: load_open(conn, &existing).await?, ..UsageFold::default() };
     // The jobs whose rows changed, in the order first changed.
@@ -439,12 +439,11 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
     Ok(())
 }
 
-/// Writes the changed part of `rows` (each job once, each known to exist in
-/// the three tables) to the admin, researcher and analyst tables. Most of a
-/// job's events land here (its start and its end): the spec, tags, command
-/// and environment never change, and leaving them out spares Postgres
-/// parsing them as jsonb again, and the ON CONFLICT path (both were about a
-/// quarter of its CPU per job).
+/// Writes the changed part of `rows` (each job once, each known to exist) to
+/// `jobs`. Most of a job's events land here (its start and its end): the
+/// spec, tags, command and environment never change, and leaving them out
+/// spares Postgres parsing them as jsonb again, and the ON CONFLICT path
+/// (both were about a quarter of its CPU per job).
 async fn update_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Result<(), ProjectionError> {
     if rows.is_empty() {
         return Ok(());

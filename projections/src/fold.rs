@@ -114,8 +114,8 @@ pub fn storable_str(s: &str) -> Cow<'_, str> {
     if s.contains('\0') { Cow::Owned(s.replace('\0', "\u{FFFD}")) } else { Cow::Borrowed(s) }
 }
 
-/// One job's row in the read models (admin, researcher and analyst tables
-/// take their columns from it).
+/// One job's row in the read models (the `jobs` table; each role's view
+/// shows its columns of it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct JobRow {
     pub job: Job,
