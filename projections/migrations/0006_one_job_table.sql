@@ -1,6 +1,6 @@
 -- One job table, read through a view per role. The three role tables held the
 -- same job three times: every job event was written to three tables and
--- their eight indexes, about a third of Postgres's CPU per job (BENCHMARKS.md,
+-- their eight indexes, about a quarter of Postgres's CPU per job (BENCHMARKS.md,
 -- twelfth session). Each role still reads only its own relation: a view
 -- exposes exactly the columns the role's table had, so what an analyst's
 -- query can reach is still fixed by construction, not by a WHERE clause.
