@@ -166,7 +166,7 @@ impl JobRow {
         true
     }
 
-    /// The row as `admin_jobs` stores it, read back: `None` if a column does
+    /// The row as `jobs` stores it, read back: `None` if a column does
     /// not hold what the projector writes (then the row is not trusted).
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn from_columns(

@@ -521,6 +521,24 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     // up to whatever it committed meanwhile, and exchange the tables.
     let mut tx = conn.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SWAP_KEY).execute(&mut *tx).await?;
+    // The role views name the live `jobs` table, which is about to be
+    // dropped: take them down and put them back, as they are defined, over
+    // the new one (the definitions name `public.jobs`: public is not on this
+    // connection's search path). Dropped before the tables are locked: a
+    // reader locks a view and then `jobs`, so taking `jobs` first and a view
+    // second would wait for a reader that waits for us (a deadlock).
+    let views: Vec<(String, String)> = sqlx::query_as(
+        "SELECT viewname::text, definition FROM pg_views WHERE schemaname = 'public' AND viewname = ANY($1)",
+    )
+    .bind(&ROLE_VIEWS[..])
+    .fetch_all(&mut *tx)
+    .await?;
+    if let Some(missing) = ROLE_VIEWS.iter().find(|v| !views.iter().any(|(name, _)| name == *v)) {
+        return Err(ProjectionError::Rebuild(format!("the role view public.{missing} is missing")));
+    }
+    for (view, _) in &views {
+        sqlx::query(AssertSqlSafe(format!("DROP VIEW public.{view}"))).execute(&mut *tx).await?;
+    }
     let live: Vec<String> = TABLES.iter().map(|t| format!("public.{t}")).collect();
     sqlx::query(AssertSqlSafe(format!("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE", live.join(", "))))
         .execute(&mut *tx)
@@ -532,19 +550,6 @@ pub async fn rebuild_with_stats(pool: &PgPool, store: &EventStore) -> Result<Reb
     let target = (live_cp.unwrap_or(0) as u64).max(done);
     if target > done {
         done = project_range(&mut tx, store, done + 1, target, &skip).await?;
-    }
-    // The role views name the live `jobs` table, which is about to be
-    // dropped: take them down and put them back, as they are defined, over
-    // the new one (the definitions name `public.jobs`: public is not on this
-    // connection's search path).
-    let views: Vec<(String, String)> = sqlx::query_as(
-        "SELECT viewname::text, definition FROM pg_views WHERE schemaname = 'public' AND viewname = ANY($1)",
-    )
-    .bind(&ROLE_VIEWS[..])
-    .fetch_all(&mut *tx)
-    .await?;
-    for (view, _) in &views {
-        sqlx::query(AssertSqlSafe(format!("DROP VIEW public.{view}"))).execute(&mut *tx).await?;
     }
     for t in TABLES {
         sqlx::query(AssertSqlSafe(format!("DROP TABLE public.{t}"))).execute(&mut *tx).await?;

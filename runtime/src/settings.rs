@@ -710,6 +710,11 @@ fn set_path(tree: &mut Value, path: &[String], value: Value) -> Result<(), Strin
         return Ok(());
     }
     let child = map.entry(key).or_insert_with(|| Value::Mapping(Mapping::new()));
+    // A section whose keys are all commented out (`runtime:` in the shipped
+    // configs) reads as null: it is an empty section, not a value.
+    if child.is_null() {
+        *child = Value::Mapping(Mapping::new());
+    }
     set_path(child, rest, value)
 }
 
@@ -745,6 +750,9 @@ mod tests {
             if let Err(e) = Settings::load_from(Some(&configs.join(name)), &[]) {
                 panic!("configs/{name}: {e}");
             }
+            // Environment variables reach a section the file leaves empty.
+            let s = Settings::load_from(Some(&configs.join(name)), &env(&[("FETCHML_RUNTIME__THREADS", "4")]));
+            assert_eq!(s.map(|s| s.runtime.threads).map_err(|e| e.to_string()), Ok(Some(4)), "configs/{name}");
         }
     }
 

@@ -166,10 +166,12 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     let indexes = "SELECT tablename, indexname, regexp_replace(indexdef, ' ON \\S+ ', ' ON ') FROM pg_indexes
         WHERE schemaname = 'public' ORDER BY 1, 2";
     let indexes_before: Vec<(String, String, String)> = sqlx::query_as(indexes).fetch_all(&pool).await.unwrap();
-    // And the same storage parameters (the fillfactor kept for HOT updates).
+    // And the same storage parameters: an operator's fillfactor survives.
+    sqlx::query("ALTER TABLE jobs SET (fillfactor = 90)").execute(&pool).await.unwrap();
     let options = "SELECT relname::text, reloptions::text FROM pg_class
         WHERE relnamespace = 'public'::regnamespace AND relkind = 'r' AND reloptions IS NOT NULL ORDER BY 1";
     let options_before: Vec<(String, String)> = sqlx::query_as(options).fetch_all(&pool).await.unwrap();
+    assert_eq!(options_before, [("jobs".to_string(), "{fillfactor=90}".to_string())]);
     // The role views read the one `jobs` table; a rebuild replaces the table
     // under them and must leave them as they were, over the new one.
     let views = "SELECT viewname::text, definition FROM pg_views WHERE schemaname = 'public' ORDER BY 1";

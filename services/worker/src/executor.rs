@@ -306,9 +306,15 @@ fn supervisor() -> Option<PathBuf> {
 }
 
 async fn run_process(req: &ExecRequest, io: ExecIo) -> Outcome {
-    let cwd = match working_dir(&req.job_root, req.spec.working_dir.as_deref()) {
-        Ok(d) => d,
-        Err(e) => return failed(e.class(), None, None, e.to_string()),
+    // Blocking file-system calls, off the worker's thread: a job root on a
+    // network mount can stall, and the worker runs all its tasks on one thread.
+    let (root, rel) = (req.job_root.clone(), req.spec.working_dir.clone());
+    let cwd = match tokio::task::spawn_blocking(move || working_dir(&root, rel.as_deref())).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return failed(e.class(), None, None, e.to_string()),
+        Err(e) => {
+            return failed(FailureClass::Infrastructure, None, None, format!("preparing the working directory: {e}"));
+        }
     };
     let argv: Vec<String> = if req.spec.shell {
         vec!["/bin/sh".into(), "-c".into(), req.spec.command.join(" ")]
