@@ -80,6 +80,19 @@ async fn the_analyst_tables_hold_no_command_line_environment_or_log() {
     // The admin model does hold them (so the test above can fail).
     let admin: String = sqlx::query_scalar("SELECT t::text FROM admin_jobs t").fetch_one(&pool).await.unwrap();
     assert!(admin.contains("hunter2") && admin.contains("exit 3"));
+    // The admin and researcher views show every column of `jobs`: a migration
+    // that adds one must recreate them (a view's `SELECT *` is expanded once).
+    let columns = |relation: &'static str| {
+        sqlx::query_scalar::<_, String>(
+            "SELECT column_name::text FROM information_schema.columns WHERE table_name = $1 ORDER BY ordinal_position",
+        )
+        .bind(relation)
+        .fetch_all(&pool)
+    };
+    let table = columns("jobs").await.unwrap();
+    assert!(table.len() > 20, "{table:?}");
+    assert_eq!(columns("admin_jobs").await.unwrap(), table);
+    assert_eq!(columns("researcher_jobs").await.unwrap(), table);
 }
 
 #[tokio::test]
