@@ -169,9 +169,10 @@ impl SchedulerHandle {
     /// once: the start no longer waits for the log's delivery to reach the
     /// scheduler through the api's tap (a broker delivery and two task
     /// wake-ups). When the log delivers the event, the board has folded it
-    /// and skips it (`Board::apply_job`). Otherwise (events before it not folded yet: a busy log)
-    /// nothing happens here and the log's delivery schedules the job, as for
-    /// a job queued by another api. Returns whether the hand-off was taken.
+    /// and skips it (`Board::apply_job`). Otherwise (events before it not
+    /// folded yet: a busy log) nothing happens here and the log's delivery
+    /// schedules the job, as for a job queued by another api. Returns whether
+    /// the hand-off was taken.
     pub async fn queued_here(&self, seq: u64, subject: &str, env: &Envelope<JobEvent>) -> bool {
         if !matches!(env.payload, JobEvent::JobQueued { .. })
             || !self.caught_up.load(Ordering::Acquire)
