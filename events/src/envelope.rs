@@ -6,7 +6,7 @@
 //! command that caused it), `payload` (internally tagged by the same `type`),
 //! `prev_hash` and `hash` (see [`crate::hash`]).
 
-use crate::hash::envelope_hash;
+use crate::hash::hash_of;
 use crate::ids::{CommandId, EventId, UserName, WorkerId};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
@@ -134,7 +134,7 @@ impl<P: DomainEvent> Envelope<P> {
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
-        env.hash = envelope_hash(&serde_json::to_value(&env)?);
+        env.hash = hash_of(&env)?;
         Ok(env)
     }
 

@@ -10,8 +10,11 @@
 //! verifier replays the log and names the first broken link.
 
 use serde_json::Value;
+use serde_json::ser::{CharEscape, CompactFormatter, Formatter};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::io;
+use std::ops::Range;
 
 /// The predecessor hash of an aggregate's first event.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -82,6 +85,245 @@ pub fn envelope_hash(envelope: &Value) -> String {
         other => canonical_json(other, &mut buf),
     }
     hex::encode(Sha256::digest(&buf))
+}
+
+/// The hash of a typed envelope: the same as [`envelope_hash`] of its JSON
+/// tree, computed without building the tree.
+///
+/// Sealing hashes every appended event (the api one per submit, a worker two
+/// per job); building a `serde_json::Value` first cost a `String` and a map
+/// node per field. Here serde_json's own serializer writes every scalar, so
+/// numbers and escapes are byte for byte what the tree would print, and
+/// [`Sorting`] only reorders each object's members by key, as
+/// [`canonical_json`] does. The `hash_of_matches_the_tree` tests hold the two
+/// equal.
+pub fn hash_of<T: serde::Serialize + ?Sized>(envelope: &T) -> Result<String, serde_json::Error> {
+    thread_local! {
+        // The buffers of the last call: a job's events are alike in shape,
+        // so after the first few calls nothing is allocated here.
+        static CANONICAL: std::cell::RefCell<Canonical> = std::cell::RefCell::default();
+    }
+    CANONICAL.with(|c| {
+        let mut fresh = Canonical::default();
+        // Re-entered only if a `Serialize` impl hashed an envelope itself.
+        let mut held = c.try_borrow_mut();
+        let canon = match held.as_deref_mut() {
+            Ok(c) => c,
+            Err(_) => &mut fresh,
+        };
+        canon.out.clear();
+        canon.depth = 0;
+        canon.skip_top_hash = true;
+        let written = serde::Serialize::serialize(
+            envelope,
+            &mut serde_json::Serializer::with_formatter(io::sink(), Sorting(&mut *canon)),
+        );
+        written.map(|()| hex::encode(Sha256::digest(&canon.out)))
+    })
+}
+
+/// What [`Sorting`] builds: the canonical bytes, and one frame per open
+/// object (kept, with their buffers, for the next object at that depth).
+#[derive(Default)]
+struct Canonical {
+    out: Vec<u8>,
+    frames: Vec<Frame>,
+    depth: usize,
+    /// Leave out the top-level object's `hash` member (see [`envelope_hash`]).
+    skip_top_hash: bool,
+}
+
+/// An open object: its members as written (`"key":value`, no commas), and
+/// each member's key unescaped, which is what the tree's map sorts by.
+#[derive(Default)]
+struct Frame {
+    members: Vec<u8>,
+    keys: Vec<u8>,
+    /// Each member's key in `keys` and the member in `members`, in written order.
+    spans: Vec<(Range<usize>, Range<usize>)>,
+    in_key: bool,
+}
+
+impl Canonical {
+    /// Where output goes now: the innermost open object, else the result.
+    fn sink(&mut self) -> &mut Vec<u8> {
+        match self.depth {
+            0 => &mut self.out,
+            d => &mut self.frames[d - 1].members,
+        }
+    }
+
+    /// The innermost object's frame if a key is being written.
+    fn key(&mut self) -> Option<&mut Vec<u8>> {
+        match self.depth {
+            0 => None,
+            d => Some(&mut self.frames[d - 1]).filter(|f| f.in_key).map(|f| &mut f.keys),
+        }
+    }
+
+    /// Writes `f`'s output to the sink and, inside a key, to the key as well
+    /// (everything but quotes and escapes reads the same unescaped).
+    fn both(&mut self, f: impl Fn(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
+        f(self.sink())?;
+        match self.key() {
+            Some(k) => f(k),
+            None => Ok(()),
+        }
+    }
+}
+
+/// A `serde_json` formatter that writes into [`Canonical`] (the writer it is
+/// given is a sink) with each object's members sorted by key.
+struct Sorting<'a>(&'a mut Canonical);
+
+macro_rules! scalar {
+    ($($name:ident: $t:ty),*) => {$(
+        fn $name<W: ?Sized + io::Write>(&mut self, _: &mut W, value: $t) -> io::Result<()> {
+            self.0.both(|w| CompactFormatter.$name(w, value))
+        }
+    )*};
+}
+
+impl Formatter for Sorting<'_> {
+    scalar!(write_bool: bool, write_i8: i8, write_i16: i16, write_i32: i32, write_i64: i64, write_i128: i128,
+        write_u8: u8, write_u16: u16, write_u32: u32, write_u64: u64, write_u128: u128, write_f64: f64);
+
+    /// The tree holds an `f32` as the `f64` it converts to, and prints that.
+    fn write_f32<W: ?Sized + io::Write>(&mut self, _: &mut W, value: f32) -> io::Result<()> {
+        self.0.both(|w| CompactFormatter.write_f64(w, f64::from(value)))
+    }
+    fn write_null<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.0.both(|w| CompactFormatter.write_null(w))
+    }
+    fn write_number_str<W: ?Sized + io::Write>(&mut self, _: &mut W, value: &str) -> io::Result<()> {
+        self.0.both(|w| CompactFormatter.write_number_str(w, value))
+    }
+    fn begin_string<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.0.sink().push(b'"');
+        Ok(())
+    }
+    fn end_string<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.0.sink().push(b'"');
+        Ok(())
+    }
+    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, _: &mut W, fragment: &str) -> io::Result<()> {
+        self.0.both(|w| {
+            w.extend_from_slice(fragment.as_bytes());
+            Ok(())
+        })
+    }
+    fn write_char_escape<W: ?Sized + io::Write>(&mut self, _: &mut W, escape: CharEscape) -> io::Result<()> {
+        let plain = match escape {
+            CharEscape::Quote => b'"',
+            CharEscape::ReverseSolidus => b'\\',
+            CharEscape::Solidus => b'/',
+            CharEscape::Backspace => 0x08,
+            CharEscape::FormFeed => 0x0c,
+            CharEscape::LineFeed => b'\n',
+            CharEscape::CarriageReturn => b'\r',
+            CharEscape::Tab => b'\t',
+            CharEscape::AsciiControl(b) => b,
+        };
+        if let Some(k) = self.0.key() {
+            k.push(plain);
+        }
+        CompactFormatter.write_char_escape(self.0.sink(), escape)
+    }
+    fn write_byte_array<W: ?Sized + io::Write>(&mut self, w: &mut W, value: &[u8]) -> io::Result<()> {
+        // Written as an array of numbers, through the methods above.
+        self.begin_array(w)?;
+        for (i, b) in value.iter().enumerate() {
+            self.begin_array_value(w, i == 0)?;
+            self.write_u8(w, *b)?;
+        }
+        self.end_array(w)
+    }
+    /// Embedded raw JSON (`RawValue`) would need parsing to be sorted; no
+    /// event holds any, so it is refused rather than hashed unsorted.
+    fn write_raw_fragment<W: ?Sized + io::Write>(&mut self, _: &mut W, _: &str) -> io::Result<()> {
+        Err(io::Error::other("raw JSON has no canonical form here"))
+    }
+    fn begin_array<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.0.sink().push(b'[');
+        Ok(())
+    }
+    fn end_array<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.0.sink().push(b']');
+        Ok(())
+    }
+    fn begin_array_value<W: ?Sized + io::Write>(&mut self, _: &mut W, first: bool) -> io::Result<()> {
+        if !first {
+            self.0.sink().push(b',');
+        }
+        Ok(())
+    }
+    fn begin_object<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        let c = &mut *self.0;
+        if c.frames.len() == c.depth {
+            c.frames.push(Frame::default());
+        }
+        let f = &mut c.frames[c.depth];
+        f.members.clear();
+        f.keys.clear();
+        f.spans.clear();
+        c.depth += 1;
+        Ok(())
+    }
+    fn begin_object_key<W: ?Sized + io::Write>(&mut self, _: &mut W, _first: bool) -> io::Result<()> {
+        let f = &mut self.0.frames[self.0.depth - 1];
+        f.spans.push((f.keys.len()..f.keys.len(), f.members.len()..f.members.len()));
+        f.in_key = true;
+        Ok(())
+    }
+    fn end_object_key<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        let f = &mut self.0.frames[self.0.depth - 1];
+        f.in_key = false;
+        let end = f.keys.len();
+        if let Some(span) = f.spans.last_mut() {
+            span.0.end = end;
+        }
+        Ok(())
+    }
+    fn begin_object_value<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        self.0.sink().push(b':');
+        Ok(())
+    }
+    fn end_object_value<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        let f = &mut self.0.frames[self.0.depth - 1];
+        let end = f.members.len();
+        if let Some(span) = f.spans.last_mut() {
+            span.1.end = end;
+        }
+        Ok(())
+    }
+    fn end_object<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
+        let c = &mut *self.0;
+        c.depth -= 1;
+        let skip_hash = c.skip_top_hash && c.depth == 0;
+        // The frame is taken out while its members are copied to the parent.
+        let mut f = std::mem::take(&mut c.frames[c.depth]);
+        let key = |s: &(Range<usize>, Range<usize>)| &f.keys[s.0.clone()];
+        // Stable, so of two equal keys the later stays last; the tree keeps
+        // only the later one.
+        f.spans.sort_by(|a, b| key(a).cmp(key(b)));
+        let out = c.sink();
+        out.push(b'{');
+        let mut first = true;
+        for (i, s) in f.spans.iter().enumerate() {
+            let k = key(s);
+            if f.spans.get(i + 1).is_some_and(|next| key(next) == k) || (skip_hash && k == b"hash") {
+                continue;
+            }
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            out.extend_from_slice(&f.members[s.1.clone()]);
+        }
+        out.push(b'}');
+        c.frames[c.depth] = f;
+        Ok(())
+    }
 }
 
 /// The first link that does not hold.
@@ -167,6 +409,53 @@ mod tests {
     fn the_hash_of_a_known_envelope_does_not_change() {
         let v = json!({"hash": "x", "b": {"z": [1, "two"], "a": null}, "a": "é\t"});
         assert_eq!(envelope_hash(&v), "20b86c868ac2b213de53a7028a78fb3603358202a95b66e721298e2f8892c485");
+    }
+
+    /// `hash_of` a typed value against `envelope_hash` of its tree.
+    fn same_both_ways<T: serde::Serialize>(v: &T) {
+        let tree = serde_json::to_value(v).unwrap();
+        assert_eq!(hash_of(v).unwrap(), envelope_hash(&tree), "{tree}");
+    }
+
+    #[test]
+    fn hash_of_matches_the_tree() {
+        same_both_ways(&json!({"hash": "x", "b": {"z": [1, "two"], "a": null}, "a": "é\t"}));
+        // Keys that sort differently escaped and unescaped (`\"` is 0x22,
+        // its escape starts with 0x5c), control characters, equal prefixes.
+        same_both_ways(
+            &json!({"a\"": 1, "a#": 2, "a": 3, "a\u{1}": [], "a\\": {"\n": null, "\t": true}, "": "\u{7f}😀"}),
+        );
+        same_both_ways(
+            &json!({"n": [0, -1, 1.5, -0.0, 1e300, 5e-324, u64::MAX, i64::MIN], "e": {}, "l": [[], [{}], {"b": {"a": 1}}]}),
+        );
+        // Only the top level's `hash` is left out.
+        same_both_ways(&json!({"p": {"hash": "kept"}, "hash": "dropped", "z": 1}));
+        same_both_ways(&json!([{"b": 1, "a": 2}, "hash"]));
+        same_both_ways(&json!("scalar"));
+    }
+
+    #[test]
+    fn hash_of_matches_the_tree_for_typed_values() {
+        #[derive(serde::Serialize)]
+        #[serde(tag = "type", rename_all = "snake_case")]
+        enum Ev {
+            Made { zeta: f32, alpha: Option<u8>, map: std::collections::HashMap<u32, String>, bytes: Vec<u8> },
+            Unit,
+            Wrapped(Inner),
+        }
+        #[derive(serde::Serialize)]
+        struct Inner {
+            y: (i8, char),
+            x: std::collections::BTreeMap<String, f64>,
+            nan: f64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            gone: Option<u8>,
+        }
+        let map = (0..20).map(|i| (i * 7, format!("v{i}\"\u{1f}"))).collect();
+        same_both_ways(&Ev::Made { zeta: 0.1, alpha: None, map, bytes: vec![0, 255, 7] });
+        same_both_ways(&Ev::Unit);
+        let x = [("b".to_owned(), 2.5), ("a".to_owned(), -0.0)].into_iter().collect();
+        same_both_ways(&Ev::Wrapped(Inner { y: (-3, 'é'), x, nan: f64::NAN, gone: None }));
     }
 
     #[test]
