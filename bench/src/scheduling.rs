@@ -53,6 +53,15 @@ async fn until_stats(
     }
 }
 
+/// Waits until the scheduler has folded the log up to `seq` and holds no
+/// unfinished job: every job queued at or before `seq` has finished. Cheaper
+/// than reading every event back while jobs run (`count_events`), which on a
+/// loaded machine is load of its own. Returns how many requests it made.
+pub async fn until_all_finished_after(env: &Env, ns: &str, seq: u64) -> anyhow::Result<u64> {
+    let done = |s: &Value| s["seen"].as_u64().is_some_and(|v| v >= seq) && s["unfinished"].as_u64() == Some(0);
+    Ok(until_stats(env, ns, Duration::from_millis(20), "jobs finishing", done).await?.1)
+}
+
 /// Waits until the scheduler's board holds at most `unfinished` jobs, asking
 /// every 20 ms (reading every event of the log to count completions, as the
 /// bench once did, fell seconds behind at a few thousand jobs a second and
