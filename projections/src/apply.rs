@@ -17,7 +17,7 @@
 //! schema and the same code fills fresh tables.
 
 use crate::ProjectionError;
-use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, attempt_of, enum_str};
+use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, enum_str};
 use crate::usage::{OpenAttempt, UsageFold, UsageRow};
 use chrono::{DateTime, Utc};
 use fetchml_events::Envelope;
@@ -68,7 +68,6 @@ pub async fn apply_batch(
     if jobs.is_empty() {
         return Ok(faults);
     }
-    timeline(conn, &jobs).await?;
     // A job whose first event here is not `job_queued` has a row already.
     let mut seen = HashSet::with_capacity(jobs.len());
     let existing: Vec<Uuid> = jobs
@@ -270,41 +269,6 @@ async fn load_rows(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid
         out.insert(id, Some(row));
     }
     Ok(out)
-}
-
-async fn timeline(conn: &mut PgConnection, jobs: &[JobEv]) -> Result<(), ProjectionError> {
-    let n = jobs.len();
-    let (mut ids, mut seqs, mut types, mut attempts, mut actors, mut ats) = (
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-        Vec::with_capacity(n),
-    );
-    for j in jobs {
-        ids.push(j.id);
-        seqs.push(j.seq);
-        types.push(j.env.event_type.as_str());
-        attempts.push(attempt_of(&j.env.payload).map(|a| a as i32));
-        actors.push(serde_json::to_value(&j.env.actor).unwrap_or(Value::Null));
-        ats.push(j.env.occurred_at);
-    }
-    sqlx::query(
-        "INSERT INTO job_timeline (job_id, seq, type, attempt, actor, occurred_at)
-         SELECT * FROM UNNEST($1::uuid[], $2::int8[], $3::text[], $4::int4[], $5::jsonb[], $6::timestamptz[])
-         ON CONFLICT DO NOTHING",
-    )
-    .bind(ids)
-    .bind(seqs)
-    .bind(types)
-    .bind(attempts)
-    .bind(actors)
-    .bind(ats)
-    .execute(&mut *conn)
-    .await
-    .map_err(db)?;
-    Ok(())
 }
 
 /// Column arrays of the job rows of a batch.

@@ -6,7 +6,7 @@
 //! with a rebuild holds both to that.
 
 use crate::ProjectionError;
-use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, attempt_of, enum_str};
+use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, enum_str};
 use crate::usage::UsageFold;
 use chrono::{DateTime, Utc};
 use fetchml_events::Envelope;
@@ -14,7 +14,6 @@ use fetchml_events::job::JobEvent;
 use fetchml_events::worker::WorkerEvent;
 use fetchml_eventstore::{EventStore, StartAt};
 use futures::StreamExt;
-use serde_json::Value;
 use sqlx::{AssertSqlSafe, PgPool};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use uuid::Uuid;
@@ -34,7 +33,6 @@ struct WorkerRow {
 pub struct Folded {
     jobs: HashMap<Uuid, JobRow>,
     order: Vec<Uuid>,
-    timeline: String,
     metrics: BTreeMap<MetricKey, MetricRow>,
     workers: BTreeMap<String, WorkerRow>,
     usage: UsageFold,
@@ -121,19 +119,6 @@ fn row(out: &mut String, fields: &[Option<String>]) {
 impl Folded {
     fn job_event(&mut self, seq: u64, id: Uuid, env: &Envelope<JobEvent>) {
         let at = env.occurred_at;
-        let actor = serde_json::to_value(&env.actor).unwrap_or(Value::Null).to_string();
-        let attempt = attempt_of(&env.payload).map(|a| a.to_string());
-        row(
-            &mut self.timeline,
-            &[
-                Some(id.to_string()),
-                Some(seq.to_string()),
-                Some(env.event_type.clone()),
-                attempt,
-                Some(actor),
-                Some(ts(at)),
-            ],
-        );
         let seq = seq as i64;
         let mut r = self.jobs.remove(&id);
         let new = r.is_none();
@@ -262,14 +247,6 @@ async fn copy(pool: PgPool, statement: String, data: bytes::Bytes) -> Result<(),
 /// Writes the folded rows into the tables of `schema`, each table by its own
 /// connection at the same time.
 pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), ProjectionError> {
-    // The timeline (one row per event) is ready as it is: load it while the
-    // job rows are rendered.
-    let timeline = tokio::spawn(copy(
-        pool.clone(),
-        format!("COPY {schema}.job_timeline (job_id, seq, type, attempt, actor, occurred_at) FROM STDIN"),
-        std::mem::take(&mut f.timeline).into(),
-    ));
-
     let mut full = String::new();
     for id in &f.order {
         let Some(r) = f.jobs.get(id) else { continue };
@@ -438,12 +415,10 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         faults.into(),
     ));
     // Every COPY ends before this returns, failed or not: a caller that falls
-    // back to the slow path truncates the tables, and a timeline COPY still
-    // running then would commit its rows after the truncation.
+    // back to the slow path truncates the tables, and a COPY still running
+    // then would commit its rows after the truncation.
     let results = futures::future::join_all(copies).await;
-    let timeline = timeline.await.map_err(|e| ProjectionError::Rebuild(format!("timeline COPY: {e}")));
     results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    timeline??;
     if f.last_seq > 0 {
         sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO {schema}.projection_checkpoints (name, last_seq, updated_at) VALUES ($1, $2, now())"

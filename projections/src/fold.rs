@@ -341,19 +341,6 @@ pub(crate) fn enum_str<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_value(v).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-/// The attempt an event names, for the timeline.
-pub(crate) fn attempt_of(e: &JobEvent) -> Option<u32> {
-    match e {
-        JobEvent::JobStarted { attempt, .. }
-        | JobEvent::JobSucceeded { attempt, .. }
-        | JobEvent::JobRetryScheduled { attempt, .. }
-        | JobEvent::JobFailed { attempt, .. }
-        | JobEvent::JobTimedOut { attempt, .. }
-        | JobEvent::JobDeadLettered { attempt, .. } => Some(*attempt),
-        _ => None,
-    }
-}
-
 /// A text[] literal.
 pub(crate) fn array(items: &[String]) -> String {
     let mut s = String::from("{");

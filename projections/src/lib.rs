@@ -50,13 +50,12 @@ const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
 /// deadlock on table locks taken in different orders.
 const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
 /// The tables a rebuild replaces.
-pub const TABLES: [&str; 9] = [
+pub const TABLES: [&str; 8] = [
     "projection_checkpoints",
     "projection_faults",
     "jobs",
     "experiment_metrics",
     "workers",
-    "job_timeline",
     "usage_open_attempts",
     "usage_daily",
     "analyst_usage_daily",
@@ -610,7 +609,6 @@ pub async fn checksums(pool: &PgPool) -> Result<Vec<(String, String)>, Projectio
         ("jobs", "id"),
         ("experiment_metrics", "experiment, owner, metric"),
         ("workers", "id"),
-        ("job_timeline", "job_id, seq"),
         ("usage_open_attempts", "job_id"),
         ("usage_daily", "owner, pool, day"),
         ("analyst_usage_daily", "pool, day"),

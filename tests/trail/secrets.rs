@@ -19,7 +19,7 @@ async fn everywhere(app: &TestApp) -> (Vec<(String, Vec<u8>)>, Vec<(String, Vec<
     let progress = everything_in(&store, &s.progress_stream(), &s.all_progress()).await;
     let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
     let mut models = String::new();
-    for t in ["admin_jobs", "researcher_jobs", "analyst_jobs", "experiment_metrics", "job_timeline", "workers"] {
+    for t in ["admin_jobs", "researcher_jobs", "analyst_jobs", "experiment_metrics", "workers"] {
         let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT t::text FROM {t} t")))
             .fetch_all(&pool)
             .await
