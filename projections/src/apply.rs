@@ -77,8 +77,10 @@ pub async fn apply_batch(
         .collect();
     let mut rows = load_rows(conn, &existing).await?;
     // Rows read from the table exist: they take an UPDATE of what can
-    // change. The others take the full upsert.
-    let stored: HashSet<Uuid> = rows.keys().copied().collect();
+    // change. The others take the full upsert. Their state as stored is
+    // what `job_counts` counts them under now.
+    let stored: HashMap<Uuid, &'static str> =
+        rows.iter().filter_map(|(id, r)| Some((*id, r.as_ref()?.job.status.as_str()))).collect();
     let mut usage = UsageFold { open: load_open(conn, &existing).await?, ..UsageFold::default() };
     // The jobs whose rows changed, in the order first changed.
     let mut changed: Vec<Uuid> = Vec::new();
@@ -99,16 +101,53 @@ pub async fn apply_batch(
         }
     }
     let (mut updated, mut inserted) = (Vec::new(), Vec::new());
+    let mut counts: BTreeMap<&'static str, i64> = BTreeMap::new();
     for id in &changed {
         if let Some(r) = rows.get(id).and_then(Option::as_ref) {
-            if stored.contains(id) { updated.push((*id, r)) } else { inserted.push((*id, r)) }
+            let now = r.job.status.as_str();
+            match stored.get(id) {
+                Some(was) => {
+                    updated.push((*id, r));
+                    if *was != now {
+                        *counts.entry(was).or_default() -= 1;
+                        *counts.entry(now).or_default() += 1;
+                    }
+                }
+                None => {
+                    inserted.push((*id, r));
+                    *counts.entry(now).or_default() += 1;
+                }
+            }
         }
     }
     upsert_jobs(conn, &inserted).await?;
     update_jobs(conn, &updated).await?;
+    count_states(conn, counts).await?;
     upsert_metrics(conn, metrics).await?;
     write_usage(conn, usage).await?;
     Ok(faults)
+}
+
+/// Adds the batch's changes to `job_counts` (jobs per state), and drops the
+/// states no job is in any more, so the table holds what a rebuild counts.
+async fn count_states(conn: &mut PgConnection, counts: BTreeMap<&'static str, i64>) -> Result<(), ProjectionError> {
+    let (states, deltas): (Vec<&str>, Vec<i64>) = counts.into_iter().filter(|(_, d)| *d != 0).unzip();
+    if states.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "INSERT INTO job_counts (state, n) SELECT * FROM UNNEST($1::text[], $2::int8[])
+         ON CONFLICT (state) DO UPDATE SET n = job_counts.n + EXCLUDED.n",
+    )
+    .bind(&states)
+    .bind(&deltas)
+    .execute(&mut *conn)
+    .await
+    .map_err(db)?;
+    if deltas.iter().any(|d| *d < 0) {
+        sqlx::query("DELETE FROM job_counts WHERE n = 0").execute(&mut *conn).await.map_err(db)?;
+    }
+    Ok(())
 }
 
 /// The open attempts of `ids`, as stored.

@@ -288,6 +288,16 @@ pub async fn write(pool: &PgPool, schema: &str, mut f: Folded) -> Result<(), Pro
         labels, experiment, tags, command, env, working_dir, spec, metrics, worker, not_before, created_at,
         started_at, finished_at, updated_at, last_seq)";
     let mut copies = vec![copy(pool.clone(), format!("COPY {schema}.jobs {cols} FROM STDIN"), full.into())];
+    // Jobs per state, as the live projector keeps them (`apply::count_states`).
+    let mut counts: BTreeMap<&str, i64> = BTreeMap::new();
+    for r in f.jobs.values() {
+        *counts.entry(r.job.status.as_str()).or_default() += 1;
+    }
+    let mut c = String::new();
+    for (state, n) in counts {
+        row(&mut c, &[Some(state.to_owned()), Some(n.to_string())]);
+    }
+    copies.push(copy(pool.clone(), format!("COPY {schema}.job_counts (state, n) FROM STDIN"), c.into()));
     let mut m = String::new();
     for ((exp, owner, metric), r) in &f.metrics {
         row(

@@ -50,10 +50,11 @@ const LOCK_KEY: i64 = 0x6665_7463_686d_6c6a;
 /// deadlock on table locks taken in different orders.
 const SWAP_KEY: i64 = 0x6665_7463_686d_6c73;
 /// The tables a rebuild replaces.
-pub const TABLES: [&str; 8] = [
+pub const TABLES: [&str; 9] = [
     "projection_checkpoints",
     "projection_faults",
     "jobs",
+    "job_counts",
     "experiment_metrics",
     "workers",
     "usage_open_attempts",
@@ -607,6 +608,7 @@ pub async fn checksums(pool: &PgPool) -> Result<Vec<(String, String)>, Projectio
     let mut out = Vec::new();
     for (t, order) in [
         ("jobs", "id"),
+        ("job_counts", "state"),
         ("experiment_metrics", "experiment, owner, metric"),
         ("workers", "id"),
         ("usage_open_attempts", "job_id"),

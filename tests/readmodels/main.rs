@@ -176,6 +176,13 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     p.kill().unwrap();
     p.wait().unwrap();
     let live = fetchml_projections::checksums(&pool).await.unwrap();
+    // The projector's running count of jobs per state is the count of its rows.
+    let counted = "SELECT state, n FROM job_counts ORDER BY state";
+    let grouped = "SELECT state, count(*) FROM jobs GROUP BY state ORDER BY state";
+    let kept: Vec<(String, i64)> = sqlx::query_as(counted).fetch_all(&pool).await.unwrap();
+    assert_eq!(kept, sqlx::query_as::<_, (String, i64)>(grouped).fetch_all(&pool).await.unwrap());
+    let states: Vec<&str> = kept.iter().map(|(s, _)| s.as_str()).collect();
+    assert_eq!(states, ["cancelled", "failed", "succeeded"], "every job ended, in three ways");
     let indexes = "SELECT tablename, indexname, regexp_replace(indexdef, ' ON \\S+ ', ' ON ') FROM pg_indexes
         WHERE schemaname = 'public' ORDER BY 1, 2";
     let indexes_before: Vec<(String, String, String)> = sqlx::query_as(indexes).fetch_all(&pool).await.unwrap();
