@@ -21,12 +21,11 @@ use crate::fold::{self, Decoded, Fault, JobRow, MetricKey, MetricRow, array, enu
 use crate::usage::{OpenAttempt, UsageFold, UsageRow};
 use chrono::{DateTime, Utc};
 use fetchml_events::Envelope;
-use fetchml_events::job::JobEvent;
+use fetchml_events::job::{JobEvent, JobSpec, Metrics};
 use fetchml_events::worker::WorkerEvent;
 use fetchml_eventstore::StoredEvent;
-use serde_json::{Value, json};
-use sqlx::PgConnection;
-use sqlx::{AssertSqlSafe, Row};
+use sqlx::types::Json;
+use sqlx::{AssertSqlSafe, PgConnection, Row};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use uuid::Uuid;
@@ -310,9 +309,11 @@ async fn load_rows(conn: &mut PgConnection, ids: &[Uuid]) -> Result<HashMap<Uuid
     Ok(out)
 }
 
-/// Column arrays of the job rows of a batch.
+/// Column arrays of the job rows of a batch. The jsonb columns borrow what
+/// they hold and are written by serde straight into the statement's
+/// parameters: no `serde_json::Value` tree per row first.
 #[derive(Default)]
-struct Cols {
+struct Cols<'a> {
     id: Vec<Uuid>,
     owner: Vec<String>,
     state: Vec<&'static str>,
@@ -326,12 +327,12 @@ struct Cols {
     priority: Vec<i16>,
     labels: Vec<String>,
     experiment: Vec<Option<String>>,
-    tags: Vec<Value>,
-    command: Vec<Value>,
-    env: Vec<Value>,
+    tags: Vec<Json<&'a BTreeMap<String, String>>>,
+    command: Vec<Json<&'a Vec<String>>>,
+    env: Vec<Json<&'a BTreeMap<String, String>>>,
     working_dir: Vec<Option<String>>,
-    spec: Vec<Value>,
-    metrics: Vec<Value>,
+    spec: Vec<Json<&'a JobSpec>>,
+    metrics: Vec<Json<&'a Metrics>>,
     worker: Vec<Option<String>>,
     not_before: Vec<Option<DateTime<Utc>>>,
     created_at: Vec<DateTime<Utc>>,
@@ -341,10 +342,10 @@ struct Cols {
     last_seq: Vec<i64>,
 }
 
-impl Cols {
+impl<'a> Cols<'a> {
     /// The columns a job's events after `job_queued` change: all that
     /// [`update_jobs`] writes, and part of what [`upsert_jobs`] does.
-    fn push_changing(&mut self, id: Uuid, r: &JobRow) {
+    fn push_changing(&mut self, id: Uuid, r: &'a JobRow) {
         let j = &r.job;
         self.id.push(id);
         self.state.push(j.status.as_str());
@@ -354,7 +355,7 @@ impl Cols {
         self.signal.push(j.signal);
         self.class.push(j.failure_class.as_ref().map(enum_str));
         self.reason.push(j.reason.clone());
-        self.metrics.push(json!(j.metrics));
+        self.metrics.push(Json(&j.metrics));
         self.worker.push(j.worker.map(|w| w.to_string()));
         self.not_before.push(j.not_before);
         self.started_at.push(r.started_at);
@@ -379,11 +380,11 @@ async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Resul
         c.priority.push(i16::from(j.spec.priority));
         c.labels.push(array(&j.spec.labels));
         c.experiment.push(j.spec.experiment.clone());
-        c.tags.push(json!(j.spec.tags));
-        c.command.push(json!(j.spec.command));
-        c.env.push(json!(j.spec.env));
+        c.tags.push(Json(&j.spec.tags));
+        c.command.push(Json(&j.spec.command));
+        c.env.push(Json(&j.spec.env));
         c.working_dir.push(j.spec.working_dir.clone());
-        c.spec.push(serde_json::to_value(&j.spec).unwrap_or(Value::Null));
+        c.spec.push(Json(&j.spec));
         c.created_at.push(r.created_at);
     }
     const ROWS: &str = "FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::int4[], $5::int4[], $6::int4[],
