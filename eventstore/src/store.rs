@@ -11,7 +11,7 @@ use async_nats::jetstream::{
 };
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use fetchml_events::envelope::{DomainEvent, Envelope};
+use fetchml_events::envelope::{AggregateKind, DomainEvent, Envelope, peek};
 use fetchml_events::job::JobEvent;
 use fetchml_events::subject::Subjects;
 use futures::{Stream, StreamExt};
@@ -29,22 +29,35 @@ pub struct StoredEvent {
     /// still pending after this one when it was delivered (0: caught up).
     /// `None` where the read does not know.
     pub pending: Option<u64>,
-    /// The job envelope, decoded at most once: a tap hands one event to the
-    /// index, the scheduler and the projector, which all fold every job event
-    /// (two of those decodes were about a seventh of the api's CPU). Clones
-    /// share it.
-    job: Arc<OnceLock<Result<Arc<Envelope<JobEvent>>, String>>>,
+    /// What is read from the bytes at most once: a tap hands one event to
+    /// the index, the scheduler and the projector, which all fold every job
+    /// event (two of those decodes were about a seventh of the api's CPU).
+    /// Clones share it.
+    read: Arc<ReadOnce>,
+}
+
+#[derive(Debug, Default)]
+struct ReadOnce {
+    kind: OnceLock<Option<AggregateKind>>,
+    job: OnceLock<Result<Arc<Envelope<JobEvent>>, String>>,
 }
 
 impl StoredEvent {
     pub fn new(seq: u64, subject: String, payload: Bytes, pending: Option<u64>) -> Self {
-        Self { seq, subject, payload, pending, job: Arc::default() }
+        Self { seq, subject, payload, pending, read: Arc::default() }
+    }
+
+    /// The aggregate kind the envelope names (`None`: not an envelope), read
+    /// by whichever holder asked first.
+    pub fn kind(&self) -> Option<AggregateKind> {
+        *self.read.kind.get_or_init(|| peek(&self.payload).map(|p| p.aggregate_kind))
     }
 
     /// The job event, decoded by whichever holder of this event (or a clone
     /// of it) asked first; as [`StoredEvent::decode`] otherwise.
     pub fn job_event(&self) -> Result<Arc<Envelope<JobEvent>>, StoreError> {
-        self.job
+        self.read
+            .job
             .get_or_init(|| {
                 Envelope::<JobEvent>::decode(&self.payload)
                     .map(Arc::new)

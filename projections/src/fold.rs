@@ -327,7 +327,7 @@ pub fn decode(seq: u64, payload: &[u8]) -> Decoded {
 /// envelope when it has one to give (no NUL to rewrite first).
 pub fn decode_stored(ev: &StoredEvent) -> Decoded {
     if matches!(storable_payload(&ev.payload), Cow::Borrowed(_))
-        && peek(&ev.payload).is_some_and(|p| p.aggregate_kind == AggregateKind::Job)
+        && ev.kind() == Some(AggregateKind::Job)
         && let Ok(env) = ev.job_event()
         && let Ok(id) = env.aggregate_id.parse::<Uuid>()
     {

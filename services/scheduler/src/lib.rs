@@ -53,7 +53,7 @@ use bytes::Bytes;
 use chrono::Utc;
 use fetchml_api_types::{PoolSummary as PoolView, Scheduling as Explanation};
 use fetchml_events::dispatch::WorkerMessage;
-use fetchml_events::envelope::{AggregateKind, peek};
+use fetchml_events::envelope::AggregateKind;
 use fetchml_events::job::{FailureClass, JobCommand, JobEvent, Metrics, Outcome, fold};
 use fetchml_events::pool::PoolEvent;
 use fetchml_events::worker::WorkerEvent;
@@ -474,7 +474,7 @@ impl Scheduler {
 
     /// Folds one event of the log into the board.
     async fn apply(&self, ev: &StoredEvent) -> Option<Notice> {
-        let kind = peek(&ev.payload).map(|p| p.aggregate_kind);
+        let kind = ev.kind();
         match kind {
             Some(AggregateKind::Job) => {
                 let env = match ev.job_event() {
