@@ -114,6 +114,7 @@ pub fn hash_of<T: serde::Serialize + ?Sized>(envelope: &T) -> Result<String, ser
         canon.out.clear();
         canon.depth = 0;
         canon.skip_top_hash = true;
+        canon.top_is_object = false;
         let written = serde::Serialize::serialize(
             envelope,
             &mut serde_json::Serializer::with_formatter(io::sink(), Sorting(&mut *canon)),
@@ -131,6 +132,9 @@ struct Canonical {
     depth: usize,
     /// Leave out the top-level object's `hash` member (see [`envelope_hash`]).
     skip_top_hash: bool,
+    /// Whether the value being written is itself an object (not an array
+    /// that holds objects): only then has it a top-level `hash`.
+    top_is_object: bool,
 }
 
 /// An open object: its members as written (`"key":value`, no commas), and
@@ -188,8 +192,12 @@ impl Formatter for Sorting<'_> {
     scalar!(write_bool: bool, write_i8: i8, write_i16: i16, write_i32: i32, write_i64: i64, write_i128: i128,
         write_u8: u8, write_u16: u16, write_u32: u32, write_u64: u64, write_u128: u128, write_f64: f64);
 
-    /// The tree holds an `f32` as the `f64` it converts to, and prints that.
+    /// The tree holds an `f32` value as the `f64` it converts to, and prints
+    /// that; an `f32` map key it prints as an `f32`.
     fn write_f32<W: ?Sized + io::Write>(&mut self, _: &mut W, value: f32) -> io::Result<()> {
+        if self.0.key().is_some() {
+            return self.0.both(|w| CompactFormatter.write_f32(w, value));
+        }
         self.0.both(|w| CompactFormatter.write_f64(w, f64::from(value)))
     }
     fn write_null<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
@@ -259,6 +267,9 @@ impl Formatter for Sorting<'_> {
     }
     fn begin_object<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
         let c = &mut *self.0;
+        if c.depth == 0 && c.out.is_empty() {
+            c.top_is_object = true;
+        }
         if c.frames.len() == c.depth {
             c.frames.push(Frame::default());
         }
@@ -266,6 +277,7 @@ impl Formatter for Sorting<'_> {
         f.members.clear();
         f.keys.clear();
         f.spans.clear();
+        f.in_key = false;
         c.depth += 1;
         Ok(())
     }
@@ -299,7 +311,7 @@ impl Formatter for Sorting<'_> {
     fn end_object<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
         let c = &mut *self.0;
         c.depth -= 1;
-        let skip_hash = c.skip_top_hash && c.depth == 0;
+        let skip_hash = c.skip_top_hash && c.top_is_object && c.depth == 0;
         // The frame is taken out while its members are copied to the parent.
         let mut f = std::mem::take(&mut c.frames[c.depth]);
         let key = |s: &(Range<usize>, Range<usize>)| &f.keys[s.0.clone()];
@@ -431,6 +443,9 @@ mod tests {
         // Only the top level's `hash` is left out.
         same_both_ways(&json!({"p": {"hash": "kept"}, "hash": "dropped", "z": 1}));
         same_both_ways(&json!([{"b": 1, "a": 2}, "hash"]));
+        // An object inside a top-level array keeps its `hash`.
+        same_both_ways(&json!([{"hash": 1, "a": 2}]));
+        same_both_ways(&json!([[{"hash": 1}], {"hash": {"hash": 2}}]));
         same_both_ways(&json!("scalar"));
     }
 
@@ -454,6 +469,19 @@ mod tests {
         let map = (0..20).map(|i| (i * 7, format!("v{i}\"\u{1f}"))).collect();
         same_both_ways(&Ev::Made { zeta: 0.1, alpha: None, map, bytes: vec![0, 255, 7] });
         same_both_ways(&Ev::Unit);
+        // Float map keys: the tree prints an `f32` key as an `f32`.
+        struct FloatKeys;
+        impl serde::Serialize for FloatKeys {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut m = s.serialize_map(Some(3))?;
+                m.serialize_entry(&0.1f32, &0.1f32)?;
+                m.serialize_entry(&2.5f64, &0.3f64)?;
+                m.serialize_entry(&-1.0e-7f32, &1u8)?;
+                m.end()
+            }
+        }
+        same_both_ways(&FloatKeys);
         let x = [("b".to_owned(), 2.5), ("a".to_owned(), -0.0)].into_iter().collect();
         same_both_ways(&Ev::Wrapped(Inner { y: (-3, 'é'), x, nan: f64::NAN, gone: None }));
     }
