@@ -67,13 +67,14 @@ pub async fn apply_batch(
     if jobs.is_empty() {
         return Ok(faults);
     }
-    // A job whose first event here is not `job_queued` has a row already.
+    // Every job of the batch is looked up, even one whose first event here
+    // is `job_queued`: that event can come a second time (a rebuild swapped
+    // in tables that already hold it, while this projector was behind), and
+    // then the row exists. Folding onto it skips what it holds, and
+    // `job_counts`, which has no `last_seq` of its own to guard it, counts
+    // the job once.
     let mut seen = HashSet::with_capacity(jobs.len());
-    let existing: Vec<Uuid> = jobs
-        .iter()
-        .filter(|j| seen.insert(j.id) && !matches!(j.env.payload, JobEvent::JobQueued { .. }))
-        .map(|j| j.id)
-        .collect();
+    let existing: Vec<Uuid> = jobs.iter().filter(|j| seen.insert(j.id)).map(|j| j.id).collect();
     let mut rows = load_rows(conn, &existing).await?;
     // Rows read from the table exist: they take an UPDATE of what can
     // change. The others take the full upsert. Their state as stored is
