@@ -374,14 +374,8 @@ fn sealed_chain(n: usize) -> Vec<serde_json::Value> {
     out
 }
 
-/// A metric like a training loss, 1.7546217903306627, was read back from the
-/// stored bytes as the neighbouring double (serde_json parses floats fast but
-/// not exactly unless built with `float_roundtrip`), so the verifier
-/// recomputed another hash and reported a finished job's event as altered.
-/// About one double in thirteen between 0 and 10 did that.
-#[test]
-fn a_finished_job_with_a_float_metric_verifies() {
-    let metrics = [("loss".to_owned(), fetchml_events::job::Metric { value: 1.7546217903306627, step: Some(3) })];
+/// `payload` sealed as job1's first event, as a reader of the log gets it back.
+fn first_event_as_stored(payload: JobEvent) -> serde_json::Value {
     let env = Envelope::seal(
         NewEvent {
             aggregate_id: "job1".into(),
@@ -390,12 +384,27 @@ fn a_finished_job_with_a_float_metric_verifies() {
             actor: Actor::User { name: alice() },
             command_id: CommandId::new(),
             correlation_id: uuid::Uuid::nil(),
-            payload: JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics: metrics.into_iter().collect() },
+            payload,
         },
         GENESIS,
     )
     .unwrap();
-    let stored: serde_json::Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
+    serde_json::from_slice(&env.to_bytes().unwrap()).unwrap()
+}
+
+/// A metric like a training loss, 1.7546217903306627, was read back from the
+/// stored bytes as the neighbouring double (serde_json parses floats fast but
+/// not exactly unless built with `float_roundtrip`), so the verifier
+/// recomputed another hash and reported a finished job's event as altered.
+/// About one double in thirteen between 0 and 10 did that.
+#[test]
+fn a_finished_job_with_a_float_metric_verifies() {
+    let metrics = [("loss".to_owned(), fetchml_events::job::Metric { value: 1.7546217903306627, step: Some(3) })];
+    let stored = first_event_as_stored(JobEvent::JobSucceeded {
+        attempt: 1,
+        exit_code: 0,
+        metrics: metrics.into_iter().collect(),
+    });
     assert_eq!(stored["payload"]["metrics"]["loss"]["value"].as_f64(), Some(1.7546217903306627));
     assert_eq!(ChainVerifier::new().check(1, &stored), Ok(()));
 }
@@ -419,20 +428,7 @@ proptest! {
             let metrics = metrics.into_iter().map(|(k, (value, step))| (k, fetchml_events::job::Metric { value, step })).collect();
             JobEvent::JobSucceeded { attempt: 1, exit_code: 0, metrics }
         };
-        let env = Envelope::seal(
-            NewEvent {
-                aggregate_id: "job1".into(),
-                aggregate_version: 1,
-                occurred_at: t0(),
-                actor: Actor::User { name: alice() },
-                command_id: CommandId::new(),
-                correlation_id: uuid::Uuid::nil(),
-                payload,
-            },
-            GENESIS,
-        )
-        .unwrap();
-        let stored: serde_json::Value = serde_json::from_slice(&env.to_bytes().unwrap()).unwrap();
+        let stored = first_event_as_stored(payload);
         prop_assert_eq!(ChainVerifier::new().check(1, &stored), Ok(()));
     }
 }

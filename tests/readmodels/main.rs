@@ -158,6 +158,16 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
             .spawn()
             .unwrap()
     };
+    // A projector run until it has folded the log up to `head`.
+    let project_to_head = || async {
+        let mut p = projector();
+        eventually(Duration::from_secs(60), || async {
+            (fetchml_projections::checkpoint(&pool).await.unwrap_or(0) >= head).then_some(())
+        })
+        .await;
+        p.kill().unwrap();
+        p.wait().unwrap();
+    };
     // Kill it as soon as it has committed something, before it is done.
     let mut p = projector();
     let at_kill = eventually(Duration::from_secs(30), || async {
@@ -168,13 +178,7 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     p.kill().unwrap();
     p.wait().unwrap();
     assert!(at_kill <= head);
-    let mut p = projector();
-    eventually(Duration::from_secs(60), || async {
-        (fetchml_projections::checkpoint(&pool).await.unwrap_or(0) >= head).then_some(())
-    })
-    .await;
-    p.kill().unwrap();
-    p.wait().unwrap();
+    project_to_head().await;
     let live = fetchml_projections::checksums(&pool).await.unwrap();
     // The projector's running count of jobs per state is the count of its rows.
     let by_state = "SELECT state, n FROM job_counts ORDER BY state";
@@ -240,13 +244,7 @@ async fn a_projector_killed_mid_batch_converges_to_what_a_rebuild_produces() {
     // behind a rebuild does after the swap): the checkpoint goes back to the
     // start and the projector folds the whole log again onto full tables.
     sqlx::query("UPDATE projection_checkpoints SET last_seq = 0").execute(&pool).await.unwrap();
-    let mut p = projector();
-    eventually(Duration::from_secs(60), || async {
-        (fetchml_projections::checkpoint(&pool).await.unwrap_or(0) >= head).then_some(())
-    })
-    .await;
-    p.kill().unwrap();
-    p.wait().unwrap();
+    project_to_head().await;
     assert_eq!(fetchml_projections::checksums(&pool).await.unwrap(), rebuilt);
     let kept: Vec<(String, i64)> = sqlx::query_as(by_state).fetch_all(&pool).await.unwrap();
     assert_eq!(kept, sqlx::query_as::<_, (String, i64)>(grouped).fetch_all(&pool).await.unwrap());
