@@ -714,9 +714,11 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             r.add(&format!("queue-to-start p50 at {label}"), pct(&lat.total, 0.5), "ms", None);
             r.add(&format!("queue-to-start p99 at {label}"), pct(&lat.total, 0.99), "ms", None);
             r.add(&format!("queue-to-start p999 at {label}"), pct(&lat.total, 0.999), "ms", None);
-            for (hop, v) in
-                [("append", &lat.append), ("assign", &lat.assign), ("claim", &lat.claim)].into_iter().filter(|_| hops)
-            {
+            // Hops are timed only where the observer ran.
+            for (hop, v) in [("append", &lat.append), ("assign", &lat.assign), ("claim", &lat.claim)] {
+                if v.is_empty() {
+                    continue;
+                }
                 r.add(&format!("  hop {hop} at {label}, p50"), pct(v, 0.5), "ms", None);
                 r.add(&format!("  hop {hop} at {label}, p99"), pct(v, 0.99), "ms", None);
             }

@@ -165,6 +165,12 @@ impl Canonical {
         }
     }
 
+    /// A quote, bracket or separator: the sink's only, never part of a key.
+    fn punct(&mut self, b: u8) -> io::Result<()> {
+        self.sink().push(b);
+        Ok(())
+    }
+
     /// Writes `f`'s output to the sink and, inside a key, to the key as well
     /// (everything but quotes and escapes reads the same unescaped).
     fn both(&mut self, f: impl Fn(&mut Vec<u8>) -> io::Result<()>) -> io::Result<()> {
@@ -207,12 +213,10 @@ impl Formatter for Sorting<'_> {
         self.0.both(|w| CompactFormatter.write_number_str(w, value))
     }
     fn begin_string<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
-        self.0.sink().push(b'"');
-        Ok(())
+        self.0.punct(b'"')
     }
     fn end_string<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
-        self.0.sink().push(b'"');
-        Ok(())
+        self.0.punct(b'"')
     }
     fn write_string_fragment<W: ?Sized + io::Write>(&mut self, _: &mut W, fragment: &str) -> io::Result<()> {
         self.0.both(|w| {
@@ -237,33 +241,19 @@ impl Formatter for Sorting<'_> {
         }
         CompactFormatter.write_char_escape(self.0.sink(), escape)
     }
-    fn write_byte_array<W: ?Sized + io::Write>(&mut self, w: &mut W, value: &[u8]) -> io::Result<()> {
-        // Written as an array of numbers, through the methods above.
-        self.begin_array(w)?;
-        for (i, b) in value.iter().enumerate() {
-            self.begin_array_value(w, i == 0)?;
-            self.write_u8(w, *b)?;
-        }
-        self.end_array(w)
-    }
     /// Embedded raw JSON (`RawValue`) would need parsing to be sorted; no
     /// event holds any, so it is refused rather than hashed unsorted.
     fn write_raw_fragment<W: ?Sized + io::Write>(&mut self, _: &mut W, _: &str) -> io::Result<()> {
         Err(io::Error::other("raw JSON has no canonical form here"))
     }
     fn begin_array<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
-        self.0.sink().push(b'[');
-        Ok(())
+        self.0.punct(b'[')
     }
     fn end_array<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
-        self.0.sink().push(b']');
-        Ok(())
+        self.0.punct(b']')
     }
     fn begin_array_value<W: ?Sized + io::Write>(&mut self, _: &mut W, first: bool) -> io::Result<()> {
-        if !first {
-            self.0.sink().push(b',');
-        }
-        Ok(())
+        if first { Ok(()) } else { self.0.punct(b',') }
     }
     fn begin_object<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
         let c = &mut *self.0;
@@ -297,8 +287,7 @@ impl Formatter for Sorting<'_> {
         Ok(())
     }
     fn begin_object_value<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
-        self.0.sink().push(b':');
-        Ok(())
+        self.0.punct(b':')
     }
     fn end_object_value<W: ?Sized + io::Write>(&mut self, _: &mut W) -> io::Result<()> {
         let f = &mut self.0.frames[self.0.depth - 1];

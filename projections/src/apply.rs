@@ -1,8 +1,8 @@
 //! Folding events into the read models, a batch at a time.
 //!
 //! A batch is applied with a few multi-row statements instead of several per
-//! event: the rows of the jobs the batch touches are loaded (one query; a job
-//! whose first event in the batch is `job_queued` has none), each event is
+//! event: the rows of the jobs the batch touches are loaded (one query; a new
+//! job has none yet), each event is
 //! folded into its job's row in memory by the one fold the rebuild also uses
 //! (`fold.rs`, on top of the domain's `evolve`), and the final rows go back
 //! to the one `jobs` table (each role reads it through its own view) in two
@@ -366,8 +366,9 @@ impl<'a> Cols<'a> {
     }
 }
 
-/// Writes `rows` (each job once, none read from the table: new ones, or a
-/// replayed `job_queued`) to `jobs`.
+/// Writes `rows` (each job once, none found in the table when the batch
+/// looked: new ones) to `jobs`. The `ON CONFLICT` branch is a guard only:
+/// under the projector's lock nothing else inserts job rows.
 async fn upsert_jobs(conn: &mut PgConnection, rows: &[(Uuid, &JobRow)]) -> Result<(), ProjectionError> {
     if rows.is_empty() {
         return Ok(());
