@@ -68,6 +68,17 @@ struct Args {
     /// makes a phase long enough to profile a process through.
     #[arg(long)]
     e2e_jobs: Option<usize>,
+    /// The rate (jobs/s) the latency section's "80% of max" phases take 80%
+    /// of; default: the end-to-end section's sustained single-submit rate in
+    /// this run (800 jobs/s without it). Fixing it compares builds or settings
+    /// at one offered load on a host whose speed drifts between runs.
+    #[arg(long)]
+    latency_max: Option<f64>,
+    /// Write each queue-to-start phase's jobs here, one CSV per phase
+    /// (`q2s-<namespace>.csv`: queued at, in µs since the epoch, and
+    /// queue-to-start in ms), to see when in a phase the slow starts fell.
+    #[arg(long)]
+    latency_dump: Option<PathBuf>,
 }
 
 impl Args {
@@ -684,6 +695,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     // ---- 3. Queue-to-start latency at a steady rate (50/s, 500/s, 80% of max).
     if env.args.runs("latency") {
         // 50/s: the path itself, nearly without load; 500/s: the target.
+        let e2e_max = env.args.latency_max.unwrap_or(e2e_max);
         let eighty = if e2e_max > 0.0 { e2e_max * 0.8 } else { 800.0 };
         // "projector apart": the same api without its projector, and the
         // projector as a process of its own at a lower CPU priority (what a
@@ -1259,6 +1271,7 @@ async fn queue_to_start(
         started_per_sec: 0.0,
     };
     let (mut first_queued, mut last_started) = (None, None);
+    let mut dump: Vec<(i64, f64)> = Vec::new();
     loop {
         let m = msgs.next().await.unwrap()?;
         let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
@@ -1274,6 +1287,7 @@ async fn queue_to_start(
                 last_started = last_started.max(Some(at));
                 if let Some(q) = queued.get(&id) {
                     out.total.push(ms(at - *q));
+                    dump.push((q.timestamp_micros(), ms(at - *q)));
                     if let Some([Some(ev), Some(ticket)]) = seen.get(&id) {
                         out.append.push(ms(*ev - *q));
                         out.assign.push(ms(*ticket - *ev));
@@ -1286,6 +1300,11 @@ async fn queue_to_start(
         if seq >= last {
             break;
         }
+    }
+    if let Some(dir) = &env.args.latency_dump {
+        let text: String = dump.iter().map(|(queued_us, ms)| format!("{queued_us},{ms}\n")).collect();
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(format!("q2s-{ns}.csv")), text)?;
     }
     for v in [&mut out.total, &mut out.append, &mut out.assign, &mut out.claim] {
         v.sort_by(|a, b| a.total_cmp(b));
