@@ -5,7 +5,8 @@ process spent on the CPU at that moment (BENCHMARKS.md, fourteenth session).
   latency-timeline.py sample OUT.csv SECONDS
       Every 50 ms, the on-CPU time (ns, summed over threads, from
       /proc/PID/task/TID/schedstat) of every fetchml, nats-server, postgres
-      and bench process, as `unix time,name,pid,ns` lines.
+      and bench process, and the machine's idle and stolen time (/proc/stat,
+      in clock ticks), as `unix time,name,pid,ns` lines.
   latency-timeline.py align Q2S.csv CPU.csv
       Per 100 ms of the phase (by queue time): p50/max queue-to-start (ms)
       and the CPU (ms) each kind of process used in those 100 ms.
@@ -45,6 +46,12 @@ def sample(out_path, seconds):
     with open(out_path, "w") as out:
         while time.time() < end:
             t = time.time()
+            # The machine's idle and stolen time (ticks, as ns): a window where
+            # every process got less at once, with steal up, is the host's.
+            fields = open("/proc/stat").readline().split()[1:]
+            tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
+            out.write(f"{t:.3f},machine idle,0,{int(int(fields[3]) * tick_ns)}\n")
+            out.write(f"{t:.3f},machine steal,0,{int(int(fields[7]) * tick_ns)}\n")
             for pid in filter(str.isdigit, os.listdir("/proc")):
                 if pid not in kinds:
                     kinds[pid] = kind_of(pid)
@@ -72,14 +79,25 @@ def align(q2s_path, cpu_path):
     cpu = collections.defaultdict(collections.Counter)
     for (kind, _), points in series.items():
         for (ta, a), (tb, b) in zip(points, points[1:]):
-            cpu[int(((ta + tb) / 2 - t0) * 10)][kind] += (b - a) / 1e6
+            # Spread each interval's time over the windows it overlaps: the
+            # sampler's own delays would otherwise empty one window and
+            # double the next.
+            if tb <= ta:
+                continue
+            w = int((ta - t0) * 10 // 1)
+            while t0 + w / 10 < tb:
+                lo, hi = max(ta, t0 + w / 10), min(tb, t0 + (w + 1) / 10)
+                if hi > lo:
+                    cpu[w][kind] += (b - a) / 1e6 * (hi - lo) / (tb - ta)
+                w += 1
     kinds = sorted({k for c in cpu.values() for k in c})
-    print("at (s)  p50/max ms  " + " ".join(f"{k[:16]:>16}" for k in kinds) + "   all (ms CPU per 100 ms)")
+    procs = [k for k in kinds if not k.startswith("machine")]
+    print("at (s)  p50/max ms  " + " ".join(f"{k[:16]:>16}" for k in kinds) + "   processes (ms CPU per 100 ms)")
     for w in sorted(latency):
         v = sorted(latency[w])
         c = cpu.get(w, {})
         print(f"{w / 10:6.1f}  {v[len(v) // 2]:4.0f}/{v[-1]:4.0f}   "
-              + " ".join(f"{c.get(k, 0):16.1f}" for k in kinds) + f"   {sum(c.values()):6.1f}")
+              + " ".join(f"{c.get(k, 0):16.1f}" for k in kinds) + f"   {sum(c.get(k, 0) for k in procs):6.1f}")
 
 
 if __name__ == "__main__":
