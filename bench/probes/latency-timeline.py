@@ -12,8 +12,10 @@ process spent on the CPU at that moment (BENCHMARKS.md, fourteenth session).
       and the CPU (ms) each kind of process used in those 100 ms.
 
 Q2S.csv is a phase's file from `bench --latency-dump DIR`. The sampler costs
-a few percent of one core itself: read a window where every process got less
-CPU at once as the host (or the sampler) taking the machine away.
+a few percent of one core itself. A window where every process got less CPU
+at once is the host's if its steal rose, the sampler's or another process's
+if its idle did not; idle and steal are in clock ticks (10 ms), coarse per
+window.
 """
 import collections
 import os
