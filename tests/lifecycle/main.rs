@@ -349,6 +349,29 @@ async fn a_worker_stopped_gracefully_hands_its_unfinished_job_to_another() {
 }
 
 #[tokio::test]
+async fn a_worker_stopped_while_the_broker_is_gone_exits_after_one_try_to_record_it() {
+    let mut nats = fetchml_tests::NatsProcess::start();
+    let url = nats.url();
+    let app = spawn_app_with(|s| s.nats.url = url.clone()).await;
+    let mut w = spawn_worker(&app.settings);
+    // Registered: it has announced itself, so its stop has something to record.
+    let pid = w.pid();
+    eventually(Duration::from_secs(30), || async {
+        let (_, workers) = app.get("/v1/workers").await;
+        workers["items"].as_array()?.iter().any(|x| x["pid"] == pid).then_some(())
+    })
+    .await;
+    nats.kill();
+    let t0 = std::time::Instant::now();
+    let status = w.terminate();
+    let took = t0.elapsed();
+    assert!(status.success(), "worker exit: {status:?}");
+    // One append waits out its 5 s timeout. Before, the registry's open and
+    // delete each waited out theirs as well (about 20 s in all).
+    assert!(took < Duration::from_secs(12), "the worker took {took:?} to stop");
+}
+
+#[tokio::test]
 async fn a_job_queued_while_no_scheduler_runs_starts_once_one_does() {
     // No scheduler: the job is in the log, and a worker is idle.
     let app = spawn_app_with(|s| s.api.embedded_scheduler = false).await;

@@ -327,7 +327,12 @@ impl Worker {
                 other => other.map(|_| ()),
             };
         if let Err(e) = result {
-            tracing::warn!(error = %e, "could not record worker_stopped");
+            // A broker that did not take the event will not take the registry's
+            // delete either: each try would wait out its own timeout (three of
+            // them, 15 s, when the broker is gone). The entry expires with the
+            // bucket's TTL, as a killed worker's does.
+            tracing::warn!(error = %e, "could not record worker_stopped; leaving the registry entry to expire");
+            return;
         }
         if let Ok(kv) = open_registry(self.store.jetstream(), self.store.subjects()).await {
             let _ = kv.delete(self.id.to_string()).await;
