@@ -292,7 +292,11 @@ impl Worker {
             while running.join_next().await.is_some() {}
         }
         // Stop refreshing before the entry is deleted, so no refresh lands after.
+        // Aborted, not awaited: a refresh in flight when the broker is down would
+        // wait out its timeout first. One already sent reaches the server before
+        // the delete does (one connection keeps its order).
         alive.cancel();
+        heartbeat.abort();
         let _ = heartbeat.await;
         this.announce_stop(head).await;
         Ok(())
