@@ -366,8 +366,8 @@ async fn a_worker_stopped_while_the_broker_is_gone_exits_after_one_try_to_record
     let status = w.terminate();
     let took = t0.elapsed();
     assert!(status.success(), "worker exit: {status:?}");
-    // One append waits out its 5 s timeout. Before, the registry's open and
-    // delete each waited out theirs as well (about 20 s in all).
+    // One append waits out its 5 s timeout. Before, a heartbeat in flight and
+    // the registry's open and delete each waited out theirs as well (20-25 s).
     assert!(took < Duration::from_secs(12), "the worker took {took:?} to stop");
 }
 
