@@ -44,6 +44,7 @@ def kind_of(pid):
 
 def sample(out_path, seconds):
     kinds = {}
+    tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
     end = time.time() + seconds
     with open(out_path, "w") as out:
         while time.time() < end:
@@ -51,7 +52,6 @@ def sample(out_path, seconds):
             # The machine's idle and stolen time (ticks, as ns): a window where
             # every process got less at once, with steal up, is the host's.
             fields = open("/proc/stat").readline().split()[1:]
-            tick_ns = 1e9 / os.sysconf("SC_CLK_TCK")
             out.write(f"{t:.3f},machine idle,0,{int(int(fields[3]) * tick_ns)}\n")
             out.write(f"{t:.3f},machine steal,0,{int(int(fields[7]) * tick_ns)}\n")
             for pid in filter(str.isdigit, os.listdir("/proc")):

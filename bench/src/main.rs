@@ -1271,7 +1271,8 @@ async fn queue_to_start(
         started_per_sec: 0.0,
     };
     let (mut first_queued, mut last_started) = (None, None);
-    let mut dump: Vec<(i64, f64)> = Vec::new();
+    // Kept only for `--latency-dump`: when each job was queued, beside its time.
+    let mut dump: Option<Vec<(i64, f64)>> = env.args.latency_dump.as_ref().map(|_| Vec::with_capacity(n));
     loop {
         let m = msgs.next().await.unwrap()?;
         let seq = m.info().map_err(|e| anyhow::anyhow!("{e}"))?.stream_sequence;
@@ -1287,7 +1288,9 @@ async fn queue_to_start(
                 last_started = last_started.max(Some(at));
                 if let Some(q) = queued.get(&id) {
                     out.total.push(ms(at - *q));
-                    dump.push((q.timestamp_micros(), ms(at - *q)));
+                    if let Some(d) = dump.as_mut() {
+                        d.push((q.timestamp_micros(), ms(at - *q)));
+                    }
                     if let Some([Some(ev), Some(ticket)]) = seen.get(&id) {
                         out.append.push(ms(*ev - *q));
                         out.assign.push(ms(*ticket - *ev));
@@ -1301,7 +1304,7 @@ async fn queue_to_start(
             break;
         }
     }
-    if let Some(dir) = &env.args.latency_dump {
+    if let (Some(dir), Some(dump)) = (&env.args.latency_dump, dump) {
         let text: String = dump.iter().map(|(queued_us, ms)| format!("{queued_us},{ms}\n")).collect();
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(format!("q2s-{ns}.csv")), text)?;

@@ -2,9 +2,9 @@
 //!
 //! A batch is applied with a few multi-row statements instead of several per
 //! event: the rows of the jobs the batch touches are loaded (one query; a new
-//! job has none yet), each event is
-//! folded into its job's row in memory by the one fold the rebuild also uses
-//! (`fold.rs`, on top of the domain's `evolve`), and the final rows go back
+//! job has none yet), each event is folded into its job's row in memory by the
+//! one fold the rebuild also uses (`fold.rs`, on top of the domain's
+//! `evolve`), and the final rows go back
 //! to the one `jobs` table (each role reads it through its own view) in two
 //! statements (`UNNEST` of one array per column): an upsert of the rows the
 //! batch creates, an update of what changed in the others.
