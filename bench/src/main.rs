@@ -74,6 +74,11 @@ struct Args {
     /// at one offered load on a host whose speed drifts between runs.
     #[arg(long)]
     latency_max: Option<f64>,
+    /// How long each queue-to-start phase offers its load, in seconds
+    /// (default 10; 4 with --quick). A long phase shows what changes as the
+    /// read models grow under a steady load.
+    #[arg(long)]
+    latency_secs: Option<f64>,
     /// Write each queue-to-start phase's jobs here, one CSV per phase
     /// (`q2s-<namespace>.csv`: queued at, in µs since the epoch, and
     /// queue-to-start in ms), to see when in a phase the slow starts fell.
@@ -718,7 +723,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             // max" is 80% of what this fleet can do, not an overload.
             let ws: Vec<Proc> = (0..4).map(|_| env.worker(&ns, 32, root.path())).collect();
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let secs = if quick { 4.0 } else { 10.0 };
+            let secs = env.args.latency_secs.unwrap_or(if quick { 4.0 } else { 10.0 });
             let hops = !label.starts_with("80%");
             let lat = queue_to_start(env, &ns, &url, rate, secs, hops).await?;
             r.add(&format!("queue-to-start: offered at {label}"), rate, "jobs/s", None);

@@ -124,7 +124,24 @@ pub fn pool(url: &str) -> Result<PgPool, ProjectionError> {
 /// [`pool`] with an acquire timeout of its own.
 pub fn pool_with(url: &str, acquire_timeout: Duration) -> Result<PgPool, ProjectionError> {
     let opts = PgConnectOptions::from_str(url)?;
-    Ok(PgPoolOptions::new().max_connections(8).acquire_timeout(acquire_timeout).connect_lazy_with(opts))
+    let mut pool = PgPoolOptions::new().max_connections(8).acquire_timeout(acquire_timeout);
+    // Every statement is planned for its parameters and the tables as they
+    // are now. By default Postgres keeps a generic plan from a prepared
+    // statement's sixth run until the next ANALYZE; made while a fresh
+    // deployment's `jobs` held a few rows, the projector's lookups by key
+    // (`id = ANY($1)`, the UPDATE's join) kept scanning the whole table as
+    // it grew, each batch dearer than the last. Planning each run costs less
+    // than one such scan. A statement, not a startup option, so that it also
+    // passes a pooler that drops startup options; a URL that sets the mode
+    // itself (`?options=-c plan_cache_mode=...`) keeps its own.
+    if !opts.get_options().is_some_and(|o| o.contains("plan_cache_mode")) {
+        pool = pool.after_connect(|conn, _| {
+            Box::pin(async move {
+                sqlx::raw_sql("SET plan_cache_mode = force_custom_plan").execute(conn).await.map(|_| ())
+            })
+        });
+    }
+    Ok(pool.connect_lazy_with(opts))
 }
 
 /// Applies the migrations owned by this crate.
