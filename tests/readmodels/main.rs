@@ -404,3 +404,19 @@ async fn the_projector_reads_rows_by_key_after_the_table_grew_under_it() {
     .await;
     assert!(scanned < GROWN, "the projector scanned {scanned} rows of jobs: a whole-table scan per batch");
 }
+
+/// fetchml's connections plan each run for its values unless the database
+/// URL says otherwise: an operator's `plan_cache_mode` is kept.
+#[tokio::test]
+async fn connections_plan_each_run_unless_the_url_sets_the_plan_cache_mode() {
+    let db = fetchml_tests::fresh_database();
+    let mode = |url: String| async move {
+        let pool = fetchml_projections::pool(&url).unwrap();
+        let mode: String = sqlx::query_scalar("SHOW plan_cache_mode").fetch_one(&pool).await.unwrap();
+        pool.close().await;
+        mode
+    };
+    assert_eq!(mode(db.url.clone()).await, "force_custom_plan");
+    let own = format!("{}?options=-c%20plan_cache_mode%3Dforce_generic_plan", db.url);
+    assert_eq!(mode(own).await, "force_generic_plan");
+}
