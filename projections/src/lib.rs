@@ -136,9 +136,9 @@ pub fn pool_with(url: &str, acquire_timeout: Duration) -> Result<PgPool, Project
     // itself (`?options=-c plan_cache_mode=...`) keeps its own.
     if !opts.get_options().is_some_and(|o| o.contains("plan_cache_mode")) {
         pool = pool.after_connect(|conn, _| {
-            Box::pin(async move {
-                sqlx::raw_sql("SET plan_cache_mode = force_custom_plan").execute(conn).await.map(|_| ())
-            })
+            Box::pin(
+                async move { sqlx::raw_sql("SET plan_cache_mode = force_custom_plan").execute(conn).await.map(|_| ()) },
+            )
         });
     }
     Ok(pool.connect_lazy_with(opts))

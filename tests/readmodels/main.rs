@@ -366,7 +366,8 @@ async fn the_projector_reads_rows_by_key_after_the_table_grew_under_it() {
     let queue_and_cancel = || async {
         let job = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
         projected(job.clone()).await;
-        let r = app.http.post(app.url(&format!("/v1/jobs/{}/cancel", job["id"].as_str().unwrap()))).send().await.unwrap();
+        let r =
+            app.http.post(app.url(&format!("/v1/jobs/{}/cancel", job["id"].as_str().unwrap()))).send().await.unwrap();
         assert_eq!(r.status().as_u16(), 202);
         projected(r.json().await.unwrap()).await;
     };
