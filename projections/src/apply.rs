@@ -4,10 +4,10 @@
 //! event: the rows of the jobs the batch touches are loaded (one query; a new
 //! job has none yet), each event is folded into its job's row in memory by the
 //! one fold the rebuild also uses (`fold.rs`, on top of the domain's
-//! `evolve`), and the final rows go back
-//! to the one `jobs` table (each role reads it through its own view) in two
-//! statements (`UNNEST` of one array per column): an upsert of the rows the
-//! batch creates, an update of what changed in the others.
+//! `evolve`), and the final rows go back to the one `jobs` table (each role
+//! reads it through its own view) in two statements (`UNNEST` of one array
+//! per column): an upsert of the rows the batch creates, an update of what
+//! changed in the others.
 //!
 //! Every upsert is guarded by the row's `last_seq`, and the fold skips events
 //! already folded, so applying an event twice changes nothing (the
