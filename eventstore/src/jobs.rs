@@ -188,7 +188,9 @@ impl EventStore {
             attempt += 1;
             let loaded = match known.take() {
                 Some(l) => l,
-                None => self.load_job(id).await?,
+                // Boxed: most callers know the job already, and the read's
+                // future would otherwise be part of every call's.
+                None => Box::pin(self.load_job(id)).await?,
             };
             // A retried request whose events are already stored gets the
             // original answer, however long ago it was first made.

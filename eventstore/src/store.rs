@@ -187,17 +187,27 @@ impl EventStore {
         match ack_future.await {
             Ok(ack) => Ok(Appended { seq: ack.sequence, duplicate: ack.duplicate }),
             Err(e) => match publish_error(e, subject, expected_last_seq) {
-                // The server checks the expected sequence before deduplicating,
-                // so a retry whose first try was stored looks like a conflict.
-                // If the subject's last event carries our message id, it is ours.
-                StoreError::Conflict { .. } if self.last_msg_id_is(subject, msg_id).await? => {
-                    let last =
-                        self.events.direct_get_last_for_subject(subject).await.map_err(StoreError::unavailable)?;
-                    Ok(Appended { seq: last.sequence, duplicate: true })
+                // Boxed: its two reads would otherwise make every append's
+                // future (and so every caller's, which moves it whole when it
+                // is spawned or boxed) kilobytes larger, for a rare path.
+                conflict @ StoreError::Conflict { .. } => {
+                    Box::pin(self.ours_after_all(subject, msg_id, conflict)).await
                 }
                 other => Err(other),
             },
         }
+    }
+
+    /// After a conflict: the server checks the expected sequence before
+    /// deduplicating, so a retry whose first try was stored looks like a
+    /// conflict. If the subject's last event carries our message id, it is
+    /// ours; else the `conflict` stands.
+    async fn ours_after_all(&self, subject: &str, msg_id: &str, conflict: StoreError) -> Result<Appended, StoreError> {
+        if !self.last_msg_id_is(subject, msg_id).await? {
+            return Err(conflict);
+        }
+        let last = self.events.direct_get_last_for_subject(subject).await.map_err(StoreError::unavailable)?;
+        Ok(Appended { seq: last.sequence, duplicate: true })
     }
 
     async fn last_msg_id_is(&self, subject: &str, msg_id: &str) -> Result<bool, StoreError> {

@@ -259,7 +259,13 @@ impl Worker {
                         let job = a.job_id;
                         this2.running.fetch_add(1, Ordering::Relaxed);
                         metrics::gauge!(fetchml_runtime::metrics::WORKER_RUNNING).increment(1);
-                        this2.handle(a, kill).await;
+                        // Boxed: the attempt's future is kilobytes (the
+                        // appends' and the executor's state), and a task
+                        // copies its future whole when it is spawned and
+                        // again as it ends; a box is copied into once. Those
+                        // copies were a seventh of a worker's CPU on no-op
+                        // jobs (BENCHMARKS.md, sixteenth session).
+                        Box::pin(this2.handle(a, kill)).await;
                         metrics::gauge!(fetchml_runtime::metrics::WORKER_RUNNING).decrement(1);
                         this2.running.fetch_sub(1, Ordering::Relaxed);
                         this2.capacity.lock().unwrap_or_else(|p| p.into_inner()).held.remove(&job);
@@ -546,7 +552,9 @@ impl Worker {
                 tokio::select! {
                     _ = done.cancelled() => return,
                     _ = tick.tick() => {
-                        if let Ok(Some(last)) = store.last_on_subject(&subject).await
+                        // Boxed, as the attempt is (see `run`): the read is
+                        // rare, this task is spawned for every attempt.
+                        if let Ok(Some(last)) = Box::pin(store.last_on_subject(&subject)).await
                             && last.seq > started_seq
                         {
                             tracing::info!(subject, seq = last.seq, "job changed under the running attempt; stopping it");
