@@ -129,8 +129,16 @@ pub struct Worker {
     metrics: Option<tokio::net::TcpListener>,
     /// Where the secrets jobs name come from on this host.
     secrets: secrets::SecretSource,
-    /// Running attempts: stopping one is cancelling its token.
-    stops: Mutex<HashMap<JobId, (u32, CancellationToken)>>,
+    /// Running attempts, for the scheduler's stop messages.
+    stops: Mutex<HashMap<JobId, Stoppable>>,
+}
+
+/// What a stop from the scheduler cancels: `fenced` says the job moved on
+/// (nothing of ours to record), `process` stops what runs.
+struct Stoppable {
+    attempt: u32,
+    fenced: CancellationToken,
+    process: CancellationToken,
 }
 
 impl Worker {
@@ -273,11 +281,12 @@ impl Worker {
                 }
                 WorkerMessage::Stop { job_id, attempt } => {
                     let stops = this.stops.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some((running_attempt, token)) = stops.get(&job_id)
-                        && *running_attempt == attempt
+                    if let Some(running) = stops.get(&job_id)
+                        && running.attempt == attempt
                     {
                         tracing::info!(job = %job_id, attempt, "the scheduler says the job moved on; stopping it");
-                        token.cancel();
+                        running.fenced.cancel();
+                        running.process.cancel();
                     }
                 }
                 WorkerMessage::Drain => {
@@ -453,16 +462,12 @@ impl Worker {
 
         let fenced = CancellationToken::new();
         let cancel = kill.child_token();
-        self.stops.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id, (attempt, fenced.clone()));
+        // A stop from the scheduler fences the attempt and stops the process
+        // (both cancelled where the stop is read: no task per attempt waits
+        // for it).
+        let running = Stoppable { attempt, fenced: fenced.clone(), process: cancel.clone() };
+        self.stops.lock().unwrap_or_else(|p| p.into_inner()).insert(job_id, running);
         let lease = self.check_lease(subject, started.seq, fenced.clone(), cancel.clone());
-        // A stop from the scheduler fences the attempt and stops the process.
-        let stopper = {
-            let (fenced, cancel) = (fenced.clone(), cancel.clone());
-            tokio::spawn(async move {
-                fenced.cancelled().await;
-                cancel.cancel();
-            })
-        };
         let (log_tx, log_rx) = mpsc::channel(1024);
         let forward = progress::forward(
             self.store.jetstream().clone(),
@@ -505,7 +510,6 @@ impl Worker {
         let ran = ran_from.elapsed();
         let metrics = forward.await.unwrap_or_default();
         self.stops.lock().unwrap_or_else(|p| p.into_inner()).remove(&job_id);
-        stopper.abort();
 
         // The process has ended: its slot and GPUs are free before the end
         // is recorded, so an assignment sent by a scheduler that saw that
