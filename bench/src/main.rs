@@ -84,6 +84,10 @@ struct Args {
     /// queue-to-start in ms), to see when in a phase the slow starts fell.
     #[arg(long)]
     latency_dump: Option<PathBuf>,
+    /// Time each hop of queue-to-start in the "80% of max" phases too. Off
+    /// by default: the observer that times them is a load of its own there.
+    #[arg(long)]
+    hops_near_max: bool,
 }
 
 impl Args {
@@ -724,7 +728,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             let ws: Vec<Proc> = (0..4).map(|_| env.worker(&ns, 32, root.path())).collect();
             tokio::time::sleep(Duration::from_millis(500)).await;
             let secs = env.args.latency_secs.unwrap_or(if quick { 4.0 } else { 10.0 });
-            let hops = !label.starts_with("80%");
+            let hops = !label.starts_with("80%") || env.args.hops_near_max;
             let lat = queue_to_start(env, &ns, &url, rate, secs, hops).await?;
             r.add(&format!("queue-to-start: offered at {label}"), rate, "jobs/s", None);
             r.add(&format!("queue-to-start: started at {label}"), lat.started_per_sec, "jobs/s", None);

@@ -144,6 +144,21 @@ pub async fn backlog(env: &Env, r: &mut Report, n: usize, e2e_n: usize, job_root
     r.add("backlog: scheduler time per decision", busy / decisions.max(1.0) / 1000.0, "µs", None);
     r.add("backlog: decisions per planning pass", decisions / passes.max(1.0), "", None);
     r.add("backlog: longest planning pass", num(&after, "max_pass_nanos") / 1e6, "ms", None);
+
+    // The same submit once the backlog has drained, on the same processes:
+    // the empty-queue figure above was measured minutes earlier with the
+    // scheduler inside the api, and the host's speed drifts by a quarter
+    // between phases (BENCHMARKS.md, sixteenth session), so the ratio is
+    // also given against a reference taken right after, in the same set-up.
+    until_finished_down_to(env, ns, 0).await?;
+    let t0 = Instant::now();
+    let cpu_before = CpuSplit::now(&api, &workers, env);
+    submit_many(&env.key, &url, e2e_n, 64, json!({"executor": "noop", "command": []})).await;
+    until_finished_down_to(env, ns, 0).await?;
+    let empty = e2e_n as f64 / t0.elapsed().as_secs_f64();
+    CpuSplit::now(&api, &workers, env).report(&cpu_before, e2e_n, "backlog drained", r);
+    r.add("backlog: end to end once it drained, same processes", empty, "jobs/s", None);
+    r.add("backlog: end to end with the backlog, against the drained queue", rate, "jobs/s", Some(("drained", empty)));
     drop(workers);
     drop(sched);
     drop(api);
