@@ -334,8 +334,16 @@ fn log_thread(
     std::thread::Builder::new().name("fetchml-log".into()).spawn(move || {
         runtime.block_on(async move {
             tap.start(stop.clone());
-            if let Some(Err(e)) = futures::future::OptionFuture::from(scheduler).await {
-                tracing::error!(error = %e, "scheduler ended with an error; the api goes on without it");
+            // A task of its own, so that a panic in it ends only the
+            // scheduler, not the tap the api's other followers read.
+            if let Some(s) = scheduler {
+                match tokio::spawn(s).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::error!(error = %e, "scheduler ended with an error; the api goes on without it")
+                    }
+                    Err(e) => tracing::error!(error = %e, "scheduler task failed; the api goes on without it"),
+                }
             }
             // The tap serves the api's other followers until the api stops.
             stop.cancelled().await;
