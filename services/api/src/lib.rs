@@ -266,6 +266,9 @@ impl Application {
     /// scheduler and the projector alongside when the settings say so.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = self.stop.clone();
+        // Dropped unfinished (an in-process api whose runtime ends, as in the
+        // tests), the api still stops the log's thread.
+        let _stop_on_drop = stop.clone().drop_guard();
         let source = LogSource::Tap(self.tap.clone());
         // Takes the scheduler's place on the tap now, before the tap starts.
         let scheduler = self.scheduler.map(|s| s.run(source.clone(), stop.clone()));

@@ -403,7 +403,14 @@ impl Scheduler {
                     }
                     entry = next_entry(&mut watch) => {
                         match entry {
-                            Some(e) => self.registry_entry(e),
+                            Some(Ok(e)) => self.registry_entry(e),
+                            // Made again (below): async-nats's watch must not
+                            // be polled again once it has failed (it panics
+                            // if its connection is gone).
+                            Some(Err(e)) => {
+                                tracing::warn!(error = %e, "worker registry watch failed; watching again");
+                                watch = None;
+                            }
                             None => watch = None,
                         }
                     }
@@ -549,8 +556,7 @@ impl Scheduler {
         }
     }
 
-    fn registry_entry(&self, entry: Result<kv::Entry, kv::WatcherError>) {
-        let Ok(entry) = entry else { return };
+    fn registry_entry(&self, entry: kv::Entry) {
         let Ok(worker) = entry.key.parse::<WorkerId>() else { return };
         match entry.operation {
             kv::Operation::Put => {
