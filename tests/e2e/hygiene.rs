@@ -39,22 +39,15 @@ impl Drop for CaptureGuard {
     }
 }
 
-/// Lines written on threads no test owns: the api's own thread for the log's
-/// reader and its scheduler. Shared by every test, so a test looks there
-/// only for lines that carry an id of its own.
-static UNOWNED: Mutex<Vec<u8>> = Mutex::new(Vec::new());
-
 /// The writer of the global subscriber: the current thread's buffer.
 struct ThreadBuffer;
 
 impl std::io::Write for ThreadBuffer {
     fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        CAPTURE.with(|c| match &*c.borrow() {
-            Some(Captured(buf)) => buf.lock().unwrap().extend_from_slice(b),
-            None if std::thread::current().name() == Some("fetchml-log") => {
-                UNOWNED.lock().unwrap().extend_from_slice(b)
+        CAPTURE.with(|c| {
+            if let Some(Captured(buf)) = &*c.borrow() {
+                buf.lock().unwrap().extend_from_slice(b);
             }
-            None => {}
         });
         Ok(b.len())
     }
@@ -81,13 +74,6 @@ impl Captured {
 
     fn lines(&self) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock().unwrap()).lines().map(str::to_owned).collect()
-    }
-
-    /// This test's lines and every api's log-thread lines (see [`UNOWNED`]).
-    fn lines_and_unowned(&self) -> Vec<String> {
-        let mut lines = self.lines();
-        lines.extend(String::from_utf8_lossy(&UNOWNED.lock().unwrap()).lines().map(str::to_owned));
-        lines
     }
 }
 
@@ -391,11 +377,9 @@ async fn the_submit_s_request_id_is_the_correlation_id_of_the_job_s_events_and_l
         assert_eq!(e["correlation_id"], request_id.as_str(), "{e}");
     }
 
-    // The scheduler's line (in this process, on the request's thread or the
-    // api's log thread) and the worker's (another process).
+    // The scheduler's line (in this process) and the worker's (another).
     let tagged = |l: &String| l.contains(&format!("correlation={request_id}")) && l.contains(&format!("job={id}"));
-    let api_lines = api_logs.lines_and_unowned();
-    assert!(api_lines.iter().any(|l| tagged(l) && l.contains("assigned")), "{:#?}", api_logs.lines());
+    assert!(api_logs.lines().iter().any(|l| tagged(l) && l.contains("assigned")), "{:#?}", api_logs.lines());
     eventually(Duration::from_secs(30), || async {
         let lines = worker.lines();
         (lines.iter().any(|l| tagged(l) && l.contains("started"))

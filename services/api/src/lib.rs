@@ -266,12 +266,8 @@ impl Application {
     /// scheduler and the projector alongside when the settings say so.
     pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
         let stop = self.stop.clone();
-        // Dropped unfinished (an in-process api whose runtime ends, as in the
-        // tests), the api still stops the log's thread.
-        let _stop_on_drop = stop.clone().drop_guard();
         let source = LogSource::Tap(self.tap.clone());
-        // Takes the scheduler's place on the tap now, before the tap starts.
-        let scheduler = self.scheduler.map(|s| s.run(source.clone(), stop.clone()));
+        let scheduler = self.scheduler.map(|s| tokio::spawn(s.run(source.clone(), stop.clone())));
         if self.settings.api.embedded_projector {
             let projector = fetchml_projections::Projector::new(
                 self.state.pg_writer.clone(),
@@ -283,7 +279,7 @@ impl Application {
             tokio::spawn(projector.run(stop.clone()));
         }
         // Every follower that starts with the process has taken its place.
-        let scheduler = log_thread(self.tap.clone(), scheduler, stop.clone())?;
+        self.tap.start(stop.clone());
         if let Some(key) = self.signer {
             let policy = fetchml_audit::online::CheckpointPolicy {
                 every_events: self.settings.audit.checkpoint_every_events,
@@ -306,54 +302,15 @@ impl Application {
         stop.cancel();
         // Refusals still being folded are recorded before the api exits.
         auth.close_refusal_windows().await;
-        if scheduler.await.is_err() {
-            tracing::error!("the log's thread ended early (a panic)");
+        if let Some(d) = scheduler {
+            match d.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::error!(error = %e, "scheduler ended with an error"),
+                Err(e) => tracing::error!(error = %e, "scheduler task failed"),
+            }
         }
         Ok(())
     }
-}
-
-/// Starts the log's shared reader (the tap) and the embedded scheduler, if
-/// any, on a thread of their own with a single-threaded runtime, until
-/// `stop`. The receiver resolves when the thread has finished.
-///
-/// Why a thread of their own: on the api's runtime, the tap's delivery and
-/// the scheduler's fold waited in the same run queues as every HTTP request,
-/// so the board lagged the log, the api's hand-off of a fresh job was
-/// declined more often (it needs the board to have folded every earlier
-/// event), and the job waited for the delivery instead. Apart, the reader
-/// and the scheduler hand events to each other on one thread without a
-/// cross-thread wake-up. Measured in BENCHMARKS.md (seventeenth session):
-/// queue-to-start at 500 jobs/s a quarter lower at the p50, end to end
-/// higher, less CPU per job. The other followers (the job index, the
-/// projector) stay on the api's runtime and read the tap across threads.
-fn log_thread(
-    tap: LogTap,
-    scheduler: Option<impl Future<Output = Result<(), fetchml_scheduler::SchedulerError>> + Send + 'static>,
-    stop: CancellationToken,
-) -> std::io::Result<tokio::sync::oneshot::Receiver<()>> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let (done, ended) = tokio::sync::oneshot::channel();
-    std::thread::Builder::new().name("fetchml-log".into()).spawn(move || {
-        runtime.block_on(async move {
-            tap.start(stop.clone());
-            // A task of its own, so that a panic in it ends only the
-            // scheduler, not the tap the api's other followers read.
-            if let Some(s) = scheduler {
-                match tokio::spawn(s).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "scheduler ended with an error; the api goes on without it")
-                    }
-                    Err(e) => tracing::error!(error = %e, "scheduler task failed; the api goes on without it"),
-                }
-            }
-            // The tap serves the api's other followers until the api stops.
-            stop.cancelled().await;
-        });
-        let _ = done.send(());
-    })?;
-    Ok(ended)
 }
 
 /// Reloads the users file on SIGHUP, and when its modification time changes
