@@ -729,7 +729,15 @@ async fn run(env: &Env) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_millis(500)).await;
             let secs = env.args.latency_secs.unwrap_or(if quick { 4.0 } else { 10.0 });
             let hops = !label.starts_with("80%") || env.args.hops_near_max;
-            let lat = queue_to_start(env, &ns, &url, rate, secs, hops).await?;
+            let lat = queue_to_start(env, &ns, &url, rate, secs, hops, (&api, &ws)).await?;
+            // What a job costs at a steady rate, against a burst's cost in the
+            // e2e section: with less to batch, every process wakes more per
+            // job (BENCHMARKS.md, fourteenth session). The projector's own
+            // process is not counted, so only where it is inside the api.
+            if !apart {
+                let (before, after) = &lat.cpu;
+                after.report(before, lat.total.len().max(1), &format!("at {label}"), &mut r);
+            }
             r.add(&format!("queue-to-start: offered at {label}"), rate, "jobs/s", None);
             r.add(&format!("queue-to-start: started at {label}"), lat.started_per_sec, "jobs/s", None);
             r.add(&format!("queue-to-start p50 at {label}"), pct(&lat.total, 0.5), "ms", None);
@@ -1188,6 +1196,9 @@ struct StartLatency {
     assign: Vec<f64>,
     /// Assignment seen until `job_started.occurred_at` (the worker's claim).
     claim: Vec<f64>,
+    /// Every process's CPU from the first submit until every job finished
+    /// (before and after), for its cost per job at this rate.
+    cpu: (CpuSplit, CpuSplit),
     /// Jobs started a second, from the first `job_queued` to the last
     /// `job_started`: below the offered rate, the phase was an overload (its
     /// queue grew) and its latency says so.
@@ -1210,6 +1221,7 @@ async fn queue_to_start(
     rate: f64,
     secs: f64,
     hops: bool,
+    (api, workers): (&Proc, &[Proc]),
 ) -> anyhow::Result<StartLatency> {
     let client = &env.client;
     let n = (rate * secs) as usize;
@@ -1252,6 +1264,7 @@ async fn queue_to_start(
     let http = self::client(&env.key, 64);
     let spec = json!({"executor": "noop", "command": []});
     let interval = Duration::from_secs_f64(1.0 / rate);
+    let cpu_before = CpuSplit::now(api, workers, env);
     let t0 = tokio::time::Instant::now();
     let mut tasks = FuturesUnordered::new();
     for i in 0..n {
@@ -1273,6 +1286,8 @@ async fn queue_to_start(
     let subjects = subjects_of(ns)?;
     let s = js.get_stream(subjects.events_stream()).await?;
     scheduling::until_all_finished_after(env, ns, s.get_info().await?.state.last_sequence).await?;
+    // The phase's CPU ends here: reading the log back below is the bench's.
+    let cpu = (cpu_before, CpuSplit::now(api, workers, env));
     if let Some(observer) = observer {
         observer.abort();
     }
@@ -1291,6 +1306,7 @@ async fn queue_to_start(
         assign: Vec::new(),
         claim: Vec::new(),
         started_per_sec: 0.0,
+        cpu,
     };
     let (mut first_queued, mut last_started) = (None, None);
     // Kept only for `--latency-dump`: when each job was queued, beside its time.

@@ -272,7 +272,7 @@ impl Application {
             let projector = fetchml_projections::Projector::new(
                 self.state.pg_writer.clone(),
                 self.state.store.clone(),
-                fetchml_projections::Batching::default(),
+                fetchml_projections::Batching::from(self.settings.projector_batching()),
             )
             .with_health(self.state.pg_writer_health.clone())
             .with_source(source.clone());

@@ -318,9 +318,13 @@ async fn run(cli: Cli, mut settings: Settings) -> anyhow::Result<ExitCode> {
         Command::Projector => {
             let store = open_store(&settings).await?;
             let pool = fetchml_projections::pool(&settings.postgres.url)?;
-            fetchml_projections::Projector::new(pool, store, fetchml_projections::Batching::default())
-                .run(stop_on_signal())
-                .await;
+            fetchml_projections::Projector::new(
+                pool,
+                store,
+                fetchml_projections::Batching::from(settings.projector_batching()),
+            )
+            .run(stop_on_signal())
+            .await;
             tracing::info!("projector stopped");
         }
         Command::Projections { action } => {
