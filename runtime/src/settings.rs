@@ -669,12 +669,12 @@ impl Settings {
             .unwrap_or_else(|_| Namespace::parse("fetchml").unwrap_or_else(|_| unreachable!()))
     }
 
-    /// How long a worker's registry entry lives without a refresh.
     /// How the projector batches the log (`postgres.projector_batch_*`).
     pub fn projector_batching(&self) -> (usize, Duration) {
         (self.postgres.projector_batch_max, Duration::from_millis(self.postgres.projector_batch_wait_ms))
     }
 
+    /// How long a worker's registry entry lives without a refresh.
     pub fn worker_ttl(&self) -> Duration {
         Duration::from_secs(self.nats.worker_ttl_secs)
     }
