@@ -843,10 +843,14 @@ mod tests {
         assert!(e.to_string().contains("postgres.projector_batch_max"), "{e}");
         let e = Settings::load_from(None, &env(&[("FETCHML_POSTGRES__PROJECTOR_BATCH_WAIT_MS", "60000")])).unwrap_err();
         assert!(e.to_string().contains("postgres.projector_batch_wait_ms"), "{e}");
-        let batching = env(&[("FETCHML_POSTGRES__PROJECTOR_BATCH_WAIT_MS", "25")]);
+        assert_eq!(Settings::load_from(None, &[]).unwrap().projector_batching(), (1000, Duration::from_millis(25)));
+        let batching = env(&[
+            ("FETCHML_POSTGRES__PROJECTOR_BATCH_WAIT_MS", "40"),
+            ("FETCHML_POSTGRES__PROJECTOR_BATCH_MAX", "200"),
+        ]);
         assert_eq!(
             Settings::load_from(None, &batching).unwrap().projector_batching(),
-            (1000, Duration::from_millis(25))
+            (200, Duration::from_millis(40))
         );
         let ok =
             Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", "[\"http://127.0.0.1:3000\"]")]));
