@@ -303,9 +303,9 @@ pub async fn fault_count(pool: &PgPool) -> Result<u64, ProjectionError> {
 /// Batching: up to `max` events, or whatever arrived within `wait` of the
 /// first one; large batches when catching up. Live, a batch costs Postgres
 /// about the same whatever its size (a transaction of a few statements, each
-/// planned for its values), so the default wait (25 ms) trades that much
-/// read-model lag for a third less Postgres CPU per job at a steady load
-/// (BENCHMARKS.md, eighteenth session; 5 ms before).
+/// planned for its values), so the wait trades read-model lag for Postgres
+/// CPU at a steady load. Set by `postgres.projector_batch_*` (default 25 ms,
+/// 1 000 events; 5 ms before the eighteenth session, BENCHMARKS.md).
 #[derive(Clone, Copy, Debug)]
 pub struct Batching {
     pub max: usize,
@@ -314,13 +314,7 @@ pub struct Batching {
 
 impl From<(usize, Duration)> for Batching {
     fn from((max, wait): (usize, Duration)) -> Self {
-        Self { max: max.max(1), wait }
-    }
-}
-
-impl Default for Batching {
-    fn default() -> Self {
-        Self { max: 1000, wait: Duration::from_millis(25) }
+        Self { max, wait }
     }
 }
 
