@@ -318,6 +318,73 @@ impl From<(usize, Duration)> for Batching {
     }
 }
 
+/// What a projector and the reads of its own process tell each other, so that
+/// a read waiting for its own write (`after_seq`) neither waits out the
+/// projector's batching window nor polls Postgres for the commit:
+/// - a read says which sequence it waits for; a batch that holds it commits
+///   at once instead of waiting for more of the log;
+/// - each commit says the checkpoint it reached; the read wakes at once.
+///
+/// A read that waits while another process's projector holds the lock (or a
+/// read from a replica) learns of the commit by polling, as without this.
+#[derive(Clone, Debug)]
+pub struct Progress(std::sync::Arc<ProgressShared>);
+
+#[derive(Debug)]
+struct ProgressShared {
+    /// The highest sequence a read of this process waits for.
+    wanted: std::sync::atomic::AtomicU64,
+    hurry: tokio::sync::Notify,
+    /// The checkpoint of this process's projector's last commit.
+    committed: tokio::sync::watch::Sender<u64>,
+    /// Whether the reads see what the projector commits when it commits (no
+    /// replica between them): only then does a commit answer a read.
+    reads_see_commits: bool,
+}
+
+impl Progress {
+    /// `reads_see_commits`: the reads go to the database the projector writes
+    /// (false with a read replica: the replica may not have the commit yet).
+    pub fn new(reads_see_commits: bool) -> Self {
+        Self(std::sync::Arc::new(ProgressShared {
+            wanted: Default::default(),
+            hurry: Default::default(),
+            committed: tokio::sync::watch::Sender::new(0),
+            reads_see_commits,
+        }))
+    }
+
+    fn want(&self, seq: u64) {
+        if self.0.wanted.fetch_max(seq, std::sync::atomic::Ordering::AcqRel) < seq {
+            self.0.hurry.notify_one();
+        }
+    }
+
+    /// A read waits for a sequence in `batch`: commit now.
+    fn hurried(&self, batch: &[fetchml_eventstore::StoredEvent]) -> bool {
+        let (Some(first), Some(last)) = (batch.first(), batch.last()) else { return false };
+        let wanted = self.0.wanted.load(std::sync::atomic::Ordering::Acquire);
+        (first.seq..=last.seq).contains(&wanted)
+    }
+
+    fn committed(&self, seq: u64) {
+        self.0.committed.send_if_modified(|c| {
+            let moved = seq > *c;
+            *c = (*c).max(seq);
+            moved
+        });
+    }
+}
+
+/// Resolves when a read of the process asks `progress`'s projector to hurry;
+/// never without one.
+async fn hurry(progress: Option<&Progress>) {
+    match progress {
+        Some(p) => p.0.hurry.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
 pub struct Projector {
     pool: PgPool,
     store: EventStore,
@@ -325,11 +392,19 @@ pub struct Projector {
     health: Option<Health>,
     /// Where the log is read: the store itself, or the process's shared tap.
     source: Option<LogSource>,
+    progress: Option<Progress>,
 }
 
 impl Projector {
     pub fn new(pool: PgPool, store: EventStore, batching: Batching) -> Self {
-        Self { pool, store, batching, health: None, source: None }
+        Self { pool, store, batching, health: None, source: None, progress: None }
+    }
+
+    /// Commits at once a batch that a read of the same process waits for, and
+    /// tells that read when it is committed ([`Progress`]).
+    pub fn with_progress(mut self, progress: Progress) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     /// Reads the log through `source` (the api's shared tap: one delivery of
@@ -395,32 +470,61 @@ impl Projector {
             let Some(first) = first else { return Err(StoreError::Unavailable("event stream ended".into()).into()) };
             let mut batch = vec![first?];
             let deadline = tokio::time::Instant::now() + self.batching.wait;
-            while batch.len() < self.batching.max {
-                match tokio::time::timeout_at(deadline, events.next()).await {
-                    Ok(Some(Ok(e))) => batch.push(e),
-                    Ok(Some(Err(e))) => return Err(e.into()),
-                    _ => break,
+            let progress = self.progress.as_ref();
+            while batch.len() < self.batching.max && !progress.is_some_and(|p| p.hurried(&batch)) {
+                tokio::select! {
+                    next = tokio::time::timeout_at(deadline, events.next()) => match next {
+                        Ok(Some(Ok(e))) => batch.push(e),
+                        Ok(Some(Err(e))) => return Err(e.into()),
+                        _ => break,
+                    },
+                    // A read began to wait: look at the batch again.
+                    () = hurry(progress) => {}
                 }
             }
             commit_batch(&mut conn, &batch, &HashSet::new()).await?;
             if let Some(h) = &self.health {
                 h.mark_up();
             }
+            if let (Some(p), Some(last)) = (progress, batch.last()) {
+                p.committed(last.seq);
+            }
         }
     }
 }
 
-/// Waits (bounded) until the read models include sequence `seq`.
-pub async fn wait_for(pool: &PgPool, seq: u64, within: Duration) -> Result<bool, ProjectionError> {
+/// Waits (bounded) until the read models include sequence `seq`. With the
+/// [`Progress`] of a projector in the same process, that projector commits a
+/// batch holding `seq` at once and the wait ends at its commit; the
+/// checkpoint is polled as well, for a projector elsewhere.
+pub async fn wait_for(
+    pool: &PgPool,
+    seq: u64,
+    within: Duration,
+    local: Option<&Progress>,
+) -> Result<bool, ProjectionError> {
+    const POLL: Duration = Duration::from_millis(10);
     let deadline = tokio::time::Instant::now() + within;
+    let mut commits = local.filter(|p| p.0.reads_see_commits).map(|p| p.0.committed.subscribe());
+    if let Some(p) = local {
+        p.want(seq);
+    }
     loop {
-        if checkpoint(pool).await? >= seq {
+        if commits.as_ref().is_some_and(|c| *c.borrow() >= seq) || checkpoint(pool).await? >= seq {
             return Ok(true);
         }
-        if tokio::time::Instant::now() >= deadline {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             return Ok(false);
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let next_poll = (now + POLL).min(deadline);
+        match commits.as_mut() {
+            Some(c) => {
+                // Woken by a local commit past `seq`, or at the next poll.
+                let _ = tokio::time::timeout_at(next_poll, c.wait_for(|&at| at >= seq)).await;
+            }
+            None => tokio::time::sleep_until(next_poll).await,
+        }
     }
 }
 

@@ -50,6 +50,33 @@ async fn each_role_reads_its_own_model_and_reads_its_writes() {
 }
 
 #[tokio::test]
+async fn a_read_of_its_own_write_does_not_wait_out_the_projectors_batching() {
+    // The embedded projector waits 10 s for more of the log before it commits
+    // a batch; a read may wait 3 s for its write. It is answered only because
+    // the projector commits a batch that a read of its process waits for at
+    // once (a projector that waited out its window would answer 503).
+    let app = spawn_app_with(|s| {
+        s.postgres.projector_batch_wait_ms = 10_000;
+        s.api.read_your_writes_ms = 3_000;
+    })
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+        ids.push(r["id"].clone());
+        let (s, list) = get(&app.http, app.url(&format!("/v1/jobs?after_seq={}", r["seq"]))).await;
+        assert_eq!(s, 200, "{list}");
+        let listed: Vec<_> = list["items"].as_array().unwrap().iter().map(|j| j["id"].clone()).collect();
+        assert!(ids.iter().all(|id| listed.contains(id)), "{ids:?} not all in {listed:?}");
+    }
+    // A write nobody waits for stays in the open batch: the window still holds.
+    let quiet = submit(&app, &app.http, json!({"executor": "noop", "command": []})).await;
+    let pool = sqlx::PgPool::connect(&app.settings.postgres.url).await.unwrap();
+    let projected = fetchml_projections::checkpoint(&pool).await.unwrap();
+    assert!(projected < quiet["seq"].as_u64().unwrap(), "committed {projected} without a reader or a full window");
+}
+
+#[tokio::test]
 async fn the_analyst_tables_hold_no_command_line_environment_or_log() {
     let app = spawn_app().await;
     let _w = spawn_worker(&app.settings);
@@ -360,7 +387,7 @@ async fn the_projector_reads_rows_by_key_after_the_table_grew_under_it() {
         let pg = pg.clone();
         async move {
             let seq = r["seq"].as_u64().unwrap();
-            assert!(fetchml_projections::wait_for(&pg, seq, Duration::from_secs(60)).await.unwrap());
+            assert!(fetchml_projections::wait_for(&pg, seq, Duration::from_secs(60), None).await.unwrap());
         }
     };
     let queue_and_cancel = || async {

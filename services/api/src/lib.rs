@@ -63,6 +63,10 @@ pub struct AppShared {
     /// Whether `pg` is a replica apart from the writer (`/readyz` reports both).
     pub has_read_replica: bool,
     pub read_your_writes: Duration,
+    /// Shared with the embedded projector (`None` without one): a read that
+    /// waits for its own write has the projector commit at once and is woken
+    /// by the commit.
+    pub projector_progress: Option<fetchml_projections::Progress>,
     pub stream_limits: stream::session::Limits,
     pub max_stream_connections: usize,
     pub stream_connections: stream::ConnectionCount,
@@ -237,6 +241,10 @@ impl Application {
             pg_writer_health,
             has_read_replica,
             read_your_writes,
+            projector_progress: settings
+                .api
+                .embedded_projector
+                .then(|| fetchml_projections::Progress::new(!has_read_replica)),
             stream_limits,
             max_stream_connections: st.max_connections_per_user,
             stream_connections: stream::ConnectionCount::default(),
@@ -276,6 +284,10 @@ impl Application {
             )
             .with_health(self.state.pg_writer_health.clone())
             .with_source(source.clone());
+            let projector = match &self.state.projector_progress {
+                Some(p) => projector.with_progress(p.clone()),
+                None => projector,
+            };
             tokio::spawn(projector.run(stop.clone()));
         }
         // Every follower that starts with the process has taken its place.

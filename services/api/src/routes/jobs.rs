@@ -469,7 +469,12 @@ pub async fn read_your_writes(state: &AppState, after_seq: Option<u64>) -> Resul
         if seq > state.store.last_sequence().await? {
             return Err(ApiError::bad_request("invalid_parameter", "after_seq: beyond the log's last sequence"));
         }
-        let caught_up = state.pg_health.guard(fetchml_projections::wait_for(&state.pg, seq, state.read_your_writes));
+        let caught_up = state.pg_health.guard(fetchml_projections::wait_for(
+            &state.pg,
+            seq,
+            state.read_your_writes,
+            state.projector_progress.as_ref(),
+        ));
         if !caught_up.await? {
             return Err(ApiError::NotCaughtUp(seq));
         }
