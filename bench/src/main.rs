@@ -52,7 +52,7 @@ struct Args {
     rebuild_events: Option<usize>,
     /// Run only these sections (the raw limit always runs: ratios need it):
     /// durability, submit, e2e, latency, backlog, fairshare, rebuild, projector, audit,
-    /// streams, cancel. Repeatable.
+    /// streams, cancel, ryw. Repeatable.
     #[arg(long)]
     only: Vec<String>,
     /// Run against a 3-node loopback JetStream cluster with R3 streams (every
@@ -858,6 +858,31 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         drop(api);
     }
 
+    // ---- Read your write: a submit, then the job list with `after_seq`, as
+    // `ml list --watch` and the dashboard read after a change. The projector
+    // batches what arrives within its window; a read waiting for its write
+    // should not wait that window out. Idle, and beside a steady submit.
+    if env.args.runs("ryw") {
+        let ns = "bryw";
+        let (api, url) = env.api(ns).await;
+        let n = if quick { 50 } else { 200 };
+        for (label, background) in [("idle", 0.0), ("beside 200 submits/s", 200.0)] {
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let load = (background > 0.0).then(|| {
+                let (key, url) = (env.key.clone(), url.clone());
+                tokio::spawn(async move { steady_submits(&key, &url, background, stopped).await })
+            });
+            let lat = read_your_write(&env.key, &url, n).await?;
+            let _ = stop.send(());
+            if let Some(load) = load {
+                load.await??;
+            }
+            r.add(&format!("read your write p50, {label}"), pct(&lat, 0.5), "ms", None);
+            r.add(&format!("read your write p99, {label}"), pct(&lat, 0.99), "ms", None);
+        }
+        drop(api);
+    }
+
     let out = json!({
         "date": chrono::Utc::now(),
         "cores": num_cpus(),
@@ -1354,6 +1379,54 @@ async fn queue_to_start(
         out.started_per_sec = out.total.len() as f64 / ((b - a).num_microseconds().unwrap_or(0).max(1) as f64 / 1e6);
     }
     Ok(out)
+}
+
+/// `n` times: a submit, then the job list read with `after_seq` set to the
+/// submit's sequence; the time from the submit's answer to the list's (ms).
+async fn read_your_write(key: &str, url: &str, n: usize) -> anyhow::Result<Vec<f64>> {
+    let http = client(key, 1);
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let r = http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send().await?;
+        anyhow::ensure!(r.status().as_u16() == 202, "submit: {}", r.status());
+        let seq = r.json::<Value>().await?["seq"].as_u64().context("submit answered no seq")?;
+        let t0 = Instant::now();
+        let r = http.get(format!("{url}/v1/jobs?limit=1&after_seq={seq}")).send().await?;
+        anyhow::ensure!(r.status().as_u16() == 200, "list after_seq={seq}: {}", r.status());
+        r.bytes().await?;
+        out.push(t0.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.sort_by(|a, b| a.total_cmp(b));
+    Ok(out)
+}
+
+/// Submits no-op jobs at `rate` a second until `stop`.
+async fn steady_submits(
+    key: &str,
+    url: &str,
+    rate: f64,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<()> {
+    let http = client(key, 8);
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pending = FuturesUnordered::new();
+    loop {
+        tokio::select! {
+            _ = &mut stop => break,
+            _ = tick.tick() => {
+                let (http, url) = (http.clone(), url.to_owned());
+                pending.push(tokio::spawn(async move {
+                    http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send().await
+                }));
+            }
+            Some(done) = pending.next() => { done??; }
+        }
+    }
+    while let Some(done) = pending.next().await {
+        done??;
+    }
+    Ok(())
 }
 
 /// For `n` running `sleep` jobs: time from the cancel request to the moment

@@ -360,11 +360,13 @@ impl Progress {
         }
     }
 
-    /// A read waits for a sequence in `batch`: commit now.
+    /// A read waits for a sequence that committing `batch` would reach: commit
+    /// now. (Past the last commit rather than from the batch's first event:
+    /// a read may wait for a sequence the projector is not sent.)
     fn hurried(&self, batch: &[fetchml_eventstore::StoredEvent]) -> bool {
-        let (Some(first), Some(last)) = (batch.first(), batch.last()) else { return false };
+        let Some(last) = batch.last() else { return false };
         let wanted = self.0.wanted.load(std::sync::atomic::Ordering::Acquire);
-        (first.seq..=last.seq).contains(&wanted)
+        wanted > *self.0.committed.borrow() && wanted <= last.seq
     }
 
     fn committed(&self, seq: u64) {
@@ -456,6 +458,9 @@ impl Projector {
             tokio::select! { _ = stop.cancelled() => return Ok(()), _ = tokio::time::sleep(Duration::from_secs(1)) => {} }
         }
         let from = checkpoint_on(&mut conn).await? + 1;
+        if let Some(p) = &self.progress {
+            p.committed(from - 1);
+        }
         tracing::info!(from, "projector running");
         let all = self.store.subjects().all_events();
         let mut events = match &self.source {
