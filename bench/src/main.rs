@@ -859,7 +859,8 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     }
 
     // ---- Read your write: a submit, then the job list with `after_seq`, as
-    // `ml list --watch` and the dashboard read after a change. The projector
+    // `ml list --watch` reads after a change and the dashboard when a page
+    // opens. The projector
     // batches what arrives within its window; a read waiting for its write
     // should not wait that window out. Idle, and beside a steady submit.
     if env.args.runs("ryw") {
@@ -1420,11 +1421,15 @@ async fn steady_submits(
                     http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send().await
                 }));
             }
-            Some(done) = pending.next() => { done??; }
+            Some(done) = pending.next() => {
+                let status = done??.status();
+                anyhow::ensure!(status.as_u16() == 202, "background submit: {status}");
+            }
         }
     }
     while let Some(done) = pending.next().await {
-        done??;
+        let status = done??.status();
+        anyhow::ensure!(status.as_u16() == 202, "background submit: {status}");
     }
     Ok(())
 }

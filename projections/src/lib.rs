@@ -499,9 +499,9 @@ impl Projector {
 }
 
 /// Waits (bounded) until the read models include sequence `seq`. With the
-/// [`Progress`] of a projector in the same process, that projector commits a
-/// batch holding `seq` at once and the wait ends at its commit; the
-/// checkpoint is polled as well, for a projector elsewhere.
+/// [`Progress`] of a projector in the same process, that projector commits
+/// the batch that reaches `seq` at once and the wait ends at its commit; the
+/// checkpoint is polled as well (every 10 ms), for a projector elsewhere.
 pub async fn wait_for(
     pool: &PgPool,
     seq: u64,
