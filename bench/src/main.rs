@@ -525,9 +525,20 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     r.add("limit: broker messages in+out, pipelined publish", broker_rate, "msg/s", None);
     // What one acknowledged write costs in time when the machine is not kept
     // busy: the unit of the queue-to-start path (see BENCHMARKS.md).
-    let paced = raw_paced_publish(env, 500.0, if quick { 1_000 } else { 5_000 }).await?;
+    let broker_cpu = || env._nats.iter().map(|n| cpu_secs(n.0.id())).sum::<f64>();
+    let (paced_n, cpu_before) = (if quick { 1_000 } else { 5_000 }, broker_cpu());
+    let paced = raw_paced_publish(env, 500.0, paced_n).await?;
     r.add("limit: raw publish round trip at 500/s, p50", pct(&paced, 0.5), "ms", None);
     r.add("limit: raw publish round trip at 500/s, p99", pct(&paced, 0.99), "ms", None);
+    // The broker's own cost of a message at a steady rate with nothing else
+    // running (a publish and its ack are two): the reference for its CPU per
+    // job at 500 jobs/s in the latency section.
+    r.add(
+        "limit: nats-server CPU per message in+out, raw publish at 500/s",
+        (broker_cpu() - cpu_before) * 1e6 / (2 * paced_n) as f64,
+        "µs",
+        None,
+    );
 
     // The durability trade-off: the same raw figures against a server that
     // fsyncs before every acknowledgement.
