@@ -421,8 +421,15 @@ async fn main() -> anyhow::Result<()> {
     };
     env.pg_url = env.database("brebuild").await;
     // A section that panics (an assertion on what it reads back) still has
-    // its databases dropped below, then the panic goes on.
-    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&env))).await;
+    // its databases dropped below, then the panic goes on. So does a run
+    // stopped by SIGTERM or Ctrl-C: dropping the run kills the processes it
+    // started (`Proc`), and the databases go below.
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let result = tokio::select! {
+        r = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(run(&env))) => r,
+        _ = term.recv() => Ok(Err(anyhow::anyhow!("stopped by SIGTERM; its processes and databases are gone"))),
+        _ = tokio::signal::ctrl_c() => Ok(Err(anyhow::anyhow!("stopped by Ctrl-C; its processes and databases are gone"))),
+    };
     {
         use sqlx::Connection;
         let mut c = sqlx::PgConnection::connect(&format!("{}/postgres", env.pg_server)).await?;
