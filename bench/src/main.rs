@@ -167,7 +167,7 @@ impl CpuSplit {
         Self {
             api: cpu_secs(api.0.id()),
             workers: workers.iter().map(|w| cpu_secs(w.0.id())).sum(),
-            broker: env._nats.iter().map(|n| cpu_secs(n.0.id())).sum(),
+            broker: broker_cpu_secs(env),
             postgres: cpu_secs_of_all("postgres"),
             bench: cpu_secs(std::process::id()),
         }
@@ -187,6 +187,11 @@ impl CpuSplit {
         let total = |c: &Self| c.api + c.workers + c.broker + c.postgres + c.bench;
         r.add(&format!("  CPU per job, {label}: all"), (total(self) - total(before)) * 1e6 / jobs as f64, "µs", None);
     }
+}
+
+/// The CPU seconds every nats-server of the bench has used.
+fn broker_cpu_secs(env: &Env) -> f64 {
+    env._nats.iter().map(|n| cpu_secs(n.0.id())).sum()
 }
 
 fn free_port() -> u16 {
@@ -532,8 +537,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     r.add("limit: broker messages in+out, pipelined publish", broker_rate, "msg/s", None);
     // What one acknowledged write costs in time when the machine is not kept
     // busy: the unit of the queue-to-start path (see BENCHMARKS.md).
-    let broker_cpu = || env._nats.iter().map(|n| cpu_secs(n.0.id())).sum::<f64>();
-    let (paced_n, cpu_before) = (if quick { 1_000 } else { 5_000 }, broker_cpu());
+    let (paced_n, cpu_before) = (if quick { 1_000 } else { 5_000 }, broker_cpu_secs(env));
     let paced = raw_paced_publish(env, 500.0, paced_n).await?;
     r.add("limit: raw publish round trip at 500/s, p50", pct(&paced, 0.5), "ms", None);
     r.add("limit: raw publish round trip at 500/s, p99", pct(&paced, 0.99), "ms", None);
@@ -542,7 +546,7 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     // job at 500 jobs/s in the latency section.
     r.add(
         "limit: nats-server CPU per message in+out, raw publish at 500/s",
-        (broker_cpu() - cpu_before) * 1e6 / (2 * paced_n) as f64,
+        (broker_cpu_secs(env) - cpu_before) * 1e6 / (2 * paced_n) as f64,
         "µs",
         None,
     );
@@ -878,9 +882,9 @@ async fn run(env: &Env) -> anyhow::Result<()> {
 
     // ---- Read your write: a submit, then the job list with `after_seq`, as
     // `ml list --watch` reads after a change and the dashboard when a page
-    // opens. The projector
-    // batches what arrives within its window; a read waiting for its write
-    // should not wait that window out. Idle, and beside a steady submit.
+    // opens. The projector batches what arrives within its window; a read
+    // waiting for its write should not wait that window out. Idle, and
+    // beside a steady submit.
     if env.args.runs("ryw") {
         let ns = "bryw";
         let (api, url) = env.api(ns).await;
@@ -1436,18 +1440,17 @@ async fn steady_submits(
             _ = tick.tick() => {
                 let (http, url) = (http.clone(), url.to_owned());
                 pending.push(tokio::spawn(async move {
-                    http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send().await
+                    let r = http.post(format!("{url}/v1/jobs")).json(&json!({"executor": "noop", "command": []})).send();
+                    let status = r.await?.status();
+                    anyhow::ensure!(status.as_u16() == 202, "background submit: {status}");
+                    anyhow::Ok(())
                 }));
             }
-            Some(done) = pending.next() => {
-                let status = done??.status();
-                anyhow::ensure!(status.as_u16() == 202, "background submit: {status}");
-            }
+            Some(done) = pending.next() => done??,
         }
     }
     while let Some(done) = pending.next().await {
-        let status = done??.status();
-        anyhow::ensure!(status.as_u16() == 202, "background submit: {status}");
+        done??;
     }
     Ok(())
 }

@@ -403,9 +403,9 @@ impl Projector {
     }
 
     /// Commits at once a batch that a read of the same process waits for, and
-    /// tells that read when it is committed ([`Progress`]).
-    pub fn with_progress(mut self, progress: Progress) -> Self {
-        self.progress = Some(progress);
+    /// tells that read when it is committed ([`Progress`]; `None`: nobody asks).
+    pub fn with_progress(mut self, progress: Option<Progress>) -> Self {
+        self.progress = progress;
         self
     }
 

@@ -283,11 +283,8 @@ impl Application {
                 fetchml_projections::Batching::from(self.settings.projector_batching()),
             )
             .with_health(self.state.pg_writer_health.clone())
-            .with_source(source.clone());
-            let projector = match &self.state.projector_progress {
-                Some(p) => projector.with_progress(p.clone()),
-                None => projector,
-            };
+            .with_source(source.clone())
+            .with_progress(self.state.projector_progress.clone());
             tokio::spawn(projector.run(stop.clone()));
         }
         // Every follower that starts with the process has taken its place.
