@@ -88,6 +88,10 @@ struct Args {
     /// by default: the observer that times them is a load of its own there.
     #[arg(long)]
     hops_near_max: bool,
+    /// GOGC for the nats-servers the bench starts: 400 as deploy/lib.sh runs
+    /// them (`FETCHML_NATS_GOGC`), 100 for Go's default.
+    #[arg(long, default_value_t = 400)]
+    nats_gogc: u32,
 }
 
 impl Args {
@@ -111,9 +115,18 @@ impl Proc {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// The most resident memory the process has had (the kernel's high-water mark).
+fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmRSS:")).map(str::to_owned))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_owned))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
         .unwrap_or(0)
 }
@@ -378,9 +391,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let store = tempfile::tempdir()?;
     let (nats, node_urls, monitors) = if args.cluster {
-        start_cluster(&args.nats_server, store.path()).await?
+        start_cluster(&args.nats_server, args.nats_gogc, store.path()).await?
     } else {
-        start_one(&args.nats_server, store.path()).await?
+        start_one(&args.nats_server, args.nats_gogc, store.path()).await?
     };
     let nats_url = node_urls[0].clone();
     let client = async_nats::connect(&nats_url).await?;
@@ -451,7 +464,7 @@ async fn main() -> anyhow::Result<()> {
 type Servers = (Vec<Proc>, Vec<String>, Vec<String>);
 
 /// One nats-server: its processes, client URLs and monitoring endpoints.
-async fn start_one(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
+async fn start_one(bin: &Path, gogc: u32, store: &Path) -> anyhow::Result<Servers> {
     let port = free_port();
     // The monitoring port (on the same loopback host as the clients' port)
     // gives the broker's message counters: messages per job.
@@ -460,6 +473,7 @@ async fn start_one(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
         Command::new(bin)
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-m", &monitor_port.to_string(), "-js", "-sd"])
             .arg(store)
+            .env("GOGC", gogc.to_string())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -471,7 +485,7 @@ async fn start_one(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
 
 /// Three nats-servers routed into one JetStream cluster on loopback ports
 /// (the shape of deploy/cluster), returned once they agree on a meta leader.
-async fn start_cluster(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
+async fn start_cluster(bin: &Path, gogc: u32, store: &Path) -> anyhow::Result<Servers> {
     let ports: Vec<(u16, u16, u16)> = (0..3).map(|_| (free_port(), free_port(), free_port())).collect();
     let routes: Vec<String> = ports.iter().map(|(_, r, _)| format!("nats-route://127.0.0.1:{r}")).collect();
     let mut procs = Vec::new();
@@ -491,6 +505,7 @@ async fn start_cluster(bin: &Path, store: &Path) -> anyhow::Result<Servers> {
             Command::new(bin)
                 .arg("-c")
                 .arg(&conf)
+                .env("GOGC", gogc.to_string())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
@@ -521,9 +536,10 @@ async fn run(env: &Env) -> anyhow::Result<()> {
     let mut r = Report::default();
     let quick = env.args.quick;
     println!(
-        "machine: {} cores; nats-server {}; {}",
+        "machine: {} cores; nats-server {} (GOGC={}); {}",
         num_cpus(),
         env.client.server_info().version,
+        env.args.nats_gogc,
         if env.replicas > 1 { "3-node loopback cluster, R3 streams" } else { "one server, R1 streams" }
     );
     println!("{:<48} {:>12} {:<8} ratio", "figure", "value", "unit");
@@ -906,10 +922,16 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         drop(api);
     }
 
+    // The most any one server held at once over the whole run: what the
+    // collector's setting (--nats-gogc) costs in memory.
+    let nats_peak = env._nats.iter().map(|n| peak_rss_kib(n.0.id())).max().unwrap_or(0);
+    r.add("memory: nats-server peak RSS over the run", nats_peak as f64 / 1024.0, "MiB", None);
+
     let out = json!({
         "date": chrono::Utc::now(),
         "cores": num_cpus(),
         "nats_server": env.client.server_info().version,
+        "nats_gogc": env.args.nats_gogc,
         "quick": quick,
         "results": r.json,
     });
