@@ -17,11 +17,12 @@ NATS_DIR="${FETCHML_NATS_DIR:-$FETCHML_HOME/nats}"
 NATS_BIN="$NATS_DIR/bin/nats-server"
 NATS_PORT="${FETCHML_NATS_PORT:-4333}"
 # nats-server's Go garbage collector runs when its heap has grown by GOGC% over
-# what the last collection kept (Go's default: 100). Under a steady stream of
-# jobs most of that heap is the store's cache of recently written messages, so
+# what the last collection kept (Go's default: 100). Under a fast stream of
+# jobs most of that heap is the store's cache of recent messages and the
+# duplicate window's message ids, both in proportion to the write rate, so
 # collections come often and each one marks hundreds of megabytes; on a small
-# host every one of them showed as a 30-90 ms stall in queue-to-start. At 400
-# they come a quarter as often, for up to five times the live heap in memory
+# host each showed as a 20-55 ms stall in queue-to-start. At 400 they come a
+# quarter as often, for up to five times the live heap in memory
 # (BENCHMARKS.md, "nats-server's garbage collector", twentieth session).
 NATS_GOGC="${FETCHML_NATS_GOGC:-400}"
 API_PORT="${FETCHML_API_PORT:-9101}"
