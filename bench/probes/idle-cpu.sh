@@ -4,11 +4,11 @@
 # left alone for 30 s after a 10 s settle; ms of CPU per second per process
 # (1000 = one core). Run from the repository root after
 # `cargo build --release --bins` and `./deploy/up && ./deploy/down` (the pinned
-# nats-server). Needs the Postgres of the bench (`postgres://postgres@127.0.0.1:5432`).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
+# nats-server; deploy/lib.sh's helpers and settings). Needs the Postgres of the
+# bench (`postgres://postgres@127.0.0.1:5432`).
+source "$(dirname "$0")/../../deploy/lib.sh"
+cd "$ROOT"
 bin=target/release/fetchml
-free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
 port=$(free_port)
 api_port=$(free_port)
 store=$(mktemp -d)
@@ -21,17 +21,18 @@ cleanup() {
   rm -rf "$store"
 }
 trap cleanup EXIT
-.fetchml/nats/bin/nats-server -a 127.0.0.1 -p "$port" -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
+GOGC="$NATS_GOGC" "$NATS_BIN" -a 127.0.0.1 -p "$port" -js -sd "$store/nats" >"$store/nats.log" 2>&1 &
 nats=$!
+pids=("$nats")
 psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $db"
 export FETCHML_NATS__URL="nats://127.0.0.1:$port" FETCHML_NATS__NAMESPACE=idle RUST_LOG=warn
-sleep 1
+wait_port "$port" 20 || die "nats-server did not start; see $store/nats.log"
 FETCHML_POSTGRES__URL="postgres://postgres@127.0.0.1:5432/$db" FETCHML_AUTH__USERS_FILE=configs/users.yaml \
   "$bin" api --listen "127.0.0.1:$api_port" >"$store/api.log" 2>&1 &
 api=$!
 # Workers last and stopped first: they stop cleanly while the broker is up.
 pids=("$api" "$nats")
-sleep 2
+wait_http_ok "http://127.0.0.1:$api_port/readyz" 60 || die "the api did not get ready; see $store/api.log"
 workers=()
 for i in 1 2 3 4; do
   FETCHML_WORKER__JOB_ROOT="$store/jobs$i" "$bin" worker --concurrency 32 >"$store/worker$i.log" 2>&1 &

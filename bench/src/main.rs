@@ -88,9 +88,9 @@ struct Args {
     /// by default: the observer that times them is a load of its own there.
     #[arg(long)]
     hops_near_max: bool,
-    /// GOGC for the nats-servers the bench starts: 400 as deploy/lib.sh runs
-    /// them (`FETCHML_NATS_GOGC`), 100 for Go's default.
-    #[arg(long, default_value_t = 400)]
+    /// GOGC for the nats-servers the bench starts: as deploy/lib.sh runs them
+    /// (400, or `FETCHML_NATS_GOGC`); 100 for Go's default.
+    #[arg(long, env = "FETCHML_NATS_GOGC", default_value_t = 400)]
     nats_gogc: u32,
 }
 
