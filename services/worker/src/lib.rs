@@ -38,7 +38,7 @@ use executor::{ExecIo, ExecRequest};
 use fetchml_events::dispatch::{Assignment, WorkerMessage};
 use fetchml_events::hash::GENESIS;
 use fetchml_events::ids::PoolName;
-use fetchml_events::job::{FailureClass, JobCommand, Metrics, Outcome};
+use fetchml_events::job::{FailureClass, JobCommand, JobStatus, Metrics, Outcome};
 use fetchml_events::subject::check_label;
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, JobId, WorkerId};
@@ -437,28 +437,9 @@ impl Worker {
         let gpus = placement.gpus.clone();
         let start = JobCommand::Start { attempt, worker: self.id, at: chrono::Utc::now(), placement };
         let ctx = CommandContext::new(actor.clone()).correlated(correlation);
-        let started = match self.store.execute_job_on(job_id, Some(known.clone()), start, &ctx).await {
-            Ok(done) => done,
-            Err(ExecuteError::Rejected(r)) => {
-                // Another worker won it, or it was cancelled meanwhile.
-                tracing::info!(reason = %r, "assignment not startable; dropped");
-                return;
-            }
-            Err(ExecuteError::Store(e)) => {
-                // The scheduler's assignment times out and the job is offered again.
-                tracing::warn!(error = %e, "cannot claim the job; leaving it to the scheduler");
-                return;
-            }
-        };
-        if started.duplicate {
-            return;
-        }
+        let Some((started, current)) = self.claim(known, &subject, start, &ctx, &kill).await else { return };
         tracing::info!(attempt, gpus = ?gpus, "started");
         record_queue_wait(ready_at, &spec);
-        let mut current = known;
-        for (seq, env) in started.appended {
-            current = current.with(seq, env);
-        }
 
         let fenced = CancellationToken::new();
         let cancel = kill.child_token();
@@ -536,6 +517,85 @@ impl Worker {
         }
         cancel.cancel();
         lease.abort();
+    }
+
+    /// Appends the attempt's `job_started`: the job as of that event, or
+    /// `None` when this worker is not to run it (another worker won it, it was
+    /// cancelled, or the worker is stopping).
+    ///
+    /// An append whose acknowledgement was lost (a timeout, a reconnect) may
+    /// be stored all the same. Leaving it to the scheduler would leave a job
+    /// that the log says runs here with no process, held until this worker
+    /// stops: so the append is retried under the same command id, which finds
+    /// the stored start (a duplicate, run like a fresh one) or decides again
+    /// on the job as it now is.
+    async fn claim(
+        &self,
+        known: LoadedJob,
+        subject: &str,
+        start: JobCommand,
+        ctx: &CommandContext,
+        kill: &CancellationToken,
+    ) -> Option<(fetchml_eventstore::Executed, LoadedJob)> {
+        let JobCommand::Start { attempt, .. } = start else { return None };
+        let job_id = known.id;
+        let mut base = Some(known);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            // After a failure, the job as the log has it (the start may be there).
+            let loaded = match base.take() {
+                Some(l) => Ok(l),
+                None => self.store.load_job_at(job_id, subject).await.map_err(ExecuteError::Store),
+            };
+            let tried = match loaded {
+                Ok(l) => self.store.execute_job_on(job_id, Some(l.clone()), start.clone(), ctx).await.map(|d| (d, l)),
+                Err(e) => Err(e),
+            };
+            match tried {
+                Ok((done, loaded)) if done.duplicate => {
+                    // Ours is stored; run it if the job has not moved on since.
+                    let ours = done.state.as_ref().is_some_and(|j| {
+                        j.status == JobStatus::Running && j.attempt == attempt && j.worker == Some(self.id)
+                    });
+                    if !ours {
+                        tracing::info!("start stored, but the job has moved on; not run");
+                        return None;
+                    }
+                    tracing::info!("start found stored after its acknowledgement was lost");
+                    return Some((done, loaded));
+                }
+                Ok((mut done, loaded)) => {
+                    let mut current = loaded;
+                    for (seq, env) in std::mem::take(&mut done.appended) {
+                        current = current.with(seq, env);
+                    }
+                    return Some((done, current));
+                }
+                Err(ExecuteError::Rejected(r)) => {
+                    // Another worker won it, or it was cancelled meanwhile.
+                    tracing::info!(reason = %r, "assignment not startable; dropped");
+                    return None;
+                }
+                Err(ExecuteError::Store(e)) => {
+                    // Only what may have stored the start is worth a retry.
+                    let unknown = e.is_transient() || matches!(e, StoreError::Duplicate { .. });
+                    if !unknown || kill.is_cancelled() {
+                        // The scheduler's assignment times out and the job is
+                        // offered again. Stopping, the registry entry goes
+                        // too, and with it any attempt stored here (recorded
+                        // as lost, retried).
+                        tracing::warn!(error = %e, "cannot claim the job; leaving it to the scheduler");
+                        return None;
+                    }
+                    tracing::warn!(error = %e, "cannot claim the job yet; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = kill.cancelled() => {}
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
     }
 
     /// Every third of the lease, checks that the job's subject has nothing
