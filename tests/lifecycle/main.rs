@@ -32,6 +32,24 @@ async fn until_gone(marker: &str) {
     eventually(Duration::from_secs(20), || async { processes_with(marker).is_empty().then_some(()) }).await;
 }
 
+/// A process the job starts outside its process group (`setsid`, as daemons
+/// do) that keeps the job's output open. The worker waited for that output's
+/// end, so the attempt never ended and its slot stayed taken (found in review,
+/// 2026-12-02). The supervisor, a child subreaper, now kills what the program
+/// left behind when it ends.
+#[tokio::test]
+async fn a_process_that_left_the_jobs_group_ends_with_the_job() {
+    let app = spawn_app().await;
+    let _worker = spawn_worker(&app.settings);
+    let marker = unique_sleep();
+    let script = format!("setsid sleep {marker} & echo started");
+    let id = submit(&app, json!({"command": ["sh", "-c", script]})).await;
+    let job = app.until_terminal(&id).await;
+    assert_eq!(job["state"], "succeeded", "{job}");
+    // Killed and reaped before the supervisor exited, so before the end was recorded.
+    assert_eq!(processes_with(&marker), Vec::<u32>::new(), "the escaped process outlived its job");
+}
+
 #[tokio::test]
 async fn a_worker_killed_mid_job_loses_the_attempt_and_another_worker_completes_it() {
     let app = spawn_app().await;

@@ -7,11 +7,18 @@
 //! with `kill -9` does not leave its jobs running while the job's next attempt
 //! starts elsewhere: a job runs at most once at a time.
 //!
+//! What the program starts outside its group (a daemon: `setsid`, a double
+//! fork) is stopped too: the supervisor is a child subreaper, so such a process
+//! becomes its child when its own parent exits, and every child left when the
+//! program ends is killed. Otherwise it would outlive the attempt, and hold the
+//! job's output pipes open, so the worker would wait for their end forever.
+//!
 //! Exit status: the program's exit code; if the program was killed by a signal,
 //! the supervisor dies of the same signal (SIGTERM is reported as exit 143, the
 //! shell convention, because the supervisor itself handles SIGTERM).
 
-use nix::sys::signal::{Signal, killpg, raise};
+use nix::sys::signal::{Signal, kill, killpg, raise};
+use nix::sys::wait::waitpid;
 use nix::unistd::{Pid, getpgrp, getppid};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitCode;
@@ -25,6 +32,10 @@ pub fn supervise(parent: u32, grace: Duration, argv: &[String]) -> ExitCode {
     }
     // The worker may have died before the line above: then nobody would tell us.
     if getppid().as_raw() != parent as i32 {
+        return ExitCode::from(125);
+    }
+    if let Err(e) = nix::sys::prctl::set_child_subreaper(true) {
+        eprintln!("fetchml supervise: cannot become a child subreaper: {e}");
         return ExitCode::from(125);
     }
     let Some((program, args)) = argv.split_first() else {
@@ -74,6 +85,7 @@ pub fn supervise(parent: u32, grace: Duration, argv: &[String]) -> ExitCode {
                 child.wait().await
             }
         };
+        kill_the_rest();
         match status {
             Ok(s) => match (s.code(), s.signal()) {
                 (Some(code), _) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
@@ -92,6 +104,41 @@ pub fn supervise(parent: u32, grace: Duration, argv: &[String]) -> ExitCode {
             }
         }
     })
+}
+
+/// Kills and reaps every child this supervisor still has: what the program
+/// left behind, in its group or outside it. A killed child's own children come
+/// to this subreaper in turn, so it goes round until none is left (bounded: a
+/// fork bomb cannot keep it here).
+fn kill_the_rest() {
+    let me = std::process::id();
+    for _ in 0..100 {
+        let children = children_of(me);
+        if children.is_empty() {
+            return;
+        }
+        for &pid in &children {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        for pid in children {
+            let _ = waitpid(Pid::from_raw(pid), None);
+        }
+    }
+}
+
+/// The processes whose parent is `parent`, from `/proc`.
+fn children_of(parent: u32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else { return Vec::new() };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            // `pid (comm) state ppid ...`: the command may hold spaces and parentheses.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
+                    .is_some_and(|ppid| ppid == parent)
+            })
+        })
+        .collect()
 }
 
 /// Whether `pid` leads a process group that still has members.
