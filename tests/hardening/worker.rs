@@ -3,13 +3,10 @@
 //! real worker processes where a worker is involved.
 
 use fetchml_tests::app::{TestApp, spawn_app, spawn_app_with, spawn_worker, spawn_worker_with};
-use fetchml_tests::{eventually, nats_url};
+use fetchml_tests::eventually;
+use fetchml_tests::relay::{Fault, NatsRelay};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
 
 async fn submit(app: &TestApp, spec: Value) -> String {
     let (status, body) = app.submit(spec).await;
@@ -125,86 +122,6 @@ async fn a_draining_worker_stays_listed_as_draining_until_its_jobs_end() {
     assert!(worker.terminate().success());
 }
 
-/// A TCP relay between one NATS client and the test server. The first time
-/// the client sends bytes holding `needle`, they reach the server, but nothing
-/// the server sends on that connection from then on reaches the client; once
-/// the server has answered with a publish acknowledgement, the connection is
-/// closed. So that publish is stored and its acknowledgement lost. The
-/// client's next connections are relayed untouched.
-struct AckLosingRelay {
-    url: String,
-    /// Set once an acknowledgement was swallowed.
-    ack_lost: Arc<AtomicBool>,
-}
-
-impl AckLosingRelay {
-    async fn start(needle: &'static [u8]) -> Self {
-        let upstream = nats_url().trim_start_matches("nats://").to_owned();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("nats://{}", listener.local_addr().unwrap());
-        let (armed, ack_lost) = (Arc::new(AtomicBool::new(true)), Arc::new(AtomicBool::new(false)));
-        let lost = ack_lost.clone();
-        tokio::spawn(async move {
-            while let Ok((client, _)) = listener.accept().await {
-                let Ok(server) = TcpStream::connect(&upstream).await else { continue };
-                tokio::spawn(Self::relay(client, server, needle, armed.clone(), lost.clone()));
-            }
-        });
-        AckLosingRelay { url, ack_lost }
-    }
-
-    async fn relay(client: TcpStream, server: TcpStream, needle: &[u8], armed: Arc<AtomicBool>, lost: Arc<AtomicBool>) {
-        let (mut from_client, mut to_client) = client.into_split();
-        let (mut from_server, mut to_server) = server.into_split();
-        let cut = AtomicBool::new(false);
-        let up = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            // The end of the previous read: a needle may straddle two reads.
-            let mut carry: Vec<u8> = Vec::new();
-            loop {
-                let n = match from_client.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                carry.extend_from_slice(&buf[..n]);
-                // Marked before the bytes go on, so no answer to them can pass.
-                if carry.windows(needle.len()).any(|w| w == needle) && armed.swap(false, Ordering::SeqCst) {
-                    cut.store(true, Ordering::SeqCst);
-                }
-                carry.drain(..carry.len().saturating_sub(needle.len()));
-                if to_server.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        };
-        let down = async {
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match from_server.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(n) => n,
-                };
-                if cut.load(Ordering::SeqCst) {
-                    // Swallowed; closed once it held a publish acknowledgement.
-                    if buf[..n].windows(10).any(|w| w == b"{\"stream\":") {
-                        lost.store(true, Ordering::SeqCst);
-                        return;
-                    }
-                    continue;
-                }
-                if to_client.write_all(&buf[..n]).await.is_err() {
-                    return;
-                }
-            }
-        };
-        // Either side ending ends both: the halves drop, the sockets close.
-        tokio::select! {
-            _ = up => {}
-            _ = down => {}
-        }
-    }
-}
-
 /// A worker's `job_started` can be stored while its acknowledgement is lost
 /// (a reconnect, a timeout). The worker took that as "not claimed" and dropped
 /// the assignment: the log said the job ran there, no process ran it, and it
@@ -214,16 +131,13 @@ impl AckLosingRelay {
 #[tokio::test]
 async fn a_start_stored_whose_acknowledgement_was_lost_still_runs() {
     let app = spawn_app().await;
-    let relay = AckLosingRelay::start(b"\"type\":\"job_started\"").await;
+    let relay = NatsRelay::start(&b"\"type\":\"job_started\""[..], Fault::LoseTheAnswer, true).await;
     let mut through_relay = app.settings.clone();
     through_relay.nats.url = relay.url.clone();
     let _worker = spawn_worker(&through_relay);
     let id = submit(&app, json!({"executor": "noop", "command": []})).await;
     let job = app.until_terminal(&id).await;
-    assert!(
-        relay.ack_lost.load(Ordering::SeqCst),
-        "the start's acknowledgement reached the worker: nothing was tested"
-    );
+    assert!(relay.fired(), "the start's acknowledgement reached the worker: nothing was tested");
     assert_eq!((job["state"].as_str(), job["attempt"].as_u64()), (Some("succeeded"), Some(1)), "{job}");
     assert_eq!(app.event_types(&id).await, ["job_queued", "job_started", "job_succeeded"]);
 }

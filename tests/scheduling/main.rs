@@ -8,6 +8,7 @@
 
 use fetchml_tests::app::{TestApp, spawn_app_with, spawn_scheduler, spawn_worker_with};
 use fetchml_tests::eventually;
+use fetchml_tests::relay::{Fault, NatsRelay};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
@@ -256,6 +257,37 @@ async fn a_drained_worker_finishes_what_runs_and_takes_nothing_new() {
     let done = app.until_terminal(&next).await;
     assert_eq!(done["state"], "succeeded");
     assert_ne!(done["worker"].as_str(), Some(worker.as_str()));
+}
+
+/// A finished job queued again is folded from its history, which the
+/// scheduler reads back from the log. That read failing once (here: cut off
+/// on its way to NATS) left the requeue on a board that did not know the job,
+/// so it was never scheduled until the scheduler restarted (found in review,
+/// 2026-12-02). The read is now retried while NATS cannot answer.
+#[tokio::test]
+async fn a_requeue_is_scheduled_even_if_reading_the_jobs_history_failed_once() {
+    let app = spawn_app_with(|s| s.api.embedded_scheduler = false).await;
+    let _worker = spawn_worker_with(&app.settings, &[], &[]);
+    let id = submit(&app, json!({"executor": "fail", "command": ["3"], "retry": {"max_attempts": 1}})).await;
+    // The needle is the job's id: after the first attempt, only the history
+    // read of the requeue (and, after it, the assignment) carries it.
+    let relay = NatsRelay::start(id.as_bytes(), Fault::Cut, false).await;
+    let mut through_relay = app.settings.clone();
+    through_relay.nats.url = relay.url.clone();
+    let _scheduler = spawn_scheduler(&through_relay);
+    let job = app.until_terminal(&id).await;
+    assert_eq!((job["state"].as_str(), job["attempt"].as_u64()), (Some("failed"), Some(1)), "{job}");
+
+    relay.arm();
+    let (status, body) = app.post(&format!("/v1/jobs/{id}/retry")).await;
+    assert_eq!(status, 202, "{body}");
+    let job = eventually(Duration::from_secs(60), || async {
+        let (_, job) = app.get(&format!("/v1/jobs/{id}")).await;
+        (job["attempt"] == 2 && job["state"] == "failed").then_some(job)
+    })
+    .await;
+    assert!(relay.fired(), "the history read was not cut: nothing was tested");
+    assert_eq!(job["exit_code"], 3, "{job}");
 }
 
 #[tokio::test]

@@ -11,6 +11,7 @@
 pub mod app;
 pub mod cluster;
 pub mod pg;
+pub mod relay;
 
 pub use tokio_util::sync::CancellationToken;
 

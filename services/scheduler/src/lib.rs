@@ -396,7 +396,7 @@ impl Scheduler {
                         }
                         for ev in batch {
                             next = ev.seq + 1;
-                            if let Some(n) = self.apply(&ev).await {
+                            if let Some(n) = self.apply(&ev, &stop).await {
                                 notices.push(n);
                             }
                         }
@@ -414,9 +414,9 @@ impl Scheduler {
                             None => watch = None,
                         }
                     }
-                    q = queries.next() => {
-                        if let Some(msg) = q { self.answer(&client, msg).await; }
-                    }
+                    // A pattern, not `if let` inside: a subscription that has
+                    // ended must not make this select ready on every pass.
+                    Some(msg) = queries.next() => self.answer(&client, msg).await,
                     Some(records) = polled.recv() => {
                         let now = Utc::now();
                         for rec in records {
@@ -480,7 +480,7 @@ impl Scheduler {
     }
 
     /// Folds one event of the log into the board.
-    async fn apply(&self, ev: &StoredEvent) -> Option<Notice> {
+    async fn apply(&self, ev: &StoredEvent, stop: &CancellationToken) -> Option<Notice> {
         let kind = ev.kind();
         match kind {
             Some(AggregateKind::Job) => {
@@ -497,7 +497,7 @@ impl Scheduler {
                     return None;
                 };
                 if matches!(env.payload, JobEvent::JobRequeued { .. }) && !self.board().knows(id) {
-                    self.restore(id, ev).await;
+                    self.restore(id, ev, stop).await;
                 }
                 self.board().apply_job(
                     ev.seq,
@@ -541,18 +541,29 @@ impl Scheduler {
     }
 
     /// A finished job queued again: the board let it go, so its state comes
-    /// from its history before this event.
-    async fn restore(&self, id: JobId, ev: &StoredEvent) {
-        match self.store.load_job_at(id, &ev.subject).await {
-            Ok(loaded) => {
-                let before: Vec<&(u64, Envelope<JobEvent>)> =
-                    loaded.history.iter().take_while(|(s, _)| *s < ev.seq).collect();
-                let Some((last_seq, last)) = before.last() else { return };
-                if let Some(state) = fold(before.iter().map(|(_, e)| &e.payload)) {
-                    self.board().restore(id, &ev.subject, state, *last_seq, &last.hash);
+    /// from its history before this event. The read is retried while NATS
+    /// cannot answer: the fold waits for it, as it would for the log itself,
+    /// since a requeue folded without its job would never be scheduled.
+    async fn restore(&self, id: JobId, ev: &StoredEvent, stop: &CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        let loaded = loop {
+            match self.store.load_job_at(id, &ev.subject).await {
+                Ok(loaded) => break loaded,
+                Err(e) if e.is_transient() && !stop.is_cancelled() => {
+                    tracing::warn!(job = %id, error = %e, "cannot read a requeued job's history yet; retrying");
+                    tokio::select! { _ = stop.cancelled() => {}, _ = tokio::time::sleep(backoff) => {} }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "cannot read a requeued job's history; it waits for a scheduler that can");
+                    return;
                 }
             }
-            Err(e) => tracing::warn!(job = %id, error = %e, "cannot read a requeued job's history"),
+        };
+        let before: Vec<&(u64, Envelope<JobEvent>)> = loaded.history.iter().take_while(|(s, _)| *s < ev.seq).collect();
+        let Some((last_seq, last)) = before.last() else { return };
+        if let Some(state) = fold(before.iter().map(|(_, e)| &e.payload)) {
+            self.board().restore(id, &ev.subject, state, *last_seq, &last.hash);
         }
     }
 
