@@ -462,6 +462,10 @@ impl Board {
     /// The worker's registry entry was deleted (a clean stop).
     pub fn worker_gone(&mut self, worker: WorkerId) {
         self.workers.remove(&worker);
+        // Every worker process has an id of its own: a stopped one never
+        // comes back, and one that only seemed gone says again that it
+        // drains in its entry.
+        self.drained.remove(&worker);
     }
 
     /// Time passes: backoffs end, assignments not started go back to the
@@ -503,7 +507,7 @@ impl Board {
             self.workers.iter().filter(|(_, w)| now - w.seen_at > ttl).map(|(id, _)| *id).collect();
         for w in dead {
             tracing::warn!(worker = %w, "worker not heard of within its registry TTL; gone");
-            self.workers.remove(&w);
+            self.worker_gone(w);
         }
         self.orphans()
     }
@@ -1157,6 +1161,23 @@ mod tests {
         assert!(f.board.explain(id, t0()).unwrap().reason.contains("draining"));
         let other = f.worker(&[], 2, t0());
         assert_eq!(f.start_all(t0())[0].worker, other);
+    }
+
+    #[test]
+    fn a_worker_gone_leaves_nothing_on_the_board() {
+        // Each worker process has an id of its own, so whatever a board keeps
+        // about a gone one would only grow with every worker ever stopped.
+        let mut f = Fixture::new(SchedulingSettings::default());
+        let stopped = f.worker(&[], 1, t0());
+        let silent = f.worker(&[], 1, t0());
+        for w in [stopped, silent] {
+            f.board.apply_worker(100, w, &WorkerEvent::WorkerDrainRequested { reason: "x".into() });
+        }
+        assert_eq!(f.board.drained.len(), 2);
+        f.board.worker_gone(stopped);
+        f.board.tick(t0() + secs(3600));
+        assert!(f.board.workers.is_empty(), "{:?}", f.board.workers.keys());
+        assert!(f.board.drained.is_empty(), "{:?}", f.board.drained);
     }
 
     #[test]

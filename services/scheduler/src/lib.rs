@@ -437,7 +437,15 @@ impl Scheduler {
                     self.handle.caught_up.store(true, Ordering::Release);
                     tracing::info!(seq = log_end, "scheduler caught up with the log");
                 }
-                if !caught_up || !leading.load(Ordering::Relaxed) {
+                if !caught_up {
+                    continue;
+                }
+                if !leading.load(Ordering::Relaxed) {
+                    // Time passes on every board, leading or not: any
+                    // scheduler may answer a query (`explain`, `pools`), and
+                    // must not count workers long gone or backoffs long over.
+                    // Lost attempts are the leader's to record.
+                    let _ = self.handle.board.lock().unwrap_or_else(|p| p.into_inner()).tick(Utc::now());
                     continue;
                 }
                 let now = Utc::now();
