@@ -82,8 +82,8 @@ struct Capacity {
     gpus: Vec<String>,
     cpus: u32,
     memory_mb: u64,
-    /// Attempts running here, with the GPUs each holds.
-    held: HashMap<JobId, Vec<String>>,
+    /// Attempts running here: each job's attempt, with the GPUs it holds.
+    held: HashMap<JobId, (u32, Vec<String>)>,
 }
 
 impl Capacity {
@@ -96,7 +96,7 @@ impl Capacity {
         if self.held.len() >= self.slots {
             return Err(format!("all {} slots are taken", self.slots));
         }
-        let used: HashSet<&String> = self.held.values().flatten().collect();
+        let used: HashSet<&String> = self.held.values().flat_map(|(_, gpus)| gpus).collect();
         for g in &a.placement.gpus {
             if !self.gpus.contains(g) {
                 return Err(format!("GPU {g} is not one of this worker's"));
@@ -105,8 +105,16 @@ impl Capacity {
                 return Err(format!("GPU {g} is in use"));
             }
         }
-        self.held.insert(a.job_id, a.placement.gpus.clone());
+        self.held.insert(a.job_id, (a.attempt, a.placement.gpus.clone()));
         Ok(())
+    }
+
+    /// Frees what `attempt` of `job` holds. Only that attempt's: once it has
+    /// recorded its end, the job's next attempt may already hold a slot here.
+    fn release(&mut self, job: JobId, attempt: u32) {
+        if self.held.get(&job).is_some_and(|(a, _)| *a == attempt) {
+            self.held.remove(&job);
+        }
     }
 }
 
@@ -264,7 +272,7 @@ impl Worker {
                     let this2 = this.clone();
                     let kill = kill_all.child_token();
                     running.spawn(async move {
-                        let job = a.job_id;
+                        let (job, attempt) = (a.job_id, a.attempt);
                         this2.running.fetch_add(1, Ordering::Relaxed);
                         metrics::gauge!(fetchml_runtime::metrics::WORKER_RUNNING).increment(1);
                         // Boxed: the attempt's future is kilobytes (its
@@ -276,7 +284,7 @@ impl Worker {
                         Box::pin(this2.handle(a, kill)).await;
                         metrics::gauge!(fetchml_runtime::metrics::WORKER_RUNNING).decrement(1);
                         this2.running.fetch_sub(1, Ordering::Relaxed);
-                        this2.capacity.lock().unwrap_or_else(|p| p.into_inner()).held.remove(&job);
+                        this2.capacity.lock().unwrap_or_else(|p| p.into_inner()).release(job, attempt);
                     });
                 }
                 WorkerMessage::Stop { job_id, attempt } => {
@@ -496,7 +504,7 @@ impl Worker {
         // is recorded, so an assignment sent by a scheduler that saw that
         // record always finds them free here (else it is declined and waits
         // for the scheduler's assignment timeout).
-        self.capacity.lock().unwrap_or_else(|p| p.into_inner()).held.remove(&job_id);
+        self.capacity.lock().unwrap_or_else(|p| p.into_inner()).release(job_id, attempt);
         let ran_outcome = if fenced.is_cancelled() { "ended_elsewhere" } else { outcome_label(&outcome) };
         metrics::histogram!(fetchml_runtime::metrics::RUN_TIME, "pool" => self.pool.to_string(), "outcome" => ran_outcome)
             .record(ran.as_secs_f64());
@@ -719,4 +727,41 @@ fn hostname() -> String {
 /// A random draw in 0..=1000 for retry jitter (uuid v4 bits; no extra crate).
 fn jitter_permille() -> u16 {
     (uuid::Uuid::new_v4().as_u128() % 1001) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fetchml_events::job::{JobEvent, JobSpec, Placement, evolve};
+
+    fn assignment(job_id: JobId, attempt: u32, gpu: &str) -> Assignment {
+        let owner = fetchml_events::ids::UserName::parse("alice").unwrap();
+        let state = evolve(None, &JobEvent::JobQueued { owner, spec: JobSpec::command(["true"]) }).unwrap();
+        Assignment {
+            job_id,
+            subject: "ns.ev.job.alice.default.x".into(),
+            attempt,
+            state,
+            expected_seq: 1,
+            prev_hash: "ab".repeat(32),
+            correlation_id: uuid::Uuid::now_v7(),
+            placement: Placement { host: String::new(), gpus: vec![gpu.into()], cpus: 0, memory_mb: 0 },
+            ready_at: chrono::Utc::now(),
+        }
+    }
+
+    #[test]
+    fn a_late_release_of_an_attempt_leaves_the_next_attempts_slot_and_gpu_held() {
+        let mut c = Capacity { slots: 1, gpus: vec!["0".into()], cpus: 1, memory_mb: 1, held: HashMap::new() };
+        let job = JobId::new();
+        c.take(&assignment(job, 1, "0")).unwrap();
+        // Attempt 1 ended and freed its slot; its retry comes back here at once.
+        c.release(job, 1);
+        c.take(&assignment(job, 2, "0")).unwrap();
+        // Attempt 1's task ends only now.
+        c.release(job, 1);
+        assert!(c.take(&assignment(JobId::new(), 1, "0")).is_err(), "attempt 2's slot and GPU were given away");
+        c.release(job, 2);
+        assert!(c.held.is_empty());
+    }
 }
