@@ -207,6 +207,40 @@ async fn cancelling_a_running_job_stops_its_whole_process_tree() {
     assert_eq!((s, b["error"]["code"].as_str()), (409, Some("job_terminal")));
 }
 
+/// A stopping worker lets its running jobs finish and must still obey a
+/// cancel. It stopped reading its inbox at the stop, so the scheduler's stop
+/// message went unread and the job ran on until the attempt's next lease
+/// check (found in review, 2026-12-02).
+#[tokio::test]
+async fn a_stopping_worker_stops_a_cancelled_job_when_told() {
+    let app = spawn_app().await;
+    // A lease check every 40 s: here the stop message must be what stops it.
+    let mut w = spawn_worker_with(
+        &app.settings,
+        &[],
+        &[("FETCHML_WORKER__LEASE_SECS", "120"), ("FETCHML_WORKER__DRAIN_SECS", "300")],
+    );
+    let marker = unique_sleep();
+    let id = submit(&app, json!({"command": ["sleep", marker]})).await;
+    app.until_state(&id, "running").await;
+    eventually(Duration::from_secs(10), || async { (!processes_with(&marker).is_empty()).then_some(()) }).await;
+
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(w.pid() as i32), nix::sys::signal::Signal::SIGTERM).unwrap();
+    // Draining: its registry entry says so once it has stopped taking jobs.
+    eventually(Duration::from_secs(10), || async {
+        let (_, workers) = app.get("/v1/workers").await;
+        workers["items"].as_array()?.iter().any(|x| x["pid"] == w.pid() && x["draining"] == true).then_some(())
+    })
+    .await;
+    let (s, b) = app.post(&format!("/v1/jobs/{id}/cancel")).await;
+    assert_eq!(s, 202, "{b}");
+    // Well before the lease check would have found the cancel.
+    eventually(Duration::from_secs(15), || async { processes_with(&marker).is_empty().then_some(()) }).await;
+    assert_eq!(app.until_terminal(&id).await["state"], "cancelled");
+    // Nothing left to run: the drain ends and the worker exits.
+    assert!(w.terminate().success());
+}
+
 #[tokio::test]
 async fn a_cancelled_queued_job_never_starts() {
     let app = spawn_app().await;

@@ -287,16 +287,7 @@ impl Worker {
                         this2.capacity.lock().unwrap_or_else(|p| p.into_inner()).release(job, attempt);
                     });
                 }
-                WorkerMessage::Stop { job_id, attempt } => {
-                    let stops = this.stops.lock().unwrap_or_else(|p| p.into_inner());
-                    if let Some(running) = stops.get(&job_id)
-                        && running.attempt == attempt
-                    {
-                        tracing::info!(job = %job_id, attempt, "the scheduler says the job moved on; stopping it");
-                        running.fenced.cancel();
-                        running.process.cancel();
-                    }
-                }
+                WorkerMessage::Stop { job_id, attempt } => this.stop_attempt(job_id, attempt),
                 WorkerMessage::Drain => {
                     if !this.draining.swap(true, Ordering::Relaxed) {
                         tracing::info!("drained by an admin: taking nothing new, running jobs finish");
@@ -309,7 +300,22 @@ impl Worker {
         this.draining.store(true, Ordering::Relaxed);
         this.refresh.notify_one();
         let drain = Duration::from_secs(this.settings.drain_secs);
-        if tokio::time::timeout(drain, async { while running.join_next().await.is_some() {} }).await.is_err() {
+        // The inbox is still read while the running jobs finish: a cancel
+        // stops its attempt now, not at the next lease check. (Assignments
+        // need no answer: an offer not started times out at the scheduler.)
+        let finish = async {
+            loop {
+                tokio::select! {
+                    ended = running.join_next() => if ended.is_none() { break },
+                    Some(m) = inbox.next() => {
+                        if let Ok(WorkerMessage::Stop { job_id, attempt }) = WorkerMessage::from_slice(&m.payload) {
+                            this.stop_attempt(job_id, attempt);
+                        }
+                    }
+                }
+            }
+        };
+        if tokio::time::timeout(drain, finish).await.is_err() {
             tracing::warn!(running = running.len(), "drain deadline passed; handing the remaining jobs back");
             kill_all.cancel();
             while running.join_next().await.is_some() {}
@@ -323,6 +329,19 @@ impl Worker {
         let _ = heartbeat.await;
         this.announce_stop(head).await;
         Ok(())
+    }
+
+    /// The scheduler says `job` moved on (cancelled, or recorded as lost):
+    /// fence and stop its `attempt`, if that is what runs here.
+    fn stop_attempt(&self, job: JobId, attempt: u32) {
+        let stops = self.stops.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(running) = stops.get(&job)
+            && running.attempt == attempt
+        {
+            tracing::info!(job = %job, attempt, "the scheduler says the job moved on; stopping it");
+            running.fenced.cancel();
+            running.process.cancel();
+        }
     }
 
     /// WorkerStarted in the log; returns the head (seq, hash) for WorkerStopped.
