@@ -612,6 +612,11 @@ impl Settings {
                 "usage_half_life_secs, aging_secs and assignment_timeout_ms must be above 0".into(),
             ));
         }
+        // An offer held longer than an hour is a slot lost for that long; far
+        // larger values overflow the scheduler's clock arithmetic.
+        if sched.assignment_timeout_ms > 3_600_000 {
+            return Err(invalid("scheduling.assignment_timeout_ms", "must be at most 3600000 (an hour)".into()));
+        }
         let mut seen = std::collections::BTreeSet::new();
         for (name, g) in &sched.groups {
             if g.share == 0 {
@@ -826,6 +831,9 @@ mod tests {
         assert!(e.to_string().contains("worker.concurrency"), "{e}");
         let e = Settings::load_from(None, &env(&[("FETCHML_NATS__WORKER_TTL_SECS", "2")])).unwrap_err();
         assert!(e.to_string().contains("nats.worker_ttl_secs"), "{e}");
+        let huge = env(&[("FETCHML_SCHEDULING__ASSIGNMENT_TIMEOUT_MS", "9223372036854775808")]);
+        let e = Settings::load_from(None, &huge).unwrap_err();
+        assert!(e.to_string().contains("scheduling.assignment_timeout_ms"), "{e}");
         for bad in ["[\"https://a.example/\"]", "[\"a.example\"]", "[\"*\", \"https://a.example\"]"] {
             let e = Settings::load_from(None, &env(&[("FETCHML_API__CORS_ALLOWED_ORIGINS", bad)])).unwrap_err();
             assert!(e.to_string().contains("api.cors_allowed_origins"), "{bad}: {e}");
