@@ -290,6 +290,31 @@ async fn a_requeue_is_scheduled_even_if_reading_the_jobs_history_failed_once() {
     assert_eq!(job["exit_code"], 3, "{job}");
 }
 
+/// The worker registry keeps the TTL it was made with, and workers refresh
+/// their entries by it. A scheduler set to a shorter `nats.worker_ttl_secs`
+/// judged workers by its own setting: live workers looked dead between two
+/// refreshes and their running jobs were recorded as lost (found in review,
+/// 2026-12-02). It now judges them by the registry's TTL.
+#[tokio::test]
+async fn workers_are_judged_by_the_registrys_ttl_not_the_schedulers_setting() {
+    let ns = fetchml_tests::unique_namespace();
+    // The registry exists first, at 15 s: workers refresh every 5 s.
+    let store = fetchml_tests::store_at(&fetchml_tests::nats_url(), ns.clone()).await;
+    fetchml_eventstore::ensure_registry(store.jetstream(), store.subjects(), Duration::from_secs(15)).await.unwrap();
+    let app = spawn_app_with(|s| {
+        s.nats.namespace = ns.to_string();
+        s.nats.worker_ttl_secs = 3;
+    })
+    .await;
+    let _worker = spawn_worker_with(&app.settings, &[], &[("FETCHML_NATS__WORKER_TTL_SECS", "15")]);
+    // Running across two of the worker's refreshes: a 3 s judge loses it.
+    let id = submit(&app, json!({"executor": "sleep", "command": ["12000"]})).await;
+    let job = app.until_terminal(&id).await;
+    assert_eq!((job["state"].as_str(), job["attempt"].as_u64()), (Some("succeeded"), Some(1)), "{job}");
+    let types = app.event_types(&id).await;
+    assert_eq!(types, ["job_queued", "job_started", "job_succeeded"], "{types:?}");
+}
+
 #[tokio::test]
 async fn killing_the_scheduling_leader_under_load_loses_nothing_and_starts_nothing_twice() {
     // No scheduler in the api: two standalone ones, killed -9 in turns.

@@ -459,6 +459,11 @@ impl Board {
         }
     }
 
+    /// How long a worker not heard of is still live: the registry's TTL.
+    pub fn set_worker_ttl(&mut self, ttl: std::time::Duration) {
+        self.worker_ttl = chrono::Duration::from_std(ttl).unwrap_or(self.worker_ttl);
+    }
+
     /// The worker's registry entry was deleted (a clean stop).
     pub fn worker_gone(&mut self, worker: WorkerId) {
         self.workers.remove(&worker);

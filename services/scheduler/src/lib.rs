@@ -294,6 +294,19 @@ impl Scheduler {
                 }
             }
         };
+        // A worker is live while its entry is: the registry's own TTL, which
+        // workers pace their refreshes by, not this process's setting (an
+        // existing bucket keeps its TTL). Judged by a shorter one, live
+        // workers would look dead between refreshes and their jobs be lost.
+        let worker_ttl = match registry.status().await.map(|s| s.max_age()) {
+            Ok(ttl) if !ttl.is_zero() => ttl,
+            _ => self.worker_ttl,
+        };
+        if worker_ttl != self.worker_ttl {
+            tracing::warn!(registry = ?worker_ttl, configured = ?self.worker_ttl,
+                "the worker registry's TTL differs from nats.worker_ttl_secs; judging workers by the registry's");
+            self.board().set_worker_ttl(worker_ttl);
+        }
         let leading = self.handle.leading.clone();
         tokio::spawn(leader::hold(
             js.clone(),
@@ -320,7 +333,7 @@ impl Scheduler {
             }
         };
         let timeout = self.handle.outbox.assignment_timeout;
-        let ttl = chrono::Duration::from_std(self.worker_ttl).unwrap_or(chrono::Duration::seconds(15));
+        let ttl = chrono::Duration::from_std(worker_ttl).unwrap_or(chrono::Duration::seconds(15));
         let mut recording: HashSet<(JobId, u32)> = HashSet::new();
         let (lost_done_tx, mut lost_done) = tokio::sync::mpsc::unbounded_channel::<(JobId, u32)>();
         let mut next = 1u64;
@@ -337,7 +350,7 @@ impl Scheduler {
         let (polled_tx, mut polled) = tokio::sync::mpsc::channel::<Vec<WorkerRecord>>(4);
         tokio::spawn(poll_registry(
             registry.clone(),
-            (self.worker_ttl / 3).max(Duration::from_millis(500)),
+            (worker_ttl / 3).max(Duration::from_millis(500)),
             polled_tx,
             stop.clone(),
         ));
