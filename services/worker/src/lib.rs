@@ -38,7 +38,7 @@ use executor::{ExecIo, ExecRequest};
 use fetchml_events::dispatch::{Assignment, WorkerMessage};
 use fetchml_events::hash::GENESIS;
 use fetchml_events::ids::PoolName;
-use fetchml_events::job::{FailureClass, JobCommand, JobStatus, Metrics, Outcome};
+use fetchml_events::job::{FailureClass, JobCommand, JobStatus, Metrics, Outcome, Placement};
 use fetchml_events::subject::check_label;
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, JobId, WorkerId};
@@ -82,13 +82,14 @@ struct Capacity {
     gpus: Vec<String>,
     cpus: u32,
     memory_mb: u64,
-    /// Attempts running here: each job's attempt, with the GPUs it holds.
-    held: HashMap<JobId, (u32, Vec<String>)>,
+    /// Attempts running here: each job's attempt, with what it was given.
+    held: HashMap<JobId, (u32, Placement)>,
 }
 
 impl Capacity {
     /// Takes what `a` was given, if it is free here. The scheduler checks the
-    /// same; this guards against two schedulers both believing they lead.
+    /// same (slots, GPU ids, CPUs and memory); this guards against two
+    /// schedulers both believing they lead.
     fn take(&mut self, a: &Assignment) -> Result<(), String> {
         if self.held.contains_key(&a.job_id) {
             return Err("the job already runs here".into());
@@ -96,7 +97,7 @@ impl Capacity {
         if self.held.len() >= self.slots {
             return Err(format!("all {} slots are taken", self.slots));
         }
-        let used: HashSet<&String> = self.held.values().flat_map(|(_, gpus)| gpus).collect();
+        let used: HashSet<&String> = self.held.values().flat_map(|(_, p)| &p.gpus).collect();
         for g in &a.placement.gpus {
             if !self.gpus.contains(g) {
                 return Err(format!("GPU {g} is not one of this worker's"));
@@ -105,7 +106,25 @@ impl Capacity {
                 return Err(format!("GPU {g} is in use"));
             }
         }
-        self.held.insert(a.job_id, (a.attempt, a.placement.gpus.clone()));
+        let cpus: u64 = self.held.values().map(|(_, p)| u64::from(p.cpus)).sum();
+        if cpus + u64::from(a.placement.cpus) > u64::from(self.cpus) {
+            return Err(format!(
+                "{} CPU(s) asked, {} of {} free",
+                a.placement.cpus,
+                u64::from(self.cpus).saturating_sub(cpus),
+                self.cpus
+            ));
+        }
+        let memory_mb: u64 = self.held.values().map(|(_, p)| p.memory_mb).sum();
+        if memory_mb.saturating_add(a.placement.memory_mb) > self.memory_mb {
+            return Err(format!(
+                "{} MB asked, {} of {} MB free",
+                a.placement.memory_mb,
+                self.memory_mb.saturating_sub(memory_mb),
+                self.memory_mb
+            ));
+        }
+        self.held.insert(a.job_id, (a.attempt, a.placement.clone()));
         Ok(())
     }
 
@@ -751,7 +770,7 @@ fn jitter_permille() -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fetchml_events::job::{JobEvent, JobSpec, Placement, evolve};
+    use fetchml_events::job::{JobEvent, JobSpec, evolve};
 
     fn assignment(job_id: JobId, attempt: u32, gpu: &str) -> Assignment {
         let owner = fetchml_events::ids::UserName::parse("alice").unwrap();
@@ -767,6 +786,22 @@ mod tests {
             placement: Placement { host: String::new(), gpus: vec![gpu.into()], cpus: 0, memory_mb: 0 },
             ready_at: chrono::Utc::now(),
         }
+    }
+
+    #[test]
+    fn cpus_and_memory_beyond_what_is_free_are_declined() {
+        let mut c = Capacity { slots: 4, gpus: vec![], cpus: 8, memory_mb: 1000, held: HashMap::new() };
+        let with = |cpus: u32, memory_mb: u64| {
+            let mut a = assignment(JobId::new(), 1, "0");
+            a.placement = Placement { host: String::new(), gpus: vec![], cpus, memory_mb };
+            a
+        };
+        c.take(&with(6, 600)).unwrap();
+        assert!(c.take(&with(3, 100)).unwrap_err().contains("CPU"));
+        assert!(c.take(&with(2, 500)).unwrap_err().contains("MB"));
+        c.take(&with(2, 400)).unwrap();
+        // A job that names none reserves none.
+        c.take(&with(0, 0)).unwrap();
     }
 
     #[test]
