@@ -315,6 +315,44 @@ async fn workers_are_judged_by_the_registrys_ttl_not_the_schedulers_setting() {
     assert_eq!(types, ["job_queued", "job_started", "job_succeeded"], "{types:?}");
 }
 
+/// The leases bucket keeps the TTL it was made with too. A scheduler set to a
+/// longer TTL renewed its lease by its own setting, so the lease expired between
+/// renewals: leadership was lost and taken again every time, and another
+/// scheduler could lead in between (found in review, 2026-12-02). It now renews
+/// by the bucket's TTL.
+#[tokio::test]
+async fn the_leader_renews_its_lease_by_the_buckets_ttl() {
+    let ns = fetchml_tests::unique_namespace();
+    let store = fetchml_tests::store_at(&fetchml_tests::nats_url(), ns.clone()).await;
+    // The leases bucket exists first, with leases of 3 s.
+    let leases = store
+        .jetstream()
+        .create_key_value(async_nats::jetstream::kv::Config {
+            bucket: store.subjects().leases_bucket(),
+            history: 1,
+            max_age: Duration::from_secs(3),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let app = spawn_app_with(|s| {
+        s.nats.namespace = ns.to_string();
+        s.api.embedded_scheduler = false;
+        // Renewing every 10 s by this setting: a 3 s lease would lapse.
+        s.nats.worker_ttl_secs = 30;
+    })
+    .await;
+    let _scheduler = spawn_scheduler(&app.settings);
+    let holder = || async { leases.get("scheduler").await.ok().flatten() };
+    let first = eventually(Duration::from_secs(20), holder).await;
+    // Held throughout, by the same scheduler: four lease lifetimes.
+    let mut every = tokio::time::interval(Duration::from_millis(250));
+    for _ in 0..48 {
+        every.tick().await;
+        assert_eq!(holder().await.as_ref(), Some(&first), "the lease lapsed or changed hands");
+    }
+}
+
 #[tokio::test]
 async fn killing_the_scheduling_leader_under_load_loses_nothing_and_starts_nothing_twice() {
     // No scheduler in the api: two standalone ones, killed -9 in turns.
