@@ -34,7 +34,8 @@ pub use error::StoreError;
 pub use index::{IndexedJob, JobIndex};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
 pub use registry::{
-    DEFAULT_WORKER_TTL, HEARTBEAT, WorkerRecord, ensure_registry, heartbeat_every, list_workers, open_registry,
+    DEFAULT_WORKER_TTL, HEARTBEAT, WorkerRecord, ensure_registry, entry_ttl, heartbeat_every, list_workers,
+    open_registry,
 };
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
 pub use streams::{StreamSettings, ensure_streams, log_replicas};

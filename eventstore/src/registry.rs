@@ -86,12 +86,19 @@ pub async fn ensure_registry(
     }
 }
 
+/// How long entries of `kv` live: the TTL the bucket was made with, which an
+/// existing bucket keeps whatever a process is configured with. `None` if
+/// the bucket cannot say or keeps entries for ever.
+pub async fn entry_ttl(kv: &kv::Store) -> Option<Duration> {
+    kv.status().await.ok().map(|s| s.max_age()).filter(|ttl| !ttl.is_zero())
+}
+
 /// How often a worker must refresh its entry in `kv`: a third of the bucket's
 /// TTL, so that one lost refresh does not make a live worker vanish.
 pub async fn heartbeat_every(kv: &kv::Store) -> Duration {
-    match kv.status().await.map(|s| s.max_age()) {
-        Ok(ttl) if !ttl.is_zero() => (ttl / 3).max(Duration::from_millis(100)),
-        _ => HEARTBEAT,
+    match entry_ttl(kv).await {
+        Some(ttl) => (ttl / 3).max(Duration::from_millis(100)),
+        None => HEARTBEAT,
     }
 }
 

@@ -473,10 +473,17 @@ impl Board {
         self.drained.remove(&worker);
     }
 
-    /// Time passes: backoffs end, assignments not started go back to the
-    /// queue, workers not heard of are gone. Returns the running attempts
-    /// whose worker is gone (for the leader to record as lost).
+    /// Time passes (see [`Board::advance`]). Returns the running attempts
+    /// whose worker is gone, for the leader to record as lost.
     pub fn tick(&mut self, now: DateTime<Utc>) -> Vec<Lost> {
+        self.advance(now);
+        self.orphans()
+    }
+
+    /// Time passes: backoffs end, assignments not started go back to the
+    /// queue, workers not heard of are gone. Every board does this, leading
+    /// or not: any scheduler may answer a query.
+    pub fn advance(&mut self, now: DateTime<Utc>) {
         while let Some(&(nb, id)) = self.delayed.first() {
             if nb > now {
                 break;
@@ -514,7 +521,6 @@ impl Board {
             tracing::warn!(worker = %w, "worker not heard of within its registry TTL; gone");
             self.worker_gone(w);
         }
-        self.orphans()
     }
 
     /// Running attempts whose worker is not live.

@@ -68,13 +68,12 @@ pub(crate) async fn hold(
             // a longer setting would let the lease expire between renewals
             // (leadership lost and taken again every time).
             if let Some(kv) = &store
-                && let Ok(status) = kv.status().await
-                && !status.max_age().is_zero()
-                && status.max_age() != ttl
+                && let Some(lease) = fetchml_eventstore::entry_ttl(kv).await
+                && lease != ttl
             {
-                tracing::warn!(bucket = %status.bucket(), lease = ?status.max_age(), configured = ?ttl,
+                tracing::warn!(lease = ?lease, configured = ?ttl,
                     "the leases bucket's TTL differs from nats.worker_ttl_secs; renewing by the bucket's");
-                tick = tokio::time::interval((status.max_age() / 3).max(Duration::from_millis(100)));
+                tick = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
         }

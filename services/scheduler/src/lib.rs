@@ -298,10 +298,7 @@ impl Scheduler {
         // workers pace their refreshes by, not this process's setting (an
         // existing bucket keeps its TTL). Judged by a shorter one, live
         // workers would look dead between refreshes and their jobs be lost.
-        let worker_ttl = match registry.status().await.map(|s| s.max_age()) {
-            Ok(ttl) if !ttl.is_zero() => ttl,
-            _ => self.worker_ttl,
-        };
+        let worker_ttl = fetchml_eventstore::entry_ttl(&registry).await.unwrap_or(self.worker_ttl);
         if worker_ttl != self.worker_ttl {
             tracing::warn!(registry = ?worker_ttl, configured = ?self.worker_ttl,
                 "the worker registry's TTL differs from nats.worker_ttl_secs; judging workers by the registry's");
@@ -458,7 +455,7 @@ impl Scheduler {
                     // scheduler may answer a query (`explain`, `pools`), and
                     // must not count workers long gone or backoffs long over.
                     // Lost attempts are the leader's to record.
-                    let _ = self.handle.board.lock().unwrap_or_else(|p| p.into_inner()).tick(Utc::now());
+                    self.handle.board.lock().unwrap_or_else(|p| p.into_inner()).advance(Utc::now());
                     continue;
                 }
                 let now = Utc::now();
