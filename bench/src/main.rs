@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+mod http1;
 mod scheduling;
 
 // The load generator shares the machine with what it measures: the
@@ -590,9 +591,19 @@ async fn run(env: &Env) -> anyhow::Result<()> {
         let (api, url) = env.api("bsubmit").await;
         let idle_api = api.rss_kib();
         let n_submit = if quick { 5_000 } else { 20_000 };
-        let (submit_rate, _) =
-            submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
+        let cpu_before = CpuSplit::now(&api, &[], env);
+        let submit_rate = submit_many(&env.key, &url, n_submit, 64, json!({"executor": "noop", "command": []})).await;
         r.add("submit: POST /v1/jobs, 64 clients", submit_rate, "jobs/s", Some(("pipelined publish", pipe_rate)));
+        // What a single submit costs each process, the api's scheduler and
+        // projector included: steadier than the rate on a host whose speed
+        // drifts, so builds of the HTTP path compare by it.
+        until_projected(env, "bsubmit", &url).await?;
+        CpuSplit::now(&api, &[], env).report(
+            &cpu_before,
+            n_submit,
+            "single submits, no workers, read models included",
+            &mut r,
+        );
         r.add("memory: api RSS idle", idle_api as f64 / 1024.0, "MiB", None);
         r.add("memory: api RSS after submit load", api.rss_kib() as f64 / 1024.0, "MiB", None);
         drop(api);
@@ -1127,6 +1138,12 @@ async fn raw_paced_publish(env: &Env, rate: f64, n: usize) -> anyhow::Result<Vec
 
 /// Submits `n` jobs through `POST /v1/jobs/batch`, `per_request` at a time from
 /// `clients` concurrent clients; returns jobs/s.
+///
+/// On reqwest, not [`http1`]: its CPU is 3-4 µs a job here, and the lean
+/// client made this phase slower (twenty-second session, BENCHMARKS.md). This
+/// loop checks the status and never reads the answer, so reqwest cannot reuse
+/// the connection and opens a new one per request: the next request is sent
+/// while the api still writes the last answer.
 async fn submit_batches(
     key: &str,
     url: &str,
@@ -1190,28 +1207,30 @@ fn client(key: &str, pool: usize) -> reqwest::Client {
     reqwest::Client::builder().default_headers(h).pool_max_idle_per_host(pool).build().unwrap()
 }
 
-async fn submit_many(key: &str, url: &str, n: usize, clients: usize, spec: Value) -> (f64, Vec<String>) {
-    let http = client(key, clients);
+/// Submits `n` jobs, one `POST /v1/jobs` each, from `clients` concurrent
+/// keep-alive connections; returns jobs/s. Panics on any answer but 202.
+async fn submit_many(key: &str, url: &str, n: usize, clients: usize, spec: Value) -> f64 {
+    let body = Bytes::from(serde_json::to_vec(&spec).unwrap());
     let next = Arc::new(AtomicU64::new(0));
+    let mut connections = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        connections.push(http1::Connection::open(url, key).await.unwrap());
+    }
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let (http, next, url, spec) = (http.clone(), next.clone(), url.to_owned(), spec.clone());
+    for mut connection in connections {
+        let (next, body) = (next.clone(), body.clone());
         tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
             while (next.fetch_add(1, Ordering::Relaxed) as usize) < n {
-                let r = http.post(format!("{url}/v1/jobs")).json(&spec).send().await.unwrap();
-                assert_eq!(r.status().as_u16(), 202);
-                ids.push(r.json::<Value>().await.unwrap()["id"].as_str().unwrap().to_owned());
+                let (status, answer) = connection.post_json("/v1/jobs", body.clone()).await.unwrap();
+                assert_eq!(status.as_u16(), 202, "{}", String::from_utf8_lossy(&answer));
             }
-            ids
         }));
     }
-    let mut ids = Vec::with_capacity(n);
     for t in tasks {
-        ids.extend(t.await.unwrap());
+        t.await.unwrap();
     }
-    (n as f64 / t0.elapsed().as_secs_f64(), ids)
+    n as f64 / t0.elapsed().as_secs_f64()
 }
 
 /// The subject names of a bench namespace (bench namespaces are literals).
