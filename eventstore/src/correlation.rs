@@ -20,9 +20,10 @@ tokio::task_local! {
     static CORRELATION: Uuid;
 }
 
-/// Runs `fut` with `id` as the correlation id of the commands it runs.
-pub async fn scope<F: Future>(id: Uuid, fut: F) -> F::Output {
-    CORRELATION.scope(id, fut).await
+/// `fut` with `id` as the correlation id of the commands it runs. A named
+/// future, so a tower layer can return it without boxing.
+pub fn scope<F: Future>(id: Uuid, fut: F) -> tokio::task::futures::TaskLocalFuture<Uuid, F> {
+    CORRELATION.scope(id, fut)
 }
 
 /// The correlation id of the current [`scope`], if any.

@@ -209,6 +209,14 @@ async fn a_slow_answer_gets_504_request_timeout_while_streams_outlive_the_deadli
     let body: Value = slow.json().await.unwrap();
     assert_eq!(body["error"]["code"], "request_timeout", "{body}");
     let deadline_passed = chrono::Utc::now();
+    // The metrics are outside the deadline: its 504 is counted, by route and code.
+    let text = app.http.get(app.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(
+        text.lines().any(|l| l.starts_with("fetchml_http_errors_total{")
+            && l.contains(r#"route="/v1/jobs""#)
+            && l.contains(r#"code="request_timeout""#)),
+        "{text}"
+    );
 
     // Both streams opened before the slow request, so their deadline (had
     // they one) passed before its own: they still deliver what comes after.

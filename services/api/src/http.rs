@@ -1,8 +1,11 @@
-//! HTTP hygiene around every route, from tower-http: request ids, one tracing
-//! span per request, CORS, gzip, and a deadline for each answer.
+//! The layers around every route: request metrics, and HTTP hygiene from
+//! tower-http (request ids, one tracing span per request, CORS, gzip, and a
+//! deadline for each answer), around the transport's request rules.
 //!
 //! Outermost first, as a request meets them:
 //!
+//! - **Metrics** ([`crate::metrics::Track`]): outside the rest, so they count
+//!   the deadline's 504s and the CORS preflights too.
 //! - **Request id**: a client's `X-Request-Id` is kept if it is sane (1-128
 //!   characters of `A-Z a-z 0-9 - _ . :`), else replaced by a fresh UUID; it is
 //!   echoed in the answer's `X-Request-Id`, whatever the answer.
@@ -30,17 +33,33 @@
 //!   shows both), so one id ties the request, its events and the dispatcher's
 //!   and workers' log lines together.
 //!
-//! The transport's own rules (header and body timeouts, the connection limit,
-//! the early 413) are in [`crate::transport`], inside these layers.
+//! - **The transport's request rules** ([`crate::transport::edge`]): the
+//!   early 413, the body's deadline, JSON for the transport's own answers;
+//!   the connection's rules (header timeout, connection limit) are in
+//!   [`crate::transport`] too.
+//!
+//! **One stack, applied once.** Every `Router::layer` call boxes each route
+//! again, and every request then clones and polls each box; axum's `from_fn`
+//! and `map_*` also clone everything beneath them and box a future per
+//! request. Eleven layers applied one by one cost five times the bare
+//! handler of a submit; as one `ServiceBuilder` with layers of tower's own
+//! kind, a fraction of that (`benches/http_layers.rs`; BENCHMARKS.md,
+//! twenty-second session). The stack is applied with `Router::layer`, not
+//! around the router, so `MatchedPath` (the route's template, for the span
+//! and the metrics) is known to every layer.
 
 use crate::error::ApiError;
 use axum::Router;
-use axum::extract::{MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
 use axum::http::header::{self, HeaderName, HeaderValue};
 use axum::http::{Extensions, HeaderMap, Method, StatusCode, Version};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::task::futures::TaskLocalFuture;
+use tower::layer::layer_fn;
+use tower::util::{MapRequestLayer, MapResponseLayer};
+use tower::{Service, ServiceBuilder};
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{Predicate, SizeAbove};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -89,34 +108,41 @@ impl Default for HttpOptions {
 }
 
 /// `router` wrapped in the layers of this module (see the module header).
-pub fn around<S: Clone + Send + Sync + 'static>(router: Router<S>, options: &HttpOptions) -> Router<S> {
-    let mut router = router
-        .layer(axum::middleware::from_fn(correlate))
-        // The 504 status is how the timeout's answer is told apart below: no
-        // handler answers 504 itself.
-        .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, options.request_timeout))
-        .layer(axum::middleware::map_response(timeout_as_json))
-        .layer(CompressionLayer::new().compress_when(SizeAbove::new(COMPRESS_FROM_BYTES).and(is_json)));
-    if let Some(cors) = cors(&options.cors_allowed_origins) {
-        router = router.layer(cors);
-    }
-    router
-        .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
-        .layer(
-            TraceLayer::new_for_http()
-                .make_span_with(request_span)
-                .on_response(answered)
-                // 5xx are logged by `ApiError` with their cause, and the
-                // "answered" line has the status: no second line for them.
-                .on_failure(()),
-        )
-        .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
-        .layer(axum::middleware::map_request(drop_insane_request_id))
+pub fn around<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    limits: &crate::transport::HttpLimits,
+    options: &HttpOptions,
+) -> Router<S> {
+    let edge_limits = std::sync::Arc::new(limits.clone());
+    router.layer(
+        ServiceBuilder::new()
+            .layer(layer_fn(crate::metrics::Track))
+            .layer(MapRequestLayer::new(drop_insane_request_id))
+            .layer(SetRequestIdLayer::new(X_REQUEST_ID, MakeRequestUuid))
+            .layer(
+                TraceLayer::new_for_http()
+                    .make_span_with(request_span)
+                    .on_response(answered)
+                    // 5xx are logged by `ApiError` with their cause, and the
+                    // "answered" line has the status: no second line for them.
+                    .on_failure(()),
+            )
+            .layer(PropagateRequestIdLayer::new(X_REQUEST_ID))
+            .option_layer(cors(&options.cors_allowed_origins))
+            .layer(CompressionLayer::new().compress_when(SizeAbove::new(COMPRESS_FROM_BYTES).and(is_json)))
+            .layer(MapResponseLayer::new(timeout_as_json))
+            // The 504 status is how the timeout's answer is told apart
+            // above: no handler answers 504 itself.
+            .layer(TimeoutLayer::with_status_code(StatusCode::GATEWAY_TIMEOUT, options.request_timeout))
+            .layer(layer_fn(Correlate))
+            .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)))
+            .layer(DefaultBodyLimit::max(limits.max_body_bytes)),
+    )
 }
 
 /// A client's request id that is not sane is dropped (and a fresh one made):
 /// it goes into every log line and into the event log.
-async fn drop_insane_request_id(mut req: Request) -> Request {
+fn drop_insane_request_id(mut req: Request) -> Request {
     if req.headers().get_all(&X_REQUEST_ID).iter().count() > 1
         || req.headers().get(&X_REQUEST_ID).is_some_and(|v| !is_sane_request_id(v.as_bytes()))
     {
@@ -161,14 +187,27 @@ fn answered<B>(res: &axum::http::Response<B>, latency: Duration, span: &Span) {
     tracing::info!("answered");
 }
 
-/// Runs the request inside its correlation scope, for the commands it runs.
-async fn correlate(req: Request, next: Next) -> Response {
-    let id = correlation_of(request_id_of(req.extensions()));
-    fetchml_eventstore::correlation::scope(id, next.run(req)).await
+/// Runs each request inside its correlation scope, for the commands it runs.
+#[derive(Clone)]
+struct Correlate<S>(S);
+
+impl<S: Service<Request>> Service<Request> for Correlate<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TaskLocalFuture<Uuid, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let id = correlation_of(request_id_of(req.extensions()));
+        fetchml_eventstore::correlation::scope(id, self.0.call(req))
+    }
 }
 
 /// The timeout's bare 504 in the JSON error format.
-async fn timeout_as_json(response: Response) -> Response {
+fn timeout_as_json(response: Response) -> Response {
     if response.status() == StatusCode::GATEWAY_TIMEOUT && !response.headers().contains_key(header::CONTENT_TYPE) {
         return ApiError::RequestTimeout.into_response();
     }

@@ -1,7 +1,7 @@
 //! `GET /metrics` and the HTTP request metrics (names in
 //! [`fetchml_runtime::metrics`]).
 //!
-//! **Requests** are counted by one middleware ([`track`]) around every route:
+//! **Requests** are counted by one layer ([`Track`]) around every route:
 //! the route's template from axum's `MatchedPath` (never the raw path, so ids
 //! do not become labels), the status, and the latency to the answer's head.
 //! Error answers carry their stable code as a response extension
@@ -26,13 +26,16 @@ use crate::AppState;
 use crate::error::ApiError;
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Utc};
 use fetchml_runtime::metrics as m;
-use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Mutex, OnceLock, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+use tower::Service;
 
 /// The stable code of an error answer, for the request metrics.
 #[derive(Clone, Copy, Debug)]
@@ -63,24 +66,88 @@ pub struct Scrapes {
 }
 
 /// Records every request: count by (method, route, status), latency by
-/// (method, route), and error answers by code.
-pub async fn track(req: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = method_label(req.method());
-    let route = req.extensions().get::<MatchedPath>().map(|p| p.as_str().to_owned());
-    let response = next.run(req).await;
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    let status = response.status().as_u16().to_string();
-    metrics::histogram!(m::HTTP_DURATION, "method" => method, "route" => route.clone())
-        .record(started.elapsed().as_secs_f64());
+/// (method, route), and error answers by code. A layer of its own rather than
+/// axum's `from_fn`, which clones every layer beneath it per request.
+#[derive(Clone)]
+pub struct Track<S>(pub S);
+
+impl<S, B, E> Service<Request> for Track<S>
+where
+    S: Service<Request, Response = axum::http::Response<B>, Error = E>,
+{
+    type Response = axum::http::Response<B>;
+    type Error = E;
+    type Future = Tracked<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), E>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        Tracked {
+            started: Instant::now(),
+            method: method_label(req.method()),
+            route: req.extensions().get::<MatchedPath>().map_or("unmatched", |p| label(p.as_str())),
+            inner: self.0.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request's answer, recorded in the metrics when it is ready.
+    pub struct Tracked<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        method: &'static str,
+        route: &'static str,
+    }
+}
+
+impl<F, B, E> Future for Tracked<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, E>>,
+{
+    type Output = Result<axum::http::Response<B>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let answer = std::task::ready!(this.inner.poll(cx));
+        if let Ok(response) = &answer {
+            record(this.method, this.route, *this.started, response);
+        }
+        Poll::Ready(answer)
+    }
+}
+
+fn record<B>(method: &'static str, route: &'static str, started: Instant, response: &axum::http::Response<B>) {
+    metrics::histogram!(m::HTTP_DURATION, "method" => method, "route" => route).record(started.elapsed().as_secs_f64());
     if let Some(ErrorCode(code)) = response.extensions().get::<ErrorCode>().copied() {
-        metrics::counter!(m::HTTP_ERRORS, "route" => route.clone(), "code" => code).increment(1);
+        metrics::counter!(m::HTTP_ERRORS, "route" => route, "code" => code).increment(1);
         if method == "POST" && (route == "/v1/jobs" || route == "/v1/jobs/batch") {
             metrics::counter!(m::JOBS_REFUSED, "code" => code).increment(1);
         }
     }
+    let status = label(response.status().as_str());
     metrics::counter!(m::HTTP_REQUESTS, "method" => method, "route" => route, "status" => status).increment(1);
-    response
+}
+
+/// `text` as a label that lives as long as the process, made once: route
+/// templates and statuses are few (a route's template, never its raw path),
+/// and every request names them again.
+fn label(text: &str) -> &'static str {
+    static LABELS: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let labels = LABELS.get_or_init(Default::default);
+    if let Some(known) = labels.read().unwrap_or_else(PoisonError::into_inner).get(text) {
+        return known;
+    }
+    let mut labels = labels.write().unwrap_or_else(PoisonError::into_inner);
+    if let Some(known) = labels.get(text) {
+        return known;
+    }
+    let made: &'static str = Box::leak(text.to_owned().into_boxed_str());
+    labels.insert(made);
+    made
 }
 
 /// The method as a label: clients may send any token, so only the standard

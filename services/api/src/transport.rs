@@ -33,10 +33,10 @@ use axum::extract::{ConnectInfo, Request};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use futures::StreamExt;
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -303,22 +303,54 @@ fn close(mut response: Response) -> Response {
 /// `body`, failing with [`BodyTimedOut`] (and setting `timed_out`) if it has
 /// not ended within `within`.
 fn deadline_body(body: Body, within: Duration, timed_out: Arc<AtomicBool>) -> Body {
-    let deadline = tokio::time::Instant::now() + within;
-    let stream = futures::stream::unfold(Some(body.into_data_stream()), move |state| {
-        let timed_out = timed_out.clone();
-        async move {
-            let mut data = state?;
-            match tokio::time::timeout_at(deadline, data.next()).await {
-                Ok(Some(item)) => Some((item, Some(data))),
-                Ok(None) => None,
-                Err(_) => {
-                    timed_out.store(true, Ordering::Release);
-                    Some((Err(axum::Error::new(BodyTimedOut)), None))
-                }
-            }
+    Body::new(DeadlineBody { inner: body, deadline: tokio::time::Instant::now() + within, timer: None, timed_out })
+}
+
+pin_project_lite::pin_project! {
+    /// A body with a deadline. Its timer is made only when the body first
+    /// has nothing to give: most bodies have arrived with their headers, and
+    /// a timer per request is a cost every request would pay.
+    struct DeadlineBody {
+        #[pin]
+        inner: Body,
+        deadline: tokio::time::Instant,
+        #[pin]
+        timer: Option<tokio::time::Sleep>,
+        timed_out: Arc<AtomicBool>,
+    }
+}
+
+impl HttpBody for DeadlineBody {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        if this.timed_out.load(Ordering::Acquire) {
+            return Poll::Ready(None);
         }
-    });
-    Body::from_stream(stream)
+        if let Poll::Ready(frame) = this.inner.poll_frame(cx) {
+            return Poll::Ready(frame);
+        }
+        if this.timer.is_none() {
+            this.timer.set(Some(tokio::time::sleep_until(*this.deadline)));
+        }
+        match this.timer.as_pin_mut().map(|timer| timer.poll(cx)) {
+            Some(Poll::Ready(())) => {
+                this.timed_out.store(true, Ordering::Release);
+                Poll::Ready(Some(Err(axum::Error::new(BodyTimedOut))))
+            }
+            _ => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

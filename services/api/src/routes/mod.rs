@@ -14,14 +14,10 @@ mod workers;
 
 use crate::AppState;
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-/// Every route, under the transport's request rules ([`crate::transport::edge`]:
-/// early 413, body timeout, JSON for the transport's own answers), inside the
-/// HTTP hygiene layers ([`crate::http`]: request ids, spans, CORS, gzip, deadline).
+/// Every route, inside the layers every route has ([`crate::http::around`]).
 pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::HttpOptions) -> Router<AppState> {
-    let edge_limits = std::sync::Arc::new(limits.clone());
     let routes = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
@@ -56,11 +52,6 @@ pub fn router(limits: &crate::transport::HttpLimits, options: &crate::http::Http
         .route("/v1/openapi.json", get(openapi::serve))
         // The dashboard's files and client-side routes; the api's own
         // prefixes still answer 404 route_not_found (see ui::fallback).
-        .fallback(ui::fallback)
-        .layer(DefaultBodyLimit::max(limits.max_body_bytes))
-        .layer(axum::middleware::from_fn(move |req, next| crate::transport::edge(edge_limits.clone(), req, next)));
-    // Request metrics outside the hygiene layers, so they count the 504s of
-    // the deadline and the CORS preflights too (MatchedPath is set by then:
-    // Router::layer runs after routing).
-    crate::http::around(routes, options).layer(axum::middleware::from_fn(crate::metrics::track))
+        .fallback(ui::fallback);
+    crate::http::around(routes, limits, options)
 }
