@@ -3,11 +3,12 @@
 //!
 //! Why not reqwest, as in the rest of the bench: the load generator shares the
 //! two cores with what it measures, so its CPU per job lowers every end-to-end
-//! figure. With reqwest it spent 40-80 µs a single-submitted job, a tenth of
-//! all processes together, mostly on what a loop of identical requests does
-//! not need: the URL parsed again (IDNA included), a connection pool, a JSON
-//! tree per answer (twenty-second session; BENCHMARKS.md). The api sees the
-//! same requests either way: a bearer token, a JSON body, keep-alive.
+//! figure. With reqwest it spent 35-41 µs a single-submitted job (80 on a
+//! slower host), a tenth of all processes together, mostly on what a loop of
+//! identical requests does not need: the URL parsed again (IDNA included), a
+//! connection pool, a JSON tree per answer (twenty-second session;
+//! BENCHMARKS.md). The api sees the same requests either way: a bearer token,
+//! a JSON body, keep-alive.
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full};

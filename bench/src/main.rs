@@ -1139,7 +1139,7 @@ async fn raw_paced_publish(env: &Env, rate: f64, n: usize) -> anyhow::Result<Vec
 /// Submits `n` jobs through `POST /v1/jobs/batch`, `per_request` at a time from
 /// `clients` concurrent clients; returns jobs/s.
 ///
-/// On reqwest, not [`http1`]: its CPU is 3-4 µs a job here, and the lean
+/// On reqwest, not [`http1`]: its CPU is 3-6 µs a job here, and the lean
 /// client made this phase slower (twenty-second session, BENCHMARKS.md). This
 /// loop checks the status and never reads the answer, so reqwest cannot reuse
 /// the connection and opens a new one per request: the next request is sent
