@@ -178,6 +178,10 @@ pub struct Board {
     /// Waiting jobs in backoff, by the time they become ready.
     delayed: BTreeSet<(DateTime<Utc>, JobId)>,
     workers: HashMap<WorkerId, WorkerState>,
+    /// Workers whose registry entry was deleted (a clean stop), and when the
+    /// board heard of it: a poll of the registry that listed them before the
+    /// delete must not bring them back (see [`Board::worker_polled`]).
+    stopped: HashMap<WorkerId, DateTime<Utc>>,
     drained: HashSet<WorkerId>,
     paused: HashSet<String>,
     usage: HashMap<Arc<str>, Usage>,
@@ -197,6 +201,7 @@ impl Board {
             queues: BTreeMap::new(),
             delayed: BTreeSet::new(),
             workers: HashMap::new(),
+            stopped: HashMap::new(),
             drained: HashSet::new(),
             paused: HashSet::new(),
             usage: HashMap::new(),
@@ -432,9 +437,26 @@ impl Board {
         self.seen = self.seen.max(seq);
     }
 
-    /// A registry entry was written (or rewritten) for `worker`, at `now`
-    /// (or, read back by a poll, last refreshed then).
+    /// A registry entry was written (or rewritten) for `worker`, at `now`,
+    /// as the registry's watch delivers it: in the registry's order, so it is
+    /// newer than any delete the watch gave before.
     pub fn worker_seen(&mut self, worker: WorkerId, capacity: Capacity, draining: bool, now: DateTime<Utc>) {
+        self.stopped.remove(&worker);
+        self.worker_entry(worker, capacity, draining, now);
+    }
+
+    /// A registry entry for `worker`, last refreshed at `refreshed`, as a
+    /// poll of the registry read it back. A poll is a snapshot that may have
+    /// been taken before a delete the watch has since delivered: a worker
+    /// that stopped cleanly is not brought back by it (each worker process
+    /// has an id of its own, so a stopped one never writes again).
+    pub fn worker_polled(&mut self, worker: WorkerId, capacity: Capacity, draining: bool, refreshed: DateTime<Utc>) {
+        if !self.stopped.contains_key(&worker) {
+            self.worker_entry(worker, capacity, draining, refreshed);
+        }
+    }
+
+    fn worker_entry(&mut self, worker: WorkerId, capacity: Capacity, draining: bool, now: DateTime<Utc>) {
         if draining {
             self.drained.insert(worker);
         }
@@ -464,7 +486,14 @@ impl Board {
         self.worker_ttl = chrono::Duration::from_std(ttl).unwrap_or(self.worker_ttl);
     }
 
-    /// The worker's registry entry was deleted (a clean stop).
+    /// The worker's registry entry was deleted (a clean stop), as the
+    /// registry's watch delivered it at `now`.
+    pub fn worker_stopped(&mut self, worker: WorkerId, now: DateTime<Utc>) {
+        self.worker_gone(worker);
+        self.stopped.insert(worker, now);
+    }
+
+    /// The worker is gone: stopped, or not heard of within the TTL.
     pub fn worker_gone(&mut self, worker: WorkerId) {
         self.workers.remove(&worker);
         // Every worker process has an id of its own: a stopped one never
@@ -521,6 +550,9 @@ impl Board {
             tracing::warn!(worker = %w, "worker not heard of within its registry TTL; gone");
             self.worker_gone(w);
         }
+        // A poll older than a TTL is long answered: what it could bring back
+        // has expired from the registry anyway.
+        self.stopped.retain(|_, at| now - *at <= ttl);
     }
 
     /// Running attempts whose worker is not live.
@@ -1189,6 +1221,28 @@ mod tests {
         f.board.tick(t0() + secs(3600));
         assert!(f.board.workers.is_empty(), "{:?}", f.board.workers.keys());
         assert!(f.board.drained.is_empty(), "{:?}", f.board.drained);
+    }
+
+    #[test]
+    fn a_poll_taken_before_a_clean_stop_does_not_bring_the_worker_back() {
+        let mut f = Fixture::new(SchedulingSettings::default());
+        let stopped = f.worker(&[], 1, t0());
+        let capacity = f.board.workers[&stopped].capacity.clone();
+        f.board.worker_stopped(stopped, t0() + secs(1));
+        // The poll listed the registry before the delete; its answer comes after.
+        f.board.worker_polled(stopped, capacity.clone(), false, t0());
+        f.queue("alice", t0() + secs(1), |_| {});
+        assert!(f.start_all(t0() + secs(1)).is_empty(), "a stopped worker was offered a job");
+        // Once a TTL has passed nothing is kept about it.
+        f.board.advance(t0() + secs(20));
+        assert!(f.board.stopped.is_empty(), "{:?}", f.board.stopped);
+        // A worker that only seemed gone (its entry expired, then written
+        // again) is live again as soon as the watch says so, and so is one
+        // listed by a poll after it lapsed.
+        let lapsed = f.worker(&[], 1, t0() + secs(20));
+        f.board.worker_gone(lapsed);
+        f.board.worker_polled(lapsed, capacity, false, t0() + secs(21));
+        assert_eq!(f.start_all(t0() + secs(21)).len(), 1);
     }
 
     #[test]

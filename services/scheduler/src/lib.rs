@@ -433,7 +433,7 @@ impl Scheduler {
                             // As of its last refresh: an entry not yet expired
                             // is no proof of life.
                             let at = rec.seen_at.min(now);
-                            self.worker_record(rec, at);
+                            self.worker_record(rec, at, Seen::Polled);
                         }
                     }
                     done = lost_done.recv() => {
@@ -590,14 +590,14 @@ impl Scheduler {
         match entry.operation {
             kv::Operation::Put => {
                 let Ok(rec) = serde_json::from_slice::<WorkerRecord>(&entry.value) else { return };
-                self.worker_record(rec, Utc::now());
+                self.worker_record(rec, Utc::now(), Seen::Watched);
             }
-            kv::Operation::Delete | kv::Operation::Purge => self.board().worker_gone(worker),
+            kv::Operation::Delete | kv::Operation::Purge => self.board().worker_stopped(worker, Utc::now()),
         }
     }
 
     /// What a registry entry says a worker offers, as seen at `at`.
-    fn worker_record(&self, rec: WorkerRecord, at: chrono::DateTime<Utc>) {
+    fn worker_record(&self, rec: WorkerRecord, at: chrono::DateTime<Utc>, how: Seen) {
         let Ok(worker) = rec.id.parse::<WorkerId>() else { return };
         let capacity = Capacity {
             pool: rec.pool,
@@ -608,7 +608,10 @@ impl Scheduler {
             memory_mb: rec.memory_mb,
             host: rec.host,
         };
-        self.board().worker_seen(worker, capacity, rec.draining, at);
+        match how {
+            Seen::Watched => self.board().worker_seen(worker, capacity, rec.draining, at),
+            Seen::Polled => self.board().worker_polled(worker, capacity, rec.draining, at),
+        }
     }
 
     async fn answer(&self, client: &async_nats::Client, msg: async_nats::Message) {
@@ -637,6 +640,14 @@ fn count_pass(stats: &Mutex<Stats>, took: Duration, decisions: usize) {
         s.idle_nanos += nanos;
     }
     s.max_pass_nanos = s.max_pass_nanos.max(nanos);
+}
+
+/// How a registry entry reached the scheduler: the watch delivers writes in
+/// the registry's order, a poll is a snapshot that may predate a delete.
+#[derive(Clone, Copy)]
+enum Seen {
+    Watched,
+    Polled,
 }
 
 /// Lists the registry every `every` until `stop`, for the run loop.
