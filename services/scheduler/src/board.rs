@@ -1233,12 +1233,17 @@ mod tests {
         f.board.worker_polled(stopped, capacity.clone(), false, t0());
         f.queue("alice", t0() + secs(1), |_| {});
         assert!(f.start_all(t0() + secs(1)).is_empty(), "a stopped worker was offered a job");
-        // Once a TTL has passed nothing is kept about it.
+        // A write the watch delivers after a delete is newer than the delete.
+        let rewritten = f.worker(&[], 1, t0());
+        f.board.worker_stopped(rewritten, t0() + secs(1));
+        f.board.worker_seen(rewritten, capacity.clone(), false, t0() + secs(2));
+        assert!(f.board.workers.contains_key(&rewritten));
+        assert!(!f.board.stopped.contains_key(&rewritten));
+        // Once a TTL has passed nothing is kept about the stopped one.
         f.board.advance(t0() + secs(20));
         assert!(f.board.stopped.is_empty(), "{:?}", f.board.stopped);
-        // A worker that only seemed gone (its entry expired, then written
-        // again) is live again as soon as the watch says so, and so is one
-        // listed by a poll after it lapsed.
+        // A worker that only seemed gone (not heard of within the TTL) is
+        // not remembered as stopped: a poll that lists it brings it back.
         let lapsed = f.worker(&[], 1, t0() + secs(20));
         f.board.worker_gone(lapsed);
         f.board.worker_polled(lapsed, capacity, false, t0() + secs(21));
