@@ -150,17 +150,15 @@ pub struct CheckpointPolicy {
 /// append expects the checkpoint subject's last sequence, so of two writers
 /// racing for the same checkpoint one wins and the other sees it.
 pub async fn run_checkpointer(store: EventStore, key: SigningKey, policy: CheckpointPolicy, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(200);
+    let mut backoff = fetchml_eventstore::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     loop {
         match checkpoint_loop(&store, &key, &policy, &stop).await {
             Ok(()) => return,
             Err(e) => {
                 tracing::warn!(error = %e, "audit checkpoint writer restarting");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

@@ -138,7 +138,7 @@ impl JobIndex {
         let (caught_tx, caught_up) = watch::channel(false);
         let writer = inner.clone();
         tokio::spawn(async move {
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             let mut next = 1u64;
             while !stop.is_cancelled() {
                 if !*caught_tx.borrow() {
@@ -149,8 +149,9 @@ impl JobIndex {
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "job index cannot look at the log; retrying");
-                            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            if !backoff.wait(&stop).await {
+                                return;
+                            }
                             continue;
                         }
                     }
@@ -164,15 +165,16 @@ impl JobIndex {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(error = %e, "job index cannot read the log; retrying");
-                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if !backoff.wait(&stop).await {
+                            return;
+                        }
                         continue;
                     }
                 };
                 loop {
                     let item = tokio::select! { _ = stop.cancelled() => return, i = events.next() => i };
                     let Some(Ok(ev)) = item else { break };
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     next = ev.seq + 1;
                     if let Ok(env) = ev.job_event()
                         && let Ok(id) = env.aggregate_id.parse::<JobId>()

@@ -23,6 +23,7 @@ mod error;
 mod index;
 mod jobs;
 mod registry;
+pub mod retry;
 mod store;
 mod streams;
 mod tap;

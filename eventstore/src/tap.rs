@@ -95,7 +95,7 @@ impl LogTap {
         let inner = self.inner.clone();
         tokio::spawn(async move {
             let mut next = if from == u64::MAX { None } else { Some(from) };
-            let mut backoff = Duration::from_millis(100);
+            let mut backoff = crate::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
             while !stop.is_cancelled() {
                 let start = match next {
                     Some(seq) => StartAt::Sequence(seq),
@@ -103,8 +103,9 @@ impl LogTap {
                         Ok(last) => StartAt::Sequence(last + 1),
                         Err(e) => {
                             tracing::warn!(error = %e, "log tap cannot find the tail; retrying");
-                            tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                            if !backoff.wait(&stop).await {
+                                return;
+                            }
                             continue;
                         }
                     },
@@ -114,8 +115,9 @@ impl LogTap {
                     Ok(e) => e,
                     Err(e) => {
                         tracing::warn!(error = %e, "log tap cannot read the log; retrying");
-                        tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                        if !backoff.wait(&stop).await {
+                            return;
+                        }
                         continue;
                     }
                 };
@@ -137,7 +139,7 @@ impl LogTap {
                         },
                     };
                     let Some(Ok(ev)) = item else { break };
-                    backoff = Duration::from_millis(100);
+                    backoff.reset();
                     next = Some(ev.seq + 1);
                     // No follower listening is fine: they read on their own.
                     let _ = inner.tx.send(Arc::new(ev));

@@ -425,7 +425,7 @@ impl Projector {
 
     /// Projects until `stop`, surviving Postgres and NATS outages.
     pub async fn run(self, stop: CancellationToken) {
-        let mut backoff = Duration::from_millis(200);
+        let mut backoff = fetchml_eventstore::retry::Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
         while !stop.is_cancelled() {
             match self.run_once(&stop).await {
                 Ok(()) => return,
@@ -436,8 +436,9 @@ impl Projector {
                         h.mark_down();
                     }
                     tracing::warn!(error = %e, "projector stopped; retrying");
-                    tokio::select! { _ = stop.cancelled() => return, _ = tokio::time::sleep(backoff) => {} }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if !backoff.wait(&stop).await {
+                        return;
+                    }
                 }
             }
         }

@@ -58,6 +58,7 @@ use fetchml_events::job::{FailureClass, JobCommand, JobEvent, Metrics, Outcome, 
 use fetchml_events::pool::PoolEvent;
 use fetchml_events::worker::WorkerEvent;
 use fetchml_events::{Actor, Envelope, JobId, WorkerId};
+use fetchml_eventstore::retry::Backoff;
 use fetchml_eventstore::{
     CommandContext, EventStore, ExecuteError, LoadedJob, LogSource, StoreError, StoredEvent, WorkerRecord,
     ensure_registry,
@@ -334,7 +335,7 @@ impl Scheduler {
         let mut recording: HashSet<(JobId, u32)> = HashSet::new();
         let (lost_done_tx, mut lost_done) = tokio::sync::mpsc::unbounded_channel::<(JobId, u32)>();
         let mut next = 1u64;
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut watch: Option<kv::Watch> = None;
@@ -361,8 +362,9 @@ impl Scheduler {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!(error = %e, "scheduler cannot read the log; retrying");
-                    tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(backoff) => {} }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    if !backoff.wait(&stop).await {
+                        break;
+                    }
                     continue;
                 }
             };
@@ -395,7 +397,7 @@ impl Scheduler {
                     _ = stop.cancelled() => break 'outer,
                     ev = feed.next() => {
                         let Some(Ok(first)) = ev else { continue 'outer };
-                        backoff = Duration::from_millis(100);
+                        backoff.reset();
                         last_event = tokio::time::Instant::now();
                         let mut batch = vec![first];
                         while batch.len() < 1024 {
@@ -563,14 +565,14 @@ impl Scheduler {
     /// cannot answer: the fold waits for it, as it would for the log itself,
     /// since a requeue folded without its job would never be scheduled.
     async fn restore(&self, id: JobId, ev: &StoredEvent, stop: &CancellationToken) {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         let loaded = loop {
             match self.store.load_job_at(id, &ev.subject).await {
                 Ok(loaded) => break loaded,
                 Err(e) if e.is_transient() && !stop.is_cancelled() => {
                     tracing::warn!(job = %id, error = %e, "cannot read a requeued job's history yet; retrying");
-                    tokio::select! { _ = stop.cancelled() => {}, _ = tokio::time::sleep(backoff) => {} }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Stopped, the next read's error is no longer retried.
+                    backoff.wait(stop).await;
                 }
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "cannot read a requeued job's history; it waits for a scheduler that can");

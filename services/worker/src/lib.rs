@@ -586,7 +586,7 @@ impl Worker {
         let JobCommand::Start { attempt, .. } = start else { return None };
         let job_id = known.id;
         let mut base = Some(known);
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = fetchml_eventstore::retry::Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
         loop {
             // After a failure, the job as the log has it (the start may be there).
             let loaded = match base.take() {
@@ -634,11 +634,8 @@ impl Worker {
                         return None;
                     }
                     tracing::warn!(error = %e, "cannot claim the job yet; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = kill.cancelled() => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    // Killed, the next error is not retried (above).
+                    backoff.wait(kill).await;
                 }
             }
         }
