@@ -36,7 +36,7 @@ pub use index::{IndexedJob, JobIndex};
 pub use jobs::{CommandContext, ExecuteError, Executed, LoadedJob};
 pub use registry::{
     DEFAULT_WORKER_TTL, HEARTBEAT, WorkerRecord, ensure_registry, entry_ttl, heartbeat_every, list_workers,
-    open_registry,
+    open_registry, refresh_every,
 };
 pub use store::{Appended, EventStore, LOAD_BATCH, StartAt, StoredEvent, StreamReader};
 pub use streams::{StreamSettings, ensure_streams, log_replicas};

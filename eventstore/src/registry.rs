@@ -93,13 +93,16 @@ pub async fn entry_ttl(kv: &kv::Store) -> Option<Duration> {
     kv.status().await.ok().map(|s| s.max_age()).filter(|ttl| !ttl.is_zero())
 }
 
-/// How often a worker must refresh its entry in `kv`: a third of the bucket's
-/// TTL, so that one lost refresh does not make a live worker vanish.
+/// How often an entry that lives `ttl` is written again: every third of it,
+/// so that one lost write does not let it expire.
+pub fn refresh_every(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(100))
+}
+
+/// How often a worker must refresh its entry in `kv`: by the bucket's TTL
+/// ([`refresh_every`]).
 pub async fn heartbeat_every(kv: &kv::Store) -> Duration {
-    match entry_ttl(kv).await {
-        Some(ttl) => (ttl / 3).max(Duration::from_millis(100)),
-        None => HEARTBEAT,
-    }
+    entry_ttl(kv).await.map_or(HEARTBEAT, refresh_every)
 }
 
 /// Every live worker.

@@ -52,7 +52,7 @@ pub(crate) async fn hold(
     leading: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let every = (ttl / 3).max(Duration::from_millis(100));
+    let every = fetchml_eventstore::refresh_every(ttl);
     let mut store = None;
     let mut revision = 0u64;
     let mut tick = tokio::time::interval(every);
@@ -73,7 +73,7 @@ pub(crate) async fn hold(
             {
                 tracing::warn!(lease = ?lease, configured = ?ttl,
                     "the leases bucket's TTL differs from nats.worker_ttl_secs; renewing by the bucket's");
-                tick = tokio::time::interval((lease / 3).max(Duration::from_millis(100)));
+                tick = tokio::time::interval(fetchml_eventstore::refresh_every(lease));
                 tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             }
         }
